@@ -1,0 +1,117 @@
+"""The ``dropbox-runner`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .config import ConfigError, load_config
+from .transport import TransportError, open_transport
+
+log = logging.getLogger("dropbox_runner")
+
+EXIT_OK, EXIT_CLUSTER_DOWN, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return options.handler(options)
+    except ConfigError as error:
+        print(f"dropbox-runner: config error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransportError as error:
+        log.error("cluster unreachable, jobs wait for the next cycle: %s", error)
+        return EXIT_CLUSTER_DOWN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dropbox-runner", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dropbox-runner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    once = commands.add_parser("once", help="run one cycle (what cron runs)")
+    once.add_argument("--config", required=True, type=Path)
+    once.set_defaults(handler=command_once)
+
+    status = commands.add_parser("status", help="jobs by state and the runners alive")
+    status.add_argument("--config", required=True, type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=command_status)
+
+    submit = commands.add_parser("submit", help="drop a job file into a dropbox (as a tool does)")
+    submit.add_argument("dropbox", type=Path)
+    submit.add_argument("job", type=Path, help="a .job YAML description, or - for stdin")
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument("--period", type=float, default=2.0, help="seconds between checks (--wait)")
+    submit.set_defaults(handler=command_submit)
+
+    demo = commands.add_parser("demo", help="run a dozen example jobs on the local backend")
+    demo.add_argument("--dir", type=Path, help="where to put the demo (default: a new temp folder)")
+    demo.add_argument("--jobs", type=int, default=12)
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def command_once(options: argparse.Namespace) -> int:
+    from .submitter import run_once
+    config = load_config(options.config)
+    transport = open_transport(config)
+    try:
+        report = run_once(config, transport)
+    finally:
+        transport.close()
+    if report is not None:
+        log.info("cycle: %d taken, %d rejected, %d sent, %d ok, %d error, %d held, %d runner(s) submitted, %.2fs",
+                 report.taken, report.rejected, report.sent, report.finished_ok, report.finished_error,
+                 report.held, report.runners_submitted, report.seconds)
+    return EXIT_OK
+
+
+def command_status(options: argparse.Namespace) -> int:
+    from .status import format_status, gather_status
+    config = load_config(options.config)
+    transport = open_transport(config)
+    try:
+        status = gather_status(config, transport)
+    finally:
+        transport.close()
+    print(json.dumps(status, indent=1) if options.json else format_status(status))
+    return EXIT_OK
+
+
+def command_submit(options: argparse.Namespace) -> int:
+    from .client import submit, wait
+    text = sys.stdin.read() if str(options.job) == "-" else options.job.read_text(encoding="utf-8")
+    job = yaml.safe_load(text)
+    if not isinstance(job, dict):
+        print("dropbox-runner: a job description is a YAML mapping", file=sys.stderr)
+        return EXIT_USAGE
+    path = submit(options.dropbox, job)
+    if not options.wait:
+        print(path)
+        return EXIT_OK
+
+    def progress(state: str, elapsed: float) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{path.name}: {state}, {elapsed:.0f}s   ", end="", file=sys.stderr, flush=True)
+
+    result = wait(path, options.period, progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(yaml.safe_dump(result, sort_keys=False, allow_unicode=True), end="")
+    return EXIT_OK if result.get("job", {}).get("status") == "ok" else 1
+
+
+def command_demo(options: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(options.dir, options.jobs)

@@ -1,0 +1,86 @@
+"""The cluster side as the submitter sees it: deploy ``on_hpc`` and call its verbs.
+
+``on_hpc`` is deployed into ``<scripts>/on_hpc-<hash of its code>``, a folder that never
+changes once complete, so runners still using an older version are not disturbed and a
+version check costs nothing: the remote command itself exits with ``DEPLOY_NEEDED`` when
+its folder is missing, and the submitter deploys and calls again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import on_hpc
+from .config import Config
+from .transport import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+ON_HPC_SOURCE = Path(on_hpc.__file__).parent
+DEPLOY_NEEDED = 99
+STAMP_FILE = "STAMP"
+
+
+def code_stamp() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(ON_HPC_SOURCE.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def remote_command(deploy_dir: str, python: str, verb: str) -> str:
+    """One shell line: check the deployed version, then run the verb from its folder
+    (so a stray ``on_hpc`` in the login folder can never shadow it)."""
+    folder = shlex.quote(deploy_dir)
+    return (f"test -f {folder}/{STAMP_FILE} || exit {DEPLOY_NEEDED}; "
+            f"cd {folder} && PYTHONPATH={folder} exec {shlex.quote(python)} -m on_hpc {verb}")
+
+
+class ClusterSide:
+    def __init__(self, config: Config, transport: Transport):
+        self.config = config
+        self.transport = transport
+        self.stamp = code_stamp()
+        self.deploy_dir = f"{config.scripts}/on_hpc-{self.stamp}"
+
+    def call(self, verb: str, request: dict[str, Any]) -> dict[str, Any]:
+        request = dict(request, root=self.config.workspace, scheduler=self.config.scheduler,
+                       python=self.config.python, pythonpath=self.deploy_dir)
+        payload = json.dumps(request).encode()
+        command = remote_command(self.deploy_dir, self.config.python, verb)
+        result = self.transport.run(command, payload)
+        if result.returncode == DEPLOY_NEEDED:
+            self.deploy()
+            result = self.transport.run(command, payload)
+        if result.returncode != 0:
+            raise TransportError(f"on_hpc {verb} failed on the cluster (exit {result.returncode}): "
+                                 f"{_tail(result.stderr)}")
+        try:
+            return json.loads(result.stdout.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise TransportError(f"on_hpc {verb} printed no answer: {_tail(result.stdout + result.stderr)}") from None
+
+    def deploy(self) -> None:
+        """Install this version of on_hpc; the stamp goes last, so a half-done deploy is
+        redone rather than used."""
+        log.info("deploying on_hpc %s to %s", self.stamp, self.deploy_dir)
+        with tempfile.TemporaryDirectory(prefix="dbr-deploy-") as tmp:
+            package = Path(tmp, "code", "on_hpc")
+            package.mkdir(parents=True)
+            for path in ON_HPC_SOURCE.glob("*.py"):
+                (package / path.name).write_bytes(path.read_bytes())
+            self.transport.push(Path(tmp, "code"), self.deploy_dir)
+            stamp = Path(tmp, "stamp")
+            stamp.mkdir()
+            (stamp / STAMP_FILE).write_text(self.stamp + "\n")
+            self.transport.push(stamp, self.deploy_dir)
+
+
+def _tail(data: bytes, lines: int = 5) -> str:
+    text = data.decode(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:]) or "(no output)"

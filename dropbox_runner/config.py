@@ -1,0 +1,278 @@
+"""The submitter's configuration: a YAML file, or hpc_batch's INI file taken as it is.
+
+Every problem in a file is collected and reported at once, with the file's name, so an
+operator fixes a config in one pass rather than one error per run.
+"""
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import templates as packaged_templates
+from .durations import parse_duration
+
+PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message lists every problem in it."""
+
+
+@dataclass
+class ResourceClass:
+    """One kind of runner: what it asks the scheduler for and how many jobs it takes."""
+
+    partition: str | None = None
+    gres: str | None = None
+    cpus: int | None = None
+    memory: str | None = None
+    time_limit: int | None = None        # seconds; None leaves it to the scheduler
+    slots: int = 1                       # jobs at once in one runner
+    max_runners: int = 1
+    idle_timeout: int = 60               # seconds a runner waits for work before leaving
+    warn_seconds: int = 60               # early warning before the time limit
+    extra_args: list[str] = field(default_factory=list)
+
+    def to_request(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Remote:
+    """How to reach the cluster's head node over SSH."""
+
+    host: str
+    port: int | None = None
+    user: str | None = None
+    key_file: str | None = None
+    passphrase: str | None = None
+    passphrase_env: str | None = None
+    known_hosts: str | None = None
+    ssh_config: str | None = None
+    transfer: str = "auto"               # rsync | sftp | auto
+    connect_timeout: int = 15
+
+
+@dataclass
+class Config:
+    dropbox: Path
+    source: Path
+    backend: str = "local"               # local | ssh
+    scheduler: str = "local"             # local | slurm
+    cluster_root: Path | None = None     # the "cluster" folder of the local backend
+    hpc_env: dict[str, str] = field(default_factory=dict)
+    templates: Path = PACKAGED_TEMPLATES
+    state_dir: Path | None = None
+    lockfile: Path | None = None
+    submitter_id: str = ""
+    classes: dict[str, ResourceClass] = field(default_factory=lambda: {"default": ResourceClass()})
+    default_class: str = "default"
+    max_attempts: int = 3
+    grace_seconds: int = 30              # how long a .job that does not parse may still be written
+    heartbeat_timeout: int = 300
+    python: str = ""                     # the cluster's interpreter for on_hpc
+    allowed_input_roots: list[Path] = field(default_factory=list)
+    allowed_output_roots: list[Path] = field(default_factory=list)
+    remote: Remote | None = None
+
+    @property
+    def workspace(self) -> str:
+        return self.hpc_env["workspace"]
+
+    @property
+    def scripts(self) -> str:
+        return self.hpc_env["scripts"]
+
+
+_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout"}
+_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile"}
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    source = Path(path).expanduser().resolve()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read: {error.strerror}") from None
+    if source.suffix.lower() in (".ini", ".cfg") or text.lstrip().startswith("["):
+        data = _ini_to_mapping(source, text)
+    else:
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    return build_config(data, source)
+
+
+def build_config(data: dict[str, Any], source: Path) -> Config:
+    problems: list[str] = []
+    values = _convert(Config, data, problems, "", source.parent)
+    if "dropbox" not in values:
+        problems.append("dropbox: required (the folder tools drop .job files into)")
+    if problems:
+        raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
+    config = Config(source=source, **values)
+    _fill_defaults(config, problems)
+    if problems:
+        raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
+    return config
+
+
+def _fill_defaults(config: Config, problems: list[str]) -> None:
+    if config.backend not in ("local", "ssh"):
+        problems.append(f"backend: {config.backend!r} is not one of local, ssh")
+    if config.scheduler not in ("local", "slurm"):
+        problems.append(f"scheduler: {config.scheduler!r} is not one of local, slurm")
+    if config.backend == "ssh" and config.remote is None:
+        problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
+    if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):
+        problems.append(f"remote.transfer: {config.remote.transfer!r} is not one of rsync, sftp, auto")
+    if config.default_class not in config.classes:
+        problems.append(f"default_class: {config.default_class!r} is not among classes")
+    if config.backend == "local":
+        root = config.cluster_root or config.dropbox.parent / "cluster"
+        config.cluster_root = root
+        config.hpc_env.setdefault("workspace", str(root / "workspace"))
+        config.hpc_env.setdefault("scripts", str(root / "scripts"))
+        config.hpc_env.setdefault("containers", str(root / "containers"))
+        config.python = config.python or sys.executable
+    else:
+        for key in ("workspace", "scripts"):
+            if key not in config.hpc_env:
+                problems.append(f"hpc_env.{key}: required with backend: ssh (a folder on the cluster)")
+        config.hpc_env.setdefault("containers", "")
+        config.python = config.python or "python3"
+    config.state_dir = config.state_dir or config.dropbox / ".dropbox-runner"
+    config.lockfile = config.lockfile or config.state_dir / "lock"
+    if not config.submitter_id:
+        config.submitter_id = default_submitter_id(config.dropbox)
+    elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
+        problems.append("submitter_id: use 1-40 letters, digits, '-' or '_'")
+
+
+def default_submitter_id(dropbox: Path) -> str:
+    """This host plus a hash of the dropbox: stable across runs, distinct per dropbox."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:20] or "host"
+    digest = hashlib.sha256(str(dropbox.resolve()).encode()).hexdigest()[:6]
+    return f"{host}-{digest}"
+
+
+def _convert(cls: type, data: dict[str, Any], problems: list[str], where: str, base: Path) -> dict[str, Any]:
+    """Check a mapping against a dataclass's fields, collecting every problem."""
+    known = {f.name: f for f in fields(cls) if f.name != "source"}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        name = f"{where}{key}"
+        if key not in known:
+            problems.append(f"{name}: unknown key (known: {', '.join(sorted(known))})")
+            continue
+        try:
+            values[key] = _convert_value(key, str(known[key].type), raw, problems, name, base)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{name}: {error}")
+    return values
+
+
+def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str, base: Path) -> Any:
+    if raw is None and "None" in kind:
+        return None
+    if key in _DURATION_FIELDS:
+        return parse_duration(raw)
+    if key in _PATH_FIELDS:
+        return _path(raw, base)
+    if key in ("allowed_input_roots", "allowed_output_roots"):
+        return [_path(item, base) for item in _list(raw)]
+    if key == "classes":
+        if not isinstance(raw, dict) or not raw:
+            raise TypeError("expected a mapping of class names to settings")
+        return {str(cls): ResourceClass(**_convert(ResourceClass, _mapping(spec), problems, f"{name}.{cls}.", base))
+                for cls, spec in raw.items()}
+    if key == "remote":
+        values = _convert(Remote, _mapping(raw), problems, f"{name}.", base)
+        if "host" not in values:
+            raise ValueError("host is required")
+        return Remote(**values)
+    if key == "hpc_env":
+        return {str(k): "" if v is None else str(v) for k, v in _mapping(raw).items()}
+    if key == "extra_args":
+        return [str(item) for item in _list(raw)]
+    if kind.startswith("int"):
+        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().isdigit():
+            raise TypeError(f"expected a whole number, got {raw!r}")
+        return int(raw)
+    if isinstance(raw, (dict, list)):
+        raise TypeError(f"expected a single value, got {type(raw).__name__}")
+    return str(raw)
+
+
+def _path(raw: Any, base: Path) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise TypeError(f"expected a path, got {raw!r}")
+    return (base / Path(raw).expanduser()).resolve()
+
+
+def _mapping(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _list(raw: Any) -> list[Any]:
+    if isinstance(raw, str):
+        return raw.split()
+    if not isinstance(raw, list):
+        raise TypeError(f"expected a list, got {type(raw).__name__}")
+    return raw
+
+
+# -- hpc_batch's INI ------------------------------------------------------------------------
+_INI_SECTIONS = {
+    "remote": {"host", "port", "user", "key_file", "passphrase", "passphrase_env", "known_hosts"},
+    "hpc": {"gres", "partition", "memory", "gpuram"},
+    "cronjob": {"dropbox", "lockfile", "templates", "state_dir"},
+}
+
+
+def _ini_to_mapping(source: Path, text: str) -> dict[str, Any]:
+    """hpc_batch's INI means SSH and Slurm; its [hpc] section is the default class."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=str(source))
+    except configparser.Error as error:
+        raise ConfigError(f"{source}: not a valid INI file: {error}") from None
+    problems = []
+    for section in parser.sections():
+        allowed = _INI_SECTIONS.get(section)
+        if section == "hpc_env":
+            continue
+        if allowed is None:
+            problems.append(f"[{section}]: unknown section (known: remote, hpc, cronjob, hpc_env)")
+            continue
+        problems += [f"[{section}] {key}: unknown key" for key in parser[section] if key not in allowed]
+    if problems:
+        raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
+    section = lambda name: dict(parser[name]) if parser.has_section(name) else {}  # noqa: E731
+    hpc = section("hpc")
+    hpc.pop("gpuram", None)   # informational in hpc_batch; Slurm is asked through gres
+    cronjob = section("cronjob")
+    data: dict[str, Any] = {
+        "backend": "ssh",
+        "scheduler": "slurm",
+        "remote": section("remote"),
+        "hpc_env": section("hpc_env"),
+        "classes": {"default": hpc},
+        "templates": cronjob.pop("templates", str(source.parent / "tools")),
+    }
+    data.update(cronjob)
+    return data

@@ -1,0 +1,112 @@
+"""The dropbox folder: the durable queue that tools and the submitter share.
+
+A job's state is its file's suffix, and every change is one atomic write or rename:
+
+    x.job            dropped by a tool, not yet taken
+    x.job.submitted  taken by the submitter (holds the job id; the job is on its way or running)
+    x.job.finished   the result; outputs are already in place when it appears
+
+Tools see only these files, exactly as with hpc_batch.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .jobs import dump_yaml
+from .on_hpc.files import write_atomic
+
+JOB, SUBMITTED, FINISHED = ".job", ".job.submitted", ".job.finished"
+
+
+@dataclass
+class Listing:
+    """One scan of the folder; each name is a job file's name (``x.job``)."""
+
+    new: list[str]
+    submitted: list[str]
+    finished: set[str]
+
+
+@dataclass
+class HeldJob:
+    """A job the submitter has taken: the contents of its ``.job.submitted``."""
+
+    name: str
+    job_id: str
+    description: dict[str, Any]
+    fingerprint: dict[str, list[int]]
+    job_class: str
+    submitted_at: float
+
+    def to_document(self) -> dict[str, Any]:
+        return {"id": self.job_id, "class": self.job_class, "submitted_at": self.submitted_at,
+                "fingerprint": self.fingerprint, "description": self.description}
+
+
+class Dropbox:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, name: str, suffix: str = "") -> Path:
+        return self.folder / (name + suffix)
+
+    def scan(self) -> Listing:
+        """Read the folder once; cost grows with its size, never with reads per job."""
+        new, submitted, finished = [], [], set()
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                if name.endswith(JOB):
+                    new.append((entry.stat().st_mtime, name))
+                elif name.endswith(SUBMITTED):
+                    submitted.append(name[: -len(".submitted")])
+                elif name.endswith(FINISHED):
+                    finished.add(name[: -len(".finished")])
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished)
+
+    def age(self, name: str) -> float:
+        try:
+            return time.time() - self.path(name).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    def hold(self, job: HeldJob) -> None:
+        write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
+
+    def read_held(self, name: str) -> dict[str, Any]:
+        """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
+        try:
+            data = yaml.safe_load(self.path(name, ".submitted").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ValueError(str(error)) from None
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping")
+        return data
+
+    def read_result(self, name: str) -> dict[str, Any] | None:
+        try:
+            data = yaml.safe_load(self.path(name, ".finished").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_result(self, name: str, description: dict[str, Any] | None, block: dict[str, Any]) -> None:
+        """The result is the description plus ``job:``; written whole or not at all."""
+        document = dict(description or {})
+        document.pop("job", None)
+        document["job"] = block
+        write_atomic(str(self.path(name, ".finished")), dump_yaml(document))
+
+    def discard(self, name: str, suffix: str) -> None:
+        try:
+            self.path(name, suffix).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,22 @@
+"""Durations as people write them in configs and templates: 90, "90s", "30m", "2h",
+"1d", or Slurm's "[days-]hours:minutes:seconds"."""
+import re
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object) -> int:
+    """Seconds in ``value``; raises ValueError with the text when it is not a duration."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if match:
+        return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if match:
+        days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    raise ValueError(f"{value!r} is not a duration (like 90, 90s, 30m, 2h, 1d or 1-02:00:00)")

@@ -1,0 +1,111 @@
+"""Script templates: hpc_batch's ``<<name>>`` placeholders, rendered by jinja2.
+
+Two things differ from hpc_batch on purpose.  Every value is shell-quoted unless the
+template says ``<<name|raw>>``, so an argument like ``; rm -rf ~`` reaches the script as
+one literal word.  And a placeholder with no value is an error naming it, instead of a
+``<<name>>`` left in the script for bash to misread.
+
+A template may start with header comments that tell the submitter about it::
+
+    # dropbox-runner: class=gpu expected_time=2h cache=false
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .durations import parse_duration
+
+HEADER = re.compile(r"^#\s*dropbox-runner:\s*(.*)$", re.MULTILINE)
+# A ``<<`` that does not open a placeholder (a heredoc, ``$((a<<2))``) is plain text.
+_PLACEHOLDER = r"<<-?\s*[A-Za-z_][A-Za-z0-9_]*\s*(\|\s*[A-Za-z_]+\s*)*-?>>"
+_LONE_OPENER = re.compile(r"<<(?!" + _PLACEHOLDER[2:] + ")")
+
+
+class TemplateProblem(Exception):
+    """The template cannot be rendered for this job (the job's or the template's fault)."""
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A value the template author asked to insert without quoting."""
+
+    text: str
+
+
+@dataclass
+class Template:
+    name: str
+    path: Path
+    text: str
+    job_class: str | None = None
+    expected_seconds: int | None = None
+    cache: bool | None = None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def _quote(value: Any) -> str:
+    if isinstance(value, Raw):
+        return value.text
+    if value is None:
+        return "''"
+    return shlex.quote(str(value))
+
+
+_ENV = jinja2.Environment(
+    variable_start_string="<<",
+    variable_end_string=">>",
+    block_start_string="<<%",
+    block_end_string="%>>",
+    comment_start_string="<<#",
+    comment_end_string="#>>",
+    undefined=jinja2.StrictUndefined,
+    finalize=_quote,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+_ENV.filters["raw"] = lambda value: Raw("" if value is None else str(value))
+
+
+def load_template(folder: Path, name: str) -> Template:
+    path = folder / f"{name}.template"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TemplateProblem(f"script {name!r}: there is no template {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TemplateProblem(f"script {name!r}: cannot read {path}: {error}") from None
+    settings = {}
+    for line in HEADER.findall(text):
+        for word in line.split():
+            key, _, value = word.partition("=")
+            settings[key] = value
+    try:
+        expected = parse_duration(settings["expected_time"]) if "expected_time" in settings else None
+    except ValueError as error:
+        raise TemplateProblem(f"template {path}: expected_time: {error}") from None
+    cache = {"true": True, "false": False}.get(settings.get("cache", "").lower())
+    return Template(name, path, text, settings.get("class"), expected, cache)
+
+
+def render(template: Template, variables: dict[str, Any]) -> str:
+    source = _LONE_OPENER.sub("<<'<<'|raw>>", template.text)
+    try:
+        return _ENV.from_string(source).render(variables)
+    except jinja2.UndefinedError as error:
+        missing = re.search(r"'([^']+)' is undefined", str(error))
+        what = f"<<{missing.group(1)}>>" if missing else str(error)
+        raise TemplateProblem(
+            f"template {template.name!r} uses {what}, which neither the job (args, input_map, "
+            f"output_map) nor the config's hpc_env sets") from None
+    except jinja2.TemplateError as error:
+        raise TemplateProblem(f"template {template.name!r} cannot be rendered: {error}") from None

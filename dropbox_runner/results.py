@@ -1,0 +1,112 @@
+"""Result blocks (the ``job:`` part of ``.job.finished``) and placing outputs.
+
+Outputs are placed all or nothing: each is first copied next to its destination under a
+hidden temporary name, and only when every one is complete are they renamed into place.
+A tool that sees ``status: ok`` finds every output whole; on error it finds none of them
+half-written.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+MAX_STREAM_BYTES = 1 << 20
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def error_block(message: str, job_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """For a job whose script never ran (rc -1)."""
+    now = timestamp(time.time())
+    block = {"status": "error", "message": message, "stderr": "", "stdout": "", "rc": -1,
+             "start": now, "end": now}
+    if job_id:
+        block["id"] = job_id
+    block.update(extra)
+    block["version"] = __version__
+    return block
+
+
+def run_block(job_id: str, record: dict[str, Any], stdout: str, stderr: str,
+              submitted_at: float | None) -> dict[str, Any]:
+    """What a finished run says, before its outputs are checked."""
+    rc = int(record.get("rc", -1))
+    if record.get("error"):
+        status, message = "error", record["error"]
+    elif record.get("signal"):
+        status, message = "error", f"Remote command was killed by {record['signal']}"
+    elif rc != 0:
+        status, message = "error", f"Remote command failed with return code {rc}"
+    else:
+        status, message = "ok", "processed OK"
+    start, end = record.get("start"), record.get("end")
+    block = {
+        "status": status, "message": message, "stderr": stderr, "stdout": stdout, "rc": rc,
+        "start": timestamp(start), "end": timestamp(end),
+        "id": job_id,
+        "attempts": int(record.get("attempt") or record.get("interrupted") or 1),
+        "runner": record.get("runner"),
+        "scheduler_job_id": record.get("sched_id"),
+        "host": record.get("host"),
+        "duration": round(end - start, 3) if start and end else None,
+        "queue_wait": round(start - submitted_at, 3) if start and submitted_at else None,
+        "version": __version__,
+    }
+    if record.get("signal"):
+        block["signal"] = record["signal"]
+    return block
+
+
+def read_stream(path: Path) -> str:
+    """A job's stdout or stderr, cut to its last MiB so a chatty job cannot make a result
+    file nobody can open."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - MAX_STREAM_BYTES))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > MAX_STREAM_BYTES:
+        text = f"[dropbox-runner: first {size - MAX_STREAM_BYTES} bytes cut]\n" + text
+    return text
+
+
+class OutputProblem(Exception):
+    """An output could not be placed; nothing of this job was left at any destination."""
+
+
+def place_outputs(produced: dict[str, Path], destinations: dict[str, str], tag: str) -> None:
+    """Copy every produced file to its destination, all or nothing."""
+    missing = [key for key, path in produced.items() if not path.is_file()]
+    if missing:
+        raise OutputProblem("the script did not write " + ", ".join(
+            f"{key} (expected at output/{produced[key].name})" for key in sorted(missing)))
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for key, source in produced.items():
+            target = Path(destinations[key])
+            temporary = target.with_name(f".{target.name}.{tag}.partial")
+            staged.append((temporary, target))
+            shutil.copyfile(source, temporary)
+        for temporary, target in staged:
+            os.replace(temporary, target)
+    except OSError as error:
+        for temporary, _ in staged:
+            try:
+                temporary.unlink()
+            except FileNotFoundError:
+                pass
+        raise OutputProblem(f"could not place outputs: {error}") from None

@@ -1,0 +1,97 @@
+"""Turning a job description into the folder the runner will find on the cluster.
+
+A prepared job lives in the submitter's outbox as ``<id>/{job.sh, job.json, input/}``,
+with the inputs as symlinks; one transfer then sends the whole outbox (``rsync -L``
+follows the links).  An outbox entry means "still to be sent": it is removed once the
+cluster has confirmed the job is queued, and rebuilt if the cluster ever loses it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
+from .rendering import Template, TemplateProblem, load_template, render
+
+JOBS_FOLDER = "jobs"
+
+
+@dataclass
+class PreparedJob:
+    name: str
+    job_id: str
+    description: JobDescription
+    template: Template
+    job_class: str
+    script: str
+    fingerprint: dict[str, list[int]]
+
+    @property
+    def input_names(self) -> dict[str, str]:
+        return workspace_names(self.description.input_map)
+
+
+def remote_job_dir(config: Config, the_job_id: str) -> str:
+    return f"{config.workspace}/{JOBS_FOLDER}/{the_job_id}"
+
+
+def prepare(config: Config, name: str, raw: dict[str, Any],
+            prints: dict[str, list[int]] | None = None) -> PreparedJob:
+    """Validate, derive the job id and render the script.
+
+    Raises JobInvalid or TemplateProblem (the job's fault).  ``prints`` is the input
+    fingerprint recorded when the job was taken; a fresh one is read when not given.
+    """
+    description = parse_job(raw)
+    problems = check_files(description, config.allowed_input_roots, config.allowed_output_roots)
+    try:
+        template = load_template(config.templates, description.script)
+    except TemplateProblem as problem:
+        problems.append(str(problem))
+        template = None
+    job_class = description.job_class or (template.job_class if template else None) or config.default_class
+    if job_class not in config.classes:
+        problems.append(f"class: {job_class!r} is not configured (known: {', '.join(sorted(config.classes))})")
+    if problems:
+        raise JobInvalid(problems)
+    prints = prints if prints is not None else fingerprint(description)
+    the_id = job_id(config.submitter_id, name, raw, prints)
+    variables = dict(config.hpc_env)
+    variables.update(description.args)
+    variables.update(workspace_names(description.input_map))
+    variables.update(workspace_names(description.output_map))
+    variables["workspace"] = remote_job_dir(config, the_id)
+    script = render(template, variables)
+    return PreparedJob(name, the_id, description, template, job_class, script, prints)
+
+
+def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:
+    """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt."""
+    entry = outbox / job.job_id
+    shutil.rmtree(entry, ignore_errors=True)
+    (entry / "input").mkdir(parents=True, mode=0o700)
+    (entry / "job.sh").write_text(job.script, encoding="utf-8")
+    expected = job.description.expected_seconds or job.template.expected_seconds
+    meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,
+            "expected_seconds": expected, "submitter": submitter_id}
+    (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    for key, target in job.input_names.items():
+        os.symlink(os.path.abspath(job.description.input_map[key]), entry / "input" / target)
+
+
+def prune_outbox(outbox: Path, keep: set[str]) -> list[str]:
+    """Drop entries of jobs no longer held; return the ids still waiting to be sent."""
+    waiting = []
+    if not outbox.is_dir():
+        return waiting
+    for entry in os.scandir(outbox):
+        if entry.name in keep:
+            waiting.append(entry.name)
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+    return sorted(waiting)

@@ -1,0 +1,68 @@
+"""What ``dropbox-runner status`` reports: the dropbox's states and the cluster's runners."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .cluster import ClusterSide
+from .config import Config
+from .dropbox import Dropbox
+from .transport import Transport, TransportError
+
+
+def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
+    dropbox = Dropbox(config.dropbox)
+    listing = dropbox.scan()
+    ages = [dropbox.age(name) for name in listing.new]
+    status: dict[str, Any] = {
+        "dropbox": str(config.dropbox),
+        "jobs": {"waiting": len(listing.new), "submitted": len(listing.submitted),
+                 "finished": len(listing.finished)},
+        "oldest_waiting_seconds": round(max(ages), 1) if ages else None,
+        "checked_at": time.time(),
+    }
+    try:
+        cluster = ClusterSide(config, transport).call("status", {})
+        status["cluster"] = cluster
+    except TransportError as error:
+        status["cluster_error"] = str(error)
+    return status
+
+
+def format_status(status: dict[str, Any]) -> str:
+    jobs = status["jobs"]
+    lines = [f"dropbox {status['dropbox']}",
+             f"  waiting {jobs['waiting']}, on the cluster {jobs['submitted']}, finished {jobs['finished']}"]
+    if status["oldest_waiting_seconds"] is not None:
+        lines.append(f"  oldest waiting job: {status['oldest_waiting_seconds']:.0f}s")
+    if "cluster_error" in status:
+        lines.append(f"cluster: unreachable: {status['cluster_error']}")
+        return "\n".join(lines)
+    cluster = status["cluster"]
+    counts = ", ".join(f"{state} {count}" for state, count in sorted(cluster["counts"].items())) or "empty"
+    lines.append(f"cluster queue: {counts}")
+    if not cluster["scheduler_ok"]:
+        lines.append("  (the scheduler did not answer; runners as last seen)")
+    runners = cluster["runners"]
+    if not runners:
+        lines.append("runners: none")
+        return "\n".join(lines)
+    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS")]
+    for runner in runners:
+        left = runner["time_left"]
+        rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
+                     "unlimited" if left is None else _duration(left), str(runner["jobs"])))
+    lines.append("runners:")
+    lines += ["  " + line for line in table(rows)]
+    return "\n".join(lines)
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"

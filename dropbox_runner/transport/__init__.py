@@ -1,0 +1,50 @@
+"""How the submitter reaches the cluster side: run a command, push a tree, pull files.
+
+``local`` is the embedded default (the "cluster" is a folder on this machine); ``ssh``
+reaches a real head node.  The cycle is written against this interface only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class TransportError(Exception):
+    """The cluster could not be reached or a transfer failed: the environment's fault.
+
+    A cycle that meets one stops, changes nothing it cannot finish, and leaves every job
+    waiting for the next cycle; no job gets an error result because of it.
+    """
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Transport(Protocol):
+    def run(self, command: str, stdin: bytes = b"") -> CommandResult:
+        """Run a shell command line on the cluster side."""
+
+    def push(self, local_dir: Path, remote_dir: str) -> None:
+        """Copy the contents of ``local_dir`` into ``remote_dir`` (following symlinks),
+        creating folders with mode 0700; files already there with the same size and
+        time are not sent again."""
+
+    def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
+        """Copy the named files and folders under ``remote_dir`` into ``local_dir``,
+        keeping their relative paths; a name that does not exist is skipped."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_transport(config) -> Transport:
+    if config.backend == "local":
+        from .local import LocalTransport
+        return LocalTransport()
+    from .ssh import SshTransport
+    return SshTransport(config.remote)

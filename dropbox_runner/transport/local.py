@@ -1,0 +1,51 @@
+"""The embedded backend's transport: the cluster side is this machine."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import CommandResult
+
+
+class LocalTransport:
+    def run(self, command: str, stdin: bytes = b"") -> CommandResult:
+        done = subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def push(self, local_dir: Path, remote_dir: str) -> None:
+        _copy_tree(local_dir, Path(remote_dir))
+
+    def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
+        for relative in relative_paths:
+            source = Path(remote_dir) / relative
+            target = local_dir / relative
+            if source.is_dir():
+                _copy_tree(source, target)
+            elif source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+
+    def close(self) -> None:
+        pass
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Like ``rsync -rL``: follow symlinks, skip files already there unchanged."""
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for entry in os.scandir(source):
+        destination = target / entry.name
+        if entry.is_dir():
+            _copy_tree(Path(entry.path), destination)
+            continue
+        stat = os.stat(entry.path)
+        try:
+            there = os.stat(destination)
+            if there.st_size == stat.st_size and int(there.st_mtime) == int(stat.st_mtime):
+                continue
+        except FileNotFoundError:
+            pass
+        partial = destination.with_name(f".{entry.name}.partial")
+        shutil.copy2(entry.path, partial)
+        os.replace(partial, destination)

@@ -1,0 +1,177 @@
+"""The job queue on the cluster's shared filesystem.
+
+A job's state is where its marker file stands, and every move is one ``rename``, the only
+operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS included):
+
+    jobs/<id>/                 what the submitter staged: job.sh, job.json, input/; the
+                               runner adds output/, stdout, stderr, claim.json, finished.json
+    ready/<class>/<id>         waiting for a runner of that resource class
+    claimed/<runner>/<id>      being run by that runner (the folder name is the owner)
+    done/<id>                  finished.json is complete; the submitter may collect
+
+Two runners racing for one job both try the same rename and exactly one wins.  A job
+with ``finished.json`` is never run again, whatever happens to its marker afterwards.
+"""
+import os
+import shutil
+import time
+
+from .files import listdir, read_json, touch_new, write_json
+
+STAGED, READY, RUNNING, DONE, ABSENT = "staged", "ready", "running", "done", "absent"
+
+
+class JobStore(object):
+    def __init__(self, root):
+        self.root = root
+
+    # -- paths ---------------------------------------------------------------------
+    def job_dir(self, job_id):
+        return os.path.join(self.root, "jobs", job_id)
+
+    def ready_dir(self, job_class):
+        return os.path.join(self.root, "ready", job_class)
+
+    def claimed_dir(self, runner_id):
+        return os.path.join(self.root, "claimed", runner_id)
+
+    def done_dir(self):
+        return os.path.join(self.root, "done")
+
+    def runners_dir(self):
+        return os.path.join(self.root, "runners")
+
+    def finished_path(self, job_id):
+        return os.path.join(self.job_dir(job_id), "finished.json")
+
+    def ensure_layout(self):
+        for sub in ("jobs", "ready", "claimed", "done", "runners"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
+
+    def job_meta(self, job_id):
+        return read_json(os.path.join(self.job_dir(job_id), "job.json"), {})
+
+    # -- the submitter's side ----------------------------------------------------------
+    def states(self):
+        """Map every job id with a marker to its state, reading each folder once."""
+        found = {}
+        for job_class in listdir(os.path.join(self.root, "ready")):
+            for job_id in listdir(self.ready_dir(job_class)):
+                found[job_id] = READY
+        for runner_id in listdir(os.path.join(self.root, "claimed")):
+            for job_id in listdir(self.claimed_dir(runner_id)):
+                found[job_id] = RUNNING
+        for job_id in listdir(self.done_dir()):
+            found[job_id] = DONE
+        return found
+
+    def make_ready(self, job_id, states):
+        """Queue a staged job; a no-op for one already queued, running or done."""
+        if job_id in states:
+            return states[job_id]
+        meta = self.job_meta(job_id)
+        if not meta or not os.path.exists(os.path.join(self.job_dir(job_id), "job.sh")):
+            return ABSENT
+        if os.path.exists(self.finished_path(job_id)):
+            self._to_done(None, job_id)
+            return DONE
+        ready = self.ready_dir(meta["class"])
+        os.makedirs(ready, mode=0o700, exist_ok=True)
+        touch_new(os.path.join(ready, job_id))
+        return READY
+
+    def remove(self, job_id):
+        """Forget a collected job: its marker first, so it never looks half-removed."""
+        try:
+            os.unlink(os.path.join(self.done_dir(), job_id))
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    # -- the runner's side ------------------------------------------------------------
+    def ready_jobs(self, job_class):
+        """Ready job ids of a class, oldest first (FIFO by when they were queued)."""
+        folder = self.ready_dir(job_class)
+        entries = []
+        for job_id in listdir(folder):
+            try:
+                entries.append((os.stat(os.path.join(folder, job_id)).st_mtime, job_id))
+            except FileNotFoundError:
+                continue
+        return [job_id for _, job_id in sorted(entries)]
+
+    def claim(self, job_class, job_id, runner_id):
+        """Take a ready job for a runner; False when another runner was faster."""
+        claimed = self.claimed_dir(runner_id)
+        os.makedirs(claimed, mode=0o700, exist_ok=True)
+        try:
+            os.rename(os.path.join(self.ready_dir(job_class), job_id), os.path.join(claimed, job_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def claimed_jobs(self, runner_id):
+        return listdir(self.claimed_dir(runner_id))
+
+    def runners_with_claims(self):
+        return listdir(os.path.join(self.root, "claimed"))
+
+    def finish(self, runner_id, job_id, record):
+        """Record a job's end: finished.json first, then the marker moves to done."""
+        write_json(self.finished_path(job_id), record)
+        self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
+
+    def release(self, runner_id, job_id, reason, max_attempts):
+        """Give an interrupted job back to the queue, or fail it after too many tries.
+
+        Returns "done" when the job had in fact finished (never run twice), "failed" when
+        it has been interrupted ``max_attempts`` times, else "requeued".
+        """
+        marker = os.path.join(self.claimed_dir(runner_id), job_id)
+        if os.path.exists(self.finished_path(job_id)):
+            self._to_done(marker, job_id)
+            return DONE
+        history_path = os.path.join(self.job_dir(job_id), "interruptions.json")
+        history = read_json(history_path, [])
+        history.append({"runner": runner_id, "at": time.time(), "reason": reason})
+        write_json(history_path, history)
+        if len(history) >= max_attempts:
+            self.finish(runner_id, job_id, {
+                "rc": -1, "interrupted": len(history), "runner": runner_id,
+                "error": "interrupted %d times (last: %s); not retried" % (len(history), reason),
+            })
+            return "failed"
+        meta = self.job_meta(job_id)
+        ready = self.ready_dir(meta.get("class", "default"))
+        os.makedirs(ready, mode=0o700, exist_ok=True)
+        try:
+            os.rename(marker, os.path.join(ready, job_id))
+        except FileNotFoundError:
+            pass
+        return "requeued"
+
+    def attempts_before(self, job_id):
+        return len(read_json(os.path.join(self.job_dir(job_id), "interruptions.json"), []))
+
+    def forget_runner(self, runner_id):
+        """Drop an ended runner's empty claim folder and its records."""
+        try:
+            os.rmdir(self.claimed_dir(runner_id))
+        except OSError:
+            pass
+        for suffix in (".json", ".alive.json"):
+            try:
+                os.unlink(os.path.join(self.runners_dir(), runner_id + suffix))
+            except FileNotFoundError:
+                pass
+
+    def _to_done(self, marker, job_id):
+        """Move a marker to done/ (or create one there when there is no marker to move)."""
+        os.makedirs(self.done_dir(), mode=0o700, exist_ok=True)
+        if marker is not None:
+            try:
+                os.rename(marker, os.path.join(self.done_dir(), job_id))
+                return
+            except FileNotFoundError:
+                pass
+        touch_new(os.path.join(self.done_dir(), job_id))

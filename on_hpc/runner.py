@@ -1,0 +1,240 @@
+"""The batched runner: one allocation that drains every ready job of its class.
+
+It claims jobs with a rename (see ``jobstore``), runs up to ``slots`` of them at once,
+each in its own process group with its own share of the allocation's GPUs, and keeps
+taking jobs that arrive while it runs.  It never starts a job that expects more time than
+the allocation has left, and when told to stop (the scheduler's early warning, SIGTERM,
+Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .files import read_json, write_json
+from .jobstore import JobStore
+from .schedulers import connector
+
+POLL_SECONDS = 0.2
+HEARTBEAT_SECONDS = 10
+# A job that dies by a signal may have been hit by the same signal that is about to stop
+# the runner (scancel signals every process of the allocation at once).  Its end is held
+# back this long so a stop that follows turns it into an interruption, not a failure.
+SIGNAL_GRACE_SECONDS = 2.0
+TERMINATE_WAIT_SECONDS = 3.0
+
+
+class RunningJob(object):
+    def __init__(self, job_id, process, start, gpus, attempt):
+        self.job_id = job_id
+        self.process = process
+        self.start = start
+        self.gpus = gpus
+        self.attempt = attempt
+        self.exit = None          # (returncode, end time) once reaped
+
+
+class Runner(object):
+    def __init__(self, spec):
+        self.spec = spec
+        self.runner_id = spec["id"]
+        self.job_class = spec["class"]
+        self.store = JobStore(spec["root"])
+        self.sched = connector(spec["scheduler"], self.store)
+        self.slots = int(spec.get("slots", 1))
+        self.host = socket.gethostname()
+        self.sched_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        seconds = self.sched.allocation_seconds(spec)
+        self.deadline = None if seconds is None else time.time() + seconds
+        gpus = self.sched.allocation_gpus()
+        self.gpus_per_job = len(gpus) // self.slots if gpus else 0
+        self.free_gpus = list(gpus)
+        self.jobs = {}
+        self.stop_reason = None
+        self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
+
+    def run(self):
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
+                                     "started": time.time(), "deadline": self.deadline})
+        log("runner %s up on %s: %d slot(s), gpus %s, %s left" % (
+            self.runner_id, self.host, self.slots, self.free_gpus or "none", self._left_text()))
+        idle_since = last_beat = time.time()
+        try:
+            while True:
+                self._reap()
+                if self.stop_reason:
+                    self._shutdown()
+                    break
+                unfit = self._fill_slots()
+                now = time.time()
+                if now - last_beat >= HEARTBEAT_SECONDS:
+                    os.utime(self.alive_path, None)
+                    last_beat = now
+                if self.jobs:
+                    idle_since = now
+                elif unfit:
+                    log("ready jobs need more time than the %s left; leaving for a fresh runner"
+                        % self._left_text())
+                    break
+                elif now - idle_since >= self.spec.get("idle_timeout", 60):
+                    log("idle for %ds; leaving" % (now - idle_since))
+                    break
+                time.sleep(POLL_SECONDS)
+        finally:
+            self.store.forget_runner(self.runner_id)
+
+    # -- claiming and starting ----------------------------------------------------------
+    def _fill_slots(self):
+        """Start ready jobs while slots are free; return how many could not fit in time."""
+        if len(self.jobs) >= self.slots:
+            return 0
+        unfit = 0
+        for job_id in self.store.ready_jobs(self.job_class):
+            if len(self.jobs) >= self.slots or self.stop_reason:
+                break
+            expected = self.store.job_meta(job_id).get("expected_seconds") or 0
+            if self.deadline is not None and expected > self.deadline - time.time():
+                unfit += 1
+                continue
+            if self.store.claim(self.job_class, job_id, self.runner_id):
+                self._start(job_id)
+        return unfit
+
+    def _start(self, job_id):
+        job_dir = self.store.job_dir(job_id)
+        attempt = self.store.attempts_before(job_id) + 1
+        output = os.path.join(job_dir, "output")
+        _empty_folder(output)
+        gpus = [self.free_gpus.pop(0) for _ in range(self.gpus_per_job)]
+        env = dict(os.environ, DBR_JOB_ID=job_id, DBR_ATTEMPT=str(attempt))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        script = os.path.join(job_dir, "job.sh")
+        start = time.time()
+        try:
+            with open(os.path.join(job_dir, "stdout"), "wb") as out, \
+                    open(os.path.join(job_dir, "stderr"), "wb") as err:
+                process = subprocess.Popen(
+                    _script_argv(script), cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True)
+        except OSError as error:
+            with open(os.path.join(job_dir, "stderr"), "ab") as err:
+                err.write(("dropbox-runner: cannot start job.sh: %s\n" % error).encode())
+            self.free_gpus.extend(gpus)
+            self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
+            return
+        write_json(os.path.join(job_dir, "claim.json"), {
+            "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
+            "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus})
+        self.jobs[job_id] = RunningJob(job_id, process, start, gpus, attempt)
+        log("started %s (attempt %d, gpus %s)" % (job_id, attempt, gpus or "none"))
+
+    # -- ending ---------------------------------------------------------------------------
+    def _reap(self):
+        now = time.time()
+        for job in list(self.jobs.values()):
+            if job.exit is None:
+                code = job.process.poll()
+                if code is None:
+                    continue
+                job.exit = (code, now)
+            code, end = job.exit
+            if _looks_signalled(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
+                continue
+            if _looks_signalled(code) and self.stop_reason:
+                continue   # handed back by _shutdown
+            self._finish(job, code, end)
+
+    def _finish(self, job, code, end):
+        del self.jobs[job.job_id]
+        self.free_gpus.extend(job.gpus)
+        self.store.finish(self.runner_id, job.job_id,
+                          self._record(job.job_id, job.attempt, job.start, code, end))
+        log("finished %s rc=%s" % (job.job_id, code))
+
+    def _record(self, job_id, attempt, start, code, end):
+        signal_name = None
+        if code < 0:
+            signal_name = _signal_name(-code)
+            code = 128 - code
+        return {"rc": code, "signal": signal_name, "start": start, "end": end or time.time(),
+                "host": self.host, "runner": self.runner_id, "sched_id": self.sched_id,
+                "attempt": attempt}
+
+    def _shutdown(self):
+        log("stopping (%s): ending %d job(s)" % (self.stop_reason, len(self.jobs)))
+        for job in self.jobs.values():
+            if job.exit is None:
+                _signal_group(job.process.pid, signal.SIGTERM)
+        waited_until = time.time() + TERMINATE_WAIT_SECONDS
+        while time.time() < waited_until and any(j.process.poll() is None for j in self.jobs.values()):
+            time.sleep(0.1)
+        for job in list(self.jobs.values()):
+            _signal_group(job.process.pid, signal.SIGKILL)
+            job.process.wait()
+            if job.exit is not None and not _looks_signalled(job.exit[0]):
+                self._finish(job, *job.exit)
+                continue
+            outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
+                                         self.spec.get("max_attempts", 3))
+            del self.jobs[job.job_id]
+            log("released %s: %s" % (job.job_id, outcome))
+
+    def _on_signal(self, signum, frame):
+        self.stop_reason = "runner %s got %s" % (self.runner_id, _signal_name(signum))
+
+    def _left_text(self):
+        if self.deadline is None:
+            return "no time limit"
+        return "%ds" % (self.deadline - time.time())
+
+
+def _script_argv(script):
+    """Honour the template's #! line; a script without one runs under bash."""
+    with open(script, "rb") as handle:
+        has_shebang = handle.read(2) == b"#!"
+    if has_shebang:
+        os.chmod(script, 0o700)
+        return [script]
+    return ["/bin/bash", script]
+
+
+def _looks_signalled(code):
+    """Killed by a signal, or a shell that reports its child's signal as 128+n."""
+    return code < 0 or code in (128 + signal.SIGTERM, 128 + signal.SIGKILL, 128 + signal.SIGINT)
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "signal %d" % signum
+
+
+def _signal_group(pgid, signum):
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _empty_folder(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, mode=0o700)
+
+
+def log(message):
+    sys.stdout.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
+    sys.stdout.flush()
+
+
+def main(spec_path):
+    spec = read_json(spec_path)
+    if not spec:
+        raise SystemExit("runner spec %s is missing or unreadable" % spec_path)
+    Runner(spec).run()

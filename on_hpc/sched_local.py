@@ -1,0 +1,84 @@
+"""The embedded scheduler: runners are detached processes on this machine.
+
+It is what makes dropbox-runner work on a laptop with no cluster, and it runs the same
+queue code as Slurm does, so it is also how the pipeline is tested quickly.
+"""
+import os
+import signal
+import subprocess
+import time
+
+from .files import listdir, read_json
+from .schedulers import RUNNING, RunnerInfo
+
+
+class LocalConnector(object):
+    name = "local"
+
+    def __init__(self, store):
+        self.store = store
+
+    def submit(self, spec, spec_path, argv, env):
+        log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, close_fds=True, cwd=self.store.root,
+            )
+        return str(process.pid)
+
+    def list_runners(self):
+        found = {}
+        for name in listdir(self.store.runners_dir()):
+            if not name.endswith(".alive.json"):
+                continue
+            runner_id = name[: -len(".alive.json")]
+            alive = read_json(os.path.join(self.store.runners_dir(), name), {})
+            pid = alive.get("pid")
+            if pid and _is_runner_process(pid, runner_id):
+                deadline = alive.get("deadline")
+                left = None if deadline is None else max(0, int(deadline - time.time()))
+                found[runner_id] = RunnerInfo(runner_id, str(pid), RUNNING, left)
+        return found
+
+    def last_known_runners(self):
+        return self.list_runners()
+
+    def cancel(self, sched_ids):
+        for sched_id in sched_ids:
+            try:
+                os.kill(int(sched_id), signal.SIGTERM)
+            except (ProcessLookupError, ValueError):
+                pass
+
+    def kill_leftovers(self, job_id, claim):
+        """A runner killed outright leaves its job's process group running: end it."""
+        pgid = claim.get("pgid")
+        if pgid and _has_env(pgid, "DBR_JOB_ID=" + job_id):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def allocation_seconds(self, spec):
+        return spec.get("time_limit")
+
+    def allocation_gpus(self):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return [gpu for gpu in visible.split(",") if gpu]
+
+
+def _is_runner_process(pid, runner_id):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return runner_id.encode() in handle.read()
+    except (OSError, ValueError):
+        return False
+
+
+def _has_env(pid, entry):
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            return entry.encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
