@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install the system programs the real-cluster tests run (Debian 12, as root):
+# Slurm (slurmctld, slurmd, sbatch), munge, OpenSSH server and rsync.
+# Idempotent: when every binary is already present it exits at once (apt is slow).
+set -euo pipefail
+
+needed=(sshd rsync slurmctld slurmd sbatch munged)
+missing=()
+for prog in "${needed[@]}"; do
+    if ! command -v "$prog" >/dev/null 2>&1 \
+        && [ ! -x "/usr/sbin/$prog" ] && [ ! -x "/usr/bin/$prog" ]; then
+        missing+=("$prog")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-system-deps: all present (${needed[*]})"
+    exit 0
+fi
+
+echo "install-system-deps: missing ${missing[*]}; installing packages"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-system-deps: must run as root (apt-get install)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y slurm-wlm munge openssh-server rsync
