@@ -48,16 +48,21 @@ class ResourceClass:
 
 @dataclass
 class Remote:
-    """How to reach the cluster's head node over SSH."""
+    """How to reach the cluster's head node over SSH.
+
+    ``host`` may be an alias of the SSH config file, which paramiko and OpenSSH (rsync)
+    then read alike.  The passphrase is kept out of ``repr`` so a logged config never
+    shows it; ``passphrase_env`` names an environment variable to take it from instead.
+    """
 
     host: str
     port: int | None = None
     user: str | None = None
-    key_file: str | None = None
-    passphrase: str | None = None
+    key_file: Path | None = None
+    passphrase: str | None = field(default=None, repr=False)
     passphrase_env: str | None = None
-    known_hosts: str | None = None
-    ssh_config: str | None = None
+    known_hosts: Path | None = None      # default ~/.ssh/known_hosts
+    ssh_config: Path | None = None       # default ~/.ssh/config (and /etc/ssh/ssh_config)
     transfer: str = "auto"               # rsync | sftp | auto
     connect_timeout: int = 15
 
@@ -94,7 +99,8 @@ class Config:
 
 
 _DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout"}
-_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile"}
+_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile",
+                "key_file", "known_hosts", "ssh_config"}
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -151,6 +157,9 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         for key in ("workspace", "scripts"):
             if key not in config.hpc_env:
                 problems.append(f"hpc_env.{key}: required with backend: ssh (a folder on the cluster)")
+            elif not config.hpc_env[key].startswith("/"):
+                problems.append(f"hpc_env.{key}: must be an absolute path on the cluster "
+                                f"(on_hpc runs from its own folder there), got {config.hpc_env[key]!r}")
         config.hpc_env.setdefault("containers", "")
         config.python = config.python or "python3"
     config.state_dir = config.state_dir or config.dropbox / ".dropbox-runner"
