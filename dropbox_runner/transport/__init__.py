@@ -47,4 +47,4 @@ def open_transport(config) -> Transport:
         from .local import LocalTransport
         return LocalTransport()
     from .ssh import SshTransport
-    return SshTransport(config.remote)
+    return SshTransport(config)
