@@ -15,7 +15,7 @@ from .transport import TransportError, open_transport
 
 log = logging.getLogger("dropbox_runner")
 
-EXIT_OK, EXIT_CLUSTER_DOWN, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CLUSTER_DOWN, EXIT_USAGE, EXIT_HOST_KEY = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument("--period", type=float, default=2.0, help="seconds between checks (--wait)")
     submit.set_defaults(handler=command_submit)
+
+    trust = commands.add_parser("trust-host", help="show the cluster's SSH host key and record it in known_hosts")
+    trust.add_argument("--config", required=True, type=Path)
+    trust.add_argument("--yes", action="store_true", help="record without asking")
+    trust.add_argument("--replace", action="store_true",
+                       help="replace a different key already recorded for the host (after a real key change)")
+    trust.set_defaults(handler=command_trust_host)
+
+    deploy = commands.add_parser("deploy", help="install on_hpc into the cluster's scripts folder")
+    deploy.add_argument("--config", required=True, type=Path)
+    deploy.set_defaults(handler=command_deploy)
 
     demo = commands.add_parser("demo", help="run a dozen example jobs on the local backend")
     demo.add_argument("--dir", type=Path, help="where to put the demo (default: a new temp folder)")
@@ -110,6 +121,54 @@ def command_submit(options: argparse.Namespace) -> int:
         print(file=sys.stderr)
     print(yaml.safe_dump(result, sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK if result.get("job", {}).get("status") == "ok" else 1
+
+
+def command_trust_host(options: argparse.Namespace) -> int:
+    from .transport.hostkeys import fingerprint, record_key, recorded_keys, same_key
+    from .transport.ssh import SshTransport
+    config = load_config(options.config)
+    if config.backend != "ssh":
+        print("dropbox-runner: trust-host needs backend: ssh", file=sys.stderr)
+        return EXIT_USAGE
+    transport = SshTransport(config)
+    name, key = transport.server_host_key()
+    path = transport.known_hosts
+    print(f"{name} presents a {key.get_name()} host key, fingerprint {fingerprint(key)}")
+    known = recorded_keys(path, name)
+    if any(same_key(key, old) for old in known):
+        print(f"already trusted in {path}")
+        return EXIT_OK
+    if known and not options.replace:
+        print(f"dropbox-runner: {path} holds a DIFFERENT key for {name} ({fingerprint(known[0])}); "
+              "refusing to change it: if the cluster's key really changed, check the new fingerprint "
+              "with its administrators and run again with --replace", file=sys.stderr)
+        return EXIT_HOST_KEY
+    if not options.yes and not _confirm(f"record it in {path}? [y/N] "):
+        print("not recorded")
+        return EXIT_HOST_KEY
+    record_key(path, name, key, replace=bool(known))
+    print(f"recorded in {path}")
+    return EXIT_OK
+
+
+def command_deploy(options: argparse.Namespace) -> int:
+    from .cluster import ClusterSide
+    config = load_config(options.config)
+    transport = open_transport(config)
+    try:
+        cluster = ClusterSide(config, transport)
+        cluster.deploy()
+    finally:
+        transport.close()
+    print(cluster.deploy_dir)
+    return EXIT_OK
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
 
 
 def command_demo(options: argparse.Namespace) -> int:
