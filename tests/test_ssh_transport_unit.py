@@ -82,7 +82,7 @@ def test_master_exit_uses_the_same_options():
 
 
 @pytest.mark.parametrize("code, stderr, expected", [
-    (255, b"Host key verification failed.\r\nrsync: connection unexpectedly closed", "trust-host"),
+    (255, b"Host key verification failed.\r\nrsync: connection unexpectedly closed", "see: trust-host --config c"),
     (255, b"alice@hpc: Permission denied (publickey).", "SSH login was refused"),
     (12, b"bash: line 1: rsync: command not found\nrsync: connection unexpectedly closed",
      "rsync is not installed on the cluster"),
@@ -91,10 +91,10 @@ def test_master_exit_uses_the_same_options():
     (23, b'rsync: [sender] link_stat "/x" failed: No such file', "rsync reported an error"),
 ])
 def test_rsync_failures_say_whose_fault(code, stderr, expected):
-    message = rsync_failure("push to /w", code, stderr)
+    message = rsync_failure("push to /w", code, stderr, "trust-host --config c")
     assert message.startswith(f"rsync push to /w failed (exit {code}: ")
     assert expected in message
-    assert "\n" not in message
+    assert "\n" not in message and "unexpectedly closed" not in message
 
 
 # -- the transfer choice ---------------------------------------------------------------------

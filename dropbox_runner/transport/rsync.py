@@ -149,12 +149,13 @@ def master_exit_argv(options: list[str], host: str) -> list[str]:
     return ["ssh", *options, "-O", "exit", host]
 
 
-def rsync_failure(action: str, returncode: int, stderr: bytes) -> str:
-    """One line saying what failed, whose fault it likely is, and rsync's last words."""
+def rsync_failure(action: str, returncode: int, stderr: bytes, trust_command: str) -> str:
+    """One line saying what failed, whose fault it likely is, and what ssh or rsync said
+    (without rsync's own boilerplate about the closed connection)."""
     text = stderr.decode(errors="replace")
     meaning = RSYNC_EXIT.get(returncode, "unknown error")
     if "Host key verification failed" in text:
-        cause = "the server's host key is not the one in known_hosts (run dropbox-runner trust-host)"
+        cause = f"the server's host key is unknown or not the one in known_hosts (see: {trust_command})"
     elif "Permission denied" in text and returncode == 255:
         cause = "the SSH login was refused (key, user or agent)"
     elif "command not found" in text or "rsync: not found" in text:
@@ -163,7 +164,9 @@ def rsync_failure(action: str, returncode: int, stderr: bytes) -> str:
         cause = "the network or the SSH connection failed; the transfer resumes next cycle"
     else:
         cause = "rsync reported an error"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.startswith("rsync error: ")
+             and "connection unexpectedly closed" not in line]
     tail = " | ".join(lines[-3:]) or "(no message)"
     return f"rsync {action} failed (exit {returncode}: {meaning}): {cause}: {tail}"
 
@@ -171,8 +174,9 @@ def rsync_failure(action: str, returncode: int, stderr: bytes) -> str:
 class RsyncTransfer:
     """push and pull as single rsync runs over a shared OpenSSH master."""
 
-    def __init__(self, endpoint: SshEndpoint):
+    def __init__(self, endpoint: SshEndpoint, trust_command: str):
         self.endpoint = endpoint
+        self.trust_command = trust_command
         self._control_dir: str | None = None
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
@@ -216,5 +220,5 @@ class RsyncTransfer:
             raise TransportError("rsync is not installed on this machine "
                                  "(install it, or set remote.transfer: sftp or auto)") from None
         if done.returncode != 0:
-            raise TransportError(rsync_failure(action, done.returncode, done.stderr))
+            raise TransportError(rsync_failure(action, done.returncode, done.stderr, self.trust_command))
         log.debug("rsync %s took %.2fs", action, time.monotonic() - started)

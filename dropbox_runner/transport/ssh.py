@@ -76,14 +76,18 @@ def choose_transfer(mode: str, *, local_rsync: bool, passphrase: bool, agent: bo
     return "rsync", "rsync is installed on both sides"
 
 
+def trust_command(config_file: Path) -> str:
+    return f"dropbox-runner trust-host --config {config_file}"
+
+
 def describe_connect_failure(error: BaseException, target: str, config_file: Path, timeout: int) -> str:
     """One line for the operator: what went wrong and, where there is one, what to do."""
-    trust = f"dropbox-runner trust-host --config {config_file}"
+    trust = trust_command(config_file)
     if isinstance(error, UnknownHostKey):
         return (f"host key for {error.name} is not known (the server offers {error.key.get_name()} "
                 f"{fingerprint(error.key)}); check that fingerprint, then run: {trust}")
     if isinstance(error, paramiko.BadHostKeyException):
-        return (f"host key for {error.hostname} CHANGED: known_hosts has {fingerprint(error.expected_key)}, "
+        return (f"host key for {target} CHANGED: known_hosts has {fingerprint(error.expected_key)}, "
                 f"the server offers {error.key.get_name()} {fingerprint(error.key)}; refusing to connect "
                 f"(this can be an attack); if the change is expected, run: {trust} --replace")
     if isinstance(error, paramiko.PasswordRequiredException):
@@ -255,7 +259,7 @@ class SshTransport:
             remote_rsync=lambda: self.run("command -v rsync >/dev/null 2>&1").returncode == 0)
         log.debug("transfers to %s use %s: %s", self.target, tool, why)
         if tool == "rsync":
-            self._transfer = RsyncTransfer(self._endpoint())
+            self._transfer = RsyncTransfer(self._endpoint(), trust_command(self.config_file))
         else:
             self._transfer = SftpTransfer(self._client().open_sftp())
         return self._transfer
