@@ -115,3 +115,7 @@ def command_submit(options: argparse.Namespace) -> int:
 def command_demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(options.dir, options.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,6 +99,7 @@ class Submitter:
                 self._settle_duplicate(name, name in held_names)
                 continue
             try:
+                digest = self.dropbox.digest(name)
                 raw = read_job_file(self.dropbox.path(name))
                 job = prepare(self.config, name, raw)
             except FileNotFoundError:
@@ -108,44 +109,43 @@ class Submitter:
                 if self.dropbox.age(name) < self.config.grace_seconds:
                     log.debug("%s: not valid yet, may still be being written: %s", name, problems)
                     continue
-                self._reject(name, raw, problems)
+                self._reject(name, raw, problems, digest)
                 report.rejected += 1
                 continue
             write_outbox_entry(self.outbox, job, self.config.submitter_id)
             fault_point("after_outbox")
-            self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time()))
+            self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(), digest))
             fault_point("after_hold")
             self.dropbox.discard(name, "")
             report.taken += 1
             log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
 
     def _settle_duplicate(self, name: str, is_held: bool) -> None:
-        """A ``.job`` beside its own ``.submitted`` or ``.finished`` is what a crash
-        between two steps leaves; anything else is a new job that must wait its turn."""
+        """A ``.job`` beside the ``.submitted`` or ``.finished`` made from it is what a
+        crash between two steps leaves: it is removed.  A different ``.job`` of the same
+        name is a new job: it waits for the one in flight, or replaces an old result."""
         try:
-            raw = read_job_file(self.dropbox.path(name))
-        except (OSError, JobInvalid):
+            digest = self.dropbox.digest(name)
+        except FileNotFoundError:
             return
         if is_held:
             try:
-                same = self.dropbox.read_held(name).get("description") == raw
+                recorded = self.dropbox.read_held(name).get("job_digest")
             except ValueError:
-                same = False
+                recorded = None
         else:
-            result = self.dropbox.read_result(name) or {}
-            result.pop("job", None)
-            same = result == raw
-        if same:
+            recorded = ((self.dropbox.read_result(name) or {}).get("job") or {}).get("job_digest")
+        if recorded == digest:
             self.dropbox.discard(name, "")
         elif is_held:
             log.warning("%s: a new job with the name of one still running; it waits", name)
         else:
-            self.dropbox.discard(name, ".finished")   # an old result; the new job replaces it
+            self.dropbox.discard(name, ".finished")
 
-    def _reject(self, name: str, raw: Any, problems: list[str]) -> None:
+    def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         description = raw if isinstance(raw, dict) else None
         message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, description, error_block(message))
+        self.dropbox.write_result(name, description, error_block(message, job_digest=digest))
         fault_point("after_reject_result")
         self.dropbox.discard(name, "")
         log.warning("%s: rejected: %s", name, "; ".join(problems))
@@ -157,7 +157,7 @@ class Submitter:
             try:
                 document = self.dropbox.read_held(name)
                 job = HeldJob(name, document["id"], document["description"], document["fingerprint"],
-                              document["class"], float(document["submitted_at"]))
+                              document["class"], float(document["submitted_at"]), document["job_digest"])
                 if not isinstance(job.description, dict):
                     raise ValueError("description is not a mapping")
             except (ValueError, KeyError, TypeError) as error:
@@ -178,11 +178,13 @@ class Submitter:
 
     def _drop_broken_hold(self, name: str, why: str, report: CycleReport) -> None:
         try:
-            description = self.dropbox.read_held(name).get("description")
+            document = self.dropbox.read_held(name)
         except ValueError:
-            description = None
+            document = {}
+        description = document.get("description")
         self.dropbox.write_result(name, description if isinstance(description, dict) else None,
-                                  error_block(f"cannot continue this job: {why}"))
+                                  error_block(f"cannot continue this job: {why}",
+                                              job_digest=document.get("job_digest")))
         self.dropbox.discard(name, ".submitted")
         report.finished_error += 1
         log.error("%s: %s; wrote an error result", name, why)
@@ -215,7 +217,8 @@ class Submitter:
             prepared = prepare(self.config, job.name, job.description, job.fingerprint)
         except (JobInvalid, TemplateProblem, OSError) as problem:
             self.dropbox.write_result(job.name, job.description, error_block(
-                f"the job was lost on the cluster and cannot be sent again: {problem}", job.job_id))
+                f"the job was lost on the cluster and cannot be sent again: {problem}", job.job_id,
+                job_digest=job.job_digest))
             self.dropbox.discard(job.name, ".submitted")
             report.finished_error += 1
             return
@@ -237,6 +240,7 @@ class Submitter:
         pulled = self.inbox / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)
+        block["job_digest"] = job.job_digest
         if block["status"] == "ok":
             outputs = job.description.get("output_map") or {}
             names = workspace_names(outputs)

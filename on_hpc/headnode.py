@@ -197,7 +197,9 @@ def count_states(states):
 def _needs_fresh_runner(store, ready, live):
     """True when some ready job expects more time than any live runner has left."""
     longest_left = max(float("inf") if info.time_left is None else info.time_left for info in live)
-    return any(store.job_meta(job_id).get("expected_seconds", 0) > longest_left for job_id in ready)
+    if longest_left == float("inf"):
+        return False
+    return any((store.job_meta(job_id).get("expected_seconds") or 0) > longest_left for job_id in ready)
 
 
 def _runner_class(store, runner_id):
