@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--config", required=True, type=Path)
     once.set_defaults(handler=command_once)
 
+    watch = commands.add_parser("watch", help="run as a daemon: cycles when jobs arrive or finish")
+    watch.add_argument("--config", required=True, type=Path)
+    watch.set_defaults(handler=command_watch)
+
     status = commands.add_parser("status", help="jobs by state and the runners alive")
     status.add_argument("--config", required=True, type=Path)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -86,6 +90,11 @@ def command_once(options: argparse.Namespace) -> int:
                  report.taken, report.rejected, report.sent, report.finished_ok, report.finished_error,
                  report.held, report.runners_submitted, report.seconds)
     return EXIT_OK
+
+
+def command_watch(options: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    return Daemon(options.config).run()
 
 
 def command_status(options: argparse.Namespace) -> int:
@@ -174,3 +183,7 @@ def _confirm(question: str) -> bool:
 def command_demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(options.dir, options.jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

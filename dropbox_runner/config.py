@@ -85,6 +85,9 @@ class Config:
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
     heartbeat_timeout: int = 300
     python: str = ""                     # the cluster's interpreter for on_hpc
+    metrics_file: Path | None = None     # a Prometheus textfile, rewritten after each cycle
+    observer: str = "auto"               # watch: inotify | polling | auto (polling on network filesystems)
+    tick: int = 30                       # watch: seconds between cycles when nothing happens
     allowed_input_roots: list[Path] = field(default_factory=list)
     allowed_output_roots: list[Path] = field(default_factory=list)
     remote: Remote | None = None
@@ -98,8 +101,8 @@ class Config:
         return self.hpc_env["scripts"]
 
 
-_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout"}
-_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile",
+_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout", "tick"}
+_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file",
                 "key_file", "known_hosts", "ssh_config"}
 
 
@@ -144,6 +147,8 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
     if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):
         problems.append(f"remote.transfer: {config.remote.transfer!r} is not one of rsync, sftp, auto")
+    if config.observer not in ("auto", "inotify", "polling"):
+        problems.append(f"observer: {config.observer!r} is not one of auto, inotify, polling")
     if config.default_class not in config.classes:
         problems.append(f"default_class: {config.default_class!r} is not among classes")
     if config.backend == "local":

@@ -10,6 +10,7 @@ Tools see only these files, exactly as with hpc_batch.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ class HeldJob:
     fingerprint: dict[str, list[int]]
     job_class: str
     submitted_at: float
+    job_digest: str          # sha256 of the .job file's bytes, to recognise it after a crash
 
     def to_document(self) -> dict[str, Any]:
         return {"id": self.job_id, "class": self.job_class, "submitted_at": self.submitted_at,
-                "fingerprint": self.fingerprint, "description": self.description}
+                "fingerprint": self.fingerprint, "job_digest": self.job_digest,
+                "description": self.description}
 
 
 class Dropbox:
@@ -71,6 +74,9 @@ class Dropbox:
                 elif name.endswith(FINISHED):
                     finished.add(name[: -len(".finished")])
         return Listing([name for _, name in sorted(new)], sorted(submitted), finished)
+
+    def digest(self, name: str, suffix: str = "") -> str:
+        return hashlib.sha256(self.path(name, suffix).read_bytes()).hexdigest()
 
     def age(self, name: str) -> float:
         try:

@@ -16,6 +16,7 @@ Network failures raise TransportError out of the cycle and leave every job waiti
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -29,10 +30,12 @@ from .dropbox import Dropbox, HeldJob, Listing
 from .faults import fault_point
 from .jobs import JobInvalid, job_id, read_job_file, workspace_names
 from .lock import cycle_lock
+from .on_hpc.files import write_atomic
 from .results import OutputProblem, error_block, place_outputs, read_stream, run_block
 from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .rendering import TemplateProblem
-from .transport import Transport
+from .metrics import record_cycle
+from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,34 @@ class CycleReport:
     requeued: int = 0
     runners_submitted: int = 0
     held: int = 0
+    held_ids: list[str] = field(default_factory=list)
+    dropbox_counts: dict[str, int] = field(default_factory=dict)
+    collected_ids: list[str] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+class JsonFile:
+    """A small JSON document in the state folder, rewritten only when it changes, so a
+    cron run every minute logs each job's state change once, not once a minute."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last: Any = None
+
+    def load(self) -> dict[str, Any]:
+        try:
+            self._last = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self._last = {}
+        return dict(self._last)
+
+    def save(self, value: dict[str, Any]) -> None:
+        if value != self._last:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(str(self.path), json.dumps(value))
+            self._last = value
 
 
 class Submitter:
@@ -60,6 +88,7 @@ class Submitter:
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
         self.inbox = config.state_dir / "inbox"
+        self.seen_states = JsonFile(config.state_dir / "seen-states.json")
 
     def cycle(self) -> CycleReport:
         """Run one cycle; the caller holds the dropbox lock."""
@@ -87,6 +116,11 @@ class Submitter:
         fault_point("after_queue")
         self._note_queue_states(held, answer, waiting, report)
         self._collect(held, answer["finished"], report)
+        report.held_ids = sorted(set(held) - set(report.collected_ids))
+        report.dropbox_counts = {
+            "waiting": len(listing.new) - report.taken - report.rejected,
+            "submitted": len(report.held_ids),
+            "finished": len(listing.finished) + report.rejected + len(report.collected_ids)}
         report.seconds = time.monotonic() - started
         return report
 
@@ -99,6 +133,7 @@ class Submitter:
                 self._settle_duplicate(name, name in held_names)
                 continue
             try:
+                digest = self.dropbox.digest(name)
                 raw = read_job_file(self.dropbox.path(name))
                 job = prepare(self.config, name, raw)
             except FileNotFoundError:
@@ -108,44 +143,43 @@ class Submitter:
                 if self.dropbox.age(name) < self.config.grace_seconds:
                     log.debug("%s: not valid yet, may still be being written: %s", name, problems)
                     continue
-                self._reject(name, raw, problems)
+                self._reject(name, raw, problems, digest)
                 report.rejected += 1
                 continue
             write_outbox_entry(self.outbox, job, self.config.submitter_id)
             fault_point("after_outbox")
-            self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time()))
+            self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(), digest))
             fault_point("after_hold")
             self.dropbox.discard(name, "")
             report.taken += 1
             log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
 
     def _settle_duplicate(self, name: str, is_held: bool) -> None:
-        """A ``.job`` beside its own ``.submitted`` or ``.finished`` is what a crash
-        between two steps leaves; anything else is a new job that must wait its turn."""
+        """A ``.job`` beside the ``.submitted`` or ``.finished`` made from it is what a
+        crash between two steps leaves: it is removed.  A different ``.job`` of the same
+        name is a new job: it waits for the one in flight, or replaces an old result."""
         try:
-            raw = read_job_file(self.dropbox.path(name))
-        except (OSError, JobInvalid):
+            digest = self.dropbox.digest(name)
+        except FileNotFoundError:
             return
         if is_held:
             try:
-                same = self.dropbox.read_held(name).get("description") == raw
+                recorded = self.dropbox.read_held(name).get("job_digest")
             except ValueError:
-                same = False
+                recorded = None
         else:
-            result = self.dropbox.read_result(name) or {}
-            result.pop("job", None)
-            same = result == raw
-        if same:
+            recorded = ((self.dropbox.read_result(name) or {}).get("job") or {}).get("job_digest")
+        if recorded == digest:
             self.dropbox.discard(name, "")
         elif is_held:
             log.warning("%s: a new job with the name of one still running; it waits", name)
         else:
-            self.dropbox.discard(name, ".finished")   # an old result; the new job replaces it
+            self.dropbox.discard(name, ".finished")
 
-    def _reject(self, name: str, raw: Any, problems: list[str]) -> None:
+    def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         description = raw if isinstance(raw, dict) else None
         message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, description, error_block(message))
+        self.dropbox.write_result(name, description, error_block(message, job_digest=digest))
         fault_point("after_reject_result")
         self.dropbox.discard(name, "")
         log.warning("%s: rejected: %s", name, "; ".join(problems))
@@ -157,7 +191,7 @@ class Submitter:
             try:
                 document = self.dropbox.read_held(name)
                 job = HeldJob(name, document["id"], document["description"], document["fingerprint"],
-                              document["class"], float(document["submitted_at"]))
+                              document["class"], float(document["submitted_at"]), document["job_digest"])
                 if not isinstance(job.description, dict):
                     raise ValueError("description is not a mapping")
             except (ValueError, KeyError, TypeError) as error:
@@ -178,11 +212,13 @@ class Submitter:
 
     def _drop_broken_hold(self, name: str, why: str, report: CycleReport) -> None:
         try:
-            description = self.dropbox.read_held(name).get("description")
+            document = self.dropbox.read_held(name)
         except ValueError:
-            description = None
+            document = {}
+        description = document.get("description")
         self.dropbox.write_result(name, description if isinstance(description, dict) else None,
-                                  error_block(f"cannot continue this job: {why}"))
+                                  error_block(f"cannot continue this job: {why}",
+                                              job_digest=document.get("job_digest")))
         self.dropbox.discard(name, ".submitted")
         report.finished_error += 1
         log.error("%s: %s; wrote an error result", name, why)
@@ -190,10 +226,15 @@ class Submitter:
     # -- 3. queue states ----------------------------------------------------------------------
     def _note_queue_states(self, held: dict[str, HeldJob], answer: dict[str, Any],
                            sent: list[str], report: CycleReport) -> None:
+        seen = self.seen_states.load()
         for job_id, state in answer["states"].items():
             job = held.get(job_id)
             if job is None:
                 continue
+            runner = answer.get("claimed_by", {}).get(job_id)
+            if state == "running" and seen.get(job_id) != runner:
+                log.info("%s: running on runner %s", job.name, runner)
+            seen[job_id] = runner if state == "running" else state
             if state == "absent":
                 log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id)
                 self._rebuild_outbox_entry(job, report)
@@ -207,6 +248,7 @@ class Submitter:
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
+        self.seen_states.save({job_id: seen[job_id] for job_id in held if job_id in seen})
         report.states = answer.get("counts", {})
         report.runners = answer.get("runners", [])
 
@@ -215,7 +257,8 @@ class Submitter:
             prepared = prepare(self.config, job.name, job.description, job.fingerprint)
         except (JobInvalid, TemplateProblem, OSError) as problem:
             self.dropbox.write_result(job.name, job.description, error_block(
-                f"the job was lost on the cluster and cannot be sent again: {problem}", job.job_id))
+                f"the job was lost on the cluster and cannot be sent again: {problem}", job.job_id,
+                job_digest=job.job_digest))
             self.dropbox.discard(job.name, ".submitted")
             report.finished_error += 1
             return
@@ -237,6 +280,7 @@ class Submitter:
         pulled = self.inbox / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)
+        block["job_digest"] = job.job_digest
         if block["status"] == "ok":
             outputs = job.description.get("output_map") or {}
             names = workspace_names(outputs)
@@ -250,6 +294,7 @@ class Submitter:
         fault_point("after_result")
         self.dropbox.discard(job.name, ".submitted")
         shutil.rmtree(pulled, ignore_errors=True)
+        report.collected_ids.append(job.job_id)
         if block["status"] == "ok":
             report.finished_ok += 1
         else:
@@ -257,10 +302,21 @@ class Submitter:
         log.info("%s: finished %s: %s", job.name, block["status"], block["message"])
 
 
-def run_once(config: Config, transport: Transport) -> CycleReport | None:
-    """One locked cycle; None when another cycle holds the dropbox's lock."""
+def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:
+    """One locked cycle, counted in the metrics; None when another process holds the lock."""
     with cycle_lock(Path(config.lockfile)) as locked:
         if not locked:
             log.info("another cycle is running on %s; nothing to do", config.dropbox)
             return None
-        return Submitter(config, transport).cycle()
+        return run_cycle(config, submitter or Submitter(config, transport))
+
+
+def run_cycle(config: Config, submitter: Submitter) -> CycleReport:
+    """A cycle under a lock the caller holds (the watch daemon holds it for its lifetime)."""
+    try:
+        report = submitter.cycle()
+    except TransportError:
+        record_cycle(config, None)
+        raise
+    record_cycle(config, report)
+    return report

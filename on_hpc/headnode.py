@@ -17,6 +17,8 @@ from .schedulers import ENDING, PENDING, RunnerInfo, SchedulerUnavailable, conne
 # for local runners, the runner itself) reports it, so a crash or a slow scheduler between
 # the submission and the first listing can never cause a second submission.
 SUBMIT_GRACE_SECONDS = 120
+MAX_WAIT_SECONDS = 300
+WAIT_INTERVAL_SECONDS = 0.25
 
 
 def cycle(request):
@@ -53,8 +55,11 @@ def cycle(request):
     finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
                 for job_id in in_flight if states.get(job_id) == DONE]
     removed = remove_collected(store, states, request["submitter"], in_flight)
+    held = set(in_flight)
     return {
         "states": {job_id: states.get(job_id, ABSENT) for job_id in in_flight},
+        "claimed_by": {job_id: runner_id for runner_id in store.runners_with_claims()
+                       for job_id in store.claimed_jobs(runner_id) if job_id in held},
         "finished": finished,
         "removed": removed,
         "requeued": requeued,
@@ -92,6 +97,25 @@ def status(request):
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
         "counts": count_states(store.states()),
     }
+
+
+def wait(request):
+    """Return as soon as a job of this submitter is done, or after a bounded wait.
+
+    The watch daemon keeps this one command open while jobs run, so results come back
+    within moments of finishing while the head node sees a single quiet connection
+    instead of a poll every few seconds.
+    """
+    store = JobStore(request["root"])
+    prefix = request["submitter"] + "."
+    ignore = set(request.get("ignore", []))
+    deadline = time.time() + min(float(request.get("timeout", 30)), MAX_WAIT_SECONDS)
+    while True:
+        done = [job_id for job_id in listdir(store.done_dir())
+                if job_id.startswith(prefix) and job_id not in ignore]
+        if done or time.time() >= deadline:
+            return {"done": done}
+        time.sleep(WAIT_INTERVAL_SECONDS)
 
 
 def requeue_lost_claims(store, sched, runners, request):
@@ -197,7 +221,9 @@ def count_states(states):
 def _needs_fresh_runner(store, ready, live):
     """True when some ready job expects more time than any live runner has left."""
     longest_left = max(float("inf") if info.time_left is None else info.time_left for info in live)
-    return any(store.job_meta(job_id).get("expected_seconds", 0) > longest_left for job_id in ready)
+    if longest_left == float("inf"):
+        return False
+    return any((store.job_meta(job_id).get("expected_seconds") or 0) > longest_left for job_id in ready)
 
 
 def _runner_class(store, runner_id):

@@ -43,3 +43,25 @@ def sshd_server(slurm_cluster):
 
 
 # ================================================================= end real cluster fixtures
+
+
+# ================================================================= local pipeline fixtures
+@pytest.fixture
+def config_factory(tmp_path):
+    """Build local-backend configs under tmp_path; their runners are killed afterwards."""
+    from helpers import make_config, stop_local_runners
+
+    made = []
+
+    def factory(**overrides):
+        made.append(make_config(tmp_path, **overrides))
+        return made[-1]
+
+    yield factory
+    for config in made:
+        stop_local_runners(config)
+
+
+@pytest.fixture
+def config(config_factory):
+    return config_factory()

@@ -1,0 +1,244 @@
+"""``dropbox-runner watch``: the cycle, run when something happens instead of once a minute.
+
+Three things wake the daemon: a job file appearing in the dropbox (a watchdog observer,
+inotify or polling), a job finishing on the cluster (one long-running ``on_hpc wait``
+command kept open while jobs run), and a periodic tick.  Each wakes the same cycle as
+``once``; bursts of events are folded into one cycle.  The daemon holds the dropbox's
+lock for its whole life, so a cron ``once`` beside it does nothing.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from .cluster import ClusterSide
+from .config import Config, load_config
+from .lock import cycle_lock
+from .submitter import CycleReport, Submitter, run_cycle
+from .transport import TransportError, open_transport
+
+log = logging.getLogger(__name__)
+
+QUIET_SECONDS = 0.05        # a burst of events is over when none came for this long
+MAX_DEBOUNCE_SECONDS = 1.0  # ...or after this long, so a steady stream still gets cycles
+WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
+MAX_BACKOFF_SECONDS = 300
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
+                       "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}
+
+
+class Wake:
+    """Why the main loop should run a cycle now; set from any thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.last = 0.0
+
+    def set(self) -> None:
+        self.last = time.monotonic()
+        self.event.set()
+
+    def debounce(self) -> None:
+        """Let a burst of events finish before the cycle runs."""
+        started = time.monotonic()
+        while time.monotonic() - self.last < QUIET_SECONDS and time.monotonic() - started < MAX_DEBOUNCE_SECONDS:
+            time.sleep(QUIET_SECONDS)
+        self.event.clear()
+
+
+class DropHandler(FileSystemEventHandler):
+    """Runs on watchdog's dispatch thread: it only wakes the loop (an exception here would
+    silently stop all later events)."""
+
+    def __init__(self, wake: Wake):
+        self.wake = wake
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._maybe_wake(event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._maybe_wake(event.dest_path)
+
+    def _maybe_wake(self, path: str | bytes) -> None:
+        try:
+            name = Path(path.decode() if isinstance(path, bytes) else path).name
+            if name.endswith(".job") and not name.startswith("."):
+                self.wake.set()
+        except Exception:  # noqa: BLE001 - see the class docstring
+            log.exception("dropbox event handler failed")
+
+
+class FinishWaiter(threading.Thread):
+    """Keeps one ``on_hpc wait`` open while this submitter has jobs on the cluster, and
+    wakes the loop when one is done.  It has its own connection, so a cycle never waits
+    for it."""
+
+    def __init__(self, config: Config, wake: Wake):
+        super().__init__(name="finish-waiter", daemon=True)
+        self.config = config
+        self.wake = wake
+        self.transport = open_transport(config)
+        self.cluster = ClusterSide(config, self.transport)
+        self.lock = threading.Condition()
+        self.held: list[str] = []
+        self.ignore: list[str] = []
+        self.stopped = False
+
+    def update(self, report: CycleReport) -> None:
+        with self.lock:
+            self.held = report.held_ids
+            self.ignore = report.collected_ids
+            self.lock.notify()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.lock.notify()
+        self.transport.close()
+
+    def run(self) -> None:
+        backoff = 1.0
+        while True:
+            with self.lock:
+                while not self.held and not self.stopped:
+                    self.lock.wait()
+                if self.stopped:
+                    return
+                ignore = list(self.ignore)
+            try:
+                answer = self.cluster.call("wait", {"submitter": self.config.submitter_id,
+                                                    "ignore": ignore, "timeout": WAIT_SECONDS})
+                backoff = 1.0
+            except TransportError as error:
+                if self.stopped:
+                    return
+                log.warning("waiting for results failed (retry in %.0fs): %s", backoff, error)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            if answer["done"]:
+                with self.lock:
+                    self.held = []      # until the cycle that collects them says what is left
+                self.wake.set()
+
+
+class Daemon:
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.wake = Wake()
+        self.stopping = False
+        self.reload_requested = False
+
+    def run(self) -> int:
+        with cycle_lock(Path(self.config.lockfile)) as locked:
+            if not locked:
+                log.error("another submitter holds %s; not starting", self.config.lockfile)
+                return 1
+            signal.signal(signal.SIGTERM, self._on_stop)
+            signal.signal(signal.SIGINT, self._on_stop)
+            signal.signal(signal.SIGHUP, self._on_reload)
+            self._serve()
+        return 0
+
+    def _serve(self) -> None:
+        observer, waiter, submitter = self._start()
+        backoff = 0.0
+        next_tick = time.monotonic()
+        try:
+            while not self.stopping:
+                self.wake.event.wait(max(0.0, next_tick - time.monotonic()))
+                if self.stopping:
+                    break
+                self.wake.debounce()
+                if self.reload_requested:
+                    self._stop(observer, waiter, submitter)
+                    self._reload_config()
+                    observer, waiter, submitter = self._start()
+                try:
+                    report = run_cycle(self.config, submitter)
+                except TransportError as error:
+                    backoff = min(max(backoff * 2, 2.0), MAX_BACKOFF_SECONDS)
+                    log.error("cluster unreachable, retrying in %.0fs: %s", backoff, error)
+                    submitter.transport.close()
+                    next_tick = time.monotonic() + backoff
+                    continue
+                except Exception:  # noqa: BLE001 - a broken cycle must not end the daemon
+                    log.exception("cycle failed; the next one runs on the next tick")
+                    next_tick = time.monotonic() + self.config.tick
+                    continue
+                backoff = 0.0
+                waiter.update(report)
+                next_tick = time.monotonic() + self.config.tick
+        finally:
+            self._stop(observer, waiter, submitter)
+        log.info("stopped")
+
+    def _start(self) -> tuple:
+        config = self.config
+        observer = (PollingObserver(timeout=1) if _wants_polling(config) else Observer())
+        observer.schedule(DropHandler(self.wake), str(config.dropbox), recursive=False)
+        observer.start()
+        waiter = FinishWaiter(config, self.wake)
+        waiter.start()
+        submitter = Submitter(config, open_transport(config))
+        log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)
+        return observer, waiter, submitter
+
+    @staticmethod
+    def _stop(observer, waiter, submitter) -> None:
+        observer.stop()
+        waiter.stop()
+        submitter.transport.close()
+        observer.join(timeout=5)
+
+    def _reload_config(self) -> None:
+        self.reload_requested = False
+        try:
+            config = load_config(self.config_path)
+        except Exception as error:  # noqa: BLE001 - keep running on the old config
+            log.error("config reload failed, keeping the old one: %s", error)
+            return
+        if Path(config.lockfile) != Path(self.config.lockfile):
+            log.warning("the lockfile changed; it takes effect at the next start")
+        self.config = config
+        log.info("config reloaded from %s", self.config_path)
+
+    def _on_stop(self, signum, frame) -> None:
+        log.info("got %s: finishing the step in hand, then stopping", signal.Signals(signum).name)
+        self.stopping = True
+        self.wake.set()
+
+    def _on_reload(self, signum, frame) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+
+def _wants_polling(config: Config) -> bool:
+    if config.observer != "auto":
+        return config.observer == "polling"
+    return filesystem_type(Path(config.dropbox)) in NETWORK_FILESYSTEMS
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path``, from /proc/mounts (longest mount prefix)."""
+    best, kind = "", ""
+    resolved = str(path.resolve())
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) >= 3:
+                    mount = fields[1].replace("\\040", " ")
+                    if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                        best, kind = mount, fields[2]
+    except OSError:
+        return ""
+    return kind

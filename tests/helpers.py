@@ -1,0 +1,85 @@
+"""Shared helpers for driving the pipeline in tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dropbox_runner.config import Config, load_config
+from dropbox_runner.dropbox import Dropbox
+from dropbox_runner.submitter import run_once
+from dropbox_runner.transport.local import LocalTransport
+
+TEST_TEMPLATES = Path(__file__).with_name("templates")
+
+
+def write_config(root: Path, **overrides: Any) -> Path:
+    """A local-backend config under ``root`` (dropbox/, cluster/, outputs/)."""
+    for sub in ("dropbox", "outputs", "inputs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    data: dict[str, Any] = {
+        "dropbox": str(root / "dropbox"),
+        "backend": "local",
+        "scheduler": "local",
+        "cluster_root": str(root / "cluster"),
+        "templates": str(TEST_TEMPLATES),
+        "classes": {"default": {"slots": 4, "idle_timeout": 2},
+                    "gpu": {"slots": 2, "idle_timeout": 2}},
+        "grace_seconds": 0,
+        "hpc_env": {"ledger": str(root / "ledger")},
+    }
+    data.update(overrides)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def make_config(root: Path, **overrides: Any) -> Config:
+    return load_config(write_config(root, **overrides))
+
+
+def drop(config: Config, name: str, job: dict[str, Any]) -> Path:
+    path = config.dropbox / name
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def result(config: Config, name: str) -> dict[str, Any] | None:
+    return Dropbox(config.dropbox).read_result(name)
+
+
+def drain(config: Config, names: list[str], timeout: float = 60, cycle=None) -> dict[str, dict]:
+    """Run cycles until every named job has a result; return the results by name."""
+    cycle = cycle or (lambda: run_once(config, LocalTransport()))
+    deadline = time.monotonic() + timeout
+    while True:
+        cycle()
+        finished = Dropbox(config.dropbox).scan().finished
+        if all(name in finished for name in names):
+            return {name: result(config, name) for name in names}
+        if time.monotonic() > deadline:
+            missing = [name for name in names if name not in finished]
+            raise AssertionError(f"no result after {timeout}s for {missing}")
+        time.sleep(0.2)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dropbox_runner.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def stop_local_runners(config: Config) -> None:
+    """Kill what a test's local runners left running (they normally leave when idle)."""
+    runners = Path(config.workspace) / "runners"
+    for alive in runners.glob("*.alive.json"):
+        try:
+            pid = yaml.safe_load(alive.read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, TypeError, KeyError, ValueError):
+            pass

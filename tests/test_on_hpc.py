@@ -1,0 +1,164 @@
+"""The cluster side's queue, without a scheduler: claims, releases, runner bookkeeping."""
+import ast
+import os
+import sys
+import threading
+from pathlib import Path
+
+from dropbox_runner import on_hpc
+from dropbox_runner.on_hpc import headnode
+from dropbox_runner.on_hpc.files import write_json
+from dropbox_runner.on_hpc.jobstore import DONE, READY, JobStore
+from dropbox_runner.on_hpc.schedulers import PENDING, RUNNING, RunnerInfo
+
+ON_HPC = Path(on_hpc.__file__).parent
+
+
+def staged_store(tmp_path, ids, job_class="default", expected=None):
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    for job_id in ids:
+        os.makedirs(store.job_dir(job_id))
+        write_json(os.path.join(store.job_dir(job_id), "job.json"),
+                   {"id": job_id, "class": job_class, "expected_seconds": expected})
+        Path(store.job_dir(job_id), "job.sh").write_text("true\n")
+        store.make_ready(job_id, store.states())
+    return store
+
+
+def test_on_hpc_is_python38_stdlib_only():
+    stdlib = set(sys.stdlib_module_names)
+    for path in ON_HPC.glob("*.py"):
+        tree = ast.parse(path.read_text(), feature_version=(3, 8))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in stdlib, f"{path.name} imports {name}"
+        assert path.stem not in stdlib, f"{path.name} shadows a stdlib module"
+
+
+def test_exactly_one_of_many_racing_runners_claims_a_job(tmp_path):
+    store = staged_store(tmp_path, ["j1"])
+    wins = []
+
+    def race(runner):
+        if store.claim("default", "j1", runner):
+            wins.append(runner)
+
+    threads = [threading.Thread(target=race, args=(f"r{i}",)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(wins) == 1
+    assert store.states() == {"j1": "running"}
+
+
+def test_make_ready_is_idempotent_and_never_requeues_a_finished_job(tmp_path):
+    store = staged_store(tmp_path, ["j1"])
+    assert store.make_ready("j1", store.states()) == READY
+    assert store.claim("default", "j1", "r1")
+    store.finish("r1", "j1", {"rc": 0})
+    assert store.make_ready("j1", store.states()) == DONE
+    assert store.release("r1", "j1", "late", 3) == DONE
+    assert store.states() == {"j1": DONE}
+
+
+def test_release_requeues_then_fails_after_max_attempts(tmp_path):
+    store = staged_store(tmp_path, ["j1"])
+    for attempt in (1, 2):
+        assert store.claim("default", "j1", f"r{attempt}")
+        assert store.release(f"r{attempt}", "j1", "runner gone", 3) == "requeued"
+        assert store.states() == {"j1": READY}
+    assert store.claim("default", "j1", "r3")
+    assert store.release("r3", "j1", "runner gone", 3) == "failed"
+    record = store.job_meta("j1") and __import__("json").load(open(store.finished_path("j1")))
+    assert record["interrupted"] == 3 and "interrupted 3 times" in record["error"]
+
+
+class FakeConnector:
+    """Stands in for a scheduler: records submissions, lists what it is told."""
+
+    def __init__(self, runners=None):
+        self.runners = runners or {}
+        self.submitted = []
+
+    def list_runners(self):
+        return dict(self.runners)
+
+    def submit(self, spec, spec_path, argv, env):
+        self.submitted.append(spec["class"])
+        return str(1000 + len(self.submitted))
+
+    def cancel(self, ids):
+        pass
+
+    def kill_leftovers(self, job_id, claim):
+        pass
+
+
+def run_cycle(tmp_path, connector, classes, monkeypatch, in_flight=()):
+    monkeypatch.setattr(headnode, "connector", lambda name, store: connector)
+    return headnode.cycle({"root": str(tmp_path), "scheduler": "fake", "submitter": "s",
+                           "in_flight": list(in_flight), "classes": classes, "pythonpath": "/x"})
+
+
+def test_one_runner_for_a_burst_and_at_most_one_submission_per_class_per_cycle(tmp_path, monkeypatch):
+    staged_store(tmp_path, [f"s.j{i}" for i in range(50)])
+    fake = FakeConnector()
+    answer = run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 3}}, monkeypatch)
+    assert fake.submitted == ["default"] and len(answer["submitted"]) == 1
+    # The submission is recorded: the next cycle counts it even before the scheduler lists it.
+    run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 1}}, monkeypatch)
+    assert fake.submitted == ["default"]
+
+
+def test_more_runners_only_when_the_backlog_exceeds_free_slots(tmp_path, monkeypatch):
+    store = staged_store(tmp_path, [f"s.j{i}" for i in range(3)])
+    write_json(os.path.join(store.runners_dir(), "default-a.json"), {"class": "default"})
+    busy = FakeConnector({"default-a": RunnerInfo("default-a", "1", RUNNING, None)})
+    run_cycle(tmp_path, busy, {"default": {"slots": 4, "max_runners": 2}}, monkeypatch)
+    assert busy.submitted == []          # 3 ready, 4 free slots
+    staged_store(tmp_path, [f"s.k{i}" for i in range(3)])
+    run_cycle(tmp_path, busy, {"default": {"slots": 4, "max_runners": 2}}, monkeypatch)
+    assert busy.submitted == ["default"]  # 6 ready > 4 free
+
+
+def test_classes_get_their_own_runners(tmp_path, monkeypatch):
+    staged_store(tmp_path, ["s.cpu"], "default")
+    staged_store(tmp_path, ["s.gpu"], "gpu")
+    fake = FakeConnector()
+    run_cycle(tmp_path, fake, {"default": {}, "gpu": {"gres": "gpu:1"}}, monkeypatch)
+    assert sorted(fake.submitted) == ["default", "gpu"]
+
+
+def test_claims_of_a_vanished_runner_are_requeued(tmp_path, monkeypatch):
+    store = staged_store(tmp_path, ["s.j1"])
+    assert store.claim("default", "s.j1", "default-gone")
+    answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch, in_flight=["s.j1"])
+    assert answer["requeued"][0]["outcome"] == "requeued"
+    assert answer["states"] == {"s.j1": READY}
+
+
+def test_a_pending_runner_with_claims_is_left_alone(tmp_path, monkeypatch):
+    store = staged_store(tmp_path, ["s.j1"])
+    assert store.claim("default", "s.j1", "default-live")
+    fake = FakeConnector({"default-live": RunnerInfo("default-live", "7", PENDING, None)})
+    answer = run_cycle(tmp_path, fake, {}, monkeypatch, in_flight=["s.j1"])
+    assert answer["requeued"] == [] and answer["states"] == {"s.j1": "running"}
+
+
+def test_collected_jobs_of_this_submitter_only_are_removed(tmp_path, monkeypatch):
+    store = staged_store(tmp_path, ["s.mine", "t.theirs", "s.held"])
+    for job_id in ("s.mine", "t.theirs", "s.held"):
+        store.claim("default", job_id, "r")
+        store.finish("r", job_id, {"rc": 0})
+    answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch, in_flight=["s.held"])
+    assert answer["removed"] == ["s.mine"]
+    assert [item["id"] for item in answer["finished"]] == ["s.held"]
+    assert set(store.states()) == {"t.theirs", "s.held"}

@@ -1,0 +1,78 @@
+"""The runner as a local process: slots, idle exit, and losing it at the worst moment."""
+import json
+import os
+import signal
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from dropbox_runner.submitter import run_once
+from dropbox_runner.transport.local import LocalTransport
+from helpers import drain, drop
+
+
+def ledger_job(config, number, seconds):
+    return {"script": "ledger", "args": {"seconds": seconds},
+            "output_map": {"out": str(Path(config.dropbox).parent / "outputs" / f"o{number}.txt")}}
+
+
+def wait_for_running_job(config, timeout=20):
+    """Cycle until some job is claimed; return the pid of the runner that holds it."""
+    workspace = Path(config.workspace)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run_once(config, LocalTransport())
+        for claimed in (workspace / "claimed").glob("*/*"):
+            alive = workspace / "runners" / f"{claimed.parent.name}.alive.json"
+            if alive.exists() and (workspace / "jobs" / claimed.name / "claim.json").exists():
+                return json.loads(alive.read_text())["pid"]
+        time.sleep(0.1)
+    raise AssertionError("no job started")
+
+
+def test_slots_run_jobs_at_once_in_one_runner(config):
+    names = [f"p{i}.job" for i in range(4)]
+    for i, name in enumerate(names):
+        drop(config, name, ledger_job(config, i, 1))
+    results = drain(config, names)
+    blocks = [results[name]["job"] for name in names]
+    assert len({block["runner"] for block in blocks}) == 1
+    starts = [datetime.fromisoformat(block["start"]).timestamp() for block in blocks]
+    assert max(starts) - min(starts) < 1.0
+
+
+def test_an_idle_runner_leaves(config):
+    drop(config, "a.job", ledger_job(config, 0, 0))
+    drain(config, ["a.job"])
+    runners = Path(config.workspace) / "runners"
+    deadline = time.monotonic() + 10
+    while list(runners.glob("*.alive.json")):
+        assert time.monotonic() < deadline, "the runner did not leave after its idle timeout"
+        time.sleep(0.2)
+
+
+def test_a_sigkilled_runner_loses_no_job_and_runs_none_twice(config):
+    drop(config, "k.job", ledger_job(config, 0, 2))
+    os.kill(wait_for_running_job(config), signal.SIGKILL)
+    block = drain(config, ["k.job"], timeout=60)["k.job"]["job"]
+    assert block["status"] == "ok" and block["attempts"] == 2
+    time.sleep(2.5)   # long enough for an orphaned first run to have finished, had it survived
+    assert Counter((Path(config.dropbox).parent / "ledger").read_text().split()) == {block["id"]: 1}
+
+
+def test_a_terminated_runner_hands_its_jobs_back(config):
+    drop(config, "t.job", ledger_job(config, 0, 2))
+    os.kill(wait_for_running_job(config), signal.SIGTERM)
+    block = drain(config, ["t.job"], timeout=60)["t.job"]["job"]
+    assert block["status"] == "ok" and block["attempts"] == 2
+    assert Counter((Path(config.dropbox).parent / "ledger").read_text().split()) == {block["id"]: 1}
+
+
+def test_interrupted_too_often_gives_an_error_result(config_factory):
+    config = config_factory(max_attempts=1)
+    drop(config, "x.job", ledger_job(config, 0, 5))
+    os.kill(wait_for_running_job(config), signal.SIGKILL)
+    block = drain(config, ["x.job"], timeout=30)["x.job"]["job"]
+    assert block["status"] == "error" and "interrupted 1 times" in block["message"]
+    assert not (Path(config.dropbox).parent / "outputs" / "o0.txt").exists()

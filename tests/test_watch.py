@@ -1,0 +1,131 @@
+"""The watch daemon on the local backend: events, signals, the shared lock, metrics."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dropbox_runner.client import submit
+from dropbox_runner.config import load_config
+from helpers import run_cli, stop_local_runners, write_config
+
+
+class Watch:
+    def __init__(self, config_path: Path, log_path: Path):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.process = None
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dropbox_runner.cli", "watch", "--config", str(self.config_path)],
+            stdout=self.log, stderr=self.log)
+        self.wait_for_log("watching")
+
+    def wait_for_log(self, text, timeout=15):
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text():
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log_path.read_text()}"
+            time.sleep(0.05)
+
+    def stop(self, signum=signal.SIGTERM):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def watched(tmp_path):
+    started = []
+
+    def start(**overrides):
+        config_path = write_config(tmp_path, **overrides)
+        watch = Watch(config_path, tmp_path / "watch.log")
+        watch.start()
+        started.append((watch, load_config(config_path)))
+        return watch, started[-1][1]
+
+    yield start
+    for watch, config in started:
+        watch.stop()
+        stop_local_runners(config)
+
+
+def ledger_job(config, number, seconds=0):
+    return {"script": "ledger", "args": {"seconds": seconds},
+            "output_map": {"out": str(Path(config.dropbox).parent / "outputs" / f"o{number}.txt")}}
+
+
+def wait_for_results(paths, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not all(Path(f"{path}.finished").exists() for path in paths):
+        assert time.monotonic() < deadline, [p.name for p in paths if not Path(f"{p}.finished").exists()]
+        time.sleep(0.05)
+    return [yaml.safe_load(Path(f"{path}.finished").read_text()) for path in paths]
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_dropped_jobs_go_through_without_cron(watched, observer):
+    watch, config = watched(observer=observer, tick="1h")
+    renamed = submit(config.dropbox, ledger_job(config, 0))          # temp file + rename
+    created = config.dropbox / "created.job"
+    created.write_text(yaml.safe_dump(ledger_job(config, 1)))        # written in place
+    for result in wait_for_results([renamed, created], timeout=20):
+        assert result["job"]["status"] == "ok"
+    log = watch.log_path.read_text()
+    for change in ("created.job: taken as", "created.job: staged and queued", "created.job: finished ok"):
+        assert change in log
+
+
+def test_sigterm_mid_burst_and_a_restart_lose_nothing(watched, tmp_path):
+    watch, config = watched(tick="1h")
+    paths = [submit(config.dropbox, ledger_job(config, i, 0.5)) for i in range(20)]
+    time.sleep(1.0)
+    watch.stop(signal.SIGTERM)
+    assert watch.process.returncode == 0
+    assert "stopped" in watch.log_path.read_text()
+    watch.start()
+    results = wait_for_results(paths, timeout=60)
+    assert all(result["job"]["status"] == "ok" for result in results)
+    ledger = Counter((tmp_path / "ledger").read_text().split())
+    assert len(ledger) == 20 and set(ledger.values()) == {1}
+
+
+def test_sighup_reloads_the_config(watched, tmp_path):
+    watch, config = watched(tick="1h")
+    wait_for_results([submit(config.dropbox, ledger_job(config, 0))])
+    write_config(tmp_path, tick="1h", hpc_env={"ledger": str(tmp_path / "ledger2")})
+    watch.process.send_signal(signal.SIGHUP)
+    watch.wait_for_log("config reloaded")
+    wait_for_results([submit(config.dropbox, ledger_job(config, 1))])
+    assert len((tmp_path / "ledger2").read_text().split()) == 1
+    assert len((tmp_path / "ledger").read_text().split()) == 1
+
+
+def test_a_cron_cycle_beside_the_daemon_does_nothing(watched, tmp_path):
+    watch, config = watched(tick="1h")
+    done = run_cli("once", "--config", str(tmp_path / "config.yaml"))
+    assert done.returncode == 0 and "another cycle is running" in done.stderr
+
+
+def test_metrics_textfile_is_written(watched, tmp_path):
+    metrics = tmp_path / "metrics" / "dropbox_runner.prom"
+    metrics.parent.mkdir()
+    watch, config = watched(tick="1h", metrics_file=str(metrics))
+    wait_for_results([submit(config.dropbox, ledger_job(config, 0))])
+    deadline = time.monotonic() + 10
+    while 'dropbox_runner_results_total{status="ok"} 1' not in (metrics.read_text() if metrics.exists() else ""):
+        assert time.monotonic() < deadline, metrics.read_text() if metrics.exists() else "no metrics file"
+        time.sleep(0.1)
+    text = metrics.read_text()
+    for name in ("dropbox_runner_dropbox_jobs", "dropbox_runner_runner_submissions_total 1",
+                 "dropbox_runner_cycle_duration_seconds_count", "dropbox_runner_last_success_timestamp_seconds"):
+        assert name in text
