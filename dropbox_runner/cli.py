@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if options.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for library in ("paramiko", "invoke", "fabric"):   # their debug output drowns ours
+        logging.getLogger(library).setLevel(logging.WARNING)
     try:
         return options.handler(options)
     except ConfigError as error:

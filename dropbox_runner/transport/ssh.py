@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_SECONDS = 600      # a cluster that hangs must not hold the cycle lock for ever
 CHUNK = 32768
-POLL_SECONDS = 0.05
+SEND_POLL_SECONDS = 0.05           # while stdin waits for the server's window to open
+IDLE_POLL_SECONDS = 1.0            # otherwise arriving data, EOF and close wake the wait at once
 
 
 def choose_transfer(mode: str, *, local_rsync: bool, passphrase: bool, agent: bool,
@@ -131,7 +132,7 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
         elif time.monotonic() > deadline:
             raise TransportError(f"the cluster did not finish a command within {timeout:.0f}s")
         if not progressed:
-            select.select([channel], [], [], POLL_SECONDS)
+            select.select([channel], [], [], SEND_POLL_SECONDS if pending else IDLE_POLL_SECONDS)
     if not channel.get_transport().is_active():
         raise TransportError("the connection was lost while a command ran")
     return CommandResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
