@@ -86,6 +86,7 @@ def test_commands_share_one_login_and_return_bytes(tmp_path, sshd, transports):
     payload = os.urandom(300_000)        # more than a channel window, both ways
     result = transport.run("cat; printf 'to stderr' >&2; exit 3", payload)
     assert (result.returncode, result.stdout, result.stderr) == (3, payload, b"to stderr")
+    assert transport.run("exit 7", os.urandom(5_000_000)).returncode == 7   # input left unread
     assert transport.run("id -un").stdout == f"{sshd.user}\n".encode()
     assert transport.run("test -n \"$HOME\" && pwd").stdout.decode().strip() == str(sshd.home)
     assert sshd.logins() == logins + 1

@@ -107,7 +107,11 @@ def describe_connect_failure(error: BaseException, target: str, config_file: Pat
 
 def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> CommandResult:
     """Feed stdin and collect stdout and stderr at the same time (so neither side can
-    block the other on a full window) until the command has exited and said EOF."""
+    block the other on a full window) until the command has exited and said EOF.
+
+    A command may end without reading all its input (``on_hpc`` exits at once when it
+    must be deployed first): the rest is dropped and its exit status returned.
+    """
     deadline = time.monotonic() + timeout
     stdout, stderr = bytearray(), bytearray()
     pending = memoryview(stdin)
@@ -116,8 +120,13 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
     while True:
         progressed = False
         if pending and channel.send_ready():
-            pending = pending[channel.send(pending[:CHUNK]):]
-            if not pending:
+            try:
+                pending = pending[channel.send(pending[:CHUNK]):]
+            except OSError:                  # closed under us: fine if the command has ended
+                if not channel.exit_status_ready():
+                    raise
+                pending = pending[:0]
+            if not pending and not channel.closed:
                 channel.shutdown_write()
             progressed = True
         while channel.recv_ready():
@@ -133,7 +142,7 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
             raise TransportError(f"the cluster did not finish a command within {timeout:.0f}s")
         if not progressed:
             select.select([channel], [], [], SEND_POLL_SECONDS if pending else IDLE_POLL_SECONDS)
-    if not channel.get_transport().is_active():
+    if not channel.status_event.is_set() and not channel.get_transport().is_active():
         raise TransportError("the connection was lost while a command ran")
     return CommandResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
 
