@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -82,17 +83,22 @@ class CountingTransport:
 
 
 def ssh_client_processes(port: int) -> list[int]:
-    """OpenSSH clients (an rsync master among them) still running for this sshd's port."""
+    """OpenSSH clients still running: rsync's, for this sshd's port, and the multiplexing
+    masters of any dropbox-runner transport (a master retitles itself
+    ``ssh: <ControlPath> [mux]``, so it is known by its private folder's name)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
+                cmdline = handle.read()
         except OSError:
             continue
-        if argv and argv[0].endswith(b"ssh") and str(port).encode() in argv and b"ControlMaster=auto" in argv:
+        argv = cmdline.split(b"\0")
+        client = argv[0].endswith(b"ssh") and str(port).encode() in argv and b"ControlMaster=auto" in argv
+        master = cmdline.startswith(b"ssh: ") and b"/dbr-ssh-" in cmdline and b"[mux]" in cmdline
+        if client or master:
             found.append(int(name))
     return found
 
@@ -103,3 +109,10 @@ def modes_below(root: Path, top: Path) -> dict[str, int]:
     for path in top.rglob("*"):
         modes[str(path.relative_to(root))] = path.lstat().st_mode & 0o777
     return modes
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)

@@ -22,7 +22,8 @@ from dropbox_runner.on_hpc.files import read_json
 from dropbox_runner.submitter import CycleReport, run_once
 from dropbox_runner.transport import TransportError, open_transport
 
-from sshsetup import TEMPLATES, CountingTransport, new_scratch, start_private_sshd, stop_private_sshd, write_config
+from sshsetup import (TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, start_private_sshd,
+                      stop_private_sshd, wait_until, write_config)
 
 BURST = int(os.environ.get("DBR_SSH_BURST", "20"))
 CYCLE_PAUSE_SECONDS = 0.3
@@ -155,6 +156,7 @@ def test_a_burst_of_jobs_over_ssh(tmp_path, sshd, cluster_folder, transfer):
             assert cycle.sessions == cycle.runs + (transfers > 0), cycle
         assert cycle.pulls <= 1 and cycle.runs <= 2, cycle
     assert all(cycle.runs == 1 for cycle in cycles[1:])
+    wait_until(lambda: not ssh_client_processes(sshd.port))       # every cycle ended its master
     print(f"\n{BURST} jobs over loopback SSH ({transfer}): {len(cycles)} cycles in {wall:.1f}s; "
           f"logins {sum(c.logins for c in cycles)} (max {max(c.logins for c in cycles)} per cycle), "
           f"commands {sum(c.runs for c in cycles)}, transfers {sum(c.pushes + c.pulls for c in cycles)} "

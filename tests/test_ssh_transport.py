@@ -4,6 +4,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from dropbox_runner.transport.ssh import SshTransport
 
 import realcluster
 from sshsetup import (modes_below, new_scratch, ssh_client_processes, ssh_config, start_private_sshd,
-                      stop_private_sshd, write_config)
+                      stop_private_sshd, wait_until, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +130,24 @@ def test_push_and_pull_roundtrip(tmp_path, sshd, scratch, transports, transfer, 
     assert (inbox / "job1" / "output" / "result.txt").stat().st_uid == 0
 
     assert sshd.logins() == logins + logins_expected
+    assert len(ssh_client_processes(sshd.port)) == (transfer == "rsync")   # the rsync master
     transport.close()
-    assert not ssh_client_processes(sshd.port)                       # the rsync master is gone
+    wait_until(lambda: not ssh_client_processes(sshd.port))         # ...is gone
+
+
+def test_a_killed_rsync_master_is_replaced_and_nothing_is_left_running(tmp_path, sshd, scratch, transports):
+    transport = _transport(transports, tmp_path, sshd, transfer="rsync")
+    source = _local_tree(tmp_path)
+    transport.push(source, f"{scratch}/jobs")
+    masters = ssh_client_processes(sshd.port)
+    assert len(masters) == 1
+    os.kill(masters[0], signal.SIGKILL)                  # leaves a stale socket behind
+    wait_until(lambda: not ssh_client_processes(sshd.port))
+    (source / "job1" / "job.json").write_text('{"changed": true}')
+    transport.push(source, f"{scratch}/jobs")
+    assert Path(scratch, "jobs", "job1", "job.json").read_text() == '{"changed": true}'
+    transport.close()
+    wait_until(lambda: not ssh_client_processes(sshd.port))
 
 
 def test_auto_transfer_takes_rsync_when_both_sides_have_it(tmp_path, sshd, scratch, transports):
@@ -291,7 +308,7 @@ def _agent_holding(tmp_path: Path, key: Path, passphrase: str) -> Iterator[str]:
     askpass.chmod(0o700)
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
     try:
-        _wait_until(lambda: os.path.exists(socket_path))
+        wait_until(lambda: os.path.exists(socket_path))
         env = dict(os.environ, SSH_AUTH_SOCK=socket_path, SSH_ASKPASS=str(askpass),
                    SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
         subprocess.run(["ssh-add", str(key)], env=env, stdin=subprocess.DEVNULL, check=True,
@@ -325,17 +342,10 @@ def test_a_stopped_server_fails_cleanly_and_the_same_transport_reconnects(tmp_pa
             transport.run("true")
         with pytest.raises(TransportError, match="network or the SSH connection"):
             transport.push(source, f"{scratch}/jobs")
-        _wait_until(lambda: not ssh_client_processes(sshd.port))       # the master died with it
+        wait_until(lambda: not ssh_client_processes(sshd.port))       # the master died with it
     finally:
         sshd.start()
     assert transport.run("true").returncode == 0
     transport.push(source, f"{scratch}/jobs")
     transport.close()
-    assert not ssh_client_processes(sshd.port)
-
-
-def _wait_until(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
+    wait_until(lambda: not ssh_client_processes(sshd.port))
