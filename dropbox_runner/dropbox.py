@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .jobs import dump_yaml
+from .jobs import dump_yaml, load_yaml
 from .on_hpc.files import write_atomic
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
@@ -112,7 +112,7 @@ class Dropbox:
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
         try:
-            data = yaml.safe_load(self.path(name, ".submitted").read_text(encoding="utf-8"))
+            data = load_yaml(self.path(name, ".submitted").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
@@ -121,7 +121,7 @@ class Dropbox:
 
     def read_result(self, name: str) -> dict[str, Any] | None:
         try:
-            data = yaml.safe_load(self.path(name, ".finished").read_text(encoding="utf-8"))
+            data = load_yaml(self.path(name, ".finished").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return None
         return data if isinstance(data, dict) else None

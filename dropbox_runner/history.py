@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from .jobs import load_yaml
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     name TEXT PRIMARY KEY, job_id TEXT, state TEXT NOT NULL, status TEXT, message TEXT,
@@ -156,7 +158,7 @@ def _state_of_file(path: Path) -> tuple[str, str | None, dict[str, Any]]:
     for suffix, state in ((".submitted", "submitted"), (".finished", "finished")):
         if name.endswith(".job" + suffix):
             try:
-                document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                document = load_yaml(path.read_text(encoding="utf-8")) or {}
             except (OSError, UnicodeDecodeError, yaml.YAMLError):
                 document = {}
             fields = document.get("job", {}) if state == "finished" else document
