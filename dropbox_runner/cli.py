@@ -54,6 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=command_status)
 
+    listing = commands.add_parser("list", help="jobs by state, with age, runner and attempts")
+    listing.add_argument("--config", required=True, type=Path)
+    listing.add_argument("--state", action="append", help="only jobs in this state (repeatable): "
+                         "waiting, submitted, queued, running, finished")
+    listing.add_argument("--name", help="only names matching this glob pattern")
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--rebuild", action="store_true", help="rebuild the history from the dropbox first")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=command_list)
+
+    cancel = commands.add_parser("cancel", help="stop jobs, waiting or running; they get an error result")
+    cancel.add_argument("--config", required=True, type=Path)
+    cancel.add_argument("names", nargs="+", metavar="NAME")
+    cancel.set_defaults(handler=command_cancel)
+
+    again = commands.add_parser("resubmit", help="put failed jobs back in as new")
+    again.add_argument("--config", required=True, type=Path)
+    again.add_argument("names", nargs="+", metavar="NAME")
+    again.add_argument("--force", action="store_true", help="resubmit jobs that finished ok too")
+    again.set_defaults(handler=command_resubmit)
+
+    cache = commands.add_parser("cache", help="the result cache: stats or clear")
+    cache.add_argument("action", choices=["stats", "clear"])
+    cache.add_argument("--config", required=True, type=Path)
+    cache.set_defaults(handler=command_cache)
+
     submit = commands.add_parser("submit", help="drop a job file into a dropbox (as a tool does)")
     submit.add_argument("dropbox", type=Path)
     submit.add_argument("job", type=Path, help="a .job YAML description, or - for stdin")
@@ -109,6 +135,59 @@ def command_status(options: argparse.Namespace) -> int:
         transport.close()
     print(json.dumps(status, indent=1) if options.json else format_status(status))
     return EXIT_OK
+
+
+def command_list(options: argparse.Namespace) -> int:
+    from .history import History
+    from .verbs import format_jobs, list_jobs
+    config = load_config(options.config)
+    history = History(config.state_dir / "history.sqlite")
+    if options.rebuild:
+        history.rebuild(config.dropbox)
+    rows = list_jobs(config, history, options.state, options.name, options.limit)
+    print(json.dumps(rows, indent=1) if options.json else format_jobs(rows))
+    return EXIT_OK
+
+
+def command_cancel(options: argparse.Namespace) -> int:
+    from .verbs import request_cancel
+    config = load_config(options.config)
+    for line in request_cancel(config, options.names):
+        print(line)
+    _cycle_if_free(config)
+    return EXIT_OK
+
+
+def command_resubmit(options: argparse.Namespace) -> int:
+    from .history import History
+    from .verbs import resubmit
+    config = load_config(options.config)
+    for line in resubmit(config, History(config.state_dir / "history.sqlite"), options.names, options.force):
+        print(line)
+    _cycle_if_free(config)
+    return EXIT_OK
+
+
+def command_cache(options: argparse.Namespace) -> int:
+    from .cache import ResultCache
+    from .history import History
+    config = load_config(options.config)
+    cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, History(config.state_dir / "history.sqlite"))
+    if options.action == "clear":
+        print(f"removed {cache.clear()} cache entries")
+    else:
+        print(json.dumps(cache.stats(), indent=1))
+    return EXIT_OK
+
+
+def _cycle_if_free(config) -> None:
+    """Act now unless cron or the daemon is mid-cycle (then its next cycle acts)."""
+    from .submitter import run_once
+    transport = open_transport(config)
+    try:
+        run_once(config, transport)
+    finally:
+        transport.close()
 
 
 def command_submit(options: argparse.Namespace) -> int:

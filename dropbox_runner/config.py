@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from . import templates as packaged_templates
-from .durations import parse_duration
+from .units import parse_duration, parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
 
@@ -85,6 +85,8 @@ class Config:
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
     heartbeat_timeout: int = 300
     python: str = ""                     # the cluster's interpreter for on_hpc
+    cache_dir: Path | None = None        # default: <state_dir>/cache
+    cache_max_bytes: int = 10 << 30      # 0 turns the result cache off
     metrics_file: Path | None = None     # a Prometheus textfile, rewritten after each cycle
     observer: str = "auto"               # watch: inotify | polling | auto (polling on network filesystems)
     tick: int = 30                       # watch: seconds between cycles when nothing happens
@@ -102,7 +104,7 @@ class Config:
 
 
 _DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout", "tick"}
-_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file",
+_PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file", "cache_dir",
                 "key_file", "known_hosts", "ssh_config"}
 
 
@@ -169,6 +171,7 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         config.python = config.python or "python3"
     config.state_dir = config.state_dir or config.dropbox / ".dropbox-runner"
     config.lockfile = config.lockfile or config.state_dir / "lock"
+    config.cache_dir = config.cache_dir or config.state_dir / "cache"
     if not config.submitter_id:
         config.submitter_id = default_submitter_id(config.dropbox)
     elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
@@ -203,6 +206,8 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
         return None
     if key in _DURATION_FIELDS:
         return parse_duration(raw)
+    if key == "cache_max_bytes":
+        return parse_size(raw)
     if key in _PATH_FIELDS:
         return _path(raw, base)
     if key in ("allowed_input_roots", "allowed_output_roots"):

@@ -69,7 +69,7 @@ class DropHandler(FileSystemEventHandler):
     def _maybe_wake(self, path: str | bytes) -> None:
         try:
             name = Path(path.decode() if isinstance(path, bytes) else path).name
-            if name.endswith(".job") and not name.startswith("."):
+            if name.endswith((".job", ".job.cancel")) and not name.startswith("."):
                 self.wake.set()
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("dropbox event handler failed")
@@ -197,6 +197,7 @@ class Daemon:
         observer.stop()
         waiter.stop()
         submitter.transport.close()
+        submitter.close()
         observer.join(timeout=5)
 
     def _reload_config(self) -> None:

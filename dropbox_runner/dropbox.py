@@ -5,6 +5,7 @@ A job's state is its file's suffix, and every change is one atomic write or rena
     x.job            dropped by a tool, not yet taken
     x.job.submitted  taken by the submitter (holds the job id; the job is on its way or running)
     x.job.finished   the result; outputs are already in place when it appears
+    x.job.cancel     dropped by a tool or ``dropbox-runner cancel``: stop x.job
 
 Tools see only these files, exactly as with hpc_batch.
 """
@@ -19,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from .jobs import dump_yaml
+from .jobs import dump_yaml, load_yaml
 from .on_hpc.files import write_atomic
 
-JOB, SUBMITTED, FINISHED = ".job", ".job.submitted", ".job.finished"
+JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Listing:
     new: list[str]
     submitted: list[str]
     finished: set[str]
+    cancel: set[str]
 
 
 @dataclass
@@ -45,11 +47,26 @@ class HeldJob:
     job_class: str
     submitted_at: float
     job_digest: str          # sha256 of the .job file's bytes, to recognise it after a crash
+    provenance: dict[str, Any]   # input digests, template and script hashes, cache key
+
+    @property
+    def cache_key(self) -> str | None:
+        return self.provenance.get("cache_key")
 
     def to_document(self) -> dict[str, Any]:
         return {"id": self.job_id, "class": self.job_class, "submitted_at": self.submitted_at,
                 "fingerprint": self.fingerprint, "job_digest": self.job_digest,
-                "description": self.description}
+                "provenance": self.provenance, "description": self.description}
+
+    @classmethod
+    def from_document(cls, name: str, document: dict[str, Any]) -> "HeldJob":
+        """Raises KeyError, TypeError or ValueError for a document that is not one."""
+        job = cls(name, document["id"], document["description"], document["fingerprint"],
+                  document["class"], float(document["submitted_at"]), document["job_digest"],
+                  document["provenance"])
+        if not isinstance(job.description, dict) or not isinstance(job.provenance, dict):
+            raise ValueError("description and provenance must be mappings")
+        return job
 
 
 class Dropbox:
@@ -61,7 +78,7 @@ class Dropbox:
 
     def scan(self) -> Listing:
         """Read the folder once; cost grows with its size, never with reads per job."""
-        new, submitted, finished = [], [], set()
+        new, submitted, finished, cancel = [], [], set(), set()
         with os.scandir(self.folder) as entries:
             for entry in entries:
                 name = entry.name
@@ -73,16 +90,21 @@ class Dropbox:
                     submitted.append(name[: -len(".submitted")])
                 elif name.endswith(FINISHED):
                     finished.add(name[: -len(".finished")])
-        return Listing([name for _, name in sorted(new)], sorted(submitted), finished)
+                elif name.endswith(CANCEL):
+                    cancel.add(name[: -len(".cancel")])
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel)
 
     def digest(self, name: str, suffix: str = "") -> str:
         return hashlib.sha256(self.path(name, suffix).read_bytes()).hexdigest()
 
-    def age(self, name: str) -> float:
+    def mtime(self, name: str, suffix: str = "") -> float:
         try:
-            return time.time() - self.path(name).stat().st_mtime
+            return self.path(name, suffix).stat().st_mtime
         except FileNotFoundError:
             return 0.0
+
+    def age(self, name: str) -> float:
+        return time.time() - (self.mtime(name) or time.time())
 
     def hold(self, job: HeldJob) -> None:
         write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
@@ -90,7 +112,7 @@ class Dropbox:
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
         try:
-            data = yaml.safe_load(self.path(name, ".submitted").read_text(encoding="utf-8"))
+            data = load_yaml(self.path(name, ".submitted").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
@@ -99,7 +121,7 @@ class Dropbox:
 
     def read_result(self, name: str) -> dict[str, Any] | None:
         try:
-            data = yaml.safe_load(self.path(name, ".finished").read_text(encoding="utf-8"))
+            data = load_yaml(self.path(name, ".finished").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             return None
         return data if isinstance(data, dict) else None

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .durations import parse_duration
+from .units import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -54,7 +54,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
     if not text.strip():
         raise JobInvalid(["the job file is empty"])
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as error:
         raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"]) from None
     if not isinstance(data, dict):
@@ -173,8 +173,17 @@ def job_id(submitter: str, job_name: str, raw: dict[str, Any], prints: dict[str,
     return f"{submitter}.{stem[:40]}.{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
+# libyaml's loader and dumper when PyYAML has them: ten times faster on big dropboxes.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+
+
 def dump_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def _section(data: dict[str, Any], key: str, problems: list[str]) -> dict[Any, Any]:

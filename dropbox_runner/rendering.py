@@ -11,6 +11,7 @@ A template may start with header comments that tell the submitter about it::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import shlex
@@ -20,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from .durations import parse_duration
+from .units import parse_duration
 
 HEADER = re.compile(r"^#\s*dropbox-runner:\s*(.*)$", re.MULTILINE)
 # A ``<<`` that does not open a placeholder (a heredoc, ``$((a<<2))``) is plain text.
@@ -97,10 +98,15 @@ def load_template(folder: Path, name: str) -> Template:
     return Template(name, path, text, settings.get("class"), expected, cache)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str) -> jinja2.Template:
+    """Compiling is most of rendering's cost; a burst renders one template many times."""
+    return _ENV.from_string(_LONE_OPENER.sub("<<'<<'|raw>>", text))
+
+
 def render(template: Template, variables: dict[str, Any]) -> str:
-    source = _LONE_OPENER.sub("<<'<<'|raw>>", template.text)
     try:
-        return _ENV.from_string(source).render(variables)
+        return _compiled(template.text).render(variables)
     except jinja2.UndefinedError as error:
         missing = re.search(r"'([^']+)' is undefined", str(error))
         what = f"<<{missing.group(1)}>>" if missing else str(error)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
 from .rendering import Template, TemplateProblem, load_template, render
@@ -29,7 +30,12 @@ class PreparedJob:
     template: Template
     job_class: str
     script: str
+    neutral_script: str      # rendered with a workspace path that is the same for every job
     fingerprint: dict[str, list[int]]
+
+    @property
+    def cacheable(self) -> bool:
+        return self.description.cache is not False and self.template.cache is not False
 
     @property
     def input_names(self) -> dict[str, str]:
@@ -61,13 +67,20 @@ def prepare(config: Config, name: str, raw: dict[str, Any],
         raise JobInvalid(problems)
     prints = prints if prints is not None else fingerprint(description)
     the_id = job_id(config.submitter_id, name, raw, prints)
-    variables = dict(config.hpc_env)
+    variables: dict[str, Any] = dict(config.hpc_env)
     variables.update(description.args)
     variables.update(workspace_names(description.input_map))
     variables.update(workspace_names(description.output_map))
-    variables["workspace"] = remote_job_dir(config, the_id)
-    script = render(template, variables)
-    return PreparedJob(name, the_id, description, template, job_class, script, prints)
+    script = render(template, {**variables, "workspace": remote_job_dir(config, the_id)})
+    neutral = render(template, {**variables, **neutral_names(description.input_map),
+                                **neutral_names(description.output_map), "workspace": NEUTRAL_WORKSPACE})
+    return PreparedJob(name, the_id, description, template, job_class, script, neutral, prints)
+
+
+def neutral_names(paths: dict[str, str]) -> dict[str, str]:
+    """File names for the cache key: the key and the extension, not the base name, so a
+    tool that names its files per run (``dataset_123.dat``) still meets its cache."""
+    return {key: key + os.path.splitext(path)[1] for key, path in paths.items()}
 
 
 def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:

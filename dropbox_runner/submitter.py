@@ -16,7 +16,6 @@ Network failures raise TransportError out of the cycle and leave every job waiti
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import ResultCache
 from .cluster import ClusterSide
+from .collect import Collector
 from .config import Config
-from .dropbox import Dropbox, HeldJob, Listing
+from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
-from .jobs import JobInvalid, job_id, read_job_file, workspace_names
+from .history import History
+from .intake import Intake
+from .jobs import JobInvalid, job_id
 from .lock import cycle_lock
-from .on_hpc.files import write_atomic
-from .results import OutputProblem, error_block, place_outputs, read_stream, run_block
-from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
-from .rendering import TemplateProblem
 from .metrics import record_cycle
+from .rendering import TemplateProblem
+from .results import error_block
+from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ log = logging.getLogger(__name__)
 class CycleReport:
     taken: int = 0
     rejected: int = 0
+    cached: int = 0
+    cancelled: int = 0
     sent: int = 0
     finished_ok: int = 0
     finished_error: int = 0
@@ -51,33 +55,11 @@ class CycleReport:
     runners_submitted: int = 0
     held: int = 0
     held_ids: list[str] = field(default_factory=list)
-    dropbox_counts: dict[str, int] = field(default_factory=dict)
     collected_ids: list[str] = field(default_factory=list)
+    dropbox_counts: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-class JsonFile:
-    """A small JSON document in the state folder, rewritten only when it changes, so a
-    cron run every minute logs each job's state change once, not once a minute."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._last: Any = None
-
-    def load(self) -> dict[str, Any]:
-        try:
-            self._last = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self._last = {}
-        return dict(self._last)
-
-    def save(self, value: dict[str, Any]) -> None:
-        if value != self._last:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(str(self.path), json.dumps(value))
-            self._last = value
 
 
 class Submitter:
@@ -87,17 +69,29 @@ class Submitter:
         self.dropbox = Dropbox(config.dropbox)
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
-        self.inbox = config.state_dir / "inbox"
-        self.seen_states = JsonFile(config.state_dir / "seen-states.json")
+        self.cleanup_pending = config.state_dir / "cleanup-pending"
+        self.history = History(config.state_dir / "history.sqlite")
+        self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
+        self.intake = Intake(config, self.dropbox, self.history, self.cache)
+        self.collector = Collector(config, transport, self.dropbox, self.history, self.cache)
+
+    def close(self) -> None:
+        self.history.close()
 
     def cycle(self) -> CycleReport:
         """Run one cycle; the caller holds the dropbox lock."""
         started = time.monotonic()
         report = CycleReport()
         listing = self.dropbox.scan()
-        self._intake(listing, report)
         held = self._held_jobs(report)
+        with self.history.batch():
+            taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
+        report.taken, report.rejected, report.cached, report.cancelled = (
+            taken.taken, taken.rejected, taken.cached, taken.cancelled)
+        if taken.taken:
+            held = self._held_jobs(report)
         report.held = len(held)
+        self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
         waiting = prune_outbox(self.outbox, set(held))
@@ -106,94 +100,43 @@ class Submitter:
             report.sent = len(waiting)
             fault_point("after_push")
 
+        if not held and not waiting and not self.cleanup_pending.exists():
+            report.seconds = time.monotonic() - started
+            return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.call("cycle", {
             "submitter": self.config.submitter_id,
             "in_flight": sorted(held),
+            "cancel": sorted(job.job_id for job in held.values() if job.name in listing.cancel),
             "classes": {name: cls.to_request() for name, cls in self.config.classes.items()},
             "max_attempts": self.config.max_attempts,
             "heartbeat_timeout": self.config.heartbeat_timeout,
         })
         fault_point("after_queue")
-        self._note_queue_states(held, answer, waiting, report)
-        self._collect(held, answer["finished"], report)
-        report.held_ids = sorted(set(held) - set(report.collected_ids))
+        with self.history.batch():
+            self._note_queue_states(held, answer, waiting, report)
+        self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
+        with self.history.batch():
+            if any(item["id"] in held for item in answer["finished"]):
+                self.cleanup_pending.touch()      # the next cycle removes them on the cluster
+            collected = self.collector.collect(held, answer["finished"])
+        report.finished_ok += collected.ok
+        report.finished_error += collected.error
+        report.collected_ids = collected.job_ids
+        report.held_ids = sorted(set(held) - set(collected.job_ids))
         report.dropbox_counts = {
-            "waiting": len(listing.new) - report.taken - report.rejected,
+            "waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
             "submitted": len(report.held_ids),
-            "finished": len(listing.finished) + report.rejected + len(report.collected_ids)}
+            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled
+            + len(collected.job_ids)}
         report.seconds = time.monotonic() - started
         return report
-
-    # -- 1. intake ---------------------------------------------------------------------
-    def _intake(self, listing: Listing, report: CycleReport) -> None:
-        held_names = set(listing.submitted)
-        for name in listing.new:
-            raw = None
-            if name in held_names or name in listing.finished:
-                self._settle_duplicate(name, name in held_names)
-                continue
-            try:
-                digest = self.dropbox.digest(name)
-                raw = read_job_file(self.dropbox.path(name))
-                job = prepare(self.config, name, raw)
-            except FileNotFoundError:
-                continue            # taken back by its tool
-            except (JobInvalid, TemplateProblem) as problem:
-                problems = getattr(problem, "problems", [str(problem)])
-                if self.dropbox.age(name) < self.config.grace_seconds:
-                    log.debug("%s: not valid yet, may still be being written: %s", name, problems)
-                    continue
-                self._reject(name, raw, problems, digest)
-                report.rejected += 1
-                continue
-            write_outbox_entry(self.outbox, job, self.config.submitter_id)
-            fault_point("after_outbox")
-            self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(), digest))
-            fault_point("after_hold")
-            self.dropbox.discard(name, "")
-            report.taken += 1
-            log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
-
-    def _settle_duplicate(self, name: str, is_held: bool) -> None:
-        """A ``.job`` beside the ``.submitted`` or ``.finished`` made from it is what a
-        crash between two steps leaves: it is removed.  A different ``.job`` of the same
-        name is a new job: it waits for the one in flight, or replaces an old result."""
-        try:
-            digest = self.dropbox.digest(name)
-        except FileNotFoundError:
-            return
-        if is_held:
-            try:
-                recorded = self.dropbox.read_held(name).get("job_digest")
-            except ValueError:
-                recorded = None
-        else:
-            recorded = ((self.dropbox.read_result(name) or {}).get("job") or {}).get("job_digest")
-        if recorded == digest:
-            self.dropbox.discard(name, "")
-        elif is_held:
-            log.warning("%s: a new job with the name of one still running; it waits", name)
-        else:
-            self.dropbox.discard(name, ".finished")
-
-    def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
-        description = raw if isinstance(raw, dict) else None
-        message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, description, error_block(message, job_digest=digest))
-        fault_point("after_reject_result")
-        self.dropbox.discard(name, "")
-        log.warning("%s: rejected: %s", name, "; ".join(problems))
 
     # -- what the submitter holds ----------------------------------------------------------
     def _held_jobs(self, report: CycleReport) -> dict[str, HeldJob]:
         held: dict[str, HeldJob] = {}
         for name in self.dropbox.scan().submitted:
             try:
-                document = self.dropbox.read_held(name)
-                job = HeldJob(name, document["id"], document["description"], document["fingerprint"],
-                              document["class"], float(document["submitted_at"]), document["job_digest"])
-                if not isinstance(job.description, dict):
-                    raise ValueError("description is not a mapping")
+                job = HeldJob.from_document(name, self.dropbox.read_held(name))
             except (ValueError, KeyError, TypeError) as error:
                 self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})", report)
                 continue
@@ -201,14 +144,11 @@ class Submitter:
             if finished and (finished.get("job") or {}).get("id") == job.job_id:
                 self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
                 continue
-            if not self._hold_is_intact(job):
+            if job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) != job.job_id:
                 self._drop_broken_hold(name, ".submitted was edited after the job was taken", report)
                 continue
             held[job.job_id] = job
         return held
-
-    def _hold_is_intact(self, job: HeldJob) -> bool:
-        return job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) == job.job_id
 
     def _drop_broken_hold(self, name: str, why: str, report: CycleReport) -> None:
         try:
@@ -220,35 +160,49 @@ class Submitter:
                                   error_block(f"cannot continue this job: {why}",
                                               job_digest=document.get("job_digest")))
         self.dropbox.discard(name, ".submitted")
+        self.history.record(name, "finished", detail=why, status="error", message=why)
         report.finished_error += 1
         log.error("%s: %s; wrote an error result", name, why)
+
+    def _drop_stray_cancels(self, listing, held: dict[str, HeldJob]) -> None:
+        held_names = {job.name for job in held.values()}
+        for name in listing.cancel - held_names - set(listing.new):
+            log.info("%s: nothing to cancel (no such job waiting or running)", name)
+            self.dropbox.discard(name, ".cancel")
 
     # -- 3. queue states ----------------------------------------------------------------------
     def _note_queue_states(self, held: dict[str, HeldJob], answer: dict[str, Any],
                            sent: list[str], report: CycleReport) -> None:
-        seen = self.seen_states.load()
-        for job_id, state in answer["states"].items():
-            job = held.get(job_id)
+        known = {row.name: row for row in self.history.jobs(states=["submitted", "queued", "running"],
+                                                             limit=len(held) + 1000)}
+        for job_id_, state in answer["states"].items():
+            job = held.get(job_id_)
             if job is None:
                 continue
-            runner = answer.get("claimed_by", {}).get(job_id)
-            if state == "running" and seen.get(job_id) != runner:
-                log.info("%s: running on runner %s", job.name, runner)
-            seen[job_id] = runner if state == "running" else state
+            last = known.get(job.name)
+            runner = answer.get("claimed_by", {}).get(job_id_)
             if state == "absent":
-                log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id)
+                log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id_)
                 self._rebuild_outbox_entry(job, report)
-            elif job_id in sent:
-                shutil.rmtree(self.outbox / job_id, ignore_errors=True)
-                log.info("%s: staged and queued as %s", job.name, job_id)
+                continue
+            if job_id_ in sent:
+                shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
+            if state == "ready" and (last is None or last.state != "queued"):
+                self.history.record(job.name, "queued", job_id_)
+                log.info("%s: staged and queued as %s", job.name, job_id_)
+            elif state == "running" and (last is None or last.state != "running" or last.runner != runner):
+                self.history.record(job.name, "running", job_id_, detail=runner, runner=runner)
+                log.info("%s: running on runner %s", job.name, runner)
+        names = {job_id_: job.name for job_id_, job in held.items()}
         for item in answer.get("requeued", []):
             report.requeued += 1
-            log.warning("%s: %s (%s)", item["id"], item["outcome"], item["reason"])
+            name = names.get(item["id"], item["id"])
+            self.history.record(name, "queued", item["id"], detail=f"{item['outcome']}: {item['reason']}")
+            log.warning("%s: %s (%s)", name, item["outcome"], item["reason"])
         for runner in answer.get("submitted", []):
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
-        self.seen_states.save({job_id: seen[job_id] for job_id in held if job_id in seen})
         report.states = answer.get("counts", {})
         report.runners = answer.get("runners", [])
 
@@ -256,50 +210,14 @@ class Submitter:
         try:
             prepared = prepare(self.config, job.name, job.description, job.fingerprint)
         except (JobInvalid, TemplateProblem, OSError) as problem:
+            message = f"the job was lost on the cluster and cannot be sent again: {problem}"
             self.dropbox.write_result(job.name, job.description, error_block(
-                f"the job was lost on the cluster and cannot be sent again: {problem}", job.job_id,
-                job_digest=job.job_digest))
+                message, job.job_id, job_digest=job.job_digest))
             self.dropbox.discard(job.name, ".submitted")
+            self.history.record(job.name, "finished", job.job_id, detail=message, status="error", message=message)
             report.finished_error += 1
             return
         write_outbox_entry(self.outbox, prepared, self.config.submitter_id)
-
-    # -- 4. collect ------------------------------------------------------------------------
-    def _collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]], report: CycleReport) -> None:
-        done = [item for item in finished if item["id"] in held]
-        if not done:
-            return
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
-        self.transport.pull(f"{self.config.workspace}/{JOBS_FOLDER}", wanted, self.inbox)
-        fault_point("after_pull")
-        for item in done:
-            self._finish(held[item["id"]], item["record"], report)
-
-    def _finish(self, job: HeldJob, record: dict[str, Any], report: CycleReport) -> None:
-        pulled = self.inbox / job.job_id
-        block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
-                          read_stream(pulled / "stderr"), job.submitted_at)
-        block["job_digest"] = job.job_digest
-        if block["status"] == "ok":
-            outputs = job.description.get("output_map") or {}
-            names = workspace_names(outputs)
-            produced = {key: pulled / "output" / names[key] for key in outputs}
-            try:
-                place_outputs(produced, outputs, job.job_id[-12:])
-            except OutputProblem as problem:
-                block.update(status="error", message=str(problem))
-            fault_point("after_outputs")
-        self.dropbox.write_result(job.name, job.description, block)
-        fault_point("after_result")
-        self.dropbox.discard(job.name, ".submitted")
-        shutil.rmtree(pulled, ignore_errors=True)
-        report.collected_ids.append(job.job_id)
-        if block["status"] == "ok":
-            report.finished_ok += 1
-        else:
-            report.finished_error += 1
-        log.info("%s: finished %s: %s", job.name, block["status"], block["message"])
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:
@@ -308,7 +226,13 @@ def run_once(config: Config, transport: Transport, submitter: Submitter | None =
         if not locked:
             log.info("another cycle is running on %s; nothing to do", config.dropbox)
             return None
-        return run_cycle(config, submitter or Submitter(config, transport))
+        own = submitter is None
+        submitter = submitter or Submitter(config, transport)
+        try:
+            return run_cycle(config, submitter)
+        finally:
+            if own:
+                submitter.close()
 
 
 def run_cycle(config: Config, submitter: Submitter) -> CycleReport:

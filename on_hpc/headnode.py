@@ -27,6 +27,8 @@ def cycle(request):
     sched = connector(request["scheduler"], store)
     in_flight = sorted(set(request.get("in_flight", [])))
     states = store.states()
+    for job_id in request.get("cancel", []):
+        states[job_id] = store.cancel(job_id, states)
     for job_id in in_flight:
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)

@@ -19,6 +19,7 @@ import time
 from .files import listdir, read_json, touch_new, write_json
 
 STAGED, READY, RUNNING, DONE, ABSENT = "staged", "ready", "running", "done", "absent"
+CANCELLED_RECORD = {"rc": -1, "error": "cancelled", "cancelled": True}
 
 
 class JobStore(object):
@@ -79,6 +80,30 @@ class JobStore(object):
         os.makedirs(ready, mode=0o700, exist_ok=True)
         touch_new(os.path.join(ready, job_id))
         return READY
+
+    def cancel(self, job_id, states):
+        """Stop a job wherever it is: one not running ends at once; a running one is
+        flagged, and its runner ends the job's process group and records it."""
+        state = states.get(job_id)
+        if state == DONE:
+            return DONE
+        if state == READY:
+            meta = self.job_meta(job_id)
+            try:
+                os.unlink(os.path.join(self.ready_dir(meta.get("class", "default")), job_id))
+                state = None
+            except FileNotFoundError:
+                state = RUNNING          # a runner claimed it meanwhile
+        if state == RUNNING:
+            touch_new(os.path.join(self.job_dir(job_id), "cancel"))
+            return RUNNING
+        os.makedirs(self.job_dir(job_id), mode=0o700, exist_ok=True)
+        write_json(self.finished_path(job_id), CANCELLED_RECORD)
+        self._to_done(None, job_id)
+        return DONE
+
+    def cancel_requested(self, job_id):
+        return os.path.exists(os.path.join(self.job_dir(job_id), "cancel"))
 
     def remove(self, job_id):
         """Forget a collected job: its marker first, so it never looks half-removed."""

@@ -15,7 +15,7 @@ import sys
 import time
 
 from .files import read_json, write_json
-from .jobstore import JobStore
+from .jobstore import CANCELLED_RECORD, JobStore
 from .schedulers import connector
 
 POLL_SECONDS = 0.2
@@ -35,6 +35,7 @@ class RunningJob(object):
         self.gpus = gpus
         self.attempt = attempt
         self.exit = None          # (returncode, end time) once reaped
+        self.cancelled = False
 
 
 class Runner(object):
@@ -138,12 +139,19 @@ class Runner(object):
     def _reap(self):
         now = time.time()
         for job in list(self.jobs.values()):
+            if job.exit is None and not job.cancelled and self.store.cancel_requested(job.job_id):
+                job.cancelled = True
+                _end_group(job.process)
+                log("cancelled %s" % job.job_id)
             if job.exit is None:
                 code = job.process.poll()
                 if code is None:
                     continue
                 job.exit = (code, now)
             code, end = job.exit
+            if job.cancelled:
+                self._finish(job, code, end)
+                continue
             if _looks_signalled(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
                 continue
             if _looks_signalled(code) and self.stop_reason:
@@ -154,17 +162,20 @@ class Runner(object):
         del self.jobs[job.job_id]
         self.free_gpus.extend(job.gpus)
         self.store.finish(self.runner_id, job.job_id,
-                          self._record(job.job_id, job.attempt, job.start, code, end))
+                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled))
         log("finished %s rc=%s" % (job.job_id, code))
 
-    def _record(self, job_id, attempt, start, code, end):
+    def _record(self, job_id, attempt, start, code, end, cancelled=False):
         signal_name = None
         if code < 0:
             signal_name = _signal_name(-code)
             code = 128 - code
-        return {"rc": code, "signal": signal_name, "start": start, "end": end or time.time(),
-                "host": self.host, "runner": self.runner_id, "sched_id": self.sched_id,
-                "attempt": attempt}
+        record = {"rc": code, "signal": signal_name, "start": start, "end": end or time.time(),
+                  "host": self.host, "runner": self.runner_id, "sched_id": self.sched_id,
+                  "attempt": attempt}
+        if cancelled:
+            record.update(CANCELLED_RECORD, rc=code)
+        return record
 
     def _shutdown(self):
         log("stopping (%s): ending %d job(s)" % (self.stop_reason, len(self.jobs)))
@@ -214,6 +225,15 @@ def _signal_name(signum):
         return signal.Signals(signum).name
     except ValueError:
         return "signal %d" % signum
+
+
+def _end_group(process):
+    """SIGTERM to the job's process group, SIGKILL if it is still there moments later."""
+    _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.time() + TERMINATE_WAIT_SECONDS
+    while process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    _signal_group(process.pid, signal.SIGKILL)
 
 
 def _signal_group(pgid, signum):

@@ -33,7 +33,7 @@ def test_sigkill_at_each_step_boundary(tmp_path, point):
     names = []
     for i in range(JOBS):
         names.append(f"j{i}.job")
-        drop(config, names[-1], {"script": "ledger", "args": {"seconds": 0},
+        drop(config, names[-1], {"script": "ledger", "args": {"seconds": 0}, "cache": False,
                                  "output_map": {"out": str(tmp_path / "outputs" / f"o{i}.txt")}})
     (config.dropbox / "bad.job").write_text("script: [")
     kills = 0

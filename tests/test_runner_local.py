@@ -13,7 +13,7 @@ from helpers import drain, drop
 
 
 def ledger_job(config, number, seconds):
-    return {"script": "ledger", "args": {"seconds": seconds},
+    return {"script": "ledger", "args": {"seconds": seconds}, "cache": False,
             "output_map": {"out": str(Path(config.dropbox).parent / "outputs" / f"o{number}.txt")}}
 
 

@@ -60,7 +60,7 @@ def watched(tmp_path):
 
 
 def ledger_job(config, number, seconds=0):
-    return {"script": "ledger", "args": {"seconds": seconds},
+    return {"script": "ledger", "args": {"seconds": seconds}, "cache": False,
             "output_map": {"out": str(Path(config.dropbox).parent / "outputs" / f"o{number}.txt")}}
 
 

@@ -1,5 +1,5 @@
-"""Durations as people write them in configs and templates: 90, "90s", "30m", "2h",
-"1d", or Slurm's "[days-]hours:minutes:seconds"."""
+"""Durations and sizes as people write them in configs and templates: durations like 90,
+"90s", "30m", "2h", "1d" or Slurm's "[days-]hours:minutes:seconds"; sizes like "10G"."""
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -20,3 +20,18 @@ def parse_duration(value: object) -> int:
         days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
         return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     raise ValueError(f"{value!r} is not a duration (like 90, 90s, 30m, 2h, 1d or 1-02:00:00)")
+
+
+_SIZES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: object) -> int:
+    """Bytes in ``value``: a number, or "500M", "10G", "1.5T" (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, (int, float)):
+        return int(value)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", str(value).strip().lower())
+    if not match:
+        raise ValueError(f"{value!r} is not a size (like 500M, 10G)")
+    return int(float(match.group(1)) * _SIZES[match.group(2)])

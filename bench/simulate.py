@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""Queue-wait simulation: what sharing allocations between jobs saves.
+
+The real cost of a batch queue is hours of waiting for each allocation, which no test on a
+one-node cluster can show.  This discrete-event simulation replays one arrival trace (one-off
+jobs minutes to days apart, bulk collections seconds apart, as hpc_batch's README describes)
+under three policies:
+
+* ``1:1``: one scheduler job per dropped job, each waiting its own queue wait;
+* ``hpc_batch``: the original, one sequential runner for every job, kept in the queue while
+  jobs wait and gone as soon as none remain;
+* ``dropbox-runner``: this project's policy, as ``on_hpc/headnode.py:ensure_runner`` and
+  ``on_hpc/runner.py`` implement it: a runner per resource class with slots, extra runners
+  only for a backlog larger than the free slots, at most one submission per class per cycle,
+  no job started that would outlast the walltime, and an idle linger.
+
+It prints turnaround percentiles, scheduler submissions and allocation-hours per policy and
+draws the turnaround distributions.  Times are in hours throughout.  Only the plot needs a
+package outside the standard library (matplotlib, imported when the plot is drawn).
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import math
+import random
+import sys
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
+HOURS_PER_SECOND = 1 / 3600
+ONE_OFF, BULK = "one-off", "bulk"
+GPU, CPU = "gpu", "cpu"
+CLASSES = (GPU, CPU)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the dropbox receives: the two arrival patterns of hpc_batch's README."""
+
+    days: float = 30.0
+    oneoff_mean_gap_hours: float = 6.0       # exponential gaps: minutes to days
+    collection_mean_gap_days: float = 4.0
+    collection_size: tuple[int, int] = (50, 300)
+    burst_mean_gap_seconds: float = 5.0
+    gpu_fraction: float = 0.7
+    run_median_minutes: float = 10.0
+    run_sigma: float = 1.0
+    run_max_hours: float = 4.0               # below the walltime, so every job can run
+
+
+@dataclass(frozen=True)
+class QueueWait:
+    """Hours from submitting an allocation to its start: lognormal, clipped at max_hours."""
+
+    median_hours: float = 4.0
+    sigma: float = 0.8
+    max_hours: float = 24.0
+
+    def draw(self, rng: random.Random) -> float:
+        return min(self.median_hours * math.exp(self.sigma * rng.gauss(0.0, 1.0)), self.max_hours)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str          # ONE_OFF or BULK
+    job_class: str     # GPU or CPU
+    drop: float        # hour it was dropped, from the start of the trace
+    run: float         # hours; its expected time is taken to be exact
+
+
+@dataclass(frozen=True)
+class RunnerClass:
+    """A resource class as the config declares it (``config.ResourceClass``), in hours."""
+
+    slots: int
+    max_runners: int
+    idle_timeout: float
+    walltime: float
+    gpu: bool          # each slot holds one GPU; otherwise one CPU core
+
+
+@dataclass(frozen=True)
+class RunnerPolicy:
+    name: str
+    classes: dict[str, RunnerClass]
+    route: dict[str, str]   # job class -> the runner class that runs it
+
+
+@dataclass
+class Outcome:
+    """What one policy made of the trace."""
+
+    policy: str
+    jobs: Sequence[Job]
+    turnaround: list[float]   # hours from drop to collected result, in the order of jobs
+    submissions: int
+    gpu_hours: float          # GPUs held by allocations x hours, from start to end
+    core_hours: float
+
+
+def cycle_index(hour: float, tick: float) -> int:
+    """The first submitter cycle at or after ``hour``: when a drop is staged or a result collected."""
+    return math.ceil(hour / tick - 1e-9)
+
+
+def cycle_time(hour: float, tick: float) -> float:
+    return cycle_index(hour, tick) * tick
+
+
+# -- the trace ---------------------------------------------------------------------------
+
+def make_trace(workload: Workload, rng: random.Random) -> list[Job]:
+    """One-off jobs as a Poisson process, collections as Poisson-spaced bursts; by drop time."""
+    horizon = workload.days * 24
+    arrivals = [(hour, ONE_OFF) for hour in poisson_times(rng, workload.oneoff_mean_gap_hours, horizon)]
+    for start in poisson_times(rng, workload.collection_mean_gap_days * 24, horizon):
+        hour = start
+        for _ in range(rng.randint(*workload.collection_size)):
+            hour += rng.expovariate(1 / (workload.burst_mean_gap_seconds * HOURS_PER_SECOND))
+            arrivals.append((hour, BULK))
+    arrivals.sort()
+    median = workload.run_median_minutes / 60
+    return [Job(number, kind, GPU if rng.random() < workload.gpu_fraction else CPU, hour,
+                min(rng.lognormvariate(math.log(median), workload.run_sigma), workload.run_max_hours))
+            for number, (hour, kind) in enumerate(arrivals)]
+
+
+def poisson_times(rng: random.Random, mean_gap: float, horizon: float) -> list[float]:
+    times, hour = [], rng.expovariate(1 / mean_gap)
+    while hour < horizon:
+        times.append(hour)
+        hour += rng.expovariate(1 / mean_gap)
+    return times
+
+
+# -- 1:1 -----------------------------------------------------------------------------------
+
+def one_to_one(jobs: Sequence[Job], queue: QueueWait, tick: float, rng: random.Random) -> Outcome:
+    """Each job is its own allocation, submitted at the first cycle after its drop."""
+    turnaround = []
+    for job in jobs:
+        start = cycle_time(job.drop, tick) + queue.draw(rng)
+        turnaround.append(cycle_time(start + job.run, tick) - job.drop)
+    return Outcome("1:1", jobs, turnaround, len(jobs),
+                   gpu_hours=math.fsum(job.run for job in jobs if job.job_class == GPU),
+                   core_hours=math.fsum(job.run for job in jobs if job.job_class == CPU))
+
+
+# -- runners -------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Runner:
+    """One allocation of a runner class, from its submission until it leaves."""
+
+    class_name: str
+    settings: RunnerClass
+    start: float | None = None     # None while it waits in the queue
+    deadline: float = math.inf
+    running: int = 0
+    idle_since: float | None = None
+
+    def free_slots(self) -> int:
+        return self.settings.slots - self.running
+
+    def time_left(self, now: float) -> float:
+        """A pending runner will have its whole walltime, as headnode counts it."""
+        return self.settings.walltime if self.start is None else self.deadline - now
+
+
+class RunnerSimulation:
+    """The event loop of a runner policy: submitter cycles, runner starts, job ends, idle exits.
+
+    Within a cycle the submitter decides before runners claim what it just staged, as in
+    headnode's ``cycle``; runners claim the moment a job is ready or a slot frees, since the
+    real runner polls every fraction of a second.
+    """
+
+    def __init__(self, jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tick: float,
+                 rng: random.Random):
+        for job in jobs:
+            if job.run > policy.classes[policy.route[job.job_class]].walltime:
+                raise ValueError("job %d runs %.1f h, longer than its class's walltime" % (job.id, job.run))
+        self.jobs = jobs
+        self.by_drop = sorted(jobs, key=lambda job: job.drop)
+        self.policy, self.queue, self.tick, self.rng = policy, queue, tick, rng
+        self.events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.order = itertools.count()
+        self.staged = 0
+        self.ready: dict[str, deque[Job]] = {name: deque() for name in policy.classes}
+        self.live: dict[str, list[Runner]] = {name: [] for name in policy.classes}
+        self.done: dict[int, float] = {}
+        self.submissions = 0
+        self.held: dict[bool, list[float]] = {True: [], False: []}   # gpu? -> unit-hours per allocation
+
+    def run(self) -> Outcome:
+        if self.by_drop:
+            self._cycle_at(cycle_index(self.by_drop[0].drop, self.tick))
+        while self.events:
+            now, _, action, args = heapq.heappop(self.events)
+            action(now, *args)
+        return Outcome(self.policy.name, self.jobs, [self.done[job.id] - job.drop for job in self.jobs],
+                       self.submissions, math.fsum(self.held[True]), math.fsum(self.held[False]))
+
+    def _at(self, hour: float, action: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self.events, (hour, next(self.order), action, args))
+
+    def _cycle_at(self, index: int) -> None:
+        self._at(index * self.tick, self._cycle, index)
+
+    # -- the submitter ---------------------------------------------------------------------
+    def _cycle(self, now: float, index: int) -> None:
+        self._stage(index)
+        for name in sorted(self.policy.classes):
+            if self._needs_runner(name, now):
+                self._submit(name, now)
+        for name in sorted(self.policy.classes):
+            for runner in list(self.live[name]):
+                if runner.start is not None:
+                    self._claim_and_settle(runner, now)
+        # Cycles that would find nothing to stage and no waiting job change nothing: skip them.
+        if any(self.ready.values()):
+            self._cycle_at(index + 1)
+        elif self.staged < len(self.by_drop):
+            self._cycle_at(cycle_index(self.by_drop[self.staged].drop, self.tick))
+
+    def _stage(self, index: int) -> None:
+        """Make ready every job dropped since the last cycle, in drop order."""
+        while self.staged < len(self.by_drop):
+            job = self.by_drop[self.staged]
+            if cycle_index(job.drop, self.tick) > index:
+                return
+            self.ready[self.policy.route[job.job_class]].append(job)
+            self.staged += 1
+
+    def _needs_runner(self, name: str, now: float) -> bool:
+        """headnode's ensure_runner: a runner for ready work, more only for a larger backlog."""
+        ready, live = self.ready[name], self.live[name]
+        if not ready:
+            return False
+        if not live:
+            return True
+        if len(live) >= self.policy.classes[name].max_runners:
+            return False
+        if len(ready) > sum(runner.free_slots() for runner in live):
+            return True
+        longest_left = max(runner.time_left(now) for runner in live)
+        return any(job.run > longest_left for job in ready)
+
+    def _submit(self, name: str, now: float) -> None:
+        runner = Runner(name, self.policy.classes[name])
+        self.live[name].append(runner)
+        self.submissions += 1
+        self._at(now + self.queue.draw(self.rng), self._start, runner)
+
+    # -- the runner ------------------------------------------------------------------------
+    def _start(self, now: float, runner: Runner) -> None:
+        runner.start, runner.deadline = now, now + runner.settings.walltime
+        self._claim_and_settle(runner, now)
+
+    def _end_job(self, now: float, runner: Runner, job: Job) -> None:
+        runner.running -= 1
+        self.done[job.id] = cycle_time(now, self.tick)   # collected by the next cycle
+        self._claim_and_settle(runner, now)
+
+    def _claim_and_settle(self, runner: Runner, now: float) -> None:
+        """Fill free slots; then keep working, start the idle clock, or leave for a fresh runner."""
+        unfit = self._claim(runner, now)
+        if runner.running:
+            runner.idle_since = None
+        elif unfit:
+            self._leave(now, runner)
+        elif runner.idle_since is None:
+            runner.idle_since = now
+            self._at(min(now + runner.settings.idle_timeout, runner.deadline), self._idle_expired, runner, now)
+
+    def _claim(self, runner: Runner, now: float) -> bool:
+        """Claim ready jobs oldest first, skipping those that would outlast the walltime."""
+        waiting = self.ready[runner.class_name]
+        skipped: list[Job] = []
+        while waiting and runner.free_slots() > 0:
+            job = waiting.popleft()
+            if job.run > runner.deadline - now:
+                skipped.append(job)
+                continue
+            runner.running += 1
+            self._at(now + job.run, self._end_job, runner, job)
+        waiting.extendleft(reversed(skipped))
+        return bool(skipped)
+
+    def _idle_expired(self, now: float, runner: Runner, idle_since: float) -> None:
+        if runner in self.live[runner.class_name] and runner.idle_since == idle_since:
+            self._leave(now, runner)
+
+    def _leave(self, now: float, runner: Runner) -> None:
+        self.live[runner.class_name].remove(runner)
+        self.held[runner.settings.gpu].append((now - runner.start) * runner.settings.slots)
+
+
+def run_runners(jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tick: float,
+                rng: random.Random) -> Outcome:
+    return RunnerSimulation(jobs, policy, queue, tick, rng).run()
+
+
+# -- the comparison ------------------------------------------------------------------------
+
+def policies(classes: dict[str, RunnerClass]) -> list[RunnerPolicy]:
+    """hpc_batch and ours; hpc_batch had one GPU runner for every job and no linger."""
+    hpc_batch = RunnerClass(slots=1, max_runners=1, idle_timeout=0.0, walltime=classes[GPU].walltime, gpu=True)
+    return [RunnerPolicy("hpc_batch", {GPU: hpc_batch}, {GPU: GPU, CPU: GPU}),
+            RunnerPolicy("dropbox-runner", classes, {GPU: GPU, CPU: CPU})]
+
+
+def compare(jobs: Sequence[Job], classes: dict[str, RunnerClass], queue: QueueWait, tick: float,
+            seed: int) -> list[Outcome]:
+    """The three policies on one trace, each drawing its queue waits from its own seeded stream."""
+    outcomes = [one_to_one(jobs, queue, tick, random.Random("%d/1:1" % seed))]
+    for policy in policies(classes):
+        outcomes.append(run_runners(jobs, policy, queue, tick, random.Random("%d/%s" % (seed, policy.name))))
+    return outcomes
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(outcome: Outcome) -> dict[str, Any]:
+    gpu_busy = math.fsum(job.run for job in outcome.jobs if job.job_class == GPU)
+    by_kind = {kind: [hours for job, hours in zip(outcome.jobs, outcome.turnaround) if job.kind == kind]
+               for kind in (ONE_OFF, BULK)}
+    return {
+        "policy": outcome.policy,
+        "jobs": len(outcome.jobs),
+        "turnaround_hours": {name: round(percentile(outcome.turnaround, q), 3)
+                             for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))},
+        "p50_hours_by_kind": {kind: round(percentile(hours, 50), 3) if hours else None
+                              for kind, hours in by_kind.items()},
+        "submissions": outcome.submissions,
+        "gpu_hours_held": round(outcome.gpu_hours, 2),
+        "gpu_hours_idle": round(outcome.gpu_hours - gpu_busy, 2),
+        "core_hours_held": round(outcome.core_hours, 2),
+    }
+
+
+COLUMNS = ("policy", "jobs", "p50 h", "p90 h", "p99 h", "max h", "one-off p50", "bulk p50",
+           "submissions", "GPU-h held", "GPU-h idle", "core-h held")
+
+
+def format_table(summaries: Sequence[dict[str, Any]]) -> str:
+    rows = [COLUMNS]
+    for summary in summaries:
+        turnaround, kinds = summary["turnaround_hours"], summary["p50_hours_by_kind"]
+        rows.append((summary["policy"], str(summary["jobs"]),
+                     *("%.2f" % turnaround[name] for name in ("p50", "p90", "p99", "max")),
+                     *("-" if kinds[kind] is None else "%.2f" % kinds[kind] for kind in (ONE_OFF, BULK)),
+                     str(summary["submissions"]), "%.1f" % summary["gpu_hours_held"],
+                     "%.1f" % summary["gpu_hours_idle"], "%.1f" % summary["core_hours_held"]))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                               for column, (cell, width) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def plot(outcomes: Sequence[Outcome], summaries: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Turnaround CDFs on a log axis beside the GPU-hours each policy held and left idle."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cdf, bars) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    for outcome in outcomes:
+        hours = sorted(outcome.turnaround)
+        cdf.step(hours, [(rank + 1) / len(hours) for rank in range(len(hours))], where="post",
+                 label=outcome.policy)
+    cdf.set_xscale("log")
+    cdf.set_xlabel("turnaround, drop to result (hours, log scale)")
+    cdf.set_ylabel("fraction of jobs")
+    cdf.grid(True, which="both", alpha=0.3)
+    cdf.legend(loc="upper left")
+    names = [summary["policy"] for summary in summaries]
+    busy = [summary["gpu_hours_held"] - summary["gpu_hours_idle"] for summary in summaries]
+    idle = [summary["gpu_hours_idle"] for summary in summaries]
+    bars.bar(names, busy, label="running GPU jobs")
+    bars.bar(names, idle, bottom=busy, label="held idle")
+    for position, summary in enumerate(summaries):
+        bars.annotate("%d submissions" % summary["submissions"], (position, summary["gpu_hours_held"]),
+                      ha="center", va="bottom", fontsize=8)
+    bars.set_ylabel("GPU-hours of allocations")
+    bars.set_ylim(0, 1.3 * max(summary["gpu_hours_held"] for summary in summaries))
+    bars.legend(loc="upper left", ncol=2, fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def per_class(cast: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
+    """An argparse type: ``N`` for every class, or ``gpu=N,cpu=M``."""
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            if "=" not in text:
+                return dict.fromkeys(CLASSES, cast(text))
+            values = {name.strip(): cast(value) for name, _, value in
+                      (item.partition("=") for item in text.split(","))}
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r: expected N or gpu=N,cpu=M" % text) from None
+        if sorted(values) != sorted(CLASSES):
+            raise argparse.ArgumentTypeError("%r: give a value for each of gpu and cpu" % text)
+        return values
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Simulate queue waits under 1:1 submission, hpc_batch's sequential runner and "
+                    "dropbox-runner. Per-class options take N (both classes) or gpu=N,cpu=M.")
+    parser.add_argument("--days", type=float, default=30.0, help="length of the arrival trace (default 30)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--queue-median-hours", type=float, default=4.0)
+    parser.add_argument("--queue-sigma", type=float, default=0.8, help="lognormal sigma of the queue wait")
+    parser.add_argument("--queue-max-hours", type=float, default=24.0, help="longest queue wait")
+    parser.add_argument("--slots", type=per_class(int), default="gpu=2,cpu=4", help="jobs at once per runner")
+    parser.add_argument("--max-runners", type=per_class(int), default="2")
+    parser.add_argument("--idle-timeout", type=per_class(float), default="gpu=5,cpu=1",
+                        help="idle linger, minutes")
+    parser.add_argument("--walltime", type=per_class(float), default="8", help="runner time limit, hours")
+    parser.add_argument("--tick", type=float, default=60.0, help="seconds between submitter cycles (cron: 60)")
+    parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG to write (default %(default)s)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
+    parser.add_argument("--json", action="store_true", help="print the parameters and results as JSON")
+    args = parser.parse_args(argv)
+    longest = Workload().run_max_hours
+    if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1:
+        parser.error("--slots and --max-runners must be at least 1")
+    if min(args.walltime.values()) < longest:
+        parser.error("--walltime must be at least the longest job, %g h" % longest)
+    if args.tick <= 0 or args.days <= 0:
+        parser.error("--tick and --days must be positive")
+    return args
+
+
+def runner_classes(args: argparse.Namespace) -> dict[str, RunnerClass]:
+    return {name: RunnerClass(slots=args.slots[name], max_runners=args.max_runners[name],
+                              idle_timeout=args.idle_timeout[name] / 60, walltime=args.walltime[name],
+                              gpu=name == GPU)
+            for name in CLASSES}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workload = Workload(days=args.days)
+    queue = QueueWait(args.queue_median_hours, args.queue_sigma, args.queue_max_hours)
+    classes = runner_classes(args)
+    tick = args.tick * HOURS_PER_SECOND
+    jobs = make_trace(workload, random.Random("%d/trace" % args.seed))
+    outcomes = compare(jobs, classes, queue, tick, args.seed)
+    summaries = [summarize(outcome) for outcome in outcomes]
+    if args.json:
+        parameters = {"seed": args.seed, "tick_seconds": args.tick, "workload": asdict(workload),
+                      "queue_wait": asdict(queue), "classes": {name: asdict(c) for name, c in classes.items()}}
+        json.dump({"parameters": parameters, "results": summaries}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print("%d jobs over %g days (%d one-off, %d in collections); queue wait median %g h"
+              % (len(jobs), args.days, sum(job.kind == ONE_OFF for job in jobs),
+                 sum(job.kind == BULK for job in jobs), args.queue_median_hours))
+        print(format_table(summaries))
+    if not args.no_plot:
+        title = ("%d jobs over %g days, queue wait median %g h (sigma %g, max %g h), walltime %s h, "
+                 "slots %s, seed %d" % (len(jobs), args.days, queue.median_hours, queue.sigma, queue.max_hours,
+                                        _per_class_text(args.walltime), _per_class_text(args.slots), args.seed))
+        plot(outcomes, summaries, args.plot, title)
+        print("plot: %s" % args.plot, file=sys.stderr)
+    return 0
+
+
+def _per_class_text(values: dict[str, Any]) -> str:
+    return ",".join("%s=%g" % (name, values[name]) for name in CLASSES)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The submitter's memory: job transitions, input digests and the cache index, in SQLite.
+
+The dropbox files stay the truth that tools see; this store only remembers what they
+cannot say cheaply (when each state began, which runner, digests of unchanged inputs), so
+``list`` answers from an index instead of reading ten thousand result files.  If it is
+lost it is rebuilt from the dropbox (``rebuild``), minus the timestamps of the past.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from .jobs import load_yaml
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    name TEXT PRIMARY KEY, job_id TEXT, state TEXT NOT NULL, status TEXT, message TEXT,
+    class TEXT, runner TEXT, attempts INTEGER, first_seen REAL, updated_at REAL);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, updated_at);
+CREATE TABLE IF NOT EXISTS transitions (
+    name TEXT NOT NULL, job_id TEXT, state TEXT NOT NULL, at REAL NOT NULL, detail TEXT);
+CREATE INDEX IF NOT EXISTS transitions_by_name ON transitions (name, at);
+CREATE TABLE IF NOT EXISTS file_digests (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY, bytes INTEGER NOT NULL, created_at REAL, last_used REAL);
+CREATE TABLE IF NOT EXISTS earlier_runs (name TEXT NOT NULL, block TEXT NOT NULL, at REAL);
+"""
+DIGEST_CHUNK = 1 << 20
+
+
+@dataclass
+class JobRow:
+    name: str
+    job_id: str | None
+    state: str
+    status: str | None
+    message: str | None
+    job_class: str | None
+    runner: str | None
+    attempts: int | None
+    first_seen: float | None
+    updated_at: float | None
+
+
+class History:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction for a cycle's many small writes."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- transitions --------------------------------------------------------------------
+    def record(self, name: str, state: str, job_id: str | None = None, detail: str | None = None,
+               **fields: Any) -> None:
+        now = time.time()
+        self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?, ?)", (name, job_id, state, now, detail))
+        columns = {"job_id": job_id, "state": state, "updated_at": now, **fields}
+        columns = {key: value for key, value in columns.items() if value is not None}
+        self.db.execute("INSERT INTO jobs (name, first_seen, state) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
+                        (name, now, state))
+        assignments = ", ".join(f"{key} = ?" for key in columns)
+        self.db.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*columns.values(), name))
+
+    def jobs(self, states: list[str] | None = None, pattern: str | None = None, limit: int = 1000) -> list[JobRow]:
+        query, params = "SELECT * FROM jobs WHERE 1", []
+        if states:
+            query += f" AND state IN ({', '.join('?' * len(states))})"
+            params += states
+        if pattern:
+            query += " AND name GLOB ?"
+            params.append(pattern)
+        query += " ORDER BY updated_at DESC LIMIT ?"
+        params.append(limit)
+        return [JobRow(*row) for row in self.db.execute(query, params)]
+
+    def transitions(self, name: str) -> list[tuple[str, float, str | None]]:
+        return list(self.db.execute("SELECT state, at, detail FROM transitions WHERE name = ? ORDER BY at", (name,)))
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+
+    def rebuild(self, dropbox: Path) -> int:
+        """Forget the index and read it again from the dropbox's files."""
+        rows = 0
+        with self.batch():
+            self.db.execute("DELETE FROM jobs")
+            for entry in os.scandir(dropbox):
+                name, state, fields = _state_of_file(Path(entry.path))
+                if state is None:
+                    continue
+                mtime = entry.stat().st_mtime
+                self.db.execute(
+                    "INSERT OR REPLACE INTO jobs (name, job_id, state, status, message, first_seen, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, fields.get("id"), state, fields.get("status"), fields.get("message"), mtime, mtime))
+                rows += 1
+        return rows
+
+    # -- earlier runs of resubmitted jobs ---------------------------------------------------
+    def remember_earlier_run(self, name: str, block: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO earlier_runs VALUES (?, ?, ?)", (name, json.dumps(block), time.time()))
+
+    def earlier_runs(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(block) for (block,) in
+                self.db.execute("SELECT block FROM earlier_runs WHERE name = ? ORDER BY at", (name,))]
+
+    def forget_earlier_runs(self, name: str) -> None:
+        self.db.execute("DELETE FROM earlier_runs WHERE name = ?", (name,))
+
+    # -- input digests ------------------------------------------------------------------------
+    def file_digest(self, path: str) -> str:
+        """sha256 of a file, read once and remembered while its size and mtime hold."""
+        stat = os.stat(path)
+        row = self.db.execute("SELECT sha256 FROM file_digests WHERE path = ? AND size = ? AND mtime_ns = ?",
+                              (path, stat.st_size, stat.st_mtime_ns)).fetchone()
+        if row:
+            return row[0]
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+                digest.update(chunk)
+        self.db.execute("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)",
+                        (path, stat.st_size, stat.st_mtime_ns, digest.hexdigest()))
+        return digest.hexdigest()
+
+
+def _state_of_file(path: Path) -> tuple[str, str | None, dict[str, Any]]:
+    name = path.name
+    if name.startswith("."):
+        return name, None, {}
+    if name.endswith(".job"):
+        return name, "waiting", {}
+    for suffix, state in ((".submitted", "submitted"), (".finished", "finished")):
+        if name.endswith(".job" + suffix):
+            try:
+                document = load_yaml(path.read_text(encoding="utf-8")) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                document = {}
+            fields = document.get("job", {}) if state == "finished" else document
+            return name[: -len(suffix)], state, fields if isinstance(fields, dict) else {}
+    return name, None, {}

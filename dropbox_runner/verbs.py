@@ -1,0 +1,99 @@
+"""The operator's verbs: list, cancel, resubmit and the cache, without editing files by hand.
+
+Cancel and resubmit act through the dropbox's own files (``x.job.cancel``; a new
+``x.job``), so they are safe beside a running cron or daemon and take effect at its next
+cycle, exactly as when a tool does the same.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .dropbox import Dropbox
+from .history import History
+from .jobs import dump_yaml
+from .on_hpc.files import write_atomic
+from .status import table
+
+
+def job_name(name: str) -> str:
+    """Accept ``x``, ``x.job`` or a path to either."""
+    name = Path(name).name
+    for suffix in (".finished", ".submitted", ".cancel"):
+        if name.endswith(".job" + suffix):
+            name = name[: -len(suffix)]
+    return name if name.endswith(".job") else name + ".job"
+
+
+def request_cancel(config: Config, names: list[str]) -> list[str]:
+    """Drop ``x.job.cancel`` for each job still waiting or running; say what was done."""
+    dropbox = Dropbox(config.dropbox)
+    said = []
+    for name in map(job_name, names):
+        if dropbox.path(name).exists() or dropbox.path(name, ".submitted").exists():
+            write_atomic(str(dropbox.path(name, ".cancel")), f"requested at {time.time():.0f}\n")
+            said.append(f"{name}: cancel requested")
+        elif dropbox.path(name, ".finished").exists():
+            said.append(f"{name}: already finished; nothing to cancel")
+        else:
+            said.append(f"{name}: no such job")
+    return said
+
+
+def resubmit(config: Config, history: History, names: list[str], force: bool = False) -> list[str]:
+    """Put failed jobs back as new; their earlier result blocks go into the next result."""
+    dropbox = Dropbox(config.dropbox)
+    said = []
+    for name in map(job_name, names):
+        result = dropbox.read_result(name)
+        if result is None:
+            said.append(f"{name}: no result to resubmit")
+            continue
+        block = result.pop("job", {})
+        if block.get("status") == "ok" and not force:
+            said.append(f"{name}: finished ok; use --force to run it again")
+            continue
+        history.remember_earlier_run(name, block)
+        write_atomic(str(dropbox.path(name)), dump_yaml(result))
+        dropbox.discard(name, ".finished")
+        history.record(name, "waiting", detail="resubmitted")
+        said.append(f"{name}: resubmitted")
+    return said
+
+
+def list_jobs(config: Config, history: History, states: list[str] | None, pattern: str | None,
+              limit: int) -> list[dict[str, Any]]:
+    """Jobs from the history store, plus dropped jobs it has not seen yet."""
+    if not history.counts() and any(Dropbox(config.dropbox).folder.iterdir()):
+        history.rebuild(config.dropbox)
+    rows = [vars(row) for row in history.jobs(states, pattern, limit)]
+    if not states or "waiting" in states:
+        known = {row["name"] for row in rows}
+        dropbox = Dropbox(config.dropbox)
+        for name in dropbox.scan().new:
+            if name not in known and (pattern is None or Path(name).match(pattern)):
+                mtime = dropbox.mtime(name)
+                rows.append({"name": name, "job_id": None, "state": "waiting", "status": None, "message": None,
+                             "job_class": None, "runner": None, "attempts": None, "first_seen": mtime,
+                             "updated_at": mtime})
+    return rows[:limit]
+
+
+def format_jobs(rows: list[dict[str, Any]]) -> str:
+    now = time.time()
+    lines = [("NAME", "STATE", "AGE", "RUNNER", "ATTEMPTS", "STATUS / MESSAGE")]
+    for row in rows:
+        age = now - (row["updated_at"] or now)
+        detail = " ".join(part for part in (row["status"], row["message"]) if part)
+        lines.append((row["name"], row["state"], _age(age), row["runner"] or "-",
+                      str(row["attempts"] or "-"), detail[:70]))
+    return "\n".join(table(lines))
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
