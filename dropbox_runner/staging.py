@@ -97,6 +97,13 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> Non
         os.symlink(os.path.abspath(job.description.input_map[key]), entry / "input" / target)
 
 
+def vanished_inputs(outbox: Path, the_job_id: str) -> list[str]:
+    """Inputs of an outbox entry whose file is gone (a tool removed it after dropping the
+    job); sending such an entry would fail the transfer of every other job too."""
+    folder = outbox / the_job_id / "input"
+    return sorted(entry.name for entry in os.scandir(folder) if not os.path.exists(entry.path))
+
+
 def prune_outbox(outbox: Path, keep: set[str]) -> list[str]:
     """Drop entries of jobs no longer held; return the ids still waiting to be sent."""
     waiting = []

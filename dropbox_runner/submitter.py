@@ -36,7 +36,7 @@ from .lock import cycle_lock
 from .metrics import record_cycle
 from .rendering import TemplateProblem
 from .results import error_block
-from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
+from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Submitter:
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = prune_outbox(self.outbox, set(held))
+        waiting = self._sendable(prune_outbox(self.outbox, set(held)), held, report)
         if waiting:
             self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
             report.sent = len(waiting)
@@ -130,6 +130,25 @@ class Submitter:
             + len(collected.job_ids)}
         report.seconds = time.monotonic() - started
         return report
+
+    def _sendable(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
+        """Fail the jobs whose inputs vanished, so they cannot block the others' transfer."""
+        sendable = []
+        for job_id_ in waiting:
+            vanished = vanished_inputs(self.outbox, job_id_)
+            if not vanished:
+                sendable.append(job_id_)
+                continue
+            job = held.pop(job_id_)
+            message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
+            self.dropbox.write_result(job.name, job.description,
+                                      error_block(message, job_id_, job_digest=job.job_digest))
+            self.dropbox.discard(job.name, ".submitted")
+            shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
+            self.history.record(job.name, "finished", job_id_, detail=message, status="error", message=message)
+            report.finished_error += 1
+            log.warning("%s: %s", job.name, message)
+        return sendable
 
     # -- what the submitter holds ----------------------------------------------------------
     def _held_jobs(self, report: CycleReport) -> dict[str, HeldJob]:

@@ -104,3 +104,24 @@ def test_outputs_outside_the_allowed_roots_are_refused(config_factory, tmp_path)
                                 "output_map": {"out": str(tmp_path / "elsewhere.txt")}})
     block = drain(config, ["escape.job"])["escape.job"]["job"]
     assert "outside the allowed output folders" in block["message"]
+
+
+def test_an_input_removed_before_sending_fails_only_its_job(config, tmp_path):
+    from dropbox_runner.submitter import Submitter
+    from dropbox_runner.transport.local import LocalTransport
+
+    class NoSend(LocalTransport):
+        def run(self, command, stdin=b""):
+            raise AssertionError("not reached in this cycle")
+
+    doomed = tmp_path / "inputs" / "doomed.txt"
+    doomed.write_text("x")
+    drop(config, "doomed.job", {"script": "copy", "input_map": {"src": str(doomed)}, "cache": False,
+                                "output_map": {"dst": str(tmp_path / "outputs" / "d.txt")}})
+    submitter = Submitter(config, NoSend())
+    submitter.intake.take_new_jobs(Dropbox(config.dropbox).scan(), set())   # taken, not yet sent
+    doomed.unlink()
+    drop(config, "fine.job", ledger_job(tmp_path, 1))
+    results = drain(config, ["doomed.job", "fine.job"])
+    assert "removed before the job could be sent: doomed.txt" in results["doomed.job"]["job"]["message"]
+    assert results["fine.job"]["job"]["status"] == "ok"
