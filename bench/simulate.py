@@ -639,11 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  _per_class_text(args.walltime), _per_class_text(args.idle_timeout), args.tick))
         print(format_table(summaries))
     if not args.no_plot:
-        title = ("%d jobs over %g days, queue wait median %g h (sigma %g, max %g h) + %s, %s,\n"
-                 "walltime %s h, slots %s, seed %d"
-                 % (len(jobs), args.days, queue.median_hours, queue.sigma, queue.max_hours,
-                    _fairshare_text(limits), _limit_text(limits), _per_class_text(args.walltime),
-                    _per_class_text(args.slots), args.seed))
+        title = ("%d jobs over %g days, queue wait median %g h (sigma %g, max %g h), seed %d\n"
+                 "per user: %s running at once, fairshare +%g h per allocation pending; "
+                 "walltime %s h, slots %s"
+                 % (len(jobs), args.days, queue.median_hours, queue.sigma, queue.max_hours, args.seed,
+                    limits.max_running or "any number", limits.fairshare_hours_per_pending,
+                    _per_class_text(args.walltime), _per_class_text(args.slots)))
         plot(outcomes, summaries, args.plot, title)
         print("plot: %s" % args.plot, file=sys.stderr)
     return 0
