@@ -14,8 +14,8 @@ under three policies:
   only for a backlog larger than the free slots, at most one submission per class per cycle,
   no job started that would outlast the walltime, and an idle linger.
 
-All three face the same cluster, which treats one user's allocations as real sites do
-(``Cluster``):
+All three face the same cluster, which limits one user's allocations roughly as real sites
+do (``Cluster``):
 
 * **Per-user running limit** (``--max-running-per-user``, default 10): at most N of the user's
   allocations run at once, as a Slurm QOS's ``MaxJobsPerUser`` enforces.  An allocation starts
@@ -49,8 +49,9 @@ wins (4.3 h).  Runner policies keep a few allocations pending at most, so neithe
 changes them much.
 
 It prints turnaround percentiles, scheduler submissions, the most allocations that ran at once
-and allocation-hours per policy, and draws the turnaround distributions.  Times are in hours throughout.  Only the plot needs a
-package outside the standard library (matplotlib, imported when the plot is drawn).
+and allocation-hours per policy, and draws the turnaround distributions.  Times are in hours
+throughout.  Only the plot needs a package outside the standard library (matplotlib, imported
+when the plot is drawn).
 """
 from __future__ import annotations
 
