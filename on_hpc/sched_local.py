@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from .files import listdir, read_json
-from .schedulers import RUNNING, RunnerInfo
+from .schedulers import RUNNING, RunnerInfo, kill_job_group
 
 
 class LocalConnector(object):
@@ -53,12 +53,7 @@ class LocalConnector(object):
 
     def kill_leftovers(self, job_id, claim):
         """A runner killed outright leaves its job's process group running: end it."""
-        pgid = claim.get("pgid")
-        if pgid and _has_env(pgid, "DBR_JOB_ID=" + job_id):
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job_group(claim.get("pgid"), job_id)
 
     def allocation_seconds(self, spec):
         return spec.get("time_limit")
@@ -75,10 +70,3 @@ def _is_runner_process(pid, runner_id):
     except (OSError, ValueError):
         return False
 
-
-def _has_env(pid, entry):
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as handle:
-            return entry.encode() in handle.read().split(b"\0")
-    except OSError:
-        return False

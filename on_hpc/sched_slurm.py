@@ -1,96 +1,160 @@
 """Slurm: runners are batch jobs.
 
 Commands are built by pure functions and parsed by pure functions, so the Slurm dialect
-is tested with plain strings; ``squeue`` is called once per cycle for all runners (the
-Slurm manual asks tools not to poll it in loops).
+is tested with plain strings.  ``squeue`` is called once per cycle for all runners (the
+Slurm manual asks tools not to poll it in loops) and once by each runner at its start, for
+its time left; ``sacct`` is never used (clusters without slurmdbd have none).
 """
-import hashlib
 import os
 import re
 import shlex
+import socket
 import subprocess
 
 from .files import read_json, write_json
-from .schedulers import ENDING, PENDING, RUNNING, RunnerInfo, SchedulerUnavailable
+from .schedulers import (ENDING, PENDING, RUNNING, RunnerInfo, SchedulerUnavailable,
+                         SubmitFailed, effective_warn_seconds, kill_job_group, store_tag)
 
+# Slurm's job states (squeue %T) and what they mean for a runner.  A state not listed
+# here (a new Slurm's, or a terminal one squeue shows for a moment) counts as ENDING:
+# the runner is not taking work, but its claims are left alone until it is gone.
 STATE_MAP = {
     "PENDING": PENDING, "CONFIGURING": PENDING, "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING,
-    "REQUEUE_FED": PENDING, "RESIZING": PENDING,
+    "REQUEUE_FED": PENDING, "RESIZING": PENDING, "RESV_DEL_HOLD": PENDING,
     "RUNNING": RUNNING,
     "COMPLETING": ENDING, "STOPPED": ENDING, "SUSPENDED": ENDING, "SIGNALING": ENDING,
-    "STAGE_OUT": ENDING,
+    "STAGE_OUT": ENDING, "PREEMPTED": ENDING, "TIMEOUT": ENDING, "CANCELLED": ENDING,
+    "COMPLETED": ENDING, "FAILED": ENDING, "NODE_FAIL": ENDING, "BOOT_FAIL": ENDING,
+    "DEADLINE": ENDING, "OUT_OF_MEMORY": ENDING, "SPECIAL_EXIT": ENDING, "REVOKED": ENDING,
 }
 JOB_NAME_PREFIX = "dbr."
+SQUEUE_FORMAT = "%i|%j|%T|%L"
+SQUEUE_TIMEOUT_SECONDS = 60
+SBATCH_TIMEOUT_SECONDS = 120
 
 
-def job_name(store_tag, runner_id):
-    return "%s%s.%s" % (JOB_NAME_PREFIX, store_tag, runner_id)
+def job_name(tag, runner_id):
+    """``dbr.<workspace tag>.<runner id>``: squeue is the truth about which runners
+    exist, and this name is how a runner is recognised in it, even one whose submission
+    was never recorded (a crash between ``sbatch`` and writing its job id)."""
+    return "%s%s.%s" % (JOB_NAME_PREFIX, tag, runner_id)
 
 
-def sbatch_argv(name, log_path, resources, command):
-    """The sbatch call for one runner; ``command`` is the argv the allocation runs."""
+def sbatch_argv(name, log_path, workdir, resources, command):
+    """The sbatch call for one runner; ``command`` is the argv the allocation runs.
+
+    ``resources`` are the class's settings; they describe the whole runner allocation,
+    which its ``slots`` jobs share.
+    """
     argv = ["sbatch", "--parsable", "--job-name=" + name, "--output=" + log_path,
-            "--open-mode=append"]
+            "--open-mode=append", "--chdir=" + workdir,
+            # Slurm must not restart a runner by itself (node failure): a restarted
+            # runner would not know the jobs it had claimed.  Its jobs are requeued by
+            # the next cycle, which submits a fresh runner if work is waiting.
+            "--no-requeue"]
     if resources.get("partition"):
         argv.append("--partition=" + resources["partition"])
     if resources.get("gres"):
         argv.append("--gres=" + resources["gres"])
     if resources.get("cpus"):
-        argv.append("--cpus-per-task=%d" % resources["cpus"])
+        argv.append("--cpus-per-task=%d" % int(resources["cpus"]))
     if resources.get("memory"):
         argv.append("--mem=" + str(resources["memory"]))
     if resources.get("time_limit"):
-        argv.append("--time=%d" % max(1, (resources["time_limit"] + 59) // 60))
-    if resources.get("warn_seconds"):
-        # B: signals the batch shell only (our runner), which ends its jobs itself.
-        argv.append("--signal=B:USR1@%d" % resources["warn_seconds"])
-    argv.extend(resources.get("extra_args") or [])
+        argv.append("--time=" + slurm_minutes(resources["time_limit"]))
+    warn = effective_warn_seconds(resources.get("time_limit"), resources.get("warn_seconds"))
+    if warn:
+        # B: signals the batch shell only, which is our runner (the wrap execs it); it
+        # ends its jobs itself and hands them back as interrupted.
+        argv.append("--signal=B:USR1@%d" % warn)
+    argv.extend(str(arg) for arg in resources.get("extra_args") or [])
     argv.append("--wrap=exec " + " ".join(shlex.quote(part) for part in command))
     return argv
 
 
+def slurm_minutes(seconds):
+    """Slurm counts time limits in whole minutes: round up, never below one."""
+    return str(max(1, (int(seconds) + 59) // 60))
+
+
 def parse_sbatch(stdout):
-    """``--parsable`` prints ``jobid`` or ``jobid;cluster``."""
-    text = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    job_id = text.split(";")[0]
+    """``--parsable`` prints ``jobid`` or ``jobid;cluster`` (after any warnings)."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    job_id = lines[-1].split(";")[0].strip() if lines else ""
     if not job_id.isdigit():
         raise ValueError("sbatch printed no job id: %r" % stdout)
     return job_id
 
 
-SQUEUE_FORMAT = "%i|%j|%T|%L"
+def squeue_argv(user=None):
+    """One listing of this account's jobs (every state squeue shows by default)."""
+    user = os.getuid() if user is None else user
+    return ["squeue", "--noheader", "--user=%s" % user, "--format=" + SQUEUE_FORMAT]
 
 
-def squeue_argv():
-    return ["squeue", "--me", "--noheader", "--format=" + SQUEUE_FORMAT]
+def time_left_argv(sched_id):
+    return ["squeue", "--noheader", "--jobs=" + str(sched_id), "--format=%L"]
 
 
-def parse_squeue(stdout, store_tag):
-    """Runners of this workspace, by runner id, from the one squeue listing."""
-    prefix = JOB_NAME_PREFIX + store_tag + "."
+def parse_squeue(stdout, tag, limits=None):
+    """Runners of this workspace, by runner id, from the one squeue listing.
+
+    ``limits`` maps runner ids to their time limit in seconds, used when squeue cannot
+    say how much time a runner has (``NOT_SET``: a pending job's limit not established).
+    """
+    prefix = JOB_NAME_PREFIX + tag + "."
+    limits = limits or {}
     found = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
         if len(parts) != 4 or not parts[1].startswith(prefix):
             continue
-        sched_id, name, state, left = parts
+        sched_id, name, state, left = (part.strip() for part in parts)
         runner_id = name[len(prefix):]
-        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING),
-                                      parse_time_left(left))
+        try:
+            seconds = parse_time_left(left)
+        except ValueError:
+            seconds = limits.get(runner_id)
+        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING), seconds)
     return found
 
 
 def parse_time_left(text):
-    """Seconds from squeue's ``%L`` ([days-]hours:minutes:seconds); None if unlimited."""
-    match = re.match(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$", text.strip())
-    if not match:
+    """Seconds from squeue's ``%L``: ``[days-][hours:]minutes:seconds``.
+
+    None for ``UNLIMITED``; 0 for ``INVALID`` (what Slurm shows for a job past its
+    limit); ValueError for ``NOT_SET`` and anything else it cannot read.
+    """
+    text = text.strip()
+    if text == "UNLIMITED":
         return None
+    if text == "INVALID":
+        return 0
+    match = re.match(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$", text)
+    if not match:
+        # "1-00" (days-hours) is a valid Slurm time but squeue's %L never prints it.
+        raise ValueError("not a time left: %r" % text)
     days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def scancel_argv(sched_ids):
-    return ["scancel"] + list(sched_ids)
+    return ["scancel"] + [str(sched_id) for sched_id in sched_ids]
+
+
+def allocated_gpus(environ):
+    """The GPUs of this allocation, as the jobs started in it must name them.
+
+    ``SLURM_JOB_GPUS`` (or ``SLURM_STEP_GPUS``) says whether the allocation has GPUs at
+    all; ``CUDA_VISIBLE_DEVICES`` says how CUDA numbers them here (with device cgroups,
+    0..n-1 rather than the node's numbers), so it is preferred when it lists as many.
+    """
+    allocated = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS") or ""
+    allocated = [gpu for gpu in allocated.split(",") if gpu]
+    if not allocated:
+        return []
+    visible = [gpu for gpu in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
+    return visible if len(visible) == len(allocated) else allocated
 
 
 class SlurmConnector(object):
@@ -103,22 +167,34 @@ class SlurmConnector(object):
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
-        call = sbatch_argv(job_name(self.tag, spec["id"]), log_path, spec["resources"], argv)
-        done = subprocess.run(call, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, cwd=self.store.root)
+        call = sbatch_argv(job_name(self.tag, spec["id"]), log_path, self.store.root,
+                           spec["resources"], argv)
+        try:
+            done = subprocess.run(call, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  universal_newlines=True, cwd=self.store.root,
+                                  timeout=SBATCH_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired as error:
+            raise SubmitFailed("sbatch: %s" % error, uncertain=True)
+        except OSError as error:
+            raise SubmitFailed("sbatch: %s" % error)
         if done.returncode != 0:
-            raise RuntimeError("sbatch failed (%d): %s" % (done.returncode, done.stderr.strip()))
-        return parse_sbatch(done.stdout)
+            raise SubmitFailed("sbatch failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
+        try:
+            return parse_sbatch(done.stdout)
+        except ValueError as error:
+            raise SubmitFailed(str(error))
 
     def list_runners(self):
         try:
             done = subprocess.run(squeue_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, timeout=60)
+                                  universal_newlines=True, timeout=SQUEUE_TIMEOUT_SECONDS)
         except (OSError, subprocess.TimeoutExpired) as error:
             raise SchedulerUnavailable("squeue: %s" % error)
         if done.returncode != 0:
-            raise SchedulerUnavailable("squeue failed (%d): %s" % (done.returncode, done.stderr.strip()))
-        runners = parse_squeue(done.stdout, self.tag)
+            raise SchedulerUnavailable("squeue failed (exit %d): %s"
+                                       % (done.returncode, done.stderr.strip()))
+        limits = self._limits() if "NOT_SET" in done.stdout else {}
+        runners = parse_squeue(done.stdout, self.tag, limits)
         write_json(self._cache, {key: list(value) for key, value in runners.items()})
         return runners
 
@@ -127,29 +203,43 @@ class SlurmConnector(object):
 
     def cancel(self, sched_ids):
         if sched_ids:
-            subprocess.run(scancel_argv(sched_ids), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                subprocess.run(scancel_argv(sched_ids), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=SQUEUE_TIMEOUT_SECONDS)
+            except (OSError, subprocess.TimeoutExpired):
+                pass    # the runner is requeued anyway; a later cycle tries again
 
     def kill_leftovers(self, job_id, claim):
-        """Slurm ends every process of a finished allocation itself."""
+        """Slurm ends what a lost allocation left running, except processes it does not
+        track (``proctrack/pgid`` loses a job's own session).  On a single-machine
+        cluster the head node can see them: end them, as the local scheduler does."""
+        if claim.get("host") == socket.gethostname():
+            kill_job_group(claim.get("pgid"), job_id)
 
     def allocation_seconds(self, spec):
-        job_id = os.environ.get("SLURM_JOB_ID")
-        if not job_id:
+        """The allocation's time left, read once (one squeue call per runner)."""
+        sched_id = os.environ.get("SLURM_JOB_ID")
+        if not sched_id:
             return spec.get("time_limit")
-        done = subprocess.run(["squeue", "--noheader", "--jobs=" + job_id, "--format=%L"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        left = parse_time_left(done.stdout) if done.returncode == 0 else None
-        return left if left is not None else spec.get("time_limit")
+        try:
+            done = subprocess.run(time_left_argv(sched_id), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, universal_newlines=True,
+                                  timeout=SQUEUE_TIMEOUT_SECONDS)
+            if done.returncode == 0:
+                return parse_time_left(done.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            pass
+        return spec.get("time_limit")
 
     def allocation_gpus(self):
-        for variable in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-            value = os.environ.get(variable, "")
-            if value:
-                return [gpu for gpu in value.split(",") if gpu]
-        return []
+        return allocated_gpus(os.environ)
 
-
-def store_tag(root):
-    """A short, stable tag of the workspace, so two installations on one account never
-    mistake each other's runners."""
-    return hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:6]
+    def _limits(self):
+        """Time limits of the runners this workspace recorded, by runner id."""
+        limits = {}
+        for name in os.listdir(self.store.runners_dir()):
+            if name.endswith(".json") and not name.endswith(".alive.json"):
+                record = read_json(os.path.join(self.store.runners_dir(), name), {})
+                if record.get("id"):
+                    limits[record["id"]] = record.get("time_limit")
+        return limits
