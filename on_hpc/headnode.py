@@ -3,7 +3,13 @@
 The submitter sends what it knows (the jobs it just staged, every job it still holds) and
 gets back everything it needs (which of its jobs are done, with their records; which are
 missing; what runners exist), so a cycle costs one round trip whatever the number of jobs.
+
+The scheduler is asked once per cycle (one ``squeue`` for Slurm).  What it says is the
+truth about which runners exist; when it does not answer, the last listing is kept and
+nothing is requeued, submitted or failed on the strength of a missing answer.
 """
+import contextlib
+import fcntl
 import os
 import sys
 import time
@@ -11,20 +17,23 @@ import uuid
 
 from .files import listdir, read_json, write_json
 from .jobstore import ABSENT, DONE, JobStore
-from .schedulers import ENDING, PENDING, RunnerInfo, SchedulerUnavailable, connector
+from .schedulers import (ENDING, PENDING, RunnerInfo, SchedulerUnavailable, SubmitFailed,
+                         connector, effective_warn_seconds, usable_seconds)
 
-# A runner submitted this recently is counted as pending even before the scheduler (or,
-# for local runners, the runner itself) reports it, so a crash or a slow scheduler between
-# the submission and the first listing can never cause a second submission.
+# A runner whose submission is recorded but that the scheduler does not list is counted
+# as pending this long: a crash between ``sbatch`` and recording its job id, or an
+# ``sbatch`` that timed out but may have worked, must not cause a second submission
+# before the scheduler has had every chance to show the first.
 SUBMIT_GRACE_SECONDS = 120
 MAX_WAIT_SECONDS = 300
 WAIT_INTERVAL_SECONDS = 0.25
+HEADNODE_RUNNER = "headnode"      # claims jobs the head node itself must end
 
 
-def cycle(request):
+def cycle(request, sched=None):
     store = JobStore(request["root"])
     store.ensure_layout()
-    sched = connector(request["scheduler"], store)
+    sched = sched or connector(request["scheduler"], store)
     in_flight = sorted(set(request.get("in_flight", [])))
     states = store.states()
     for job_id in request.get("cancel", []):
@@ -33,26 +42,39 @@ def cycle(request):
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
 
-    scheduler_ok = True
-    try:
-        runners = sched.list_runners()
-    except SchedulerUnavailable as error:
-        scheduler_ok = False
-        runners = sched.last_known_runners()
-        sys.stderr.write("scheduler unavailable, keeping last known state: %s\n" % error)
+    requeued, submitted, refused, errors = [], [], [], []
+    # Submitters sharing a workspace take turns here, so two of them never both decide
+    # that a class needs a runner.
+    with workspace_lock(store):
+        scheduler_ok = True
+        try:
+            runners = sched.list_runners()
+        except SchedulerUnavailable as error:
+            scheduler_ok = False
+            runners = sched.last_known_runners()
+            errors.append("scheduler unavailable, keeping the last known state: %s" % error)
+            sys.stderr.write(errors[-1] + "\n")
 
-    requeued, submitted = [], []
-    if scheduler_ok:
-        requeued = requeue_lost_claims(store, sched, runners, request)
-        if requeued:
-            states = store.states()
-        runners = with_recent_submissions(store, runners)
-        for job_class, settings in sorted(request.get("classes", {}).items()):
-            runner = ensure_runner(store, sched, runners, job_class, settings, request)
-            if runner:
-                submitted.append(runner)
-    else:
-        runners = with_recent_submissions(store, runners)
+        if scheduler_ok:
+            requeued = requeue_lost_claims(store, sched, runners, request)
+            runners = with_recent_submissions(store, runners, listing_ok=True,
+                                              listed_at_once=_lists_at_once(sched))
+            for job_class, settings in sorted(request.get("classes", {}).items()):
+                refused += refuse_hopeless(store, job_class, settings)
+                try:
+                    runner = ensure_runner(store, sched, runners, job_class, settings, request)
+                except SubmitFailed as error:
+                    errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
+                    sys.stderr.write(errors[-1] + "\n")
+                    continue
+                if runner:
+                    submitted.append(runner)
+                    runners[runner["runner"]] = RunnerInfo(
+                        runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
+        else:
+            runners = with_recent_submissions(store, runners, listing_ok=False)
+    if requeued or refused:
+        states = store.states()
 
     finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
                 for job_id in in_flight if states.get(job_id) == DONE]
@@ -65,11 +87,23 @@ def cycle(request):
         "finished": finished,
         "removed": removed,
         "requeued": requeued,
+        "refused": refused,
         "submitted": submitted,
         "scheduler_ok": scheduler_ok,
+        "errors": errors,
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
         "counts": count_states(states),
     }
+
+
+@contextlib.contextmanager
+def workspace_lock(store):
+    fd = os.open(os.path.join(store.runners_dir(), ".cycle.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def remove_collected(store, states, submitter, in_flight):
@@ -84,16 +118,17 @@ def remove_collected(store, states, submitter, in_flight):
     return removed
 
 
-def status(request):
+def status(request, sched=None):
     """What ``dropbox-runner status`` shows about the cluster side."""
     store = JobStore(request["root"])
     store.ensure_layout()
-    sched = connector(request["scheduler"], store)
+    sched = sched or connector(request["scheduler"], store)
     try:
         runners, scheduler_ok = sched.list_runners(), True
     except SchedulerUnavailable:
         runners, scheduler_ok = sched.last_known_runners(), False
-    runners = with_recent_submissions(store, runners)
+    runners = with_recent_submissions(store, runners, listing_ok=scheduler_ok,
+                                      listed_at_once=_lists_at_once(sched), forget=False)
     return {
         "scheduler_ok": scheduler_ok,
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
@@ -126,55 +161,103 @@ def requeue_lost_claims(store, sched, runners, request):
     requeued = []
     for runner_id in store.runners_with_claims():
         info = runners.get(runner_id)
+        if runner_id == HEADNODE_RUNNER:
+            info = None                      # a cycle died half-way through refusing
         alive_path = os.path.join(store.runners_dir(), runner_id + ".alive.json")
-        silent = _age(alive_path) > stale_after
+        silent = info is not None and info.state != PENDING and _age(alive_path) > stale_after
         if info is not None and not silent:
             continue
-        if info is not None and silent:
+        if silent:
             sched.cancel([info.sched_id])
         reason = "runner %s %s" % (runner_id, "stopped answering" if info else "is gone")
         for job_id in store.claimed_jobs(runner_id):
             claim = read_json(os.path.join(store.job_dir(job_id), "claim.json"), {})
+            if claim.get("runner") != runner_id:
+                claim = {}
             sched.kill_leftovers(job_id, claim)
-            outcome = store.release(runner_id, job_id, reason, request.get("max_attempts", 3))
+            outcome = store.release(runner_id, job_id, reason, request.get("max_attempts", 3),
+                                    attempt=claim.get("attempt"))
             requeued.append({"id": job_id, "outcome": outcome, "reason": reason})
         if info is None:
             store.forget_runner(runner_id)
     return requeued
 
 
-def with_recent_submissions(store, runners):
-    """Add runners whose submission is recorded but not yet visible, as pending."""
+def with_recent_submissions(store, runners, listing_ok, listed_at_once=False, forget=True):
+    """Add runners whose submission is recorded but that the scheduler does not list.
+
+    A recorded runner counts as pending for SUBMIT_GRACE_SECONDS: the cycle that wrote
+    the record may have died before ``sbatch`` returned, and a local runner lists itself
+    only once it has started.  A scheduler that lists a job from the moment it is
+    submitted (``listed_at_once``: Slurm) settles it sooner: a record with a scheduler id
+    that a good listing does not show is of a runner that has ended.  Records of ended
+    runners are dropped (with ``forget``) unless claims remain for the requeue.
+    """
     merged = dict(runners)
     for name in listdir(store.runners_dir()):
         if not name.endswith(".json") or name.endswith(".alive.json") or name.startswith("squeue"):
             continue
         runner_id = name[: -len(".json")]
-        record = read_json(os.path.join(store.runners_dir(), name), {})
-        if runner_id in merged or not record:
+        if runner_id in merged:
             continue
-        if time.time() - record.get("submitted_at", 0) < SUBMIT_GRACE_SECONDS:
+        record = read_json(os.path.join(store.runners_dir(), name), {})
+        if not record:
+            continue
+        recent = time.time() - record.get("submitted_at", 0) < SUBMIT_GRACE_SECONDS
+        if not listing_ok or (recent and not (listed_at_once and record.get("sched_id"))):
             merged[runner_id] = _pending(runner_id, record)
-        elif not store.claimed_jobs(runner_id):
+        elif forget and not store.claimed_jobs(runner_id):
             store.forget_runner(runner_id)
     return merged
 
 
+def refuse_hopeless(store, job_class, settings):
+    """End ready jobs that expect more time than a fresh runner of their class has.
+
+    The submitter refuses such jobs at intake; this catches the ones queued before the
+    class's limit was lowered, so they end with a clear error instead of waiting forever
+    (or having runner after runner submitted for them).
+    """
+    usable = usable_seconds(settings.get("time_limit"), settings.get("warn_seconds"))
+    if usable is None:
+        return []
+    refused = []
+    for job_id in store.ready_jobs(job_class):
+        expected = store.job_meta(job_id).get("expected_seconds") or 0
+        if expected <= usable:
+            continue
+        if not store.claim(job_class, job_id, HEADNODE_RUNNER):
+            continue
+        message = too_long_message(expected, job_class, settings.get("time_limit"), usable)
+        store.finish(HEADNODE_RUNNER, job_id, {"rc": -1, "error": message, "start": time.time()})
+        refused.append({"id": job_id, "reason": message})
+    return refused
+
+
+def too_long_message(expected, job_class, time_limit, usable):
+    return ("expected_time %s exceeds what a runner of class %s can give a job "
+            "(time limit %s, of which %s before it is warned to stop); the job was not run"
+            % (_hms(expected), job_class, _hms(time_limit), _hms(usable)))
+
+
 def ensure_runner(store, sched, runners, job_class, settings, request):
-    """Submit at most one runner for a class, and only when ready work needs it."""
+    """Submit at most one runner for a class, and only when ready work needs it.
+
+    None pending or running: submit one.  Otherwise submit another (up to max_runners)
+    only when the ready backlog is larger than the live runners' free slots, or when a
+    ready job expects more time than any live runner has left.
+    """
     ready = store.ready_jobs(job_class)
     if not ready:
         return None
     live = [info for info in runners.values()
             if _runner_class(store, info.runner_id) == job_class and info.state != ENDING]
     if live:
-        if len(live) >= settings.get("max_runners", 1):
+        if len(live) >= int(settings.get("max_runners") or 1):
             return None
-        free = 0
-        for info in live:
-            busy = len(store.claimed_jobs(info.runner_id))
-            free += max(0, settings.get("slots", 1) - busy)
-        if len(ready) <= free and not _needs_fresh_runner(store, ready, live):
+        slots = int(settings.get("slots") or 1)
+        free = sum(max(0, slots - len(store.claimed_jobs(info.runner_id))) for info in live)
+        if len(ready) <= free and not _needs_fresh_runner(store, ready, live, settings):
             return None
     return submit_runner(store, sched, job_class, settings, request)
 
@@ -186,9 +269,10 @@ def submit_runner(store, sched, job_class, settings, request):
         "class": job_class,
         "root": store.root,
         "scheduler": request["scheduler"],
-        "slots": settings.get("slots", 1),
+        "slots": int(settings.get("slots") or 1),
         "idle_timeout": settings.get("idle_timeout", 60),
         "time_limit": settings.get("time_limit"),
+        "warn_seconds": settings.get("warn_seconds", 60),
         "max_attempts": request.get("max_attempts", 3),
         "resources": settings,
         "submitted_at": time.time(),
@@ -197,11 +281,15 @@ def submit_runner(store, sched, job_class, settings, request):
     write_json(spec_path, spec)   # the intent, before the submission
     env = dict(os.environ)
     env["PYTHONPATH"] = request["pythonpath"]
-    argv = [request.get("python") or sys.executable, "-m", "on_hpc", "run", spec_path]
+    # PYTHONPATH is also on the command line: some sites start batch jobs with a clean
+    # environment (SBATCH_EXPORT=NONE).
+    argv = ["env", "PYTHONPATH=" + request["pythonpath"], request.get("python") or sys.executable,
+            "-m", "on_hpc", "run", spec_path]
     try:
         spec["sched_id"] = sched.submit(spec, spec_path, argv, env)
-    except Exception:
-        os.unlink(spec_path)
+    except SubmitFailed as error:
+        if not error.uncertain:
+            os.unlink(spec_path)
         raise
     write_json(spec_path, spec)
     return {"runner": runner_id, "class": job_class, "sched_id": spec["sched_id"]}
@@ -220,17 +308,28 @@ def count_states(states):
     return counts
 
 
-def _needs_fresh_runner(store, ready, live):
-    """True when some ready job expects more time than any live runner has left."""
-    longest_left = max(float("inf") if info.time_left is None else info.time_left for info in live)
-    if longest_left == float("inf"):
-        return False
-    return any((store.job_meta(job_id).get("expected_seconds") or 0) > longest_left for job_id in ready)
+def _needs_fresh_runner(store, ready, live, settings):
+    """True when some ready job expects more time than any live runner can still give."""
+    best = 0
+    for info in live:
+        if info.time_left is None:
+            return False
+        # A pending runner will start with its whole limit; a running one keeps back its
+        # warning time.
+        warn = effective_warn_seconds(settings.get("time_limit") or info.time_left,
+                                      settings.get("warn_seconds"))
+        best = max(best, info.time_left - warn)
+    return any((store.job_meta(job_id).get("expected_seconds") or 0) > best for job_id in ready)
+
+
+def _lists_at_once(sched):
+    return bool(getattr(sched, "lists_at_submission", False))
 
 
 def _runner_class(store, runner_id):
-    return read_json(os.path.join(store.runners_dir(), runner_id + ".json"), {}).get(
-        "class", runner_id.split("-")[0])
+    record = read_json(os.path.join(store.runners_dir(), runner_id + ".json"), {})
+    # Runner ids are <class>-<time>-<hex>: the class is known even without the record.
+    return record.get("class") or runner_id.rsplit("-", 2)[0]
 
 
 def _pending(runner_id, record):
@@ -242,3 +341,10 @@ def _age(path):
         return time.time() - os.stat(path).st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def _hms(seconds):
+    if seconds is None:
+        return "none"
+    seconds = int(seconds)
+    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)

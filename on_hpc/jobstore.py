@@ -19,6 +19,7 @@ import time
 from .files import listdir, read_json, touch_new, write_json
 
 STAGED, READY, RUNNING, DONE, ABSENT = "staged", "ready", "running", "done", "absent"
+GONE = "gone"
 CANCELLED_RECORD = {"rc": -1, "error": "cancelled", "cancelled": True}
 
 
@@ -146,23 +147,36 @@ class JobStore(object):
         write_json(self.finished_path(job_id), record)
         self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
 
-    def release(self, runner_id, job_id, reason, max_attempts):
+    def finish_marker(self, runner_id, job_id):
+        """Move a claim whose job already has its finished.json to done."""
+        self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
+
+    def release(self, runner_id, job_id, reason, max_attempts, attempt=None):
         """Give an interrupted job back to the queue, or fail it after too many tries.
 
         Returns "done" when the job had in fact finished (never run twice), "failed" when
-        it has been interrupted ``max_attempts`` times, else "requeued".
+        it has been interrupted ``max_attempts`` times, "requeued" when it is ready again,
+        and "gone" when its claim is no longer this runner's (already handed back).
+        ``attempt`` is the run being interrupted: the runner and the head node may both
+        hand back one run, and it counts once.
         """
         marker = os.path.join(self.claimed_dir(runner_id), job_id)
         if os.path.exists(self.finished_path(job_id)):
             self._to_done(marker, job_id)
             return DONE
+        if not os.path.exists(marker):
+            return GONE
         history_path = os.path.join(self.job_dir(job_id), "interruptions.json")
         history = read_json(history_path, [])
-        history.append({"runner": runner_id, "at": time.time(), "reason": reason})
-        write_json(history_path, history)
+        attempt = attempt or len(history) + 1
+        if not any(entry.get("attempt") == attempt for entry in history):
+            history.append({"runner": runner_id, "at": time.time(), "reason": reason,
+                            "attempt": attempt})
+            write_json(history_path, history)
         if len(history) >= max_attempts:
             self.finish(runner_id, job_id, {
                 "rc": -1, "interrupted": len(history), "runner": runner_id,
+                "attempt": len(history),
                 "error": "interrupted %d times (last: %s); not retried" % (len(history), reason),
             })
             return "failed"
@@ -172,7 +186,7 @@ class JobStore(object):
         try:
             os.rename(marker, os.path.join(ready, job_id))
         except FileNotFoundError:
-            pass
+            return GONE
         return "requeued"
 
     def attempts_before(self, job_id):

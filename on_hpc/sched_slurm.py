@@ -159,6 +159,9 @@ def allocated_gpus(environ):
 
 class SlurmConnector(object):
     name = "slurm"
+    # squeue shows a job from the moment sbatch returns: a submitted runner that a good
+    # listing does not show has ended.
+    lists_at_submission = True
 
     def __init__(self, store):
         self.store = store
