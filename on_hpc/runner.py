@@ -16,7 +16,7 @@ import time
 
 from .files import read_json, write_json
 from .jobstore import CANCELLED_RECORD, JobStore
-from .schedulers import connector
+from .schedulers import connector, effective_warn_seconds
 
 POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10
@@ -40,6 +40,11 @@ class RunningJob(object):
 
 class Runner(object):
     def __init__(self, spec):
+        # First of all, so a warning or a cancel that comes while the runner starts up
+        # (the default action of SIGUSR1 is to die) is not lost.
+        self.stop_reason = None
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
         self.spec = spec
         self.runner_id = spec["id"]
         self.job_class = spec["class"]
@@ -48,26 +53,39 @@ class Runner(object):
         self.slots = int(spec.get("slots", 1))
         self.host = socket.gethostname()
         self.sched_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        # The allocation's time, read once; the runner stops taking work and hands its
+        # jobs back ``warn`` seconds before the end (the scheduler's warning signal may
+        # come late, or not at all when the limit is the partition's default).
         seconds = self.sched.allocation_seconds(spec)
+        # The warning as sbatch was told it (from the class's limit), else from what the
+        # allocation turned out to have (a partition's default limit).
+        self.warn = effective_warn_seconds(spec.get("time_limit") or seconds, spec.get("warn_seconds", 60))
         self.deadline = None if seconds is None else time.time() + seconds
+        self.stop_at = None if seconds is None else self.deadline - self.warn
+        # What the allocation offered at its start: a job expecting more could never run
+        # in any runner like this one, so it ends with an error instead of waiting.
+        self.fresh_usable = None if seconds is None else seconds - self.warn
         gpus = self.sched.allocation_gpus()
+        if gpus and len(gpus) < self.slots:
+            self.slots = len(gpus)    # every job gets a GPU of its own, none shares one
         self.gpus_per_job = len(gpus) // self.slots if gpus else 0
         self.free_gpus = list(gpus)
         self.jobs = {}
-        self.stop_reason = None
+        self.unfit_seen = set()
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
 
     def run(self):
-        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
         write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
                                      "started": time.time(), "deadline": self.deadline})
-        log("runner %s up on %s: %d slot(s), gpus %s, %s left" % (
+        log("runner %s up on %s: %d slot(s), gpus %s, %s" % (
             self.runner_id, self.host, self.slots, self.free_gpus or "none", self._left_text()))
         idle_since = last_beat = time.time()
         try:
             while True:
                 self._reap()
+                if not self.stop_reason and self.stop_at is not None and time.time() >= self.stop_at:
+                    self.stop_reason = "runner %s reached its time limit less %ds" % (
+                        self.runner_id, self.warn)
                 if self.stop_reason:
                     self._shutdown()
                     break
@@ -79,8 +97,8 @@ class Runner(object):
                 if self.jobs:
                     idle_since = now
                 elif unfit:
-                    log("ready jobs need more time than the %s left; leaving for a fresh runner"
-                        % self._left_text())
+                    log("ready jobs need more time than this runner has (%s); leaving for a "
+                        "fresh runner" % self._left_text())
                     break
                 elif now - idle_since >= self.spec.get("idle_timeout", 60):
                     log("idle for %ds; leaving" % (now - idle_since))
@@ -99,12 +117,36 @@ class Runner(object):
             if len(self.jobs) >= self.slots or self.stop_reason:
                 break
             expected = self.store.job_meta(job_id).get("expected_seconds") or 0
-            if self.deadline is not None and expected > self.deadline - time.time():
-                unfit += 1
+            if self.fresh_usable is not None and expected > self.fresh_usable:
+                self._refuse(job_id, expected)
                 continue
-            if self.store.claim(self.job_class, job_id, self.runner_id):
-                self._start(job_id)
+            if self.stop_at is not None and expected > self.stop_at - time.time():
+                unfit += 1
+                if job_id not in self.unfit_seen:
+                    self.unfit_seen.add(job_id)
+                    log("not starting %s here: it expects %ds, this runner has %ds left"
+                        % (job_id, expected, self.stop_at - time.time()))
+                continue
+            if not self.store.claim(self.job_class, job_id, self.runner_id):
+                continue
+            if os.path.exists(self.store.finished_path(job_id)):
+                # Ran to completion before (its runner died before moving the marker):
+                # never again.
+                self.store.finish_marker(self.runner_id, job_id)
+                continue
+            self._start(job_id)
         return unfit
+
+    def _refuse(self, job_id, expected):
+        if not self.store.claim(self.job_class, job_id, self.runner_id):
+            return
+        message = ("expected_time %ds exceeds the %ds a runner of class %s can give a job "
+                   "(its allocation less %ds warning); the job was not run"
+                   % (expected, self.fresh_usable, self.job_class, self.warn))
+        self.store.finish(self.runner_id, job_id, {
+            "rc": -1, "error": message, "start": time.time(), "runner": self.runner_id,
+            "sched_id": self.sched_id, "host": self.host})
+        log("refused %s: %s" % (job_id, message))
 
     def _start(self, job_id):
         job_dir = self.store.job_dir(job_id)
@@ -192,7 +234,7 @@ class Runner(object):
                 self._finish(job, *job.exit)
                 continue
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
-                                         self.spec.get("max_attempts", 3))
+                                         self.spec.get("max_attempts", 3), attempt=job.attempt)
             del self.jobs[job.job_id]
             log("released %s: %s" % (job.job_id, outcome))
 
@@ -202,7 +244,7 @@ class Runner(object):
     def _left_text(self):
         if self.deadline is None:
             return "no time limit"
-        return "%ds" % (self.deadline - time.time())
+        return "%ds left (stops %ds before the end)" % (self.deadline - time.time(), self.warn)
 
 
 def _script_argv(script):
