@@ -153,6 +153,13 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         problems.append(f"observer: {config.observer!r} is not one of auto, inotify, polling")
     if config.default_class not in config.classes:
         problems.append(f"default_class: {config.default_class!r} is not among classes")
+    for name, settings in config.classes.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
+                            f"as jobs and templates name them")
+        for key in ("slots", "max_runners"):
+            if getattr(settings, key) < 1:
+                problems.append(f"classes.{name}.{key}: must be at least 1")
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
         config.cluster_root = root

@@ -17,6 +17,8 @@ from typing import Any
 from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
+from .on_hpc.schedulers import usable_seconds
+from .units import format_duration
 from .rendering import Template, TemplateProblem, load_template, render
 
 JOBS_FOLDER = "jobs"
@@ -63,6 +65,8 @@ def prepare(config: Config, name: str, raw: dict[str, Any],
     job_class = description.job_class or (template.job_class if template else None) or config.default_class
     if job_class not in config.classes:
         problems.append(f"class: {job_class!r} is not configured (known: {', '.join(sorted(config.classes))})")
+    elif template is not None:
+        problems += _time_problems(config, job_class, description.expected_seconds or template.expected_seconds)
     if problems:
         raise JobInvalid(problems)
     prints = prints if prints is not None else fingerprint(description)
@@ -81,6 +85,18 @@ def neutral_names(paths: dict[str, str]) -> dict[str, str]:
     """File names for the cache key: the key and the extension, not the base name, so a
     tool that names its files per run (``dataset_123.dat``) still meets its cache."""
     return {key: key + os.path.splitext(path)[1] for key, path in paths.items()}
+
+
+def _time_problems(config: Config, job_class: str, expected: int | None) -> list[str]:
+    """A job that expects more time than a runner of its class can give would wait
+    forever: it is refused at once, with the figures."""
+    settings = config.classes[job_class]
+    usable = usable_seconds(settings.time_limit, settings.warn_seconds)
+    if not expected or usable is None or expected <= usable:
+        return []
+    return [f"expected_time {format_duration(expected)} exceeds what a runner of class {job_class!r} can "
+            f"give a job: its time_limit {format_duration(settings.time_limit)} less "
+            f"{format_duration(settings.time_limit - usable)} warning = {format_duration(usable)}"]
 
 
 def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:

@@ -57,6 +57,7 @@ class CycleReport:
     held_ids: list[str] = field(default_factory=list)
     collected_ids: list[str] = field(default_factory=list)
     dropbox_counts: dict[str, int] = field(default_factory=dict)
+    cluster_errors: list[str] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -218,6 +219,11 @@ class Submitter:
             name = names.get(item["id"], item["id"])
             self.history.record(name, "queued", item["id"], detail=f"{item['outcome']}: {item['reason']}")
             log.warning("%s: %s (%s)", name, item["outcome"], item["reason"])
+        for item in answer.get("refused", []):
+            log.warning("%s: not run: %s", names.get(item["id"], item["id"]), item["reason"])
+        for error in answer.get("errors", []):
+            report.cluster_errors.append(error)
+            log.warning("cluster: %s", error)
         for runner in answer.get("submitted", []):
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",

@@ -1,5 +1,7 @@
 """Durations and sizes as people write them in configs and templates: durations like 90,
 "90s", "30m", "2h", "1d" or Slurm's "[days-]hours:minutes:seconds"; sizes like "10G"."""
+from __future__ import annotations
+
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -35,3 +37,17 @@ def parse_size(value: object) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a size (like 500M, 10G)")
     return int(float(match.group(1)) * _SIZES[match.group(2)])
+
+
+def format_duration(seconds: int | float | None) -> str:
+    """The shortest exact way to write a duration: 45s, 2m, 1h30m, 1d2h."""
+    if seconds is None:
+        return "none"
+    seconds = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            count, seconds = divmod(seconds, size)
+            if count or unit == "s":
+                parts.append(f"{count}{unit}")
+    return "".join(parts)
