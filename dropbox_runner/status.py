@@ -63,6 +63,8 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    """Like Slurm's time left: ``[days-]hours:minutes:seconds``."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    clock = f"{rest // 3600}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+    return f"{days}-{clock}" if days else clock

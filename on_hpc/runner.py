@@ -61,7 +61,11 @@ class Runner(object):
         # allocation turned out to have (a partition's default limit).
         self.warn = effective_warn_seconds(spec.get("time_limit") or seconds, spec.get("warn_seconds", 60))
         self.deadline = None if seconds is None else time.time() + seconds
-        self.stop_at = None if seconds is None else self.deadline - self.warn
+        # Jobs must be done by ``usable_until``; at ``stop_at`` the runner hands back what
+        # is still running.  With no warning wanted (warn_seconds: 0) it runs until the
+        # scheduler ends it at the limit (SIGTERM), and hands its jobs back then.
+        self.usable_until = None if seconds is None else self.deadline - self.warn
+        self.stop_at = self.usable_until if self.warn else None
         # What the allocation offered at its start: a job expecting more could never run
         # in any runner like this one, so it ends with an error instead of waiting.
         self.fresh_usable = None if seconds is None else seconds - self.warn
@@ -120,12 +124,12 @@ class Runner(object):
             if self.fresh_usable is not None and expected > self.fresh_usable:
                 self._refuse(job_id, expected)
                 continue
-            if self.stop_at is not None and expected > self.stop_at - time.time():
+            if self.usable_until is not None and expected > self.usable_until - time.time():
                 unfit += 1
                 if job_id not in self.unfit_seen:
                     self.unfit_seen.add(job_id)
                     log("not starting %s here: it expects %ds, this runner has %ds left"
-                        % (job_id, expected, self.stop_at - time.time()))
+                        % (job_id, expected, self.usable_until - time.time()))
                 continue
             if not self.store.claim(self.job_class, job_id, self.runner_id):
                 continue
