@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a dozen example jobs on the local backend")
     demo.add_argument("--dir", type=Path, help="where to put the demo (default: a new temp folder)")
     demo.add_argument("--jobs", type=int, default=12)
+    demo.add_argument("--scheduler", choices=["local", "slurm"], default="local",
+                      help="slurm: runners are batch jobs of the Slurm reached from here")
     demo.set_defaults(handler=command_demo)
     return parser
 
@@ -263,7 +265,7 @@ def _confirm(question: str) -> bool:
 
 def command_demo(options: argparse.Namespace) -> int:
     from .demo import run_demo
-    return run_demo(options.dir, options.jobs)
+    return run_demo(options.dir, options.jobs, options.scheduler)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ HOSTILE_LABEL = "; touch /tmp/pwned $(id) `id` 'quoted' \"double\""
 TIMEOUT_SECONDS = 120
 
 
-def run_demo(folder: Path | None, count: int) -> int:
+def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
+    """``scheduler: slurm`` makes the runners real Slurm jobs of the Slurm that
+    ``sbatch``/``squeue`` reach from here (``SLURM_CONF``)."""
     root = Path(folder or tempfile.mkdtemp(prefix="dropbox-runner-demo-")).resolve()
-    config_path = _set_up(root)
+    config_path = _set_up(root, scheduler)
     config = load_config(config_path)
     print(f"demo folder: {root}\nconfig: {config_path}\n")
     job_files = [submit(config.dropbox, job) for job in _demo_jobs(root, count)]
@@ -61,14 +63,14 @@ def run_demo(folder: Path | None, count: int) -> int:
     return 1 if missing else 0
 
 
-def _set_up(root: Path) -> Path:
+def _set_up(root: Path, scheduler: str = "local") -> Path:
     for sub in ("dropbox", "inputs", "outputs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     config_path = root / "dropbox-runner.yaml"
     config_path.write_text(yaml.safe_dump({
         "dropbox": "dropbox",
         "backend": "local",
-        "scheduler": "local",
+        "scheduler": scheduler,
         "cluster_root": "cluster",
         "classes": {"default": {"slots": 4, "idle_timeout": 10}},
         "grace_seconds": 0,
