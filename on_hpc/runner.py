@@ -7,6 +7,7 @@ the allocation has left, and when told to stop (the scheduler's early warning, S
 Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import os
+import select
 import shutil
 import signal
 import socket
@@ -45,6 +46,13 @@ class Runner(object):
         self.stop_reason = None
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        # Every signal (a job ending is SIGCHLD) wakes the main loop at once, so a slot is
+        # refilled the moment it frees and a stop is acted on without waiting a poll.
+        self._wake_read, wake_write = os.pipe()
+        for fd in (self._wake_read, wake_write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.spec = spec
         self.runner_id = spec["id"]
         self.job_class = spec["class"]
@@ -107,7 +115,7 @@ class Runner(object):
                 elif now - idle_since >= self.spec.get("idle_timeout", 60):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
-                time.sleep(POLL_SECONDS)
+                self._nap(POLL_SECONDS)
         finally:
             self.store.forget_runner(self.runner_id)
 
@@ -241,6 +249,15 @@ class Runner(object):
                                          self.spec.get("max_attempts", 3), attempt=job.attempt)
             del self.jobs[job.job_id]
             log("released %s: %s" % (job.job_id, outcome))
+
+    def _nap(self, seconds):
+        """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""
+        if select.select([self._wake_read], [], [], seconds)[0]:
+            try:
+                while os.read(self._wake_read, 512):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
 
     def _on_signal(self, signum, frame):
         self.stop_reason = "runner %s got %s" % (self.runner_id, _signal_name(signum))
