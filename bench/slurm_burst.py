@@ -1,0 +1,115 @@
+"""A burst of jobs through a real Slurm on the local backend: how many sbatch and squeue
+calls, how many cycles, how long.
+
+``sbatch`` and ``squeue`` are wrapped by counting shims first on PATH (the runners inherit
+it through sbatch's exported environment, so their calls are counted too).  Uses the
+Slurm that ``SLURM_CONF`` names, or starts the tests' single-node cluster with
+``--start-cluster`` (root only).  Prints one JSON object.
+
+    python bench/slurm_burst.py --jobs 100 --start-cluster
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from dropbox_runner.client import submit
+from dropbox_runner.config import load_config
+from dropbox_runner.dropbox import Dropbox
+from dropbox_runner.submitter import run_once
+from dropbox_runner.transport.local import LocalTransport
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "tests" / "templates"
+SHIM = '#!/bin/sh\nprintf \'%s\\n\' "${{SLURM_JOB_ID:--}}" >> {log}\nexec {real} "$@"\n'
+
+
+def shims(folder: Path) -> None:
+    folder.mkdir()
+    for program in ("sbatch", "squeue"):
+        real = shutil.which(program)
+        if real is None:
+            raise SystemExit(f"{program} not found: install Slurm (scripts/install-system-deps.sh)")
+        (folder / program).write_text(SHIM.format(log=folder / f"{program}.calls", real=real))
+        (folder / program).chmod(0o755)
+    os.environ["PATH"] = f"{folder}:{os.environ['PATH']}"
+
+
+def calls(folder: Path, program: str) -> dict[str, int]:
+    path = folder / f"{program}.calls"
+    lines = path.read_text().split() if path.exists() else []
+    return {"submitter": lines.count("-"), "runners": sum(line != "-" for line in lines)}
+
+
+def burst(root: Path, jobs: int, slots: int, period: float) -> dict:
+    shims(root / "shims")
+    (root / "dropbox").mkdir()
+    (root / "out").mkdir()
+    (root / "config.yaml").write_text(yaml.safe_dump({
+        "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": "slurm",
+        "cluster_root": str(root / "cluster"), "templates": str(TEMPLATES), "grace_seconds": 0,
+        "classes": {"default": {"slots": slots, "idle_timeout": 3}}}))
+    config = load_config(root / "config.yaml")
+    ledger = root / "ledger"
+    paths = [submit(config.dropbox, {"script": "ledger", "cache": False,
+                                     "args": {"seconds": 0, "ledger": str(ledger)},
+                                     "output_map": {"out": str(root / "out" / f"o{n}")}})
+             for n in range(jobs)]
+    started = time.monotonic()
+    cycles = 0
+    while True:
+        run_once(config, LocalTransport())
+        cycles += 1
+        finished = Dropbox(config.dropbox).scan().finished
+        if all(path.name in finished for path in paths):
+            break
+        if time.monotonic() - started > 600:
+            raise SystemExit(f"only {len(finished)}/{jobs} finished after 600 s")
+        time.sleep(period)
+    wall = time.monotonic() - started
+    results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in paths]
+    return {
+        "jobs": jobs, "slots": slots, "cycle_period_s": period,
+        "ok": sum(r["status"] == "ok" for r in results),
+        "runs_completed": len(ledger.read_text().split()),
+        "runners": len({r["runner"] for r in results}),
+        "sbatch": calls(root / "shims", "sbatch"), "squeue": calls(root / "shims", "squeue"),
+        "cycles": cycles, "wall_s": round(wall, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--period", type=float, default=0.3, help="seconds between cycles")
+    parser.add_argument("--start-cluster", action="store_true",
+                        help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
+    options = parser.parse_args(argv)
+    slurm = None
+    if options.start_cluster:
+        sys.path.insert(0, str(REPO / "tests"))
+        import realcluster
+        slurm = realcluster.start_slurm()
+        os.environ["SLURM_CONF"] = str(slurm.conf)
+    root = Path(tempfile.mkdtemp(prefix="dbr-slurm-burst-"))
+    try:
+        print(json.dumps(burst(root, options.jobs, options.slots, options.period)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if slurm is not None:
+            slurm.stop()
+            shutil.rmtree(slurm.root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
