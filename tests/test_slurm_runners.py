@@ -201,6 +201,18 @@ def test_a_burst_of_50_jobs_gets_exactly_one_sbatch(pipeline, counted, slurm_clu
           f"{len(counted('squeue'))} squeue")
 
 
+def test_a_backlog_beyond_the_free_slots_gets_more_runners_one_per_cycle(pipeline, counted):
+    p = pipeline({"default": {"slots": 2, "max_runners": 3, "idle_timeout": 3}})
+    paths = [p.drop_ledger(f"o{n}", 2) for n in range(12)]
+    p.run_all(paths, timeout=60)
+    submissions = [report.runners_submitted for report in p.reports]
+    assert sum(submissions) == len(counted("sbatch")) == 3
+    assert max(submissions) == 1                          # never two in one cycle
+    runners = {p.result(path)["job"]["runner"] for path in paths}
+    assert len(runners) == 3                              # all three took work
+    assert sorted(p.ledger_lines()) == sorted(p.result(path)["job"]["id"] for path in paths)
+
+
 def test_gpu_jobs_and_cpu_jobs_get_one_runner_each(pipeline, counted):
     p = pipeline({"default": {"slots": 2, "idle_timeout": 3},
                   "gpu": {"gres": "gpu:2", "slots": 2, "idle_timeout": 3}})
