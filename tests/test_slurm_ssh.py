@@ -1,0 +1,107 @@
+"""The production path end to end: backend ssh to a loopback sshd, scheduler slurm, runners
+as real Slurm jobs of the unprivileged cluster account.
+
+``config.python`` is a wrapper that puts counting ``sbatch``/``squeue`` shims first on the
+account's PATH, so the cycle's and the runners' calls are counted.  For the figures in the
+notes: ``DBR_SLURM_SSH_BURST=100 pytest -s tests/test_slurm_ssh.py``.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dropbox_runner.client import submit
+from dropbox_runner.config import load_config
+from dropbox_runner.dropbox import Dropbox
+from dropbox_runner.submitter import run_once
+from dropbox_runner.transport import open_transport
+
+from sshsetup import CountingTransport, new_scratch, write_config
+
+TEMPLATES = Path(__file__).parent / "templates"
+BURST = int(os.environ.get("DBR_SLURM_SSH_BURST", "20"))
+SHIM = '#!/bin/sh\nprintf \'%s\\n\' "${{SLURM_JOB_ID:--}}" >> {log}\nexec {real} "$@"\n'
+
+
+@pytest.fixture
+def counting_python(sshd_server):
+    """A python3 for the account whose PATH starts with counting Slurm shims."""
+    folder = Path(tempfile.mkdtemp(prefix="dbr-shims-", dir="/tmp"))
+    folder.chmod(0o755)
+    account = pwd.getpwnam(sshd_server.user)
+    logs = folder / "calls"
+    logs.mkdir()
+    os.chown(logs, account.pw_uid, account.pw_gid)
+    for program in ("sbatch", "squeue"):
+        (folder / program).write_text(SHIM.format(log=logs / program, real=shutil.which(program)))
+        (folder / program).chmod(0o755)
+    python = folder / "python3"
+    python.write_text(f'#!/bin/sh\nPATH={folder}:$PATH exec /usr/bin/python3 "$@"\n')
+    python.chmod(0o755)
+
+    def calls(program: str) -> list[str]:
+        path = logs / program
+        return path.read_text().split() if path.exists() else []
+
+    yield python, calls
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def scratch(sshd_server, slurm_cluster):
+    folder = new_scratch(sshd_server)
+    yield folder
+    slurm_cluster.run("scancel", "-u", sshd_server.user)
+    slurm_cluster.wait_idle(60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, scratch, counting_python):
+    python, calls = counting_python
+    config = load_config(write_config(
+        tmp_path, sshd_server, scratch, templates=str(TEMPLATES), grace_seconds=0,
+        scheduler="slurm", python=str(python),
+        classes={"default": {"slots": 4, "idle_timeout": 3, "time_limit": "10m"}},
+        hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
+                 "ledger": f"{scratch}/ledger"}))
+    (tmp_path / "out").mkdir()
+    files = [submit(config.dropbox, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                                     "output_map": {"out": str(tmp_path / "out" / f"o{n}")}})
+             for n in range(BURST)]
+    started = time.monotonic()
+    cycles = commands = 0
+    while True:
+        transport = CountingTransport(open_transport(config))
+        try:
+            run_once(config, transport)
+        finally:
+            transport.close()
+        cycles += 1
+        commands += transport.runs > 0
+        finished = Dropbox(config.dropbox).scan().finished
+        if all(path.name in finished for path in files):
+            break
+        assert time.monotonic() - started < 120, f"{len(finished)}/{BURST} finished"
+        time.sleep(0.3)
+    wall = time.monotonic() - started
+
+    results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
+    assert [r["status"] for r in results] == ["ok"] * BURST
+    assert all((tmp_path / "out" / f"o{n}").read_text() == "done\n" for n in range(BURST))
+    assert sorted((scratch / "ledger").read_text().split()) == sorted(r["id"] for r in results)
+    [runner] = {r["runner"] for r in results}
+    log = scratch / "workspace" / "runners" / f"{runner}.log"
+    assert log.stat().st_uid == pwd.getpwnam(sshd_server.user).pw_uid     # ran as the account
+    sbatch, squeue = calls("sbatch"), calls("squeue")
+    assert sbatch == ["-"]                                    # one sbatch, from the head node
+    assert squeue.count("-") == commands <= cycles            # one per cycle that ran on_hpc
+    assert len(squeue) - squeue.count("-") == 1               # one in the runner, for its time
+    print(f"\n{BURST} jobs through sshd and Slurm: {wall:.1f}s, {cycles} cycles, "
+          f"sbatch {len(sbatch)}, squeue {len(squeue)} ({squeue.count('-')} by cycles, "
+          f"{len(squeue) - squeue.count('-')} by the runner)")
