@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -49,21 +50,27 @@ def calls(folder: Path, program: str) -> dict[str, int]:
     return {"submitter": lines.count("-"), "runners": sum(line != "-" for line in lines)}
 
 
-def burst(root: Path, jobs: int, slots: int, period: float) -> dict:
+def cpu_seconds() -> float:
+    """This process and its finished children (the cluster-side commands it ran)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def burst(root: Path, jobs: int, slots: int, period: float, runner_per_job: bool = False) -> dict:
     shims(root / "shims")
     (root / "dropbox").mkdir()
     (root / "out").mkdir()
     (root / "config.yaml").write_text(yaml.safe_dump({
         "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": "slurm",
         "cluster_root": str(root / "cluster"), "templates": str(TEMPLATES), "grace_seconds": 0,
-        "classes": {"default": {"slots": slots, "idle_timeout": 3}}}))
+        "classes": {"default": {"slots": slots, "idle_timeout": 3, "runner_per_job": runner_per_job}}}))
     config = load_config(root / "config.yaml")
     ledger = root / "ledger"
     paths = [submit(config.dropbox, {"script": "ledger", "cache": False,
                                      "args": {"seconds": 0, "ledger": str(ledger)},
                                      "output_map": {"out": str(root / "out" / f"o{n}")}})
              for n in range(jobs)]
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), cpu_seconds()
     cycles = 0
     while True:
         run_once(config, LocalTransport())
@@ -75,14 +82,20 @@ def burst(root: Path, jobs: int, slots: int, period: float) -> dict:
             raise SystemExit(f"only {len(finished)}/{jobs} finished after 600 s")
         time.sleep(period)
     wall = time.monotonic() - started
+    cpu = cpu_seconds() - cpu_started
     results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in paths]
+    parallel = 1 if runner_per_job else slots
+    run_time = sum(r["duration"] or 0 for r in results)
     return {
         "jobs": jobs, "slots": slots, "cycle_period_s": period,
         "ok": sum(r["status"] == "ok" for r in results),
         "runs_completed": len(ledger.read_text().split()),
         "runners": len({r["runner"] for r in results}),
         "sbatch": calls(root / "shims", "sbatch"), "squeue": calls(root / "shims", "squeue"),
-        "cycles": cycles, "wall_s": round(wall, 2),
+        "cycles": cycles, "wall_s": round(wall, 2), "submitter_cpu_s": round(cpu, 2),
+        "runner_per_job": runner_per_job,
+        # wall time less the jobs' own run time spread over the slots, per job
+        "overhead_per_job_ms": round(1000 * (wall - run_time / parallel) / jobs, 1),
     }
 
 
@@ -91,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--period", type=float, default=0.3, help="seconds between cycles")
+    parser.add_argument("--runner-per-job", action="store_true", help="the 1:1 baseline")
     parser.add_argument("--start-cluster", action="store_true",
                         help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
     options = parser.parse_args(argv)
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SLURM_CONF"] = str(slurm.conf)
     root = Path(tempfile.mkdtemp(prefix="dbr-slurm-burst-"))
     try:
-        print(json.dumps(burst(root, options.jobs, options.slots, options.period)))
+        print(json.dumps(burst(root, options.jobs, options.slots, options.period, options.runner_per_job)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if slurm is not None:

@@ -41,6 +41,7 @@ class ResourceClass:
     idle_timeout: int = 60               # seconds a runner waits for work before leaving
     warn_seconds: int = 60               # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
+    runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -233,6 +234,10 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
         return {str(k): "" if v is None else str(v) for k, v in _mapping(raw).items()}
     if key == "extra_args":
         return [str(item) for item in _list(raw)]
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise TypeError(f"expected true or false, got {raw!r}")
+        return raw
     if kind.startswith("int"):
         if isinstance(raw, bool) or not isinstance(raw, (int, str)) or not str(raw).strip().isdigit():
             raise TypeError(f"expected a whole number, got {raw!r}")

@@ -61,14 +61,12 @@ def cycle(request, sched=None):
                                               listed_at_once=_lists_at_once(sched))
             for job_class, settings in sorted(request.get("classes", {}).items()):
                 refused += refuse_hopeless(store, job_class, settings)
+                ensure = ensure_runner_per_job if settings.get("runner_per_job") else ensure_runner
                 try:
-                    runner = ensure_runner(store, sched, runners, job_class, settings, request)
+                    submitted.extend(ensure(store, sched, runners, job_class, settings, request))
                 except SubmitFailed as error:
                     errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
                     sys.stderr.write(errors[-1] + "\n")
-                    continue
-                if runner:
-                    submitted.append(runner)
                     runners[runner["runner"]] = RunnerInfo(
                         runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
         else:
@@ -249,17 +247,28 @@ def ensure_runner(store, sched, runners, job_class, settings, request):
     """
     ready = store.ready_jobs(job_class)
     if not ready:
-        return None
+        return []
     live = [info for info in runners.values()
             if _runner_class(store, info.runner_id) == job_class and info.state != ENDING]
     if live:
         if len(live) >= int(settings.get("max_runners") or 1):
-            return None
+            return []
         slots = int(settings.get("slots") or 1)
         free = sum(max(0, slots - len(store.claimed_jobs(info.runner_id))) for info in live)
         if len(ready) <= free and not _needs_fresh_runner(store, ready, live, settings):
-            return None
-    return submit_runner(store, sched, job_class, settings, request)
+            return []
+    return [submit_runner(store, sched, job_class, settings, request)]
+
+
+def ensure_runner_per_job(store, sched, runners, job_class, settings, request):
+    """The 1:1 mode (``runner_per_job``): a scheduler job for every ready job, as a site
+    that must account each job separately needs, and the baseline batching is measured
+    against.  Each such runner runs one job and leaves."""
+    waiting = [info for info in runners.values()
+               if _runner_class(store, info.runner_id) == job_class and info.state != ENDING
+               and not store.claimed_jobs(info.runner_id)]
+    missing = len(store.ready_jobs(job_class)) - len(waiting)
+    return [submit_runner(store, sched, job_class, dict(settings, slots=1), request) for _ in range(missing)]
 
 
 def submit_runner(store, sched, job_class, settings, request):

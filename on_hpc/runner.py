@@ -84,6 +84,8 @@ class Runner(object):
         self.free_gpus = list(gpus)
         self.jobs = {}
         self.unfit_seen = set()
+        self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
+        self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
 
     def run(self):
@@ -108,6 +110,9 @@ class Runner(object):
                     last_beat = now
                 if self.jobs:
                     idle_since = now
+                elif self.one_job and self.started:
+                    log("ran its one job (runner_per_job); leaving")
+                    break
                 elif unfit:
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
@@ -122,7 +127,7 @@ class Runner(object):
     # -- claiming and starting ----------------------------------------------------------
     def _fill_slots(self):
         """Start ready jobs while slots are free; return how many could not fit in time."""
-        if len(self.jobs) >= self.slots:
+        if len(self.jobs) >= self.slots or (self.one_job and self.started):
             return 0
         unfit = 0
         for job_id in self.store.ready_jobs(self.job_class):
@@ -161,6 +166,7 @@ class Runner(object):
         log("refused %s: %s" % (job_id, message))
 
     def _start(self, job_id):
+        self.started += 1
         job_dir = self.store.job_dir(job_id)
         attempt = self.store.attempts_before(job_id) + 1
         output = os.path.join(job_dir, "output")

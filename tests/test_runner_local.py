@@ -76,3 +76,13 @@ def test_interrupted_too_often_gives_an_error_result(config_factory):
     block = drain(config, ["x.job"], timeout=30)["x.job"]["job"]
     assert block["status"] == "error" and "interrupted 1 times" in block["message"]
     assert not (Path(config.dropbox).parent / "outputs" / "o0.txt").exists()
+
+
+def test_runner_per_job_gives_every_job_its_own_runner(config_factory):
+    config = config_factory(classes={"default": {"runner_per_job": True, "idle_timeout": 2}})
+    names = [f"solo{i}.job" for i in range(4)]
+    for i, name in enumerate(names):
+        drop(config, name, ledger_job(config, i, 0))
+    results = drain(config, names)
+    runners = {results[name]["job"]["runner"] for name in names}
+    assert len(runners) == 4 and all(results[name]["job"]["status"] == "ok" for name in names)

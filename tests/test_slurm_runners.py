@@ -201,6 +201,16 @@ def test_a_burst_of_50_jobs_gets_exactly_one_sbatch(pipeline, counted, slurm_clu
           f"{len(counted('squeue'))} squeue")
 
 
+def test_runner_per_job_submits_one_slurm_job_per_job(pipeline, counted):
+    p = pipeline({"default": {"runner_per_job": True, "idle_timeout": 3}})
+    paths = [p.drop_ledger(f"o{n}", 0) for n in range(6)]
+    p.run_all(paths, timeout=90)
+    results = [p.result(path) for path in paths]
+    assert [r["job"]["status"] for r in results] == ["ok"] * 6
+    assert len(counted("sbatch")) == 6 and len({_runner_of(r) for r in results}) == 6
+    assert sorted(p.ledger_lines()) == sorted(r["job"]["id"] for r in results)
+
+
 def test_a_backlog_beyond_the_free_slots_gets_more_runners_one_per_cycle(pipeline, counted):
     p = pipeline({"default": {"slots": 2, "max_runners": 3, "idle_timeout": 3}})
     paths = [p.drop_ledger(f"o{n}", 2) for n in range(12)]

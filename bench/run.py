@@ -1,0 +1,100 @@
+"""All benchmarks in one run, and the table in the README regenerated from it.
+
+    python bench/run.py            # as root: starts the tests' real Slurm and sshd
+    python bench/run.py --quick    # smaller sizes, for a first look
+
+Each benchmark is its own script printing JSON (bench/*.py); this one runs them as
+separate processes, one after another on the same machine, and writes the results
+between the README's bench markers (and the whole JSON to bench/results/latest.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def run(script: str, *args: str) -> dict:
+    print(f"running {script} {' '.join(args)}", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True,
+                          timeout=3600, env=dict(os.environ, PYTHONSAFEPATH="1"))
+    if done.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1] if script != "scale.py" else done.stdout)
+
+
+def machine() -> str:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
+
+
+def table(results: dict) -> str:
+    rows = ["| benchmark | figure |", "| --- | --- |"]
+    for name, burst in results["bursts"].items():
+        rows.append(f"| burst, {name} | {burst['wall_s']} s wall, {burst['sbatch']['submitter']} sbatch, "
+                    f"{burst['squeue']['submitter'] + burst['squeue']['runners']} squeue, {burst['cycles']} cycles, "
+                    f"{burst['runners']} runners, submitter CPU {burst['submitter_cpu_s']} s, "
+                    f"overhead {burst['overhead_per_job_ms']} ms/job |")
+    batched, single = results["bursts"]["100 jobs, batched"], results["bursts"]["100 jobs, 1:1"]
+    rows.append(f"| 1:1 ÷ batched, 100 jobs | wall {single['wall_s'] / batched['wall_s']:.1f}x, "
+                f"sbatch {single['sbatch']['submitter'] / batched['sbatch']['submitter']:.0f}x |")
+    for latency in results["latency"]:
+        rows.append(f"| watch latency, {latency['backend']} ({latency['runs']} jobs, medians) | drop to queued "
+                    f"{latency['drop_to_queued_median_s']:.2f} s, job end to result "
+                    f"{latency['end_to_result_median_s']:.2f} s |")
+    for case, transfer in results["transfer"]["transfer"].items():
+        rows.append(f"| staging over SSH, {case} | submitter {transfer['submitter_s']:.2f} s, plain rsync "
+                    f"{transfer['rsync_s']:.2f} s, ratio {transfer['ratio']:.2f} |")
+    for scale in results["scale"]["scale"]:
+        rows.append(f"| cycle with {scale['old_results']} old results | idle {scale['idle_cycle_s']:.3f} s; "
+                    f"taking {scale['new_jobs']} new jobs {scale['intake_cycle_s']:.1f} s "
+                    f"({scale['intake_per_job_ms']:.1f} ms/job) |")
+    listing = results["scale"]["list"]
+    rows.append(f"| `list` over {listing['results']} results | query {1000 * listing['list_query_s']:.1f} ms, "
+                f"whole command {listing['list_command_s']:.2f} s |")
+    for policy in results["simulate"]["results"]:
+        turnaround = policy["turnaround_hours"]
+        rows.append(f"| simulated 30 days, {policy['policy']} | turnaround p50 {turnaround['p50']:.1f} h, "
+                    f"p90 {turnaround['p90']:.1f} h, {policy['submissions']} submissions, "
+                    f"{policy['gpu_hours_held']:.0f} GPU-h held |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    options = parser.parse_args()
+    big = 200 if options.quick else 1000
+    started = time.monotonic()
+    results = {"machine": machine(), "bursts": {
+        "100 jobs, batched": run("slurm_burst.py", "--jobs", "100", "--start-cluster"),
+        "100 jobs, 1:1": run("slurm_burst.py", "--jobs", "100", "--runner-per-job", "--start-cluster"),
+        f"{big} jobs, batched": run("slurm_burst.py", "--jobs", str(big), "--start-cluster"),
+    }}
+    results["latency"] = [run("latency.py", "--backend", backend, "--runs", "20") for backend in ("local", "ssh")]
+    results["transfer"] = run("transfer.py")
+    results["scale"] = run("scale.py", *(["--old", "20000", "--new", "2000"] if options.quick else []))
+    results["simulate"] = run("simulate.py", "--json", "--no-plot")
+    results["seconds"] = round(time.monotonic() - started)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=1))
+    text = README.read_text()
+    section = (f"{START}\nMeasured by `python bench/run.py{' --quick' if options.quick else ''}` on "
+               f"{results['machine']} ({results['seconds']} s):\n\n{table(results)}\n{END}")
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + section + tail)
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
