@@ -29,7 +29,7 @@ def run(script: str, *args: str) -> dict:
                           timeout=3600, env=dict(os.environ, PYTHONSAFEPATH="1"))
     if done.returncode != 0:
         raise SystemExit(f"{script} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1] if script != "scale.py" else done.stdout)
+    return json.loads(done.stdout)
 
 
 def machine() -> str:

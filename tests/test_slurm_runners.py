@@ -342,3 +342,29 @@ def test_walltime_reached_mid_job_requeues_it(pipeline, counted, slurm_cluster):
     assert result["status"] == "error"
     assert result["message"].startswith("interrupted 2 times (last: runner %s got SIGTERM)" % second["runner"])
     assert p.ledger_lines() == []                         # no run completed
+
+
+def test_cancel_while_running_and_while_queued_on_real_slurm(pipeline, counted):
+    from dropbox_runner.verbs import request_cancel
+    p = pipeline({"default": {"slots": 1, "max_runners": 1, "idle_timeout": 3}})
+    first, second = p.drop_ledger("o1", 60), p.drop_ledger("o2", 60)
+    p.run_until(lambda: p.started(first) or p.started(second), 60, "a job started")
+    running, queued = (first, second) if p.started(first) else (second, first)
+    running_id, queued_id = p.job_id(running), p.job_id(queued)
+    request_cancel(p.config, [running.name, queued.name])
+    p.run_all([running, queued], timeout=60)
+    for path in (running, queued):
+        block = p.result(path)["job"]
+        assert block["status"] == "error" and block["message"] == "cancelled"
+    assert p.ledger_lines() == []
+    assert not p.claim(queued_id)                           # never started
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                 and _runs_job(pid, running_id)]
+    assert leftovers == []
+
+
+def _runs_job(pid: str, job_id: str) -> bool:
+    try:
+        return f"DBR_JOB_ID={job_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False

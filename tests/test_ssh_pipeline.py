@@ -217,3 +217,31 @@ def test_sshd_stopped_mid_cycle_loses_nothing_and_runs_nothing_twice(tmp_path, s
         time.sleep(CYCLE_PAUSE_SECONDS)
     assert not cut_pull
     _check_results(tmp_path, config, files, cluster_folder)
+
+
+def test_the_watch_daemon_over_ssh(tmp_path, sshd, cluster_folder):
+    """Drops are seen at once, results come back through the long-running wait, SIGTERM
+    ends it cleanly; the head node sees a few connections, not a poll every few seconds."""
+    import subprocess
+    import sys
+    config_path = write_config(tmp_path, sshd, cluster_folder, templates=str(TEMPLATES), grace_seconds=0,
+                               tick="1h", classes={"default": {"slots": 2, "idle_timeout": 30}})
+    config = load_config(config_path)
+    (tmp_path / "out").mkdir()
+    logins_before = sshd.logins()
+    log_path = tmp_path / "watch.log"
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "dropbox_runner.cli", "watch", "--config",
+                                   str(config_path)], stdout=log, stderr=log)
+    try:
+        for number in range(3):
+            path = submit(config.dropbox, {"script": "sleep", "args": {"seconds": 1}, "cache": False,
+                                           "output_map": {"out": str(tmp_path / "out" / f"o{number}.txt")}})
+            wait_until(lambda: Path(f"{path}.finished").exists(), 30)
+            assert Dropbox(config.dropbox).read_result(path.name)["job"]["status"] == "ok"
+        # One command connection, one rsync master, one for the finish waiter: kept open.
+        assert sshd.logins() - logins_before <= 4
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    assert "stopped" in log_path.read_text()
