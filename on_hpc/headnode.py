@@ -63,10 +63,13 @@ def cycle(request, sched=None):
                 refused += refuse_hopeless(store, job_class, settings)
                 ensure = ensure_runner_per_job if settings.get("runner_per_job") else ensure_runner
                 try:
-                    submitted.extend(ensure(store, sched, runners, job_class, settings, request))
+                    new = ensure(store, sched, runners, job_class, settings, request)
                 except SubmitFailed as error:
                     errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
                     sys.stderr.write(errors[-1] + "\n")
+                    continue
+                submitted.extend(new)
+                for runner in new:
                     runners[runner["runner"]] = RunnerInfo(
                         runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
         else:
