@@ -32,6 +32,21 @@ def run(script: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+def ssh_burst(jobs: int) -> dict:
+    """A burst through sshd and Slurm, with the tests' own fixtures: the test that checks
+    this path records its counts (logins and sessions from sshd's log) for the table."""
+    print(f"running tests/test_slurm_ssh.py with {jobs} jobs", file=sys.stderr, flush=True)
+    out = HERE / "results" / "ssh_burst.json"
+    out.parent.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONSAFEPATH="1", DBR_SLURM_SSH_BURST=str(jobs), DBR_BENCH_OUT=str(out))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(HERE.parent / "tests" / "test_slurm_ssh.py"), "-k", "burst"],
+                          capture_output=True, text=True, timeout=1800, env=env, cwd=HERE.parent / "tests")
+    if done.returncode != 0:
+        raise SystemExit(f"the SSH burst failed:\n{done.stdout[-3000:]}")
+    return json.loads(out.read_text())
+
+
 def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {platform.platform()}"
@@ -44,6 +59,10 @@ def table(results: dict) -> str:
                     f"{burst['squeue']['submitter'] + burst['squeue']['runners']} squeue, {burst['cycles']} cycles, "
                     f"{burst['runners']} runners, submitter CPU {burst['submitter_cpu_s']} s, "
                     f"overhead {burst['overhead_per_job_ms']} ms/job |")
+    ssh = results["ssh_burst"]
+    rows.append(f"| burst through sshd and Slurm, {ssh['jobs']} jobs (cron-style cycles) | {ssh['wall_s']} s wall, "
+                f"{ssh['sbatch']} sbatch, {ssh['squeue']} squeue, {ssh['cycles']} cycles, {ssh['ssh_logins']} SSH "
+                f"logins, {ssh['remote_commands']} remote commands, {ssh['rsync_runs']} rsync runs |")
     batched, single = results["bursts"]["100 jobs, batched"], results["bursts"]["100 jobs, 1:1"]
     rows.append(f"| 1:1 ÷ batched, 100 jobs | wall {single['wall_s'] / batched['wall_s']:.1f}x, "
                 f"sbatch {single['sbatch']['submitter'] / batched['sbatch']['submitter']:.0f}x |")
@@ -80,6 +99,7 @@ def main() -> None:
         "100 jobs, 1:1": run("slurm_burst.py", "--jobs", "100", "--runner-per-job", "--start-cluster"),
         f"{big} jobs, batched": run("slurm_burst.py", "--jobs", str(big), "--start-cluster"),
     }}
+    results["ssh_burst"] = ssh_burst(100)
     results["latency"] = [run("latency.py", "--backend", backend, "--runs", "20") for backend in ("local", "ssh")]
     results["transfer"] = run("transfer.py")
     results["scale"] = run("scale.py", *(["--old", "20000", "--new", "2000"] if options.quick else []))

@@ -7,6 +7,7 @@ notes: ``DBR_SLURM_SSH_BURST=100 pytest -s tests/test_slurm_ssh.py``.
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -75,7 +76,8 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
                                      "output_map": {"out": str(tmp_path / "out" / f"o{n}")}})
              for n in range(BURST)]
     started = time.monotonic()
-    cycles = commands = 0
+    logins_before, sessions_before = sshd_server.logins(), len(sshd_server.sessions())
+    cycles = commands = remote_commands = transfers = 0
     while True:
         transport = CountingTransport(open_transport(config))
         try:
@@ -84,6 +86,8 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
             transport.close()
         cycles += 1
         commands += transport.runs > 0
+        remote_commands += transport.runs
+        transfers += transport.pushes + transport.pulls
         finished = Dropbox(config.dropbox).scan().finished
         if all(path.name in finished for path in files):
             break
@@ -102,6 +106,12 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     assert sbatch == ["-"]                                    # one sbatch, from the head node
     assert squeue.count("-") == commands <= cycles            # one per cycle that ran on_hpc
     assert len(squeue) - squeue.count("-") == 1               # one in the runner, for its time
+    figures = {"jobs": BURST, "wall_s": round(wall, 2), "cycles": cycles, "sbatch": len(sbatch),
+               "squeue": len(squeue), "ssh_logins": sshd_server.logins() - logins_before,
+               "ssh_sessions": len(sshd_server.sessions()) - sessions_before,
+               "remote_commands": remote_commands, "rsync_runs": transfers}
+    if os.environ.get("DBR_BENCH_OUT"):          # bench/run.py takes its figures from here
+        Path(os.environ["DBR_BENCH_OUT"]).write_text(json.dumps(figures))
     print(f"\n{BURST} jobs through sshd and Slurm: {wall:.1f}s, {cycles} cycles, "
           f"sbatch {len(sbatch)}, squeue {len(squeue)} ({squeue.count('-')} by cycles, "
           f"{len(squeue) - squeue.count('-')} by the runner)")
