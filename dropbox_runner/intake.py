@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
@@ -31,7 +31,7 @@ CANCELLED = "cancelled"
 
 @dataclass
 class IntakeCounts:
-    taken: int = 0
+    names: list[str] = field(default_factory=list)   # the jobs taken this cycle
     rejected: int = 0
     cached: int = 0
     cancelled: int = 0
@@ -82,7 +82,7 @@ class Intake:
             self._take(name, raw, job, digest, provenance)
             if key:
                 keys_in_flight.add(key)
-            counts.taken += 1
+            counts.names.append(name)
         return counts
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:

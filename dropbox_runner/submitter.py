@@ -84,13 +84,12 @@ class Submitter:
         started = time.monotonic()
         report = CycleReport()
         listing = self.dropbox.scan()
-        held = self._held_jobs(report)
+        held = self._held_jobs(listing.submitted, report)
         with self.history.batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         report.taken, report.rejected, report.cached, report.cancelled = (
-            taken.taken, taken.rejected, taken.cached, taken.cancelled)
-        if taken.taken:
-            held = self._held_jobs(report)
+            len(taken.names), taken.rejected, taken.cached, taken.cancelled)
+        held.update(self._held_jobs(taken.names, report))
         report.held = len(held)
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
@@ -152,9 +151,10 @@ class Submitter:
         return sendable
 
     # -- what the submitter holds ----------------------------------------------------------
-    def _held_jobs(self, report: CycleReport) -> dict[str, HeldJob]:
+    def _held_jobs(self, names: list[str], report: CycleReport) -> dict[str, HeldJob]:
+        """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
-        for name in self.dropbox.scan().submitted:
+        for name in names:
             try:
                 job = HeldJob.from_document(name, self.dropbox.read_held(name))
             except (ValueError, KeyError, TypeError) as error:

@@ -45,6 +45,15 @@ def sshd_server(slurm_cluster):
 # ================================================================= end real cluster fixtures
 
 
+@pytest.fixture(scope="module")
+def sshd():
+    """A private sshd for one test module, with no Slurm: the SSH tests stop and start it."""
+    import sshsetup
+    server = sshsetup.start_private_sshd()
+    yield server
+    sshsetup.stop_private_sshd(server)
+
+
 # ================================================================= local pipeline fixtures
 @pytest.fixture
 def config_factory(tmp_path):

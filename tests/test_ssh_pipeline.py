@@ -22,19 +22,11 @@ from dropbox_runner.on_hpc.files import read_json
 from dropbox_runner.submitter import CycleReport, run_once
 from dropbox_runner.transport import TransportError, open_transport
 
-from sshsetup import (TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, start_private_sshd,
-                      stop_private_sshd, wait_until, write_config)
+from sshsetup import TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, wait_until, write_config
 
 BURST = int(os.environ.get("DBR_SSH_BURST", "20"))
 CYCLE_PAUSE_SECONDS = 0.3
 TIMEOUT_SECONDS = 180
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = start_private_sshd()
-    yield server
-    stop_private_sshd(server)
 
 
 @pytest.fixture

@@ -22,15 +22,7 @@ from dropbox_runner.transport.hostkeys import fingerprint
 from dropbox_runner.transport.ssh import SshTransport
 
 import realcluster
-from sshsetup import (modes_below, new_scratch, ssh_client_processes, ssh_config, start_private_sshd,
-                      stop_private_sshd, wait_until, write_config)
-
-
-@pytest.fixture(scope="module")
-def sshd():
-    server = start_private_sshd()
-    yield server
-    stop_private_sshd(server)
+from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config,  wait_until, write_config
 
 
 @pytest.fixture
