@@ -22,7 +22,7 @@ from dropbox_runner.transport.hostkeys import fingerprint
 from dropbox_runner.transport.ssh import SshTransport
 
 import realcluster
-from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config,  wait_until, write_config
+from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config, wait_until, write_config
 
 
 @pytest.fixture
