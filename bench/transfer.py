@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import sshsetup  # noqa: E402
+
 from dropbox_runner.cluster import ClusterSide  # noqa: E402
 from dropbox_runner.config import load_config  # noqa: E402
 from dropbox_runner.submitter import run_once  # noqa: E402

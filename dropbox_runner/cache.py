@@ -89,7 +89,8 @@ class ResultCache:
         return evicted
 
     def stats(self) -> dict[str, Any]:
-        entries, size = self.history.db.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM cache_entries").fetchone()
+        entries, size = self.history.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM cache_entries").fetchone()
         return {"entries": entries, "bytes": size, "max_bytes": self.max_bytes, "folder": str(self.folder)}
 
     def clear(self) -> int:

@@ -18,8 +18,8 @@ from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
 from .on_hpc.schedulers import usable_seconds
-from .units import format_duration
 from .rendering import Template, TemplateProblem, load_template, render
+from .units import format_duration
 
 JOBS_FOLDER = "jobs"
 

@@ -17,8 +17,16 @@ import uuid
 
 from .files import listdir, read_json, write_json
 from .jobstore import ABSENT, DONE, JobStore
-from .schedulers import (ENDING, PENDING, RunnerInfo, SchedulerUnavailable, SubmitFailed,
-                         connector, effective_warn_seconds, usable_seconds)
+from .schedulers import (
+    ENDING,
+    PENDING,
+    RunnerInfo,
+    SchedulerUnavailable,
+    SubmitFailed,
+    connector,
+    effective_warn_seconds,
+    usable_seconds,
+)
 
 # A runner whose submission is recorded but that the scheduler does not list is counted
 # as pending this long: a crash between ``sbatch`` and recording its job id, or an

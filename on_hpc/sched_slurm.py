@@ -12,8 +12,17 @@ import socket
 import subprocess
 
 from .files import read_json, write_json
-from .schedulers import (ENDING, PENDING, RUNNING, RunnerInfo, SchedulerUnavailable,
-                         SubmitFailed, effective_warn_seconds, kill_job_group, store_tag)
+from .schedulers import (
+    ENDING,
+    PENDING,
+    RUNNING,
+    RunnerInfo,
+    SchedulerUnavailable,
+    SubmitFailed,
+    effective_warn_seconds,
+    kill_job_group,
+    store_tag,
+)
 
 # Slurm's job states (squeue %T) and what they mean for a runner.  A state not listed
 # here (a new Slurm's, or a terminal one squeue shows for a moment) counts as ENDING:
@@ -177,22 +186,22 @@ class SlurmConnector(object):
                                   universal_newlines=True, cwd=self.store.root,
                                   timeout=SBATCH_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired as error:
-            raise SubmitFailed("sbatch: %s" % error, uncertain=True)
+            raise SubmitFailed("sbatch: %s" % error, uncertain=True) from error
         except OSError as error:
-            raise SubmitFailed("sbatch: %s" % error)
+            raise SubmitFailed("sbatch: %s" % error) from error
         if done.returncode != 0:
             raise SubmitFailed("sbatch failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
         try:
             return parse_sbatch(done.stdout)
         except ValueError as error:
-            raise SubmitFailed(str(error))
+            raise SubmitFailed(str(error)) from error
 
     def list_runners(self):
         try:
             done = subprocess.run(squeue_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   universal_newlines=True, timeout=SQUEUE_TIMEOUT_SECONDS)
         except (OSError, subprocess.TimeoutExpired) as error:
-            raise SchedulerUnavailable("squeue: %s" % error)
+            raise SchedulerUnavailable("squeue: %s" % error) from error
         if done.returncode != 0:
             raise SchedulerUnavailable("squeue failed (exit %d): %s"
                                        % (done.returncode, done.stderr.strip()))

@@ -74,3 +74,14 @@ def config_factory(tmp_path):
 @pytest.fixture
 def config(config_factory):
     return config_factory()
+
+
+# ================================================================= test tiers
+_CLUSTER_FIXTURES = {"slurm_cluster", "sshd_server", "sshd"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that starts a real daemon, so `-m "not cluster"` is the fast tier."""
+    for item in items:
+        if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)

@@ -83,3 +83,19 @@ def stop_local_runners(config: Config) -> None:
             os.kill(pid, signal.SIGKILL)
         except (OSError, TypeError, KeyError, ValueError):
             pass
+
+
+def wait_until(condition, timeout: float = 30, interval: float = 0.05, what: str = "condition"):
+    """Poll ``condition`` until it returns something true (returned), or fail after ``timeout``.
+
+    The one wait loop for tests: a condition, never a fixed sleep, so a fast machine is not
+    slowed down and a slow one gets the whole timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -613,7 +613,7 @@ def ensure_account(user: str) -> pwd.struct_passwd:
     except KeyError:
         proc = _run(["useradd", "-m", "-s", "/bin/bash", user])
         if proc.returncode != 0 and "already exists" not in proc.stderr:
-            raise ClusterError(f"useradd {user} failed: {proc.stderr}")
+            raise ClusterError(f"useradd {user} failed: {proc.stderr}") from None
         pw = pwd.getpwnam(user)
     _run(["usermod", "-p", "*", user], check=True)
     home = Path(pw.pw_dir)

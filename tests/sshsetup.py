@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import realcluster
 import yaml
 
-import realcluster
 from dropbox_runner.config import Config, load_config
 from dropbox_runner.transport import CommandResult, Transport
 

@@ -1,14 +1,13 @@
 """Identical jobs from the cache, provenance in results, and the operator's verbs."""
 import os
 import time
-from collections import Counter
 from pathlib import Path
 
 import yaml
+from helpers import drain, drop, run_cli
 
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
-from helpers import drain, drop, run_cli
 
 
 class CountingTransport(LocalTransport):

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dropbox_runner.on_hpc.sched_slurm import sbatch_argv
 
 from dropbox_runner.config import ConfigError, load_config
 from dropbox_runner.jobs import JobInvalid
-from dropbox_runner.on_hpc.sched_slurm import sbatch_argv
 from dropbox_runner.staging import prepare, write_outbox_entry
 
 TEST_TEMPLATES = Path(__file__).parent / "templates"

@@ -3,14 +3,13 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
-
-from dropbox_runner.dropbox import Dropbox
 from helpers import drop, write_config
+
 from dropbox_runner.config import load_config
+from dropbox_runner.dropbox import Dropbox
 
 FAULT_POINTS = ["after_intake", "after_outbox", "after_hold", "after_reject_result", "after_push",
                 "after_queue", "after_pull", "after_outputs", "after_result"]

@@ -4,12 +4,10 @@ import os
 import time
 
 import pytest
-
 from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import DONE, READY, RUNNING, JobStore
-from dropbox_runner.on_hpc.schedulers import (PENDING, RunnerInfo, SchedulerUnavailable,
-                                              SubmitFailed)
+from dropbox_runner.on_hpc.schedulers import PENDING, RunnerInfo, SchedulerUnavailable, SubmitFailed
 from dropbox_runner.on_hpc.schedulers import RUNNING as SCHED_RUNNING
 
 
@@ -286,7 +284,7 @@ def test_a_job_that_ran_to_completion_is_never_requeued(store):
     job = stage(store, "sub.j")
     cycle(store, sched, [job])
     sched.listing = {}
-    runner = _claimed_by_vanished_runner(store, sched, job)
+    _claimed_by_vanished_runner(store, sched, job)
     # The runner wrote finished.json and died before moving the marker.
     write_json(store.finished_path(job), {"rc": 0, "start": 1, "end": 2})
     answer = cycle(store, sched, [job])

@@ -8,12 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import drain, drop, write_config
 
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.jobs import check_files, parse_job
-from helpers import drain, drop, write_config
 
 
 def ledger_job(root, number):

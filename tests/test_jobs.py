@@ -1,10 +1,8 @@
 """Job descriptions: every problem reported at once, stable ids, no overwritten inputs."""
-from pathlib import Path
 
 import pytest
 
-from dropbox_runner.jobs import (
-    JobInvalid, check_files, job_id, parse_job, read_job_file, workspace_names)
+from dropbox_runner.jobs import JobInvalid, check_files, job_id, parse_job, read_job_file, workspace_names
 
 
 def problems_of(data):

@@ -5,11 +5,12 @@ import sys
 import threading
 from pathlib import Path
 
-from dropbox_runner import on_hpc
 from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import write_json
 from dropbox_runner.on_hpc.jobstore import DONE, READY, JobStore
 from dropbox_runner.on_hpc.schedulers import PENDING, RUNNING, RunnerInfo
+
+from dropbox_runner import on_hpc
 
 ON_HPC = Path(on_hpc.__file__).parent
 

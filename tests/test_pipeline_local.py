@@ -4,12 +4,12 @@ import time
 from pathlib import Path
 
 import yaml
+from helpers import drain, drop, result, run_cli, write_config
 
 from dropbox_runner.client import submit_and_wait
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
-from helpers import drain, drop, result, run_cli, write_config
 
 HOSTILE = ["; touch /tmp/dbr-pwned-x", "$(touch /tmp/dbr-pwned-y)", "`touch /tmp/dbr-pwned-z`",
            "it's \"quoted\"", "two\nlines", "ünïcødé ✓ 日本"]

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import JobStore
 
@@ -122,7 +121,7 @@ def test_a_warning_or_sigterm_ends_the_jobs_and_hands_them_back(store, signum):
         assert signal.Signals(signum).name in entry["reason"]
     assert sorted(store.ready_jobs("default")) == sorted(jobs + [waiting])   # nothing more claimed
     for pid in children:                  # the jobs' whole process groups ended
-        wait_for(lambda: not os.path.exists("/proc/%d" % pid) or _zombie(pid), 5)
+        wait_for(lambda pid=pid: not os.path.exists("/proc/%d" % pid) or _zombie(pid), 5)
 
 
 def _zombie(pid):

@@ -7,9 +7,10 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from helpers import drain, drop
+
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
-from helpers import drain, drop
 
 
 def ledger_job(config, number, seconds):

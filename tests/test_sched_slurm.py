@@ -3,15 +3,30 @@ import os
 import stat
 
 import pytest
-
 from dropbox_runner.on_hpc import sched_slurm
 from dropbox_runner.on_hpc.jobstore import JobStore
-from dropbox_runner.on_hpc.schedulers import (ENDING, PENDING, RUNNING, RunnerInfo,
-                                              SchedulerUnavailable, SubmitFailed,
-                                              effective_warn_seconds, store_tag, usable_seconds)
-from dropbox_runner.on_hpc.sched_slurm import (allocated_gpus, job_name, parse_sbatch, parse_squeue,
-                                               parse_time_left, sbatch_argv, scancel_argv,
-                                               slurm_minutes, squeue_argv)
+from dropbox_runner.on_hpc.sched_slurm import (
+    allocated_gpus,
+    job_name,
+    parse_sbatch,
+    parse_squeue,
+    parse_time_left,
+    sbatch_argv,
+    scancel_argv,
+    slurm_minutes,
+    squeue_argv,
+)
+from dropbox_runner.on_hpc.schedulers import (
+    ENDING,
+    PENDING,
+    RUNNING,
+    RunnerInfo,
+    SchedulerUnavailable,
+    SubmitFailed,
+    effective_warn_seconds,
+    store_tag,
+    usable_seconds,
+)
 
 COMMAND = ["env", "PYTHONPATH=/home/me/on hpc", "python3", "-m", "on_hpc", "run", "/w/runners/r.json"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dropbox_runner.on_hpc.files import read_json
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
-from dropbox_runner.on_hpc.files import read_json
 from dropbox_runner.status import format_status, gather_status
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport

@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from sshsetup import CountingTransport, new_scratch, write_config
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport import open_transport
-
-from sshsetup import CountingTransport, new_scratch, write_config
 
 TEMPLATES = Path(__file__).parent / "templates"
 BURST = int(os.environ.get("DBR_SLURM_SSH_BURST", "20"))

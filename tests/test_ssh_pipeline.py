@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dropbox_runner.on_hpc.files import read_json
+from sshsetup import TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, wait_until, write_config
 
 from dropbox_runner import cli
 from dropbox_runner.client import submit
 from dropbox_runner.config import Config, load_config
 from dropbox_runner.dropbox import Dropbox
-from dropbox_runner.on_hpc.files import read_json
 from dropbox_runner.submitter import CycleReport, run_once
 from dropbox_runner.transport import TransportError, open_transport
-
-from sshsetup import TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, wait_until, write_config
 
 BURST = int(os.environ.get("DBR_SSH_BURST", "20"))
 CYCLE_PAUSE_SECONDS = 0.3
@@ -196,7 +195,7 @@ def test_sshd_stopped_mid_cycle_loses_nothing_and_runs_nothing_twice(tmp_path, s
         assert time.monotonic() - started < TIMEOUT_SECONDS
         stopper = []
 
-        def wrap(transport):
+        def wrap(transport, stopper=stopper):
             stopper.append(_StopBefore(transport, sshd, "pull"))
             return stopper[0]
         try:
@@ -229,7 +228,7 @@ def test_the_watch_daemon_over_ssh(tmp_path, sshd, cluster_folder):
         for number in range(3):
             path = submit(config.dropbox, {"script": "sleep", "args": {"seconds": 1}, "cache": False,
                                            "output_map": {"out": str(tmp_path / "out" / f"o{number}.txt")}})
-            wait_until(lambda: Path(f"{path}.finished").exists(), 30)
+            wait_until(lambda path=path: Path(f"{path}.finished").exists(), 30)
             assert Dropbox(config.dropbox).read_result(path.name)["job"]["status"] == "ok"
         # One command connection, one rsync master, one for the finish waiter: kept open.
         assert sshd.logins() - logins_before <= 4

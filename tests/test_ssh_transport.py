@@ -6,13 +6,14 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import paramiko
 import pytest
+import realcluster
+from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config, wait_until, write_config
 
 from dropbox_runner import cli
 from dropbox_runner.cluster import STAMP_FILE
@@ -20,9 +21,6 @@ from dropbox_runner.config import load_config
 from dropbox_runner.transport import TransportError
 from dropbox_runner.transport.hostkeys import fingerprint
 from dropbox_runner.transport.ssh import SshTransport
-
-import realcluster
-from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config, wait_until, write_config
 
 
 @pytest.fixture

@@ -10,11 +10,27 @@ import pytest
 from dropbox_runner.config import ConfigError, build_config, load_config
 from dropbox_runner.transport import TransportError
 from dropbox_runner.transport.hostkeys import (
-    UnknownHostKey, entry_matches, fingerprint, known_hosts_line, known_hosts_name, record_key,
-    recorded_keys, without_host)
+    UnknownHostKey,
+    entry_matches,
+    fingerprint,
+    known_hosts_line,
+    known_hosts_name,
+    record_key,
+    recorded_keys,
+    without_host,
+)
 from dropbox_runner.transport.rsync import (
-    SshEndpoint, host_spec, master_exit_argv, rsh_command, rsh_quote, rsync_failure, rsync_pull_argv,
-    rsync_push_argv, ssh_config_value, ssh_options)
+    SshEndpoint,
+    host_spec,
+    master_exit_argv,
+    rsh_command,
+    rsh_quote,
+    rsync_failure,
+    rsync_pull_argv,
+    rsync_push_argv,
+    ssh_config_value,
+    ssh_options,
+)
 from dropbox_runner.transport.sftp import partial_name, unchanged
 from dropbox_runner.transport.ssh import SshTransport, choose_transfer, describe_connect_failure
 
@@ -142,7 +158,8 @@ def test_connect_failures_are_one_clear_line(tmp_path):
     assert "cannot resolve" in say(socket.gaierror(-2, "Name or service not known"))
     assert "within 15s" in say(TimeoutError("timed out"))
     assert "Connection refused" in say(ConnectionRefusedError(111, "Connection refused"))
-    assert "failed: Error reading SSH protocol banner" in say(paramiko.SSHException("Error reading SSH protocol banner"))
+    banner = "Error reading SSH protocol banner"
+    assert f"failed: {banner}" in say(paramiko.SSHException(banner))
 
 
 # -- host keys -----------------------------------------------------------------------------------

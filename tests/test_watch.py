@@ -1,5 +1,4 @@
 """The watch daemon on the local backend: events, signals, the shared lock, metrics."""
-import os
 import signal
 import subprocess
 import sys
@@ -9,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_cli, stop_local_runners, write_config
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
-from helpers import run_cli, stop_local_runners, write_config
 
 
 class Watch:
