@@ -22,7 +22,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
         "checked_at": time.time(),
     }
     try:
-        cluster = ClusterSide(config, transport).call("status", {})
+        cluster = ClusterSide(config, transport).status()
         status["cluster"] = cluster
     except TransportError as error:
         status["cluster_error"] = str(error)

@@ -9,6 +9,7 @@ import time
 import pytest
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import JobState
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def stage(store, job_id, script, expected=None, job_class="default"):
         handle.write("#!/bin/bash\n" + script + "\n")
     write_json(os.path.join(folder, "job.json"),
                {"id": job_id, "class": job_class, "expected_seconds": expected})
-    assert store.make_ready(job_id, {}) == "ready"
+    assert store.make_ready(job_id, {}) == JobState.QUEUED
     return job_id
 
 
