@@ -19,7 +19,8 @@ import yaml
 
 from . import templates as packaged_templates
 from .on_hpc import protocol
-from .units import parse_duration, parse_size
+from .on_hpc.durations import parse_duration
+from .units import parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
 

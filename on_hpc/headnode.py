@@ -33,6 +33,7 @@ from .schedulers import (
     SubmitFailed,
     connector,
     effective_warn_seconds,
+    too_long_message,
     usable_seconds,
 )
 
@@ -240,16 +241,10 @@ def refuse_hopeless(store, job_class, settings):
             continue
         if not store.claim(job_class, job_id, HEADNODE_RUNNER):
             continue
-        message = too_long_message(expected, job_class, settings.get("time_limit"), usable)
+        message = too_long_message(expected, job_class, settings.get("time_limit"), usable) + "; the job was not run"
         store.finish(HEADNODE_RUNNER, job_id, FinishedRecord(error=message, start=time.time()))
         refused.append({"id": job_id, "reason": message})
     return refused
-
-
-def too_long_message(expected, job_class, time_limit, usable):
-    return ("expected_time %s exceeds what a runner of class %s can give a job "
-            "(time limit %s, of which %s before it is warned to stop); the job was not run"
-            % (_hms(expected), job_class, _hms(time_limit), _hms(usable)))
 
 
 def ensure_runner(store, sched, runners, job_class, settings, request):
@@ -361,9 +356,3 @@ def _age(path):
     except FileNotFoundError:
         return 0.0
 
-
-def _hms(seconds):
-    if seconds is None:
-        return "none"
-    seconds = int(seconds)
-    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)

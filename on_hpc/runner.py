@@ -17,7 +17,7 @@ import time
 from .files import read_json, write_json
 from .jobstore import JobStore
 from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
-from .schedulers import connector, effective_warn_seconds
+from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10
@@ -158,9 +158,8 @@ class Runner(object):
     def _refuse(self, job_id, expected):
         if not self.store.claim(self.job_class, job_id, self.runner_id):
             return
-        message = ("expected_time %ds exceeds the %ds a runner of class %s can give a job "
-                   "(its allocation less %ds warning); the job was not run"
-                   % (expected, self.fresh_usable, self.job_class, self.warn))
+        message = too_long_message(expected, self.job_class, self.fresh_usable + self.warn,
+                                   self.fresh_usable) + "; the job was not run"
         self.store.finish(self.runner_id, job_id, FinishedRecord(
             error=message, start=time.time(), runner=self.runner_id, sched_id=self.sched_id, host=self.host))
         log("refused %s: %s" % (job_id, message))

@@ -6,11 +6,11 @@ Slurm manual asks tools not to poll it in loops) and once by each runner at its 
 its time left; ``sacct`` is never used (clusters without slurmdbd have none).
 """
 import os
-import re
 import shlex
 import socket
 
 from . import commands
+from .durations import parse_clock
 from .files import read_json, write_json
 from .protocol import RunnerState
 from .schedulers import (
@@ -139,12 +139,11 @@ def parse_time_left(text):
         return None
     if text == "INVALID":
         return 0
-    match = re.match(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$", text)
-    if not match:
+    seconds = parse_clock(text)
+    if seconds is None:
         # "1-00" (days-hours) is a valid Slurm time but squeue's %L never prints it.
         raise ValueError("not a time left: %r" % text)
-    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return seconds
 
 
 def scancel_argv(sched_ids):

@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 
+from .durations import format_duration
+
 # One line of the scheduler's view of a runner.  ``state`` is a RunnerState; ``time_left``
 # is seconds, or None when the allocation has no limit.
 RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left")
@@ -121,6 +123,15 @@ def usable_seconds(time_limit, warn_seconds):
     if not time_limit:
         return None
     return int(time_limit) - effective_warn_seconds(time_limit, warn_seconds)
+
+
+def too_long_message(expected, job_class, time_limit, usable):
+    """The one wording of the rule that a job must fit what a fresh runner of its class
+    can give it (its time limit less the warning), used at intake, on the head node and
+    in the runner alike."""
+    return ("expected_time %s exceeds what a runner of class %r can give a job: its time_limit %s less %s "
+            "warning = %s" % (format_duration(expected), job_class, format_duration(time_limit),
+                              format_duration(time_limit - usable), format_duration(usable)))
 
 
 def store_tag(root):

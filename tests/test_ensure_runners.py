@@ -307,5 +307,5 @@ def test_jobs_expecting_more_than_a_fresh_runner_has_end_with_an_error(store):
     assert answer["states"] == {short: JobState.QUEUED, too_long: JobState.DONE}
     assert [item["id"] for item in answer["refused"]] == [too_long]
     error = answer["finished"][0]["record"]["error"]
-    assert "expected_time 0:02:00 exceeds" in error and "class default" in error
+    assert "expected_time 2m exceeds" in error and "class 'default'" in error
     assert len(sched.submitted) == 1            # for the short job only
