@@ -19,6 +19,7 @@ import yaml
 
 from . import templates as packaged_templates
 from .on_hpc import protocol
+from .on_hpc.schedulers import CONNECTORS
 from .on_hpc.durations import parse_duration
 from .units import parse_size
 
@@ -75,7 +76,7 @@ class Config:
     dropbox: Path
     source: Path
     backend: str = "local"               # local | ssh
-    scheduler: str = "local"             # local | slurm
+    scheduler: str = "local"             # a name in on_hpc.schedulers.CONNECTORS
     cluster_root: Path | None = None     # the "cluster" folder of the local backend
     hpc_env: dict[str, str] = field(default_factory=dict)
     templates: Path = PACKAGED_TEMPLATES
@@ -146,8 +147,8 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
 def _fill_defaults(config: Config, problems: list[str]) -> None:
     if config.backend not in ("local", "ssh"):
         problems.append(f"backend: {config.backend!r} is not one of local, ssh")
-    if config.scheduler not in ("local", "slurm"):
-        problems.append(f"scheduler: {config.scheduler!r} is not one of local, slurm")
+    if config.scheduler not in CONNECTORS:
+        problems.append(f"scheduler: {config.scheduler!r} is not one of {', '.join(sorted(CONNECTORS))}")
     if config.backend == "ssh" and config.remote is None:
         problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
     if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):
