@@ -19,8 +19,8 @@ import yaml
 
 from . import templates as packaged_templates
 from .on_hpc import protocol
-from .on_hpc.schedulers import CONNECTORS
 from .on_hpc.durations import parse_duration
+from .on_hpc.schedulers import CONNECTORS
 from .units import parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
