@@ -39,7 +39,10 @@ def connector(name, store):
     if name == "slurm":
         from .sched_slurm import SlurmConnector
         return SlurmConnector(store)
-    raise ValueError("unknown scheduler %r (known: local, slurm)" % name)
+    if name == "sge":
+        from .sched_sge import GridEngineConnector
+        return GridEngineConnector(store)
+    raise ValueError("unknown scheduler %r (known: local, slurm, sge)" % name)
 
 
 def effective_warn_seconds(time_limit, warn_seconds):

@@ -36,13 +36,20 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from . import realcluster
-except ImportError:
-    import realcluster
-
-from realcluster import ClusterError, _alive, _free_ports, _mkdtemp, _pids_mentioning, _read_pid
-from realcluster import _run, _terminate, _wait_for, ensure_account, tail
+import realcluster
+from realcluster import (
+    ClusterError,
+    _alive,
+    _free_ports,
+    _mkdtemp,
+    _pids_mentioning,
+    _read_pid,
+    _run,
+    _terminate,
+    _wait_for,
+    ensure_account,
+    tail,
+)
 
 SGE_BIN = Path("/usr/lib/gridengine")          # Debian: the daemons and the real clients
 SGE_SHARE = Path("/var/lib/gridengine")        # Debian's SGE_ROOT: bin, lib, utilbin, util
