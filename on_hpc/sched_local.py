@@ -58,6 +58,9 @@ class LocalConnector(object):
     def allocation_seconds(self, spec):
         return spec.get("time_limit")
 
+    def allocation_id(self):
+        return None     # the runner's own pid is its id
+
     def allocation_gpus(self):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         return [gpu for gpu in visible.split(",") if gpu]

@@ -261,3 +261,6 @@ class GridEngineConnector(object):
 
     def allocation_gpus(self):
         return allocated_gpus(os.environ)
+
+    def allocation_id(self):
+        return os.environ.get("JOB_ID")
