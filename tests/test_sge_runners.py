@@ -131,13 +131,13 @@ def test_s_rt_warns_the_runner_command_itself_with_sigusr1(sge_cluster, tmp_path
     (no shell in between with ``-b y -shell n``), which can catch it and end cleanly."""
     out = Path(tempfile.mkdtemp(prefix="dbr-sge-srt-", dir="/tmp"))
     try:
-        marker = out / "warned"
-        code = ("import signal, sys, time\n"
-                f"signal.signal(signal.SIGUSR1, lambda *a: (open({str(marker)!r}, 'w').write('USR1'), sys.exit(0)))\n"
-                "time.sleep(120)\n")
+        marker, script = out / "warned", out / "warned.py"
+        script.write_text("import signal, sys, time\n"
+                          f"signal.signal(signal.SIGUSR1, lambda *a: (open({str(marker)!r}, 'w'), sys.exit(0)))\n"
+                          "time.sleep(120)\n")
         started = time.monotonic()
         proc = sge_cluster.run("qsub", "-terse", "-b", "y", "-shell", "n", "-o", out / "log", "-j", "y",
-                               "-l", "h_rt=60,s_rt=3", shutil.which("python3"), "-c", code)
+                               "-l", "h_rt=60,s_rt=3", shutil.which("python3"), script)
         assert proc.returncode == 0, proc.stderr
         deadline = time.monotonic() + 60
         while not marker.exists() and time.monotonic() < deadline:
