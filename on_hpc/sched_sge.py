@@ -10,11 +10,12 @@ import os
 import pwd
 import socket
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ElementTree
 
 from .files import read_json, write_json
-from .sched_slurm import job_name
+from .sched_slurm import JOB_NAME_PREFIX, job_name
 from .schedulers import (
     ENDING,
     PENDING,
@@ -129,18 +130,9 @@ def parse_qstat(stdout, tag, now=None):
     one has its whole ``h_rt``; None without a limit.  Raises ValueError for output that is
     not qstat's XML, which the caller treats as a failed listing.
     """
-    prefix = "dbr." + tag + "."
     now = time.time() if now is None else now
-    try:
-        root = ElementTree.fromstring(stdout)
-    except ElementTree.ParseError as error:
-        raise ValueError("qstat printed no XML: %s" % error) from error
     found = {}
-    for job in root.iter("job_list"):
-        name = job.findtext("JB_name") or ""
-        if not name.startswith(prefix):
-            continue
-        runner_id = name[len(prefix):]
+    for runner_id, job in _workspace_jobs(stdout, tag):
         state = runner_state(job.findtext("state") or "")
         limit = None
         for request in job.findall("hard_request"):
@@ -152,6 +144,32 @@ def parse_qstat(stdout, tag, now=None):
             left = max(0, int(limit - (now - _local_time(start))))
         found[runner_id] = RunnerInfo(runner_id, job.findtext("JB_job_number") or "", state, left)
     return found
+
+
+def jobs_in_error(stdout, tag):
+    """Job ids of this workspace's runners that Grid Engine put in error state (``Eqw``:
+    it could not start them, e.g. a working folder missing on the host).  Such a job stays
+    queued until an operator clears it, so it would hold nothing and block nothing, yet
+    every cycle would submit another that fails alike: they are deleted, with the reason."""
+    return [job.findtext("JB_job_number") for _, job in _workspace_jobs(stdout, tag)
+            if "E" in (job.findtext("state") or "")]
+
+
+def _workspace_jobs(stdout, tag):
+    """(runner id, job element) for each of this workspace's runners in the listing."""
+    prefix = JOB_NAME_PREFIX + tag + "."
+    try:
+        root = ElementTree.fromstring(stdout)
+    except ElementTree.ParseError as error:
+        raise ValueError("qstat printed no XML: %s" % error) from error
+    return [(job.findtext("JB_name")[len(prefix):], job) for job in root.iter("job_list")
+            if (job.findtext("JB_name") or "").startswith(prefix)]
+
+
+def error_reasons(stdout):
+    """The ``error reason`` lines of ``qstat -j <id>``."""
+    return [line.split(":", 1)[1].strip() for line in stdout.splitlines()
+            if line.strip().startswith("error reason") and ":" in line]
 
 
 def _seconds(text):
@@ -231,10 +249,25 @@ class GridEngineConnector(object):
             raise SchedulerUnavailable("qstat failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
         try:
             runners = parse_qstat(done.stdout, self.tag)
+            failed = jobs_in_error(done.stdout, self.tag)
         except ValueError as error:
             raise SchedulerUnavailable(str(error)) from error
+        if failed:
+            self._delete_failed(failed)
         write_json(self._cache, {key: list(value) for key, value in runners.items()})
         return runners
+
+    def _delete_failed(self, sched_ids):
+        for sched_id in sched_ids:
+            try:
+                shown = subprocess.run(["qstat", "-j", str(sched_id)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, universal_newlines=True,
+                                       timeout=QSTAT_TIMEOUT_SECONDS).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                shown = ""
+            sys.stderr.write("Grid Engine job %s of a runner is in error state; deleting it: %s\n"
+                             % (sched_id, "; ".join(error_reasons(shown)) or "no reason given"))
+        self.cancel(sched_ids)
 
     def last_known_runners(self):
         return {key: RunnerInfo(*value) for key, value in read_json(self._cache, {}).items()}

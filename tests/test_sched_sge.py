@@ -11,6 +11,8 @@ from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.sched_sge import (
     GridEngineConnector,
     allocated_gpus,
+    error_reasons,
+    jobs_in_error,
     memory_megabytes,
     parse_qstat,
     parse_qsub,
@@ -61,6 +63,11 @@ QSTAT_XML = """<?xml version='1.0'?>
       <JB_job_number>4</JB_job_number>
       <JB_name>dbr.abc123.default-20261122T120649-cccccc</JB_name>
       <state>hqw</state>
+    </job_list>
+    <job_list state="pending">
+      <JB_job_number>7</JB_job_number>
+      <JB_name>dbr.abc123.default-20261122T120650-eeeeee</JB_name>
+      <state>Eqw</state>
     </job_list>
     <job_list state="pending">
       <JB_job_number>5</JB_job_number>
@@ -141,9 +148,22 @@ def test_parse_qstat_finds_this_workspaces_runners_with_their_time_left():
         "default-20261122T120648-aaaaaa": RunnerInfo("default-20261122T120648-aaaaaa", "2", RUNNING, 90),
         "gpu-20261122T120648-bbbbbb": RunnerInfo("gpu-20261122T120648-bbbbbb", "3", PENDING, 3600),
         "default-20261122T120649-cccccc": RunnerInfo("default-20261122T120649-cccccc", "4", PENDING, None),
+        "default-20261122T120650-eeeeee": RunnerInfo("default-20261122T120650-eeeeee", "7", ENDING, None),
     }
     # Past its limit (qdel not through yet): nothing left, never negative.
     assert parse_qstat(QSTAT_XML, "abc123", now=started + 500)["default-20261122T120648-aaaaaa"].time_left == 0
+
+
+def test_runners_in_error_state_are_found_with_their_reason():
+    assert jobs_in_error(QSTAT_XML, "abc123") == ["7"]
+    assert jobs_in_error(QSTAT_XML, "zzz999") == []
+    shown = ("job_type:                   binary,noshell\n"
+             "error reason          1:      11/22/2026 12:18:32 [0:8423]: error: can't chdir to /gone: "
+             "No such file or directory\n"
+             "scheduling info:            Job is in error state\n")
+    assert error_reasons(shown) == ["11/22/2026 12:18:32 [0:8423]: error: can't chdir to /gone: "
+                                    "No such file or directory"]
+    assert error_reasons("") == []
 
 
 def test_parse_qstat_of_an_empty_listing_and_of_garbage():

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json
+from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.sched_slurm import job_name
+from dropbox_runner.on_hpc.schedulers import ENDING, connector, store_tag
 from sshsetup import CountingTransport, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
@@ -190,6 +193,30 @@ def test_a_failing_qstat_keeps_the_last_known_state(pipeline, counted, sge_clust
     result = p.result(path)["job"]
     assert result["status"] == "ok" and result["attempts"] == 1 and result["runner"] == runner
     assert len(counted("qsub")) == 1
+
+
+def test_a_runner_grid_engine_cannot_start_is_deleted_with_its_reason(sge_cluster, counted, tmp_path, capsys):
+    """A runner in error state (Eqw) would stay queued for ever while every cycle submitted
+    another failing alike: the listing deletes it, saying why."""
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    sge = connector("sge", store)
+    name = job_name(store_tag(store.root), "default-20261122T000000-abcdef")
+    proc = sge_cluster.run("qsub", "-terse", "-r", "n", "-b", "y", "-shell", "n", "-N", name, "-o", "/dev/null",
+                           "-j", "y", "-wd", str(tmp_path / "no such folder"), "/bin/true")
+    assert proc.returncode == 0, proc.stderr
+    sched_id = proc.stdout.strip()
+    deadline = time.monotonic() + 60
+    while "Eqw" not in sge_cluster.run("qstat", "-u", "*").stdout:
+        assert time.monotonic() < deadline, sge_cluster.run("qstat", "-u", "*").stdout
+        time.sleep(0.5)
+    runners = sge.list_runners()
+    assert runners["default-20261122T000000-abcdef"].state == ENDING
+    said = capsys.readouterr().err
+    assert f"Grid Engine job {sched_id} of a runner is in error state; deleting it:" in said
+    assert "can't chdir to " + str(tmp_path / "no such folder") in said
+    sge_cluster.wait_idle(30)
+    assert sge.list_runners() == {}
 
 
 # ------------------------------------------------------------------------------ through sshd
