@@ -192,6 +192,8 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         config.submitter_id = default_submitter_id(config.dropbox)
     elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
         problems.append("submitter_id: use 1-40 letters, digits, '-' or '_'")
+    if config.scheduler == "sge" and "," in config.hpc_env.get("workspace", ""):
+        problems.append("hpc_env.workspace: Grid Engine cannot take a ',' in the runners' log path")
 
 
 def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:

@@ -62,7 +62,9 @@ def qsub_argv(name, log_path, workdir, resources, command):
     Engine counts memory per slot.  ``gpus`` are asked of the consumable ``gpu_resource``,
     which sites define per job (``consumable JOB``).
     """
-    argv = ["qsub", "-terse", "-N", name, "-o", log_path, "-j", "y", "-wd", workdir,
+    # "-o [[host]:]path": the leading colon keeps a colon in the path from being read as
+    # a host name (a comma would still separate paths: config refuses one in the workspace).
+    argv = ["qsub", "-terse", "-N", name, "-o", ":" + log_path, "-j", "y", "-wd", workdir,
             # Not rerun by Grid Engine after a host failure: a rerun runner would not know
             # the jobs it had claimed.  The next cycle requeues them and submits afresh.
             "-r", "n",

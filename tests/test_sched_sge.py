@@ -91,7 +91,7 @@ def test_qsub_argv_carries_every_class_setting():
     argv = qsub_argv("dbr.abc123.gpu-1", "/w/runners/gpu-1.log", "/w", resources, COMMAND)
     assert argv[:2] == ["qsub", "-terse"]
     pairs = list(zip(argv, argv[1:]))
-    for pair in (("-N", "dbr.abc123.gpu-1"), ("-o", "/w/runners/gpu-1.log"), ("-j", "y"), ("-wd", "/w"),
+    for pair in (("-N", "dbr.abc123.gpu-1"), ("-o", ":/w/runners/gpu-1.log"), ("-j", "y"), ("-wd", "/w"),
                  ("-r", "n"), ("-b", "y"), ("-shell", "n"), ("-q", "gpu.q")):
         assert pair in pairs
     assert argv[argv.index("-pe"):argv.index("-pe") + 3] == ["-pe", "smp", "8"]

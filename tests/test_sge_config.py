@@ -6,11 +6,11 @@ from dropbox_runner.on_hpc.sched_sge import qsub_argv
 from dropbox_runner.config import ConfigError, load_config
 
 
-def _config(tmp_path, classes):
+def _config(tmp_path, classes, cluster="cluster"):
     (tmp_path / "box").mkdir(exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump({"dropbox": str(tmp_path / "box"), "backend": "local", "scheduler": "sge",
-                                    "cluster_root": str(tmp_path / "cluster"), "classes": classes}))
+                                    "cluster_root": str(tmp_path / cluster), "classes": classes}))
     return load_config(path)
 
 
@@ -39,3 +39,10 @@ def test_grid_engine_class_fields_reach_qsub(tmp_path):
 def test_settings_grid_engine_cannot_honour_are_config_errors(tmp_path, classes, problem):
     with pytest.raises(ConfigError, match=problem):
         _config(tmp_path, classes)
+
+
+def test_a_workspace_grid_engine_would_split_is_a_config_error(tmp_path):
+    # qsub -o takes a comma-separated list of paths: no quoting saves a ',' in the log path.
+    with pytest.raises(ConfigError, match="hpc_env.workspace: Grid Engine cannot take a ','"):
+        _config(tmp_path, {"default": {}}, cluster="a,b")
+    assert _config(tmp_path, {"default": {}}, cluster="a:b").scheduler == "sge"     # -o ":path"

@@ -68,7 +68,9 @@ def pipeline(tmp_path, counted, sge_cluster):
     made = []
 
     def make(classes: dict, **settings) -> Pipeline:
-        made.append(Pipeline(tmp_path / f"p{len(made)}", classes, scheduler="sge", **settings))
+        # A space in every path qsub is given.  (A colon, which -o would read as "host:",
+        # cannot be tried here: the deployed code's PYTHONPATH could not hold it either.)
+        made.append(Pipeline(tmp_path / f"p {len(made)}", classes, scheduler="sge", **settings))
         return made[-1]
 
     yield make
