@@ -9,17 +9,17 @@ stdlib); a runner asks nothing at its start, since its time left is its class's 
 import os
 import pwd
 import socket
-import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
 
+from . import commands
+from .durations import parse_clock
 from .files import read_json, write_json
+from .protocol import RunnerState
 from .sched_slurm import JOB_NAME_PREFIX, job_name
 from .schedulers import (
-    ENDING,
-    PENDING,
-    RUNNING,
+    Connector,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
@@ -27,6 +27,8 @@ from .schedulers import (
     kill_job_group,
     store_tag,
 )
+
+PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
 
 QSTAT_TIMEOUT_SECONDS = 60
 QSUB_TIMEOUT_SECONDS = 120
@@ -176,14 +178,8 @@ def error_reasons(stdout):
 
 def _seconds(text):
     """Seconds from a time as Grid Engine prints a limit: ``3600`` or ``1:00:00``."""
-    parts = (text or "").strip().split(":")
-    try:
-        value = 0
-        for part in parts:
-            value = value * 60 + int(part)
-        return value
-    except ValueError:
-        return None
+    text = (text or "").strip()
+    return int(text) if text.isdigit() else parse_clock(text)
 
 
 def _local_time(text):
@@ -211,14 +207,14 @@ def _user_name():
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-class GridEngineConnector(object):
+class GridEngineConnector(Connector):
     name = "sge"
     # qstat shows a job from the moment qsub returns: a submitted runner that a good
     # listing does not show has ended.
     lists_at_submission = True
 
     def __init__(self, store):
-        self.store = store
+        super(GridEngineConnector, self).__init__(store)
         self.tag = store_tag(store.root)
         # Not a .json name: the head node reads those in runners/ as runner records.
         self._cache = os.path.join(store.runners_dir(), "qstat-last.cache")
@@ -227,32 +223,18 @@ class GridEngineConnector(object):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
         call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
         try:
-            done = subprocess.run(call, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, cwd=self.store.root,
-                                  timeout=QSUB_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired as error:
-            raise SubmitFailed("qsub: %s" % error, uncertain=True) from error
-        except OSError as error:
-            raise SubmitFailed("qsub: %s" % error) from error
-        if done.returncode != 0:
-            raise SubmitFailed("qsub failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
-        try:
-            return parse_qsub(done.stdout)
-        except ValueError as error:
+            return parse_qsub(commands.run(call, QSUB_TIMEOUT_SECONDS, env=env, cwd=self.store.root))
+        except commands.CommandUnavailable as error:
+            raise SubmitFailed(str(error), uncertain=error.timed_out) from error
+        except (commands.CommandFailed, ValueError) as error:
             raise SubmitFailed(str(error)) from error
 
     def list_runners(self):
         try:
-            done = subprocess.run(qstat_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, timeout=QSTAT_TIMEOUT_SECONDS)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise SchedulerUnavailable("qstat: %s" % error) from error
-        if done.returncode != 0:
-            raise SchedulerUnavailable("qstat failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
-        try:
-            runners = parse_qstat(done.stdout, self.tag)
-            failed = jobs_in_error(done.stdout, self.tag)
-        except ValueError as error:
+            stdout = commands.run(qstat_argv(), QSTAT_TIMEOUT_SECONDS)
+            runners = parse_qstat(stdout, self.tag)
+            failed = jobs_in_error(stdout, self.tag)
+        except (commands.CommandUnavailable, commands.CommandFailed, ValueError) as error:
             raise SchedulerUnavailable(str(error)) from error
         if failed:
             self._delete_failed(failed)
@@ -262,13 +244,11 @@ class GridEngineConnector(object):
     def _delete_failed(self, sched_ids):
         for sched_id in sched_ids:
             try:
-                shown = subprocess.run(["qstat", "-j", str(sched_id)], stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, universal_newlines=True,
-                                       timeout=QSTAT_TIMEOUT_SECONDS).stdout
-            except (OSError, subprocess.TimeoutExpired):
-                shown = ""
+                reasons = error_reasons(commands.run(["qstat", "-j", str(sched_id)], QSTAT_TIMEOUT_SECONDS))
+            except (commands.CommandUnavailable, commands.CommandFailed):
+                reasons = []
             sys.stderr.write("Grid Engine job %s of a runner is in error state; deleting it: %s\n"
-                             % (sched_id, "; ".join(error_reasons(shown)) or "no reason given"))
+                             % (sched_id, "; ".join(reasons) or "no reason given"))
         self.cancel(sched_ids)
 
     def last_known_runners(self):
@@ -277,9 +257,8 @@ class GridEngineConnector(object):
     def cancel(self, sched_ids):
         if sched_ids:
             try:
-                subprocess.run(qdel_argv(sched_ids), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               timeout=QSTAT_TIMEOUT_SECONDS)
-            except (OSError, subprocess.TimeoutExpired):
+                commands.run(qdel_argv(sched_ids), QSTAT_TIMEOUT_SECONDS)
+            except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
 
     def kill_leftovers(self, job_id, claim):

@@ -8,6 +8,7 @@ import time
 import pytest
 from dropbox_runner.on_hpc import schedulers
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import RunnerState
 from dropbox_runner.on_hpc.sched_sge import (
     GridEngineConnector,
     allocated_gpus,
@@ -21,7 +22,9 @@ from dropbox_runner.on_hpc.sched_sge import (
     qsub_argv,
     runner_state,
 )
-from dropbox_runner.on_hpc.schedulers import ENDING, PENDING, RUNNING, RunnerInfo
+from dropbox_runner.on_hpc.schedulers import RunnerInfo
+
+PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
 
 COMMAND = ["env", "PYTHONPATH=/home/me/on hpc", "python3", "-m", "on_hpc", "run", "/w/runners/r.json"]
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from dropbox_runner.on_hpc.files import read_json
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import RunnerState
 from dropbox_runner.on_hpc.sched_slurm import job_name
-from dropbox_runner.on_hpc.schedulers import ENDING, connector, store_tag
+from dropbox_runner.on_hpc.schedulers import connector, store_tag
 from sshsetup import CountingTransport, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
@@ -213,7 +214,7 @@ def test_a_runner_grid_engine_cannot_start_is_deleted_with_its_reason(sge_cluste
         assert time.monotonic() < deadline, sge_cluster.run("qstat", "-u", "*").stdout
         time.sleep(0.5)
     runners = sge.list_runners()
-    assert runners["default-20261122T000000-abcdef"].state == ENDING
+    assert runners["default-20261122T000000-abcdef"].state == RunnerState.ENDING
     said = capsys.readouterr().err
     assert f"Grid Engine job {sched_id} of a runner is in error state; deleting it:" in said
     assert "can't chdir to " + str(tmp_path / "no such folder") in said
