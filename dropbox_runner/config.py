@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import templates as packaged_templates
+from .on_hpc.resources import memory_mb
 from .units import parse_duration, parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
@@ -42,6 +43,9 @@ class ResourceClass:
     warn_seconds: int = 60               # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
+    gpus: list[str] | str | None = None  # local scheduler: GPU ids, "none", or None/"auto" to find them
+    launch: str | None = None            # slurm: "step" (default) or "process"
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -158,9 +162,10 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners"):
+        for key in ("slots", "max_runners", "nodes"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        problems += _resource_problems(config, name, settings)
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
         config.cluster_root = root
@@ -184,6 +189,23 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         config.submitter_id = default_submitter_id(config.dropbox)
     elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
         problems.append("submitter_id: use 1-40 letters, digits, '-' or '_'")
+
+
+def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
+    problems = []
+    if settings.launch not in (None, "step", "process"):
+        problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
+    elif settings.launch == "step" and config.scheduler != "slurm":
+        problems.append(f"classes.{name}.launch: step needs scheduler: slurm")
+    if settings.nodes > 1 and (config.scheduler != "slurm" or settings.launch == "process"):
+        problems.append(f"classes.{name}.nodes: more than one node needs scheduler: slurm and job steps "
+                        f"(plain processes run on the batch node only)")
+    if settings.memory is not None:
+        try:
+            memory_mb(settings.memory)
+        except ValueError as error:
+            problems.append(f"classes.{name}.memory: {error}")
+    return problems
 
 
 def default_submitter_id(dropbox: Path) -> str:
@@ -234,6 +256,13 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
         return {str(k): "" if v is None else str(v) for k, v in _mapping(raw).items()}
     if key == "extra_args":
         return [str(item) for item in _list(raw)]
+    if key == "gpus":
+        if raw in ("none", "auto"):
+            return None if raw == "auto" else raw
+        if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
+                                         isinstance(item, str) and item.isdigit() for item in raw):
+            return [str(item) for item in raw]
+        raise TypeError(f"expected a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":
         if not isinstance(raw, bool):
             raise TypeError(f"expected true or false, got {raw!r}")
