@@ -4,8 +4,8 @@ It claims jobs with a rename (see ``jobstore``), runs as many at once as the all
 CPUs, memory and GPUs hold (see ``resources``: each job takes what it asked for, or one
 ``slots``-th of a node), each in its own process group, or as a Slurm job step that Slurm
 confines to what the job asked for, and keeps taking jobs that arrive while it runs.  It
-never starts a job that expects more time than the allocation has left, and when told to stop (the scheduler's early warning, SIGTERM,
-Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
+never starts a job that expects more time than the allocation has left, and when told to
+stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import os
 import select
