@@ -64,7 +64,15 @@ def run_block(job_id: str, record: dict[str, Any], stdout: str, stderr: str,
     }
     if record.get("signal"):
         block["signal"] = record["signal"]
+    if record.get("step_id"):
+        block["scheduler_step_id"] = record["step_id"]
     return block
+
+
+def resource_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """Where a run ran and with what: its Slurm step, its node, what it was given."""
+    keys = (("step_id", "scheduler_step_id"), ("node", "node"), ("resources", "resources"))
+    return {name: record[key] for key, name in keys if record.get(key) is not None}
 
 
 def read_stream(path: Path) -> str:

@@ -140,9 +140,26 @@ def status(request, sched=None):
                                       listed_at_once=_lists_at_once(sched), forget=False)
     return {
         "scheduler_ok": scheduler_ok,
-        "runners": [describe_runner(store, info) for info in sorted(runners.values())],
+        "runners": [dict(describe_runner(store, info), nodes=node_use(store, info.runner_id))
+                    for info in sorted(runners.values())],
         "counts": count_states(store.states()),
     }
+
+
+def node_use(store, runner_id):
+    """What each node of a running runner holds and what its jobs booked there, from the
+    nodes it recorded at its start and the claims of its jobs (read for status only)."""
+    alive = read_json(os.path.join(store.runners_dir(), runner_id + ".alive.json"), {})
+    nodes = dict((node["node"], dict(node)) for node in alive.get("nodes") or [])
+    for job_id in store.claimed_jobs(runner_id):
+        claim = read_json(os.path.join(store.job_dir(job_id), "claim.json"), {})
+        node, request = nodes.get(claim.get("node")), claim.get("request") or {}
+        if claim.get("runner") != runner_id or node is None:
+            continue
+        node["jobs"] += 1
+        for key, asked in (("cpus", "cpus"), ("memory_mb", "memory_mb"), ("gpus", "gpus")):
+            node[key] = [node[key][0] + int(request.get(asked) or 0), node[key][1]]
+    return list(nodes.values())
 
 
 def wait(request):

@@ -94,7 +94,8 @@ class Runner(object):
 
     def run(self):
         write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
-                                     "started": time.time(), "deadline": self.deadline})
+                                     "started": time.time(), "deadline": self.deadline,
+                                     "nodes": self.ledger.describe()})
         log("runner %s up on %s: %s; jobs as %s; %s" % (
             self.runner_id, self.host, "; ".join(_node_text(node) for node in self.ledger.nodes),
             "job steps" if self.steps else "processes", self._left_text()))
