@@ -70,9 +70,18 @@ def pipeline2(tmp_path, monkeypatch, two_nodes):
     yield from _pipelines(tmp_path, monkeypatch, two_nodes)
 
 
-def _probe(p: Pipeline, output: str) -> dict[str, str]:
-    text = (p.root / "out" / output).read_text()
-    return dict(line.split("=", 1) for line in text.splitlines())
+def _probe(p: Pipeline, output: str, path: Path | None = None) -> dict[str, str]:
+    """What the probe template wrote: at its destination, or (``path``: the job, while it
+    runs) in its folder on the cluster side."""
+    where = p.root / "out" / output if path is None else p.workspace / "jobs" / p.job_id(path) / "output" / output
+    return dict(line.split("=", 1) for line in where.read_text().splitlines())
+
+
+def _probed(p: Pipeline, path: Path, output: str) -> bool:
+    try:
+        return (p.workspace / "jobs" / p.job_id(path) / "output" / output).exists()
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _cpus(affinity: str) -> set[int]:
@@ -110,10 +119,12 @@ def test_jobs_run_as_steps_with_the_cpus_and_gpus_they_asked_for(pipeline, cgrou
     # Each ran as its own step of the one runner allocation; the step is in the provenance.
     steps = [probes[n]["step"] for n in ("wide", "n0", "n1")]
     assert len(set(steps)) == 3 and len({s.split(".")[0] for s in steps}) == 1
-    for name, block in blocks.items():
-        short = name[: -len(".job")]
-        assert block["provenance"]["scheduler_step_id"] == probes[short]["step"]
-        assert block["scheduler_step_id"] == probes[short]["step"]
+    for path, output in zip((wide, *narrow), ("wide", "n0", "n1")):
+        block = blocks[path.name]
+        assert block["scheduler_step_id"] == probes[output]["step"]
+        assert block["provenance"]["scheduler_step_id"] == probes[output]["step"]
+        assert block["provenance"]["node"] == cgroup_cluster.node
+    assert blocks[wide.name]["provenance"]["resources"] == {"cpus": 2, "memory_mb": 500, "gpus": 0}
 
 
 def test_a_step_is_named_after_its_job(pipeline, cgroup_cluster):
@@ -147,8 +158,8 @@ def test_a_job_over_its_memory_is_killed_alone(pipeline, cgroup_cluster):
 def test_cancel_of_a_running_job_ends_its_step(pipeline, cgroup_cluster):
     p = pipeline({"default": {"cpus": 2, "slots": 2, "idle_timeout": 3}})
     path = p.drop("probe", "doomed", args={"seconds": 300}, cpus=1)
-    p.run_until(lambda: (p.root / "out" / "doomed").exists(), 60, "the job started")
-    probe = _probe(p, "doomed")
+    p.run_until(lambda: _probed(p, path, "doomed"), 60, "the job started")
+    probe = _probe(p, "doomed", path)
     step = probe["step"]
     assert step in cgroup_cluster.run("squeue", "-s", "-h", "-o", "%i").stdout.split()
     request_cancel(p.config, [path.name])
@@ -174,7 +185,7 @@ def test_plain_processes_stay_a_class_option(pipeline, cgroup_cluster):
 def test_a_2_node_runner_places_jobs_on_both_nodes(pipeline2, two_nodes):
     p = pipeline2({"wide": {"nodes": 2, "cpus": 2, "slots": 2, "idle_timeout": 3}}, default_class="wide")
     paths = [p.drop("probe", f"j{n}", args={"seconds": 6}, cpus=2) for n in range(2)]
-    p.run_until(lambda: all((p.root / "out" / f"j{n}").exists() for n in range(2)), 90, "both jobs started")
+    p.run_until(lambda: all(_probed(p, path, f"j{n}") for n, path in enumerate(paths)), 90, "both jobs started")
     status = format_status(gather_status(p.config, LocalTransport()))
     p.run_all(paths, timeout=90)
     blocks = [p.result(path)["job"] for path in paths]
