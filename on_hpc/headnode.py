@@ -17,6 +17,7 @@ import uuid
 
 from .files import listdir, read_json, write_json
 from .jobstore import ABSENT, DONE, JobStore
+from .runner import START_ERROR_SUFFIX
 from .schedulers import (
     ENDING,
     PENDING,
@@ -82,6 +83,7 @@ def cycle(request, sched=None):
                         runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
         else:
             runners = with_recent_submissions(store, runners, listing_ok=False)
+    errors += start_errors(store)
     if requeued or refused:
         states = store.states()
 
@@ -113,6 +115,21 @@ def workspace_lock(store):
         yield
     finally:
         os.close(fd)
+
+
+def start_errors(store):
+    """Why runners could not start (a GPU class with no GPU to be found), each told once."""
+    errors = []
+    for name in listdir(store.runners_dir()):
+        if name.endswith(START_ERROR_SUFFIX):
+            path = os.path.join(store.runners_dir(), name)
+            try:
+                with open(path) as handle:
+                    errors.append(handle.read(4096))
+                os.unlink(path)
+            except OSError:
+                pass
+    return errors
 
 
 def remove_collected(store, states, submitter, in_flight):

@@ -17,11 +17,13 @@ import sys
 import time
 
 from .files import read_json, write_json
+from .gpus import NoGpus
 from .jobstore import CANCELLED_RECORD, JobStore
 from .resources import Ledger, job_request
 from .schedulers import connector, effective_warn_seconds
 
 POLL_SECONDS = 0.2
+START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
 # A job that dies by a signal may have been hit by the same signal that is about to stop
@@ -400,4 +402,13 @@ def main(spec_path):
     spec = read_json(spec_path)
     if not spec:
         raise SystemExit("runner spec %s is missing or unreadable" % spec_path)
-    Runner(spec).run()
+    try:
+        runner = Runner(spec)
+    except NoGpus as error:
+        # The environment's fault: the jobs wait, and the next cycle tells the operator.
+        message = "runner %s of class %s cannot start: %s" % (spec["id"], spec["class"], error)
+        log(message)
+        with open(os.path.join(os.path.dirname(spec_path), spec["id"] + START_ERROR_SUFFIX), "w") as handle:
+            handle.write(message)
+        raise SystemExit(2) from None
+    runner.run()
