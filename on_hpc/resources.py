@@ -142,6 +142,10 @@ class Ledger(object):
         self.nodes = list(nodes)
         self._by_name = dict((node.name, node) for node in self.nodes)
 
+    def full(self):
+        """No CPU free on any node: no job can start (each takes at least one)."""
+        return all(node.used_cpus >= node.cpus for node in self.nodes)
+
     def fits_anywhere(self, request):
         """Whether the job would fit an empty allocation like this one."""
         return any(request.cpus <= node.cpus and request.gpus <= len(node.gpus)

@@ -140,7 +140,7 @@ class Runner(object):
             return 0
         unfit = 0
         for job_id in self.store.ready_jobs(self.job_class):
-            if self.stop_reason or (self.one_job and self.started):
+            if self.stop_reason or (self.one_job and self.started) or self.ledger.full():
                 break
             meta = self.store.job_meta(job_id)
             expected = meta.get("expected_seconds") or 0
@@ -282,6 +282,9 @@ class Runner(object):
             record["resources"] = dict(job.request._asdict())
             if self.steps:
                 record["step_id"] = _step_id(self.store.job_dir(job_id), self.sched_id)
+                if code and _out_of_memory(os.path.join(self.store.job_dir(job_id), "stderr")):
+                    record["error"] = ("killed by Slurm for using more than the %dM memory it asked for "
+                                       "(srun: Out Of Memory)" % job.request.memory_mb)
         if cancelled:
             record.update(CANCELLED_RECORD, rc=code)
         return record
@@ -341,6 +344,18 @@ def _step_id(job_dir, sched_id):
         return None
     job, _, step = text.partition(".")
     return text if job == str(sched_id) and step.isdigit() else None
+
+
+def _out_of_memory(stderr_path):
+    """srun's own report, at the end of the job's stderr, that the step's memory cgroup
+    killed it."""
+    try:
+        with open(stderr_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            return b"Out Of Memory" in handle.read()
+    except OSError:
+        return False
 
 
 def _remove(path):

@@ -79,7 +79,7 @@ def test_the_ledger_fills_every_node_and_knows_what_can_never_fit():
     ledger = Ledger([Node("n1", 2, None, []), Node("n2", 2, None, [])])
     placed = [ledger.place(Request(2, 10 ** 6, 0)) for _ in range(3)]
     assert [p and p.node for p in placed] == ["n1", "n2", None]   # memory not counted
-    assert not ledger.fits_anywhere(Request(3, 0, 0))
+    assert ledger.full() and not ledger.fits_anywhere(Request(3, 0, 0))
     assert not ledger.fits_anywhere(Request(1, 0, 1))
 
 

@@ -146,7 +146,8 @@ def test_a_job_over_its_memory_is_killed_alone(pipeline, cgroup_cluster):
     calm, greedy = p.result(neighbour)["job"], p.result(hog)["job"]
     assert calm["status"] == "ok", p.diagnostics()
     assert greedy["status"] == "error"
-    assert "Out Of Memory" in greedy["stderr"] or "oom" in greedy["stderr"].lower(), greedy
+    assert "Out Of Memory" in greedy["stderr"], greedy
+    assert greedy["message"] == "killed by Slurm for using more than the 100M memory it asked for (srun: Out Of Memory)"
     assert not (p.root / "out" / "hog").exists()
     assert _overlap(calm, greedy)
     # The same job with the memory it needs runs.
