@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["SLURM_CONF"] = str(slurm.conf)
     root = Path(tempfile.mkdtemp(prefix="dbr-steps-"))
     try:
-        report = {"cluster": "cgroup" if options.cgroup else "plain (proctrack/pgid, task/none)",
+        report = {"cluster": "cgroup" if options.cgroup else "plain",
                   "process": burst(root / "process", options.jobs, "process"),
                   "step": burst(root / "step", options.jobs, "step")}
         report["step_minus_process_ms"] = round(report["step"]["job_ms_median"]
