@@ -157,10 +157,16 @@ def status(request, sched=None):
                                       listed_at_once=_lists_at_once(sched), forget=False)
     return {
         "scheduler_ok": scheduler_ok,
-        "runners": [dict(describe_runner(store, info), nodes=node_use(store, info.runner_id))
-                    for info in sorted(runners.values())],
+        "runners": [with_node_use(store, describe_runner(store, info)) for info in sorted(runners.values())],
         "counts": count_states(store.states()),
     }
+
+
+def with_node_use(store, described):
+    nodes = node_use(store, described["runner"])
+    if nodes:
+        described["nodes"] = nodes
+    return described
 
 
 def node_use(store, runner_id):
