@@ -7,8 +7,10 @@ table of the results.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,17 +37,28 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
     job_files = [submit(config.dropbox, job) for job in _demo_jobs(root, count)]
     transport = LocalTransport()
     started = time.monotonic()
+    # The cycles' own log lines would break the progress line; -v still shows them.
+    quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
+    terminal = sys.stdout.isatty() and quiet
+    if quiet:
+        logging.getLogger("dropbox_runner").setLevel(logging.WARNING)
+    last = ""
     while True:
         run_once(config, transport)
         listing = Dropbox(config.dropbox).scan()
         done = sum(1 for path in job_files if path.name in listing.finished)
         elapsed = time.monotonic() - started
-        print(f"\r{done}/{len(job_files)} finished, {len(listing.submitted)} on the cluster, "
-              f"{len(listing.new)} waiting, {elapsed:.1f}s", end="", flush=True)
+        line = (f"{done}/{len(job_files)} finished, {len(listing.submitted)} on the cluster, "
+                f"{len(listing.new)} waiting")
+        if terminal:
+            print(f"\r{line}, {elapsed:.1f}s\033[K", end="", flush=True)
+        elif line != last:                 # a log file or a pipe gets whole lines, once each
+            print(f"{line}, {elapsed:.1f}s", flush=True)
+        last = line
         if done == len(job_files) or elapsed > TIMEOUT_SECONDS:
             break
         time.sleep(0.5)
-    print("\n")
+    print("\n" if terminal else "")
     rows = [("JOB", "SCRIPT", "STATUS", "RC", "RUNNER", "MESSAGE / OUTPUT")]
     for path in job_files:
         result = Dropbox(config.dropbox).read_result(path.name)
@@ -56,7 +69,7 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
         outputs = result.get("output_map") or {}
         detail = job["message"] if job["status"] != "ok" else _first_output(outputs)
         rows.append((path.name[:8], str(result.get("script", "?")), job["status"], str(job["rc"]),
-                     str(job.get("runner") or "-")[:24], detail[:90]))
+                     str(job.get("runner") or "-"), textwrap.shorten(" ".join(detail.split()), 70, placeholder=" ...")))
     print("\n".join(table(rows)))
     missing = sum(1 for row in rows[1:] if row[2] == "missing")
     print(f"\nresults and outputs are in {config.dropbox} and {root / 'outputs'}")

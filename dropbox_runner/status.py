@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import __version__
 from .cluster import ClusterSide
 from .config import Config
 from .dropbox import Dropbox
@@ -15,6 +16,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
     listing = dropbox.scan()
     ages = [dropbox.age(name) for name in listing.new]
     status: dict[str, Any] = {
+        "version": __version__,
         "dropbox": str(config.dropbox),
         "jobs": {"waiting": len(listing.new), "submitted": len(listing.submitted),
                  "finished": len(listing.finished)},
@@ -22,7 +24,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
         "checked_at": time.time(),
     }
     try:
-        cluster = ClusterSide(config, transport).call("status", {})
+        cluster = ClusterSide(config, transport).call("status", {}, deploy=False)
         status["cluster"] = cluster
     except TransportError as error:
         status["cluster_error"] = str(error)
@@ -31,7 +33,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
 
 def format_status(status: dict[str, Any]) -> str:
     jobs = status["jobs"]
-    lines = [f"dropbox {status['dropbox']}",
+    lines = [f"dropbox-runner {status['version']}, dropbox {status['dropbox']}",
              f"  waiting {jobs['waiting']}, on the cluster {jobs['submitted']}, finished {jobs['finished']}"]
     if status["oldest_waiting_seconds"] is not None:
         lines.append(f"  oldest waiting job: {status['oldest_waiting_seconds']:.0f}s")
@@ -47,11 +49,12 @@ def format_status(status: dict[str, Any]) -> str:
     if not runners:
         lines.append("runners: none")
         return "\n".join(lines)
-    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS")]
+    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS", "REASON")]
     for runner in runners:
         left = runner["time_left"]
         rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
-                     "unlimited" if left is None else _duration(left), str(runner["jobs"])))
+                     "unlimited" if left is None else _duration(left), str(runner["jobs"]),
+                     runner.get("reason") or "-"))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
     return "\n".join(lines)

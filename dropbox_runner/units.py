@@ -2,9 +2,13 @@
 "90s", "30m", "2h", "1d" or Slurm's "[days-]hours:minutes:seconds"; sizes like "10G"."""
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The two written forms of a duration (lower-cased, stripped): also the JSON Schema's.
+DURATION_SUFFIXED = r"(\d+(?:\.\d+)?)\s*([smhd]?)"
+DURATION_CLOCK = r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)"
 
 
 def parse_duration(value: object) -> int:
@@ -12,12 +16,14 @@ def parse_duration(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:   # .inf in YAML; a negative time means nothing
+            raise ValueError(f"{value!r} is not a duration (a number of seconds, 0 or more)")
         return int(value)
     text = str(value).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    match = re.fullmatch(DURATION_SUFFIXED, text)
     if match:
         return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
-    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    match = re.fullmatch(DURATION_CLOCK, text)
     if match:
         days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
         return ((days * 24 + hours) * 60 + minutes) * 60 + seconds

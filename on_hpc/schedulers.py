@@ -13,7 +13,8 @@ PENDING, RUNNING, ENDING = "pending", "running", "ending"
 
 # One line of the scheduler's view of a runner.  ``time_left`` is seconds, or None when
 # the allocation has no limit.
-RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left")
+# reason: why the scheduler keeps a pending runner waiting (squeue's %r), for status.
+RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left reason", defaults=("",))
 
 
 class SchedulerUnavailable(Exception):
