@@ -238,7 +238,9 @@ def command_status(options: argparse.Namespace) -> int:
     finally:
         transport.close()
     print(json.dumps(status, indent=1) if options.json else format_status(status))
-    return EXIT_CLUSTER_DOWN if "cluster_error" in status else EXIT_OK
+    if "cluster_error" in status:
+        return EXIT_CLUSTER_DOWN
+    return EXIT_REMOTE_FAILED if "cluster_failed" in status else EXIT_OK
 
 
 def command_list(options: argparse.Namespace) -> int:

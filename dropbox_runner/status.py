@@ -8,7 +8,7 @@ from . import __version__
 from .cluster import ClusterSide
 from .config import Config
 from .dropbox import Dropbox
-from .transport import Transport, TransportError
+from .transport import NotDeployed, RemoteCommandFailed, Transport, TransportError
 
 
 def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
@@ -26,6 +26,10 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
     try:
         cluster = ClusterSide(config, transport).call("status", {}, deploy=False)
         status["cluster"] = cluster
+    except NotDeployed as error:          # reached, but no cycle has run yet: nothing to report
+        status["cluster_note"] = str(error)
+    except RemoteCommandFailed as error:
+        status["cluster_failed"] = str(error)
     except TransportError as error:
         status["cluster_error"] = str(error)
     return status
@@ -39,6 +43,12 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  oldest waiting job: {status['oldest_waiting_seconds']:.0f}s")
     if "cluster_error" in status:
         lines.append(f"cluster: unreachable: {status['cluster_error']}")
+        return "\n".join(lines)
+    if "cluster_failed" in status:
+        lines.append(f"cluster: reached, but the status command failed: {status['cluster_failed']}")
+        return "\n".join(lines)
+    if "cluster_note" in status:
+        lines.append(f"cluster: {status['cluster_note']}")
         return "\n".join(lines)
     cluster = status["cluster"]
     counts = ", ".join(f"{state} {count}" for state, count in sorted(cluster["counts"].items())) or "empty"
