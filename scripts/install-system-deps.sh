@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the system programs the real-cluster tests run (Debian 12, as root):
-# Slurm (slurmctld, slurmd, sbatch), munge, OpenSSH server and rsync.
+# Slurm (slurmctld, slurmd, sbatch), munge, OpenSSH server and rsync; systemd's
+# systemd-analyze, which checks the shipped unit file.
 # Idempotent: when every binary is already present it exits at once (apt is slow).
 set -euo pipefail
 
-needed=(sshd rsync slurmctld slurmd sbatch munged)
+needed=(sshd rsync slurmctld slurmd sbatch munged systemd-analyze)
 missing=()
 for prog in "${needed[@]}"; do
     if ! command -v "$prog" >/dev/null 2>&1 \
@@ -25,4 +26,4 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y slurm-wlm munge openssh-server rsync
+apt-get install -y slurm-wlm munge openssh-server rsync systemd
