@@ -23,7 +23,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check '.[test]'
 # Lint and the cluster side's Python 3.8 floor fail the test command like a failing test.
 "$venv/bin/python" -m ruff check .
-"$venv/bin/python" -m vermin --quiet --no-tips --violations --eval-annotations -t=3.8- on_hpc
+"$venv/bin/vermin" --quiet --no-tips --violations --eval-annotations -t=3.8- on_hpc
 # Never import the source tree from the current folder: the tests use the installed package.
 export PYTHONSAFEPATH=1
 exec "$venv/bin/python" -m pytest "$@"
