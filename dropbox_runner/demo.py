@@ -37,11 +37,11 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
     job_files = [submit(config.dropbox, job) for job in _demo_jobs(root, count)]
     transport = LocalTransport()
     started = time.monotonic()
-    # The cycles' own log lines would break the progress line; -v still shows them.
+    # The cycles' own log lines would break the progress line (the table says what they say); -v shows them.
     quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
     terminal = sys.stdout.isatty() and quiet
     if quiet:
-        logging.getLogger("dropbox_runner").setLevel(logging.WARNING)
+        logging.getLogger("dropbox_runner").setLevel(logging.ERROR)   # the table shows the rejection
     last = ""
     while True:
         run_once(config, transport)

@@ -277,3 +277,14 @@ def test_metrics_are_whole_on_idle_cycles_readable_by_others_and_precise(tmp_pat
     assert before - 1 <= last <= time.time() + 1                  # %g would have said 1.79e+09
     record_cycle(config, None)
     assert _samples(prom.read_text())['dropbox_runner_cycles_total{outcome="failed"}'] == "1"
+
+
+# ------------------------------------------------------------------ the demo
+def test_the_demo_prints_whole_lines_and_whole_runner_ids_when_piped(tmp_path):
+    done = run_cli("demo", "--dir", str(tmp_path / "demo"), "--jobs", "3", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "\r" not in done.stdout and done.stderr == ""          # no log lines glued onto progress
+    runners = re.findall(r"\b(default-\d{8}T\d{6}-[0-9a-f]{6})\b", done.stdout)
+    assert runners, done.stdout                                     # the whole id, not a common prefix
+    error_row = next(line for line in done.stdout.splitlines() if " error " in line)
+    assert error_row.rstrip().endswith(("does not exist", "..."))   # cut at a word, never mid-word
