@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
         outputs = result.get("output_map") or {}
         detail = job["message"] if job["status"] != "ok" else _first_output(outputs)
         rows.append((path.name[:8], str(result.get("script", "?")), job["status"], str(job["rc"]),
-                     str(job.get("runner") or "-"), textwrap.shorten(" ".join(detail.split()), 70, placeholder=" ...")))
+                     str(job.get("runner") or "-"), _abridge(detail)))
     print("\n".join(table(rows)))
     missing = sum(1 for row in rows[1:] if row[2] == "missing")
     print(f"\nresults and outputs are in {config.dropbox} and {root / 'outputs'}")
@@ -109,6 +108,20 @@ def _demo_jobs(root: Path, count: int) -> list[dict]:
             jobs.append({"script": "wordcount", "args": {"label": label},
                          "input_map": {"text": str(text)}, "output_map": {"counts": output}})
     return jobs
+
+
+def _abridge(text: str, width: int = 80) -> str:
+    """Whole words from both ends: an error's beginning says what, its end says why."""
+    words = text.split()
+    if len(" ".join(words)) <= width:
+        return " ".join(words)
+    head: list[str] = []
+    tail: list[str] = []
+    while words and len(" ".join(head + words[:1])) <= width // 2:
+        head.append(words.pop(0))
+    while words and len(" ".join(words[-1:] + tail)) <= width // 2 - 4:
+        tail.insert(0, words.pop())
+    return " ".join(head + ["..."] + tail)
 
 
 def _first_output(outputs: dict) -> str:

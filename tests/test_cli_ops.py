@@ -287,4 +287,4 @@ def test_the_demo_prints_whole_lines_and_whole_runner_ids_when_piped(tmp_path):
     runners = re.findall(r"\b(default-\d{8}T\d{6}-[0-9a-f]{6})\b", done.stdout)
     assert runners, done.stdout                                     # the whole id, not a common prefix
     error_row = next(line for line in done.stdout.splitlines() if " error " in line)
-    assert error_row.rstrip().endswith(("does not exist", "..."))   # cut at a word, never mid-word
+    assert error_row.rstrip().endswith("... does not exist")       # whole words, and the end that says why
