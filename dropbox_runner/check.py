@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config
+from .config import SYSTEM_FOLDERS, Config, ConfigError, load_config
 from .rendering import TemplateProblem, load_template, render
 from .transport import Transport, TransportError, open_transport
 
@@ -77,10 +77,11 @@ def run_checks(config_file: Path) -> list[CheckResult]:
         config = load_config(config_file)
         results.append(CheckResult("config", True, f"{config.source} loads"))
     except ConfigError as error:
-        results.append(CheckResult("config", False, str(error), f"edit {config_file}"))
-        try:
+        try:    # a config that only names missing folders or a missing key: those get a line each below
             config = load_config(config_file, check_folders=False)
+            results.append(CheckResult("config", True, f"{config.source} parses; what it names is checked below"))
         except ConfigError:
+            results.append(CheckResult("config", False, str(error), f"edit {config_file}"))
             return results
     results += check_local(config)
     if config.backend == "ssh":
@@ -112,10 +113,16 @@ def format_checks(results: list[CheckResult]) -> str:
 
 # -- this machine -----------------------------------------------------------------------
 def check_local(config: Config) -> list[CheckResult]:
-    results = [_folder("dropbox", config.dropbox, "tools drop .job files here; this account reads, "
-                       "renames and writes results in it")]
+    if config.dropbox in SYSTEM_FOLDERS:
+        results = [CheckResult("dropbox", False, f"{config.dropbox} is a system folder",
+                               "give the dropbox a folder of its own")]
+    else:
+        results = [_folder("dropbox", config.dropbox, "tools drop .job files here; this account reads, "
+                           "renames and writes results in it")]
     state = Path(config.state_dir)
-    if state.exists() or not state.parent.is_dir():
+    if not config.dropbox.is_dir() and config.dropbox in state.parents:
+        pass                                    # made with the dropbox: its line says what to do
+    elif state.exists() or not state.parent.is_dir():
         results.append(_folder("state_dir", state, "the submitter's own files"))
     elif not os.access(state.parent, os.W_OK | os.X_OK):
         results.append(CheckResult("state_dir", False, f"{state} cannot be made: {state.parent} is not writable",

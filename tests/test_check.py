@@ -62,8 +62,10 @@ def test_local_mistakes_each_found_with_a_fix(setup):
     shutil.rmtree(root / "textfile")
     shutil.rmtree(root / "dropbox")
     failed = _failed(run_checks(variant(dropbox=str(root / "dropbx"))))
-    assert {"config", "dropbox", "metrics folder"} <= set(failed), failed
+    assert {"dropbox", "metrics folder"} <= set(failed) and not {"config", "state_dir"} & set(failed), failed
     assert "mkdir -p" in failed["dropbox"]
+    failed = _failed(run_checks(variant(dropbox="/etc")))
+    assert "system folder" in failed["dropbox"], failed
     assert not (root / "dropbx").exists()                # check creates nothing
 
 
@@ -82,7 +84,7 @@ def test_key_mistakes(setup, sshd_server):
     failed = _failed(run_checks(variant(remote={"key_file": str(loose)})))
     assert "key file" in failed and "chmod 600" in failed["key file"], failed
     failed = _failed(run_checks(variant(remote={"key_file": str(root / "no_such_key")})))
-    assert "key file" in failed and "config" in failed, failed
+    assert set(failed) == {"key file"}, failed
 
 
 def test_an_untrusted_host_key_is_found_and_trust_host_is_the_fix(setup):
