@@ -17,16 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .on_hpc.files import write_atomic
-from .on_hpc.jobstore import DONE, READY, RUNNING
-from .on_hpc.schedulers import ENDING, PENDING
-from .on_hpc.schedulers import RUNNING as RUNNER_RUNNING
+from .on_hpc.protocol import JobState, RunnerState
 
 if TYPE_CHECKING:
     from .submitter import CycleReport
 
-DROPBOX_STATES = ("waiting", "submitted", "finished")
-CLUSTER_STATES = (READY, RUNNING, DONE)
-RUNNER_STATES = (PENDING, RUNNER_RUNNING, ENDING)
+DROPBOX_STATES = (JobState.WAITING, JobState.SUBMITTED, JobState.FINISHED)
+CLUSTER_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
+RUNNER_STATES = (RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING)
 COUNTERS = ("results_ok", "results_error", "runner_submissions", "requeues", "cycles_ok",
             "cycles_failed", "cycle_seconds_sum")
 

@@ -1,7 +1,7 @@
 """JSON Schemas of the ``.job`` file and of a result's ``job:`` block (``dropbox-runner schema``).
 
 Built from the definitions the submitter validates with (``jobs.JOB_FIELDS`` and its
-patterns, ``units``' duration forms), so a tool author who validates a job against this
+patterns, ``on_hpc.durations``' written forms), so a tool author who validates a job against this
 schema before dropping it meets the same rules; ``tests/test_schema.py`` runs both over
 the same hostile corpus and fails when they disagree.  Rules across fields (a key used in
 two maps, two outputs to one path) and rules about files (an input exists, an output
@@ -14,7 +14,7 @@ from typing import Any
 
 from . import __version__
 from .jobs import IDENTIFIER, JOB_FIELDS, RESERVED_VARIABLES, SCRIPT_NAME
-from .units import DURATION_CLOCK, DURATION_SUFFIXED
+from .on_hpc.durations import DURATION_CLOCK, DURATION_SUFFIXED
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -8,6 +8,7 @@ from . import __version__
 from .cluster import ClusterSide
 from .config import Config
 from .dropbox import Dropbox
+from .on_hpc.durations import format_clock
 from .transport import NotDeployed, RemoteCommandFailed, Transport, TransportError
 
 
@@ -24,7 +25,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
         "checked_at": time.time(),
     }
     try:
-        cluster = ClusterSide(config, transport).call("status", {}, deploy=False)
+        cluster = ClusterSide(config, transport).status()
         status["cluster"] = cluster
     except NotDeployed as error:          # reached, but no cycle has run yet: nothing to report
         status["cluster_note"] = str(error)
@@ -63,7 +64,7 @@ def format_status(status: dict[str, Any]) -> str:
     for runner in runners:
         left = runner["time_left"]
         rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
-                     "unlimited" if left is None else _duration(left), str(runner["jobs"]),
+                     "unlimited" if left is None else format_clock(left), str(runner["jobs"]),
                      runner.get("reason") or "-"))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
@@ -75,9 +76,3 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-def _duration(seconds: float) -> str:
-    """Like Slurm's time left: ``[days-]hours:minutes:seconds``."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    clock = f"{rest // 3600}:{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}-{clock}" if days else clock

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dropbox_runner.on_hpc.protocol import RunnerState
 from dropbox_runner.on_hpc.sched_slurm import parse_squeue
-from dropbox_runner.on_hpc.schedulers import PENDING, RunnerInfo
+from dropbox_runner.on_hpc.schedulers import RunnerInfo
 from helpers import drain, drop, run_cli, wait_until, write_config
 
 from dropbox_runner import cli
@@ -198,7 +199,7 @@ def test_status_never_deploys_shows_the_version_and_exits_1_when_unreachable(con
 def test_status_shows_squeues_pending_reason():
     listing = "101|dbr.tag.gpu-1|PENDING|1:00:00|Resources\n102|dbr.tag.gpu-2|RUNNING|59:00|None\n"
     found = parse_squeue(listing, "tag")
-    assert found["gpu-1"] == RunnerInfo("gpu-1", "101", PENDING, 3600, "Resources")
+    assert found["gpu-1"] == RunnerInfo("gpu-1", "101", RunnerState.PENDING, 3600, "Resources")
     assert found["gpu-2"].reason == ""                        # a running job's "None" is no reason
     text = format_status({"version": "1", "dropbox": "/d", "jobs": {"waiting": 0, "submitted": 1, "finished": 0},
                           "oldest_waiting_seconds": None,
@@ -268,7 +269,7 @@ def test_metrics_are_whole_on_idle_cycles_readable_by_others_and_precise(tmp_pat
     assert stat.S_IMODE(prom.stat().st_mode) == 0o644
     samples = _samples(prom.read_text())
     for series in ('dropbox_runner_dropbox_jobs{state="waiting"}', 'dropbox_runner_dropbox_jobs{state="submitted"}',
-                   'dropbox_runner_cluster_jobs{state="ready"}', 'dropbox_runner_cluster_jobs{state="running"}',
+                   'dropbox_runner_cluster_jobs{state="queued"}', 'dropbox_runner_cluster_jobs{state="running"}',
                    'dropbox_runner_runners{class="default",state="pending"}',
                    'dropbox_runner_runners{class="gpu",state="running"}'):
         assert samples[series] == "0", series
