@@ -19,14 +19,21 @@ class IsoFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
 
 
+_installed: list[logging.Handler] = []
+
+
 def configure(verbose: bool) -> None:
-    """Our messages at INFO (DEBUG with ``-v``) on stderr, where cron mails and journald reads."""
+    """Our messages at INFO (DEBUG with ``-v``) on stderr, where cron mails and journald reads.
+
+    Called again (``main`` run twice in one process), it replaces only its own handler,
+    never one another party (a test's log capture) installed."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(IsoFormatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
+    while _installed:
+        root.removeHandler(_installed.pop())
     root.addHandler(handler)
+    _installed.append(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(logging.WARNING if verbose else logging.CRITICAL)
