@@ -60,12 +60,13 @@ def format_status(status: dict[str, Any]) -> str:
     if not runners:
         lines.append("runners: none")
         return "\n".join(lines)
-    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS", "REASON")]
+    reasons = any(runner.get("reason") for runner in runners)    # squeue's, for pending runners only
+    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS") + (("REASON",) if reasons else ())]
     for runner in runners:
         left = runner["time_left"]
         rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
-                     "unlimited" if left is None else format_clock(left), str(runner["jobs"]),
-                     runner.get("reason") or "-"))
+                     "unlimited" if left is None else format_clock(left), str(runner["jobs"]))
+                    + ((runner.get("reason") or "-",) if reasons else ()))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
     return "\n".join(lines)

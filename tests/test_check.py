@@ -2,6 +2,7 @@
 and each set-up mistake an operator can make is found by its own line, with a fix."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -142,3 +143,20 @@ def test_check_json_output(setup):
     assert done.returncode == 5
     rows = yaml.safe_load(done.stdout)
     assert {"name": "class default", "ok": False} == {k: rows[-1][k] for k in ("name", "ok")}
+
+
+def test_status_shows_why_slurm_keeps_a_runner_pending(setup, sshd_server, slurm_cluster, tmp_path):
+    variant, root = setup
+    path = variant(classes={"default": {"slots": 1, "extra_args": ["--hold"]}}, grace_seconds=0)  # held: pending
+    (root / "out").mkdir()
+    try:
+        from dropbox_runner.client import submit
+        submit(root / "dropbox", {"script": "copy", "input_map": {"src": str(path)},
+                                  "output_map": {"dst": str(root / "out" / "o")}})
+        cycle = run_cli("once", "-v", "--config", str(path))
+        assert cycle.returncode == 0, cycle.stderr
+        done = run_cli("status", "--config", str(path))
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"pending\s+\S+\s+0\s+JobHeldUser", done.stdout), done.stdout + cycle.stderr
+    finally:
+        slurm_cluster.run("scancel", "-u", sshd_server.user)
