@@ -1,10 +1,11 @@
 """``dropbox-runner check``: everything a cycle needs, checked before the first one.
 
-Each check is one line, pass or fail, and a failure says how to fix it.  Checks never
-change anything on the cluster beyond a probe folder they remove again; on this machine
-they create nothing.  The cluster side is probed with one command: a stdlib script, fed
-to the configured interpreter on stdin, that reports its version, whether the workspace
-takes the queue's renames and locks, rsync, and the scheduler's answers, as JSON.
+Each check is one line, pass or fail, and a failure says how to fix it.  On this machine
+checks create nothing; on the cluster, only the workspace folder when it is missing (as
+the first cycle would) and a probe folder in it, removed again.  The cluster side is
+probed with one command: a stdlib script run by the configured interpreter (``-c``, its
+request on stdin) that reports its version, whether the workspace takes the queue's
+renames and locks, rsync, and the scheduler's answers, as JSON.
 """
 from __future__ import annotations
 

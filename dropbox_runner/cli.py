@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .config import ConfigError, load_config
 from .logsetup import configure as configure_logging
+from .on_hpc.protocol import JobState
 from .transport import RemoteCommandFailed, TransportError, open_transport
 
 log = logging.getLogger("dropbox_runner")
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = verb("list", "jobs with age, runner and attempts",
                    "Jobs from the history store, newest first, with age, runner and attempts.", command_list)
-    listing.add_argument("--state", action="append", help="only jobs in this state (repeatable): "
-                         "waiting, submitted, queued, running, finished")
+    listing.add_argument("--state", action="append", help="only jobs in this state (repeatable): " + ", ".join(
+        (JobState.WAITING, *JobState.IN_FLIGHT, JobState.FINISHED)))
     listing.add_argument("--name", help="only names matching this glob pattern")
     listing.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
     listing.add_argument("--rebuild", action="store_true", help="rebuild the history from the dropbox first")
