@@ -11,6 +11,7 @@ Values keep full precision (a Unix time in ``%g`` would lose its last four digit
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 DROPBOX_STATES = (JobState.WAITING, JobState.SUBMITTED, JobState.FINISHED)
 CLUSTER_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
 RUNNER_STATES = (RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING)
+log = logging.getLogger(__name__)
 COUNTERS = ("results_ok", "results_error", "runner_submissions", "requeues", "cycles_ok",
             "cycles_failed", "cycle_seconds_sum")
 
@@ -52,9 +54,12 @@ def record_cycle(config: Config, report: CycleReport | None) -> None:
         totals["last_success"] = time.time()
         totals["last"] = {"seconds": report.seconds, "dropbox": report.dropbox_counts,
                           "cluster": report.states, "runners": report.runners}
-    totals_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(totals_path), json.dumps(totals))
-    write_atomic(str(config.metrics_file), render(totals, list(config.classes)), mode=0o644)
+    try:
+        totals_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(str(totals_path), json.dumps(totals))
+        write_atomic(str(config.metrics_file), render(totals, list(config.classes)), mode=0o644)
+    except OSError as error:   # the work is done; a metrics folder gone or full must not fail the cycle
+        log.warning("metrics not written to %s: %s", config.metrics_file, error.strerror or error)
 
 
 def _number(value: float) -> str:

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs them (.ci/run calls it too).
 # Debian packages: sshd, rsync, Slurm and munge for the real-cluster tests, python3-venv.
-# Python: a virtual environment (.venv in the repository, or $DBR_VENV; PEP 668 refuses a
+# Python: a virtual environment (.venv-test in the repository, or $DBR_VENV; PEP 668 refuses a
 # bare pip install), the project installed into it the ordinary way (not editable: the
 # tests import the installed package), with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 . scripts/venv.sh
-venv=${DBR_VENV:-.venv}
+venv=${DBR_VENV:-.venv-test}
 if ! ensure_venv "$venv" 2>/dev/null; then
     if [ "$(id -u)" -ne 0 ]; then
         ensure_venv "$venv"     # says what to install

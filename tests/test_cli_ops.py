@@ -289,3 +289,13 @@ def test_the_demo_prints_whole_lines_and_whole_runner_ids_when_piped(tmp_path):
     assert runners, done.stdout                                     # the whole id, not a common prefix
     error_row = next(line for line in done.stdout.splitlines() if " error " in line)
     assert error_row.rstrip().endswith("... does not exist")       # whole words, and the end that says why
+
+
+def test_a_metrics_folder_that_vanishes_is_one_warning_not_a_failed_cycle(tmp_path, caplog):
+    (tmp_path / "textfile").mkdir()
+    config = load_config(write_config(tmp_path, metrics_file=str(tmp_path / "textfile" / "dbr.prom")))
+    (tmp_path / "textfile").rmdir()
+    drop(config, "one.job", _copy_job(tmp_path))
+    results = drain(config, ["one.job"])
+    assert results["one.job"]["job"]["status"] == "ok"
+    assert "metrics not written to" in caplog.text
