@@ -231,6 +231,18 @@ def test_config_problems_on_disk_are_reported_all_at_once_and_nothing_is_created
     assert not (tmp_path / "dropbx").exists()                  # a typo is never created
 
 
+def test_grid_engine_extra_args_cannot_override_the_runners_qsub_options(tmp_path):
+    (tmp_path / "box").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dropbox": str(tmp_path / "box"), "scheduler": "sge", "classes": {
+        "default": {"extra_args": ["-P", "lab", "-N", "mine", "-r", "y", "-l", "h_vmem=1G"]}}}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert "'-N' would override" in text and "'-r' would override" in text
+    assert "'-P'" not in text and "'-l'" not in text and "'lab'" not in text
+
+
 @pytest.mark.parametrize("folder", ["/", "/etc", "/tmp", "/usr/local"])
 def test_a_system_folder_is_never_a_dropbox(tmp_path, folder):
     path = tmp_path / "c.yaml"
