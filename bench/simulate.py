@@ -67,6 +67,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from on_hpc import policy  # noqa: E402  (the head node's own decision function)
+
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
 HOURS_PER_SECOND = 1 / 3600
 ONE_OFF, BULK = "one-off", "bulk"
@@ -120,13 +123,25 @@ class UserLimits:
 
 @dataclass(frozen=True)
 class RunnerClass:
-    """A resource class as the config declares it (``config.ResourceClass``), in hours."""
+    """A resource class as the config declares it (``config.ResourceClass``), in hours.
+
+    The submission settings (``speculate`` and after) default to ``on_hpc/policy.py``'s."""
 
     slots: int
     max_runners: int
     idle_timeout: float
     walltime: float
     gpu: bool          # each slot holds one GPU; otherwise one CPU core
+    adaptive_linger: bool = True
+    user_limit: int = 0
+    speculate: int = policy.SPECULATE
+    submit_cap: int = policy.SUBMIT_CAP
+    submit_per_hour: int = policy.SUBMIT_PER_HOUR
+
+    def settings(self) -> policy.Settings:
+        """What ``on_hpc/policy.py`` reads, in its seconds."""
+        return policy.Settings(self.slots, self.max_runners, self.user_limit, self.speculate, self.submit_cap,
+                               self.submit_per_hour, self.idle_timeout * 3600, self.adaptive_linger)
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,7 @@ class Outcome:
     gpu_hours: float          # GPUs held by allocations x hours, from start to end
     core_hours: float
     allocations: list[tuple[float, float]]   # (start, end) of every allocation, in start order
+    cancelled: int = 0        # allocations cancelled while still pending
 
 
 def cycle_index(hour: float, tick: float) -> int:
@@ -202,6 +218,15 @@ class EventLoop:
             action(now, *args)
 
 
+class Ticket:
+    """One submitted allocation until it starts: what ``Cluster.cancel`` takes back."""
+
+    def __init__(self, on_start: Callable[[float, int], None]):
+        self.on_start = on_start
+        self.cancelled = False
+        self.started = False
+
+
 class Cluster:
     """The batch scheduler as one user sees it: queue waits, the fairshare term, the running limit.
 
@@ -209,35 +234,51 @@ class Cluster:
     allocations pending at that moment, and calls ``on_start(hour, token)`` once the wait has
     passed and a place under the running limit is free; the owner hands ``token`` back to
     ``end`` when the allocation leaves.  Allocations held by the limit start first come (first
-    eligible) first served.
+    eligible) first served.  ``cancel`` takes back one that has not started (``scancel`` of a
+    pending job), which then no longer counts as pending.
     """
 
     def __init__(self, loop: EventLoop, queue: QueueWait, limits: UserLimits, rng: random.Random):
         self.loop, self.queue, self.limits, self.rng = loop, queue, limits, rng
         self.pending = 0      # submitted and not started, whether still waiting or held by the limit
         self.running = 0
-        self.held: deque[Callable[[float, int], None]] = deque()
+        self.held: deque[Ticket] = deque()
         self.allocations: list[list[float]] = []   # [start, end] per started allocation
+        self.cancelled = 0
 
-    def submit(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def submit(self, now: float, on_start: Callable[[float, int], None]) -> Ticket:
         wait = self.queue.draw(self.rng) + self.limits.fairshare_hours_per_pending * self.pending
         self.pending += 1
-        self.loop._at(now + wait, self._eligible, on_start)
+        ticket = Ticket(on_start)
+        self.loop._at(now + wait, self._eligible, ticket)
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        if ticket.started or ticket.cancelled:
+            raise ValueError("only a pending allocation can be cancelled")
+        ticket.cancelled = True
+        self.pending -= 1
+        self.cancelled += 1
+        if ticket in self.held:
+            self.held.remove(ticket)
 
     def _room(self) -> bool:
         return not self.limits.max_running or self.running < self.limits.max_running
 
-    def _eligible(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def _eligible(self, now: float, ticket: Ticket) -> None:
+        if ticket.cancelled:
+            return
         if self._room() and not self.held:
-            self._start(now, on_start)
+            self._start(now, ticket)
         else:
-            self.held.append(on_start)
+            self.held.append(ticket)
 
-    def _start(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def _start(self, now: float, ticket: Ticket) -> None:
         self.pending -= 1
         self.running += 1
+        ticket.started = True
         self.allocations.append([now, math.nan])
-        on_start(now, len(self.allocations) - 1)
+        ticket.on_start(now, len(self.allocations) - 1)
 
     def end(self, now: float, token: int) -> None:
         self.running -= 1
@@ -302,11 +343,13 @@ class Runner:
 
     class_name: str
     settings: RunnerClass
+    submitted: float = 0.0
     start: float | None = None     # None while it waits in the queue
     deadline: float = math.inf
     running: int = 0
     idle_since: float | None = None
     token: int = -1                # the cluster's handle on the allocation, once started
+    ticket: Ticket | None = None
 
     def free_slots(self) -> int:
         return self.settings.slots - self.running
@@ -315,13 +358,21 @@ class Runner:
         """A pending runner will have its whole walltime, as headnode counts it."""
         return self.settings.walltime if self.start is None else self.deadline - now
 
+    def view(self, now: float) -> policy.Runner:
+        """The runner as ``on_hpc/policy.py`` sees it, in seconds."""
+        state = policy.PENDING if self.start is None else "running"
+        return policy.Runner(id(self), state, self.running, self.time_left(now) * 3600)
+
 
 class RunnerSimulation(EventLoop):
     """The event loop of a runner policy: submitter cycles, runner starts, job ends, idle exits.
 
     Within a cycle the submitter decides before runners claim what it just staged, as in
     headnode's ``cycle``; runners claim the moment a job is ready or a slot frees, since the
-    real runner polls every fraction of a second.
+    real runner polls every fraction of a second.  What to submit and cancel, and how long
+    an idle runner lingers, is ``on_hpc/policy.py``'s decision, fed what the head node
+    would know: ready jobs, live runners, recent arrivals and submissions, and queue waits
+    seen so far.
     """
 
     def __init__(self, jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tick: float,
@@ -340,6 +391,9 @@ class RunnerSimulation(EventLoop):
         self.done: dict[int, float] = {}
         self.submissions = 0
         self.held: dict[bool, list[float]] = {True: [], False: []}   # gpu? -> unit-hours per allocation
+        self.arrivals: dict[str, deque[float]] = {name: deque() for name in policy.classes}   # seconds
+        self.submitted: dict[str, deque[float]] = {name: deque() for name in policy.classes}  # seconds
+        self.queue_wait: dict[str, float | None] = dict.fromkeys(policy.classes)            # seconds
 
     def run(self) -> Outcome:
         if self.by_drop:
@@ -347,59 +401,71 @@ class RunnerSimulation(EventLoop):
         self._drain()
         return Outcome(self.policy.name, self.jobs, [self.done[job.id] - job.drop for job in self.jobs],
                        self.submissions, math.fsum(self.held[True]), math.fsum(self.held[False]),
-                       self.cluster.intervals())
+                       self.cluster.intervals(), self.cluster.cancelled)
 
     def _cycle_at(self, index: int) -> None:
         self._at(index * self.tick, self._cycle, index)
 
     # -- the submitter ---------------------------------------------------------------------
     def _cycle(self, now: float, index: int) -> None:
-        self._stage(index)
+        self._stage(index, now)
         for name in sorted(self.policy.classes):
-            if self._needs_runner(name, now):
-                self._submit(name, now)
+            self._ensure(name, now)
         for name in sorted(self.policy.classes):
             for runner in list(self.live[name]):
                 if runner.start is not None:
                     self._claim_and_settle(runner, now)
-        # Cycles that would find nothing to stage and no waiting job change nothing: skip them.
-        if any(self.ready.values()):
+        # Cycles that would find nothing to stage, no waiting job and no pending runner to
+        # cancel change nothing: skip them.
+        if any(self.ready.values()) or self._surplus_pending():
             self._cycle_at(index + 1)
         elif self.staged < len(self.by_drop):
             self._cycle_at(cycle_index(self.by_drop[self.staged].drop, self.tick))
 
-    def _stage(self, index: int) -> None:
+    def _surplus_pending(self) -> bool:
+        return any(runner.start is None for runners in self.live.values() for runner in runners)
+
+    def _stage(self, index: int, now: float) -> None:
         """Make ready every job dropped since the last cycle, in drop order."""
         while self.staged < len(self.by_drop):
             job = self.by_drop[self.staged]
             if cycle_index(job.drop, self.tick) > index:
                 return
-            self.ready[self.policy.route[job.job_class]].append(job)
+            name = self.policy.route[job.job_class]
+            self.ready[name].append(job)
+            self.arrivals[name].append(now * 3600)
             self.staged += 1
 
-    def _needs_runner(self, name: str, now: float) -> bool:
-        """headnode's ensure_runner: a runner for ready work, more only for a larger backlog."""
-        ready, live = self.ready[name], self.live[name]
-        if not ready:
-            return False
-        if not live:
-            return True
-        if len(live) >= self.policy.classes[name].max_runners:
-            return False
-        if len(ready) > sum(runner.free_slots() for runner in live):
-            return True
-        longest_left = max(runner.time_left(now) for runner in live)
-        return any(job.run > longest_left for job in ready)
+    def _ensure(self, name: str, now: float) -> None:
+        """headnode's ensure step: ``policy.decide``, then the cancels and the submissions."""
+        seconds = now * 3600
+        settings = self.policy.classes[name].settings()
+        submitted = self.submitted[name]
+        while submitted and seconds - submitted[0] >= policy.HOUR:
+            submitted.popleft()
+        others = sum(len(runners) for other, runners in self.live.items() if other != name)
+        decision = policy.decide(settings, [job.run * 3600 for job in self.ready[name]],
+                                 [runner.view(now) for runner in self.live[name]], others, len(submitted),
+                                 self.queue_wait[name])
+        cancel = set(decision.cancel)
+        for runner in [runner for runner in self.live[name] if id(runner) in cancel]:
+            self.cluster.cancel(runner.ticket)
+            self.live[name].remove(runner)
+        for _ in range(decision.submit):
+            self._submit(name, now)
+            submitted.append(seconds)
 
     def _submit(self, name: str, now: float) -> None:
-        runner = Runner(name, self.policy.classes[name])
+        runner = Runner(name, self.policy.classes[name], submitted=now)
         self.live[name].append(runner)
         self.submissions += 1
-        self.cluster.submit(now, lambda start, token: self._start(start, runner, token))
+        runner.ticket = self.cluster.submit(now, lambda start, token: self._start(start, runner, token))
 
     # -- the runner ------------------------------------------------------------------------
     def _start(self, now: float, runner: Runner, token: int) -> None:
         runner.start, runner.deadline, runner.token = now, now + runner.settings.walltime, token
+        name = runner.class_name
+        self.queue_wait[name] = policy.queue_wait_estimate(self.queue_wait[name], (now - runner.submitted) * 3600)
         self._claim_and_settle(runner, now)
 
     def _end_job(self, now: float, runner: Runner, job: Job) -> None:
@@ -416,7 +482,29 @@ class RunnerSimulation(EventLoop):
             self._leave(now, runner)
         elif runner.idle_since is None:
             runner.idle_since = now
-            self._at(min(now + runner.settings.idle_timeout, runner.deadline), self._idle_expired, runner, now)
+            self._idle_check(now, runner, now)
+
+    def _linger(self, runner: Runner, now: float) -> float:
+        """``policy.linger_seconds`` with the class's recent arrival rate, in hours."""
+        name, seconds = runner.class_name, now * 3600
+        arrivals = self.arrivals[name]
+        while arrivals and seconds - arrivals[0] >= policy.ARRIVAL_WINDOW:
+            arrivals.popleft()
+        wait = self.queue_wait[name]
+        rate = policy.arrival_rate(arrivals, seconds)
+        return policy.linger_seconds(runner.settings.settings(), rate,
+                                     policy.QUEUE_WAIT_GUESS if wait is None else wait) / 3600
+
+    def _idle_check(self, now: float, runner: Runner, idle_since: float) -> None:
+        """Leave once idle as long as the linger the policy gives now; else look again then
+        (a real idle runner re-reads it every poll)."""
+        if runner not in self.live[runner.class_name] or runner.idle_since != idle_since:
+            return
+        until = min(idle_since + self._linger(runner, now), runner.deadline)
+        if now >= until - 1e-12:
+            self._leave(now, runner)
+        else:
+            self._at(until, self._idle_check, runner, idle_since)
 
     def _claim(self, runner: Runner, now: float) -> bool:
         """Claim ready jobs oldest first, skipping those that would outlast the walltime."""
@@ -431,10 +519,6 @@ class RunnerSimulation(EventLoop):
             self._at(now + job.run, self._end_job, runner, job)
         waiting.extendleft(reversed(skipped))
         return bool(skipped)
-
-    def _idle_expired(self, now: float, runner: Runner, idle_since: float) -> None:
-        if runner in self.live[runner.class_name] and runner.idle_since == idle_since:
-            self._leave(now, runner)
 
     def _leave(self, now: float, runner: Runner) -> None:
         self.live[runner.class_name].remove(runner)
@@ -451,7 +535,8 @@ def run_runners(jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tic
 
 def policies(classes: dict[str, RunnerClass]) -> list[RunnerPolicy]:
     """hpc_batch and ours; hpc_batch had one GPU runner for every job and no linger."""
-    hpc_batch = RunnerClass(slots=1, max_runners=1, idle_timeout=0.0, walltime=classes[GPU].walltime, gpu=True)
+    hpc_batch = RunnerClass(slots=1, max_runners=1, idle_timeout=0.0, walltime=classes[GPU].walltime, gpu=True,
+                            adaptive_linger=False)
     return [RunnerPolicy("hpc_batch", {GPU: hpc_batch}, {GPU: GPU, CPU: GPU}),
             RunnerPolicy("dropbox-runner", classes, {GPU: GPU, CPU: CPU})]
 
