@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from on_hpc import policy  # noqa: E402  (the head node's own decision function)
+from on_hpc import policy as runner_policy  # noqa: E402  (the head node's own decision function)
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
 HOURS_PER_SECOND = 1 / 3600
@@ -134,13 +134,13 @@ class RunnerClass:
     gpu: bool          # each slot holds one GPU; otherwise one CPU core
     adaptive_linger: bool = True
     user_limit: int = 0
-    speculate: int = policy.SPECULATE
-    submit_cap: int = policy.SUBMIT_CAP
-    submit_per_hour: int = policy.SUBMIT_PER_HOUR
+    speculate: int = runner_policy.SPECULATE
+    submit_cap: int = runner_policy.SUBMIT_CAP
+    submit_per_hour: int = runner_policy.SUBMIT_PER_HOUR
 
-    def settings(self) -> policy.Settings:
+    def settings(self) -> runner_policy.Settings:
         """What ``on_hpc/policy.py`` reads, in its seconds."""
-        return policy.Settings(self.slots, self.max_runners, self.user_limit, self.speculate, self.submit_cap,
+        return runner_policy.Settings(self.slots, self.max_runners, self.user_limit, self.speculate, self.submit_cap,
                                self.submit_per_hour, self.idle_timeout * 3600, self.adaptive_linger)
 
 
@@ -358,10 +358,10 @@ class Runner:
         """A pending runner will have its whole walltime, as headnode counts it."""
         return self.settings.walltime if self.start is None else self.deadline - now
 
-    def view(self, now: float) -> policy.Runner:
+    def view(self, now: float) -> runner_policy.Runner:
         """The runner as ``on_hpc/policy.py`` sees it, in seconds."""
-        state = policy.PENDING if self.start is None else "running"
-        return policy.Runner(id(self), state, self.running, self.time_left(now) * 3600)
+        state = runner_policy.PENDING if self.start is None else "running"
+        return runner_policy.Runner(id(self), state, self.running, self.time_left(now) * 3600)
 
 
 class RunnerSimulation(EventLoop):
@@ -437,14 +437,14 @@ class RunnerSimulation(EventLoop):
             self.staged += 1
 
     def _ensure(self, name: str, now: float) -> None:
-        """headnode's ensure step: ``policy.decide``, then the cancels and the submissions."""
+        """headnode's ensure step: ``runner_policy.decide``, then the cancels and the submissions."""
         seconds = now * 3600
         settings = self.policy.classes[name].settings()
         submitted = self.submitted[name]
-        while submitted and seconds - submitted[0] >= policy.HOUR:
+        while submitted and seconds - submitted[0] >= runner_policy.HOUR:
             submitted.popleft()
         others = sum(len(runners) for other, runners in self.live.items() if other != name)
-        decision = policy.decide(settings, [job.run * 3600 for job in self.ready[name]],
+        decision = runner_policy.decide(settings, [job.run * 3600 for job in self.ready[name]],
                                  [runner.view(now) for runner in self.live[name]], others, len(submitted),
                                  self.queue_wait[name])
         cancel = set(decision.cancel)
@@ -465,7 +465,8 @@ class RunnerSimulation(EventLoop):
     def _start(self, now: float, runner: Runner, token: int) -> None:
         runner.start, runner.deadline, runner.token = now, now + runner.settings.walltime, token
         name = runner.class_name
-        self.queue_wait[name] = policy.queue_wait_estimate(self.queue_wait[name], (now - runner.submitted) * 3600)
+        waited = (now - runner.submitted) * 3600
+        self.queue_wait[name] = runner_policy.queue_wait_estimate(self.queue_wait[name], waited)
         self._claim_and_settle(runner, now)
 
     def _end_job(self, now: float, runner: Runner, job: Job) -> None:
@@ -485,15 +486,15 @@ class RunnerSimulation(EventLoop):
             self._idle_check(now, runner, now)
 
     def _linger(self, runner: Runner, now: float) -> float:
-        """``policy.linger_seconds`` with the class's recent arrival rate, in hours."""
+        """``runner_policy.linger_seconds`` with the class's recent arrival rate, in hours."""
         name, seconds = runner.class_name, now * 3600
         arrivals = self.arrivals[name]
-        while arrivals and seconds - arrivals[0] >= policy.ARRIVAL_WINDOW:
+        while arrivals and seconds - arrivals[0] >= runner_policy.ARRIVAL_WINDOW:
             arrivals.popleft()
         wait = self.queue_wait[name]
-        rate = policy.arrival_rate(arrivals, seconds)
-        return policy.linger_seconds(runner.settings.settings(), rate,
-                                     policy.QUEUE_WAIT_GUESS if wait is None else wait) / 3600
+        rate = runner_policy.arrival_rate(arrivals, seconds)
+        return runner_policy.linger_seconds(runner.settings.settings(), rate,
+                                     runner_policy.QUEUE_WAIT_GUESS if wait is None else wait) / 3600
 
     def _idle_check(self, now: float, runner: Runner, idle_since: float) -> None:
         """Leave once idle as long as the linger the policy gives now; else look again then

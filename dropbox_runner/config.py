@@ -42,6 +42,12 @@ class ResourceClass:
     warn_seconds: int = 60               # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    # The runner policy (on_hpc/policy.py; README "Runner policy"); defaults from bench/simulate.py.
+    user_limit: int = 0                  # the site's per-user job limit, all classes together; 0: none stated
+    speculate: int = 2                   # runners kept pending for any backlog at all
+    submit_cap: int = 4                  # most runner submissions per class per cycle
+    submit_per_hour: int = 24            # most runner submissions per class in any hour
+    adaptive_linger: bool = False        # linger only while recent arrivals pay for it (idle_timeout: the most)
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -158,9 +164,11 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners"):
+        for key in ("slots", "max_runners", "speculate", "submit_cap", "submit_per_hour"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        if settings.user_limit < 0:
+            problems.append(f"classes.{name}.user_limit: must not be negative (0: no limit stated)")
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
         config.cluster_root = root

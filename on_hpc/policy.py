@@ -59,7 +59,7 @@ def settings_from(request_settings):
         submit_cap=max(1, int(get("submit_cap") or SUBMIT_CAP)),
         submit_per_hour=max(1, int(get("submit_per_hour") or SUBMIT_PER_HOUR)),
         idle_timeout=float(get("idle_timeout", 60) or 0),
-        adaptive_linger=bool(get("adaptive_linger", True)),
+        adaptive_linger=bool(get("adaptive_linger", False)),
     )
 
 

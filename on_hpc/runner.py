@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from . import policy_state
 from .files import read_json, write_json
 from .jobstore import CANCELLED_RECORD, JobStore
 from .schedulers import connector, effective_warn_seconds
@@ -117,7 +118,7 @@ class Runner(object):
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
                     break
-                elif now - idle_since >= self.spec.get("idle_timeout", 60):
+                elif now - idle_since >= self._linger(now):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
                 self._nap(POLL_SECONDS)
@@ -255,6 +256,15 @@ class Runner(object):
                                          self.spec.get("max_attempts", 3), attempt=job.attempt)
             del self.jobs[job.job_id]
             log("released %s: %s" % (job.job_id, outcome))
+
+    def _linger(self, now):
+        """How long to wait idle: the class's fixed ``idle_timeout``, or with
+        ``adaptive_linger`` what the last cycle worked out from recent arrivals (see
+        ``policy.linger_seconds``), never longer than ``idle_timeout``."""
+        fixed = float(self.spec.get("idle_timeout", 60) or 0)
+        if not self.spec.get("resources", {}).get("adaptive_linger"):
+            return fixed
+        return policy_state.read_linger(self.store, self.job_class, fixed, now)
 
     def _nap(self, seconds):
         """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""

@@ -51,6 +51,11 @@ class LocalConnector(object):
             except (ProcessLookupError, ValueError):
                 pass
 
+    def cancel_pending(self, sched_ids):
+        """Local runners never wait in a queue (one listed as pending is a process still
+        starting): nothing to cancel."""
+        return []
+
     def kill_leftovers(self, job_id, claim):
         """A runner killed outright leaves its job's process group running: end it."""
         kill_job_group(claim.get("pgid"), job_id)

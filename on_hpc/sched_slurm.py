@@ -151,6 +151,12 @@ def scancel_argv(sched_ids):
     return ["scancel"] + [str(sched_id) for sched_id in sched_ids]
 
 
+def scancel_pending_argv(sched_ids):
+    """Cancel only those of the jobs that are still pending: Slurm checks the state as it
+    cancels, so a runner that starts meanwhile is left running."""
+    return ["scancel", "--state=PENDING"] + [str(sched_id) for sched_id in sched_ids]
+
+
 def allocated_gpus(environ):
     """The GPUs of this allocation, as the jobs started in it must name them.
 
@@ -220,6 +226,18 @@ class SlurmConnector(object):
                                stderr=subprocess.PIPE, timeout=SQUEUE_TIMEOUT_SECONDS)
             except (OSError, subprocess.TimeoutExpired):
                 pass    # the runner is requeued anyway; a later cycle tries again
+
+    def cancel_pending(self, sched_ids):
+        """Cancel runners that are still pending; returns the ids it asked Slurm to cancel
+        (none when scancel could not be run: a later cycle decides again)."""
+        if not sched_ids:
+            return []
+        try:
+            subprocess.run(scancel_pending_argv(sched_ids), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=SQUEUE_TIMEOUT_SECONDS)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return list(sched_ids)
 
     def kill_leftovers(self, job_id, claim):
         """Slurm ends what a lost allocation left running, except processes it does not
