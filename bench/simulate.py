@@ -670,9 +670,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="hours added to an allocation's queue wait per allocation of the user already "
                              "pending when it is submitted; 0: none (default %(default)s)")
     parser.add_argument("--slots", type=per_class(int), default="gpu=2,cpu=4", help="jobs at once per runner")
-    parser.add_argument("--max-runners", type=per_class(int), default="2")
+    parser.add_argument("--max-runners", type=per_class(int), default="10")
+    parser.add_argument("--user-limit", type=int, default=None,
+                        help="the per-user limit the classes state (user_limit); default: --max-running-per-user")
     parser.add_argument("--idle-timeout", type=per_class(float), default="gpu=5,cpu=1",
                         help="idle linger, minutes")
+    parser.add_argument("--adaptive-linger", action="store_true",
+                        help="linger only while recent arrivals pay for it (--idle-timeout: the most)")
     parser.add_argument("--walltime", type=per_class(float), default="8", help="runner time limit, hours")
     parser.add_argument("--tick", type=float, default=60.0, help="seconds between submitter cycles (cron: 60)")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG to write (default %(default)s)")
@@ -692,9 +696,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def runner_classes(args: argparse.Namespace) -> dict[str, RunnerClass]:
+    user_limit = args.max_running_per_user if args.user_limit is None else args.user_limit
     return {name: RunnerClass(slots=args.slots[name], max_runners=args.max_runners[name],
                               idle_timeout=args.idle_timeout[name] / 60, walltime=args.walltime[name],
-                              gpu=name == GPU)
+                              gpu=name == GPU, adaptive_linger=args.adaptive_linger, user_limit=user_limit)
             for name in CLASSES}
 
 
