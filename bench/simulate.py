@@ -438,6 +438,10 @@ class RunnerSimulation(EventLoop):
 
     def _ensure(self, name: str, now: float) -> None:
         """headnode's ensure step: ``runner_policy.decide``, then the cancels and the submissions."""
+        live = self.live[name]
+        if not any(runner.start is None for runner in live) and (
+                not self.ready[name] or len(live) >= self.policy.classes[name].max_runners):
+            return     # what decide would say (nothing to submit, none pending to cancel), sooner
         seconds = now * 3600
         settings = self.policy.classes[name].settings()
         submitted = self.submitted[name]
@@ -445,8 +449,8 @@ class RunnerSimulation(EventLoop):
             submitted.popleft()
         others = sum(len(runners) for other, runners in self.live.items() if other != name)
         decision = runner_policy.decide(settings, [job.run * 3600 for job in self.ready[name]],
-                                 [runner.view(now) for runner in self.live[name]], others, len(submitted),
-                                 self.queue_wait[name])
+                                        [runner.view(now) for runner in live], others, len(submitted),
+                                        self.queue_wait[name])
         cancel = set(decision.cancel)
         for runner in [runner for runner in self.live[name] if id(runner) in cancel]:
             self.cluster.cancel(runner.ticket)
@@ -576,7 +580,7 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         "submissions": outcome.submissions,
         "peak_running": peak_running(outcome.allocations),
         "gpu_hours_held": round(outcome.gpu_hours, 2),
-        "gpu_hours_idle": round(outcome.gpu_hours - gpu_busy, 2),
+        "gpu_hours_idle": round(outcome.gpu_hours - gpu_busy, 2) + 0.0,   # never -0.0
         "core_hours_held": round(outcome.core_hours, 2),
     }
 
@@ -745,14 +749,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=UserLimits.fairshare_hours_per_pending,
                         help="hours added to an allocation's queue wait per allocation of the user already "
                              "pending when it is submitted; 0: none (default %(default)s)")
-    parser.add_argument("--slots", type=per_class(int), default="gpu=2,cpu=4", help="jobs at once per runner")
-    parser.add_argument("--max-runners", type=per_class(int), default="10")
-    parser.add_argument("--user-limit", type=int, default=None,
-                        help="the per-user limit the classes state (user_limit); default: --max-running-per-user")
-    parser.add_argument("--idle-timeout", type=per_class(float), default="gpu=5,cpu=1",
-                        help="idle linger, minutes")
-    parser.add_argument("--adaptive-linger", action="store_true",
-                        help="linger only while recent arrivals pay for it (--idle-timeout: the most)")
+    parser.add_argument("--slots", type=per_class(int), default="gpu=1,cpu=4", help="jobs at once per runner")
+    parser.add_argument("--max-runners", type=per_class(int), default="gpu=14,cpu=3")
+    parser.add_argument("--user-limit", type=int, default=0,
+                        help="the classes' user_limit: the most runners pending and running at once, all "
+                             "classes together (default %(default)s: none stated)")
+    parser.add_argument("--idle-timeout", type=per_class(float), default="30",
+                        help="idle linger, minutes: the most, or with --fixed-linger always")
+    parser.add_argument("--fixed-linger", action="store_true",
+                        help="an idle runner always lingers --idle-timeout, instead of only while recent "
+                             "arrivals pay for it")
     parser.add_argument("--walltime", type=per_class(float), default="8", help="runner time limit, hours")
     parser.add_argument("--tick", type=float, default=60.0, help="seconds between submitter cycles (cron: 60)")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG to write (default %(default)s)")
@@ -775,10 +781,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def runner_classes(args: argparse.Namespace) -> dict[str, RunnerClass]:
-    user_limit = args.max_running_per_user if args.user_limit is None else args.user_limit
     return {name: RunnerClass(slots=args.slots[name], max_runners=args.max_runners[name],
                               idle_timeout=args.idle_timeout[name] / 60, walltime=args.walltime[name],
-                              gpu=name == GPU, adaptive_linger=args.adaptive_linger, user_limit=user_limit)
+                              gpu=name == GPU, adaptive_linger=not args.fixed_linger, user_limit=args.user_limit)
             for name in CLASSES}
 
 
@@ -796,9 +801,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(rows, sys.stdout, indent=2)
             sys.stdout.write("\n")
         else:
-            print("%d jobs over %g days, seed %d; classes: slots %s, max runners %s, user_limit = the per-user "
-                  "limit" % (len(jobs), args.days, args.seed, _per_class_text(args.slots),
-                             _per_class_text(args.max_runners)))
+            print("%d jobs over %g days, seed %d; runners: slots %s, max runners %s, %s"
+                  % (len(jobs), args.days, args.seed, _per_class_text(args.slots),
+                     _per_class_text(args.max_runners), _linger_text(args)))
             print(format_sweep(rows))
         if not args.no_plot:
             path = args.plot.with_name(args.plot.stem + "-sweep.png")
@@ -820,9 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("queue wait: lognormal, median %g h, sigma %g, max %g h, plus %s"
               % (queue.median_hours, queue.sigma, queue.max_hours, _fairshare_text(limits)))
         print("per user, for every policy: %s" % _limit_text(limits))
-        print("runners: slots %s, max runners %s, walltime %s h, idle linger %s min; cycle %g s"
+        print("runners: slots %s, max runners %s, walltime %s h, %s; cycle %g s"
               % (_per_class_text(args.slots), _per_class_text(args.max_runners),
-                 _per_class_text(args.walltime), _per_class_text(args.idle_timeout), args.tick))
+                 _per_class_text(args.walltime), _linger_text(args), args.tick))
         print(format_table(summaries))
     if not args.no_plot:
         title = ("%d jobs over %g days, queue wait median %g h (sigma %g, max %g h), seed %d\n"
@@ -838,6 +843,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _per_class_text(values: dict[str, Any]) -> str:
     return ",".join("%s=%g" % (name, values[name]) for name in CLASSES)
+
+
+def _linger_text(args: argparse.Namespace) -> str:
+    kind = "fixed" if args.fixed_linger else "adaptive, at most"
+    return "idle linger %s %s min" % (kind, _per_class_text(args.idle_timeout))
 
 
 def _limit_text(limits: UserLimits) -> str:

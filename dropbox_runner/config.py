@@ -44,8 +44,8 @@ class ResourceClass:
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
     # The runner policy (on_hpc/policy.py; README "Runner policy"); defaults from bench/simulate.py.
     user_limit: int = 0                  # the site's per-user job limit, all classes together; 0: none stated
-    speculate: int = 2                   # runners kept pending for any backlog at all
-    submit_cap: int = 4                  # most runner submissions per class per cycle
+    speculate: int = 1                   # runners kept pending for any backlog at all
+    submit_cap: int = 8                  # most runner submissions per class per cycle
     submit_per_hour: int = 24            # most runner submissions per class in any hour
     adaptive_linger: bool = False        # linger only while recent arrivals pay for it (idle_timeout: the most)
 

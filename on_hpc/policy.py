@@ -27,12 +27,16 @@ from .schedulers import ENDING, PENDING
 HOUR = 3600.0
 
 # Defaults, chosen with bench/simulate.py (README, "The queue-wait simulation").
-SPECULATE = 2               # runners kept pending for any backlog at all
-SUBMIT_CAP = 4              # most submissions per class per cycle
+SPECULATE = 1               # runners kept pending for any backlog at all
+SUBMIT_CAP = 8              # most submissions per class per cycle
 SUBMIT_PER_HOUR = 24        # most submissions per class in any hour
 ARRIVAL_WINDOW = 600.0      # seconds of arrivals the recent rate is taken over
 QUEUE_WAIT_GUESS = HOUR     # expected queue wait before any runner has been seen to start
 QUEUE_WAIT_WEIGHT = 0.2     # weight of a newly observed queue wait in the running estimate
+# Ready work the started runners get through within this fraction of the expected queue
+# wait is theirs: a new runner would most likely start after it is done.  Less than the
+# whole wait, because the first of several pending runners starts well before the median.
+COVER_FRACTION = 0.5
 
 # A class's settings as the policy reads them.  ``idle_timeout``: the fixed linger, or with
 # ``adaptive_linger`` the most a runner lingers.  ``user_limit``: the site's limit on the
@@ -104,8 +108,12 @@ def _uncovered(slots, ready, started, queue_wait):
     fitting = [expected for expected in ready if best is None or expected <= best]
     covered = sum(max(0, slots - runner.claimed) for runner in started)
     if queue_wait and fitting and min(fitting) > 0:
-        # The slots of the started runners, over one queue wait, taken in queue order.
-        budget, through = len(started) * slots * queue_wait, 0
+        # The slots of the started runners, over part of a queue wait or the time each has
+        # left if less, taken in queue order.
+        horizon = queue_wait * COVER_FRACTION
+        budget = sum(slots * (horizon if runner.usable is None else min(horizon, runner.usable))
+                     for runner in started)
+        through = 0
         for expected in fitting:
             budget -= expected
             if budget < 0:

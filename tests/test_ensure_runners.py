@@ -105,7 +105,7 @@ def test_a_burst_gets_one_runner_and_one_listing_per_cycle(store):
 
 def test_a_backlog_gets_runners_in_proportion_several_per_cycle_up_to_max_runners(store):
     sched = FakeScheduler(store)
-    classes = {"default": {"slots": 4, "max_runners": 3}}
+    classes = {"default": {"slots": 4, "max_runners": 3, "speculate": 2}}
     jobs = [stage(store, "sub.j%d" % n) for n in range(4)]
     cycle(store, sched, jobs, classes=classes)
     cycle(store, sched, jobs, classes=classes)

@@ -52,11 +52,15 @@ def test_free_slots_of_started_runners_count_before_anything_is_submitted():
     assert policy.decide(settings(), [7200], [running("a", 0, usable=600)]).submit == 2
 
 
-def test_work_started_runners_get_through_within_a_queue_wait_needs_no_new_runner():
+def test_work_started_runners_get_through_within_half_a_queue_wait_needs_no_new_runner():
     started = [running("a", 2), running("b", 2)]
-    assert policy.decide(settings(), [600] * 10, started, queue_wait=3600).submit == 0
-    assert policy.decide(settings(), [600] * 30, started, queue_wait=3600).submit == 3   # 24 get through
-    assert policy.decide(settings(), [0] * 10, started, queue_wait=3600).submit == 4   # times unknown
+    # 2 runners x 2 slots x half of 2 h: 24 jobs of 10 minutes.
+    assert policy.decide(settings(), [600] * 24, started, queue_wait=7200).submit == 0
+    assert policy.decide(settings(), [600] * 30, started, queue_wait=7200).submit == 3   # 6 left: 3 runners
+    assert policy.decide(settings(), [0] * 10, started, queue_wait=7200).submit == 4     # times unknown
+    # A runner about to reach its limit gets through only what its time left allows.
+    ending_soon = [running("a", 2, usable=600), running("b", 2, usable=600)]
+    assert policy.decide(settings(), [600] * 24, ending_soon, queue_wait=7200).submit == 4
 
 
 def test_when_the_backlog_is_gone_pending_runners_are_cancelled_never_started_ones():
