@@ -98,19 +98,22 @@ def test_no_policy_runs_more_allocations_at_once_than_the_per_user_limit():
 def test_with_the_default_cluster_our_runners_turn_a_burst_of_300_around_faster_than_1_to_1():
     """Default classes, queue wait, running limit and fairshare term, over ten seeds of queue waits.
 
-    The win is the fairshare term's doing: the running limit of 10 rarely binds on this burst (the
-    spread of queue waits staggers it), and with the term at 0, 1:1 wins on every seed.  Nor does
-    it hold on every seed (38 of seeds 0-39): the runners wait for few allocations, so one unlucky
-    draw costs them much.
+    With the fairshare term the runners win on every seed.  Without it a lone burst is closer: 1:1
+    starts its first jobs after the shortest of 300 queue waits, the runners after the shortest of
+    the few they keep pending; they win on 6 of these 10 seeds (the first, one-runner-at-a-time
+    policy won on none).  Over a month of bursts and one-off jobs they win at every percentile
+    (the sweep test below, and bench/simulate.py --sweep).
     """
     jobs, default_classes = a_burst(), sim.runner_classes(sim.parse_args([]))
-    wins = 0
-    for seed in range(1, 11):
-        outcomes = by_policy(sim.compare(jobs, default_classes, sim.QueueWait(), tick=1 / 60, seed=seed))
-        ours, one_to_one = outcomes["dropbox-runner"], outcomes["1:1"]
-        assert ours.submissions < 20 < one_to_one.submissions == 300
-        wins += sim.percentile(ours.turnaround, 50) < sim.percentile(one_to_one.turnaround, 50)
-    assert wins >= 9
+    wins = {0.0: 0, 0.05: 0}
+    for fairshare in wins:
+        for seed in range(1, 11):
+            outcomes = by_policy(sim.compare(jobs, default_classes, sim.QueueWait(), tick=1 / 60, seed=seed,
+                                             limits=sim.UserLimits(10, fairshare)))
+            ours, one_to_one = outcomes["dropbox-runner"], outcomes["1:1"]
+            assert ours.submissions < 20 < one_to_one.submissions == 300
+            wins[fairshare] += sim.percentile(ours.turnaround, 50) < sim.percentile(one_to_one.turnaround, 50)
+    assert wins == {0.0: 6, 0.05: 10}
 
 
 def test_the_simulation_runs_the_head_nodes_own_policy(monkeypatch):
