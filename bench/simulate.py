@@ -756,6 +756,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "classes together (default %(default)s: none stated)")
     parser.add_argument("--idle-timeout", type=per_class(float), default="30",
                         help="idle linger, minutes: the most, or with --fixed-linger always")
+    parser.add_argument("--speculate", type=int, default=runner_policy.SPECULATE,
+                        help="runners kept pending for any backlog at all (default %(default)s)")
+    parser.add_argument("--submit-cap", type=int, default=runner_policy.SUBMIT_CAP,
+                        help="most submissions per class per cycle (default %(default)s)")
     parser.add_argument("--fixed-linger", action="store_true",
                         help="an idle runner always lingers --idle-timeout, instead of only while recent "
                              "arrivals pay for it")
@@ -769,8 +773,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "instead of the one cluster" % (SWEEP_FAIRSHARE, SWEEP_QUEUE_MEDIAN, SWEEP_USER_LIMIT))
     args = parser.parse_args(argv)
     longest = Workload().run_max_hours
-    if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1:
-        parser.error("--slots and --max-runners must be at least 1")
+    if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1 or min(args.speculate,
+                                                                                  args.submit_cap) < 1:
+        parser.error("--slots, --max-runners, --speculate and --submit-cap must be at least 1")
     if min(args.walltime.values()) < longest:
         parser.error("--walltime must be at least the longest job, %g h" % longest)
     if args.tick <= 0 or args.days <= 0:
@@ -783,7 +788,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def runner_classes(args: argparse.Namespace) -> dict[str, RunnerClass]:
     return {name: RunnerClass(slots=args.slots[name], max_runners=args.max_runners[name],
                               idle_timeout=args.idle_timeout[name] / 60, walltime=args.walltime[name],
-                              gpu=name == GPU, adaptive_linger=not args.fixed_linger, user_limit=args.user_limit)
+                              gpu=name == GPU, adaptive_linger=not args.fixed_linger, user_limit=args.user_limit,
+                              speculate=args.speculate, submit_cap=args.submit_cap)
             for name in CLASSES}
 
 

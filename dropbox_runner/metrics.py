@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .submitter import CycleReport
 
 COUNTERS = ("results_ok", "results_error", "runner_submissions", "requeues", "cycles_ok",
-            "cycles_failed", "cycle_seconds_sum")
+            "cycles_failed", "cycle_seconds_sum", "runner_cancels")
 
 
 def record_cycle(config: Config, report: CycleReport | None) -> None:
@@ -38,6 +38,7 @@ def record_cycle(config: Config, report: CycleReport | None) -> None:
         totals["results_ok"] += report.finished_ok
         totals["results_error"] += report.finished_error + report.rejected
         totals["runner_submissions"] += report.runners_submitted
+        totals["runner_cancels"] += report.runners_cancelled
         totals["requeues"] += report.requeued
         totals["cycles_ok"] += 1
         totals["cycle_seconds_sum"] += report.seconds
@@ -72,6 +73,8 @@ def render(totals: dict[str, Any]) -> str:
            [('{status="ok"}', totals["results_ok"]), ('{status="error"}', totals["results_error"])])
     metric("runner_submissions_total", "counter", "Runners submitted to the scheduler.",
            [("", totals["runner_submissions"])])
+    metric("runner_cancels_total", "counter", "Pending runners cancelled once the backlog no longer needed them.",
+           [("", totals["runner_cancels"])])
     metric("requeues_total", "counter", "Jobs put back in the queue after their runner was lost.",
            [("", totals["requeues"])])
     metric("cycles_total", "counter", "Submitter cycles, by outcome.",

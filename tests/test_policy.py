@@ -117,3 +117,16 @@ def test_an_idle_runner_lingers_as_the_last_cycle_said_never_longer_than_idle_ti
     with open(policy_state.linger_path(store, "gpu"), "w") as handle:
         json.dump({"seconds": 1e9, "at": 1000.0}, handle)                          # a job wrote this
     assert policy_state.read_linger(store, "gpu", 60.0, now=1010.0) == 60.0
+
+
+def test_cancelled_pending_runners_are_counted_in_the_metrics_file(tmp_path):
+    from types import SimpleNamespace
+
+    from dropbox_runner import metrics
+    from dropbox_runner.submitter import CycleReport
+    config = SimpleNamespace(metrics_file=tmp_path / "dbr.prom", state_dir=tmp_path / "state")
+    metrics.record_cycle(config, CycleReport(runners_submitted=3, runners_cancelled=2))
+    metrics.record_cycle(config, CycleReport(runners_cancelled=1))
+    text = (tmp_path / "dbr.prom").read_text()
+    assert "dropbox_runner_runner_cancels_total 3" in text
+    assert "dropbox_runner_runner_submissions_total 3" in text
