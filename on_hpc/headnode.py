@@ -17,16 +17,24 @@ import uuid
 
 from . import policy, policy_state
 from .files import listdir, read_json, write_json
-from .jobstore import ABSENT, DONE, READY, JobStore
+from .jobstore import JobStore
+from .protocol import (
+    CycleAnswer,
+    CycleRequest,
+    FinishedRecord,
+    JobState,
+    RunnerState,
+    StatusRequest,
+    WaitRequest,
+    class_setting,
+)
 from .schedulers import (
-    ENDING,
-    PENDING,
-    RUNNING,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
     connector,
     effective_warn_seconds,
+    too_long_message,
     usable_seconds,
 )
 
@@ -41,77 +49,69 @@ HEADNODE_RUNNER = "headnode"      # claims jobs the head node itself must end
 
 
 def cycle(request, sched=None):
-    store = JobStore(request["root"])
+    """The whole cycle's work for one submitter: a CycleRequest in (as JSON), a
+    CycleAnswer out (as JSON)."""
+    request = CycleRequest.from_json(request)
+    store = JobStore(request.root)
     store.ensure_layout()
-    sched = sched or connector(request["scheduler"], store)
-    in_flight = sorted(set(request.get("in_flight", [])))
+    sched = sched or connector(request.scheduler, store)
+    in_flight = sorted(set(request.in_flight))
     states = store.states()
-    for job_id in request.get("cancel", []):
+    for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
     known = set(states)
     for job_id in in_flight:
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
-    request = dict(request, arrived=[job_id for job_id in in_flight
-                                     if job_id not in known and states[job_id] == READY])
+    arrived = [job_id for job_id in in_flight if job_id not in known and states[job_id] == JobState.QUEUED]
 
-    requeued, submitted, refused, errors, cancelled = [], [], [], [], []
+    answer = CycleAnswer()
     # Submitters sharing a workspace take turns here, so two of them never both decide
     # that a class needs a runner.
     with workspace_lock(store):
-        scheduler_ok = True
         try:
             runners = sched.list_runners()
         except SchedulerUnavailable as error:
-            scheduler_ok = False
+            answer.scheduler_ok = False
             runners = sched.last_known_runners()
-            errors.append("scheduler unavailable, keeping the last known state: %s" % error)
-            sys.stderr.write(errors[-1] + "\n")
+            answer.errors.append("scheduler unavailable, keeping the last known state: %s" % error)
+            sys.stderr.write(answer.errors[-1] + "\n")
 
-        if scheduler_ok:
-            requeued = requeue_lost_claims(store, sched, runners, request)
+        if answer.scheduler_ok:
+            answer.requeued = requeue_lost_claims(store, sched, runners, request)
             runners = with_recent_submissions(store, runners, listing_ok=True,
-                                              listed_at_once=_lists_at_once(sched))
-            for job_class, settings in sorted(request.get("classes", {}).items()):
-                refused += refuse_hopeless(store, job_class, settings)
+                                              listed_at_once=sched.lists_at_submission)
+            for job_class, settings in sorted(request.classes.items()):
+                answer.refused += refuse_hopeless(store, job_class, settings)
                 ensure = ensure_runner_per_job if settings.get("runner_per_job") else ensure_runner
                 try:
-                    new, dropped = ensure(store, sched, runners, job_class, settings, request)
+                    new, dropped = ensure(store, sched, runners, job_class, settings, request, arrived)
                 except SubmitFailed as error:
-                    errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
-                    sys.stderr.write(errors[-1] + "\n")
+                    answer.errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
+                    sys.stderr.write(answer.errors[-1] + "\n")
                     new, dropped = getattr(error, "submitted", []), getattr(error, "cancelled", [])
-                submitted.extend(new)
-                cancelled.extend(dropped)
+                answer.submitted.extend(new)
+                answer.cancelled_runners.extend(dropped)
                 for runner in dropped:
                     runners.pop(runner["runner"], None)
                 for runner in new:
                     runners[runner["runner"]] = RunnerInfo(
-                        runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
+                        runner["runner"], runner["sched_id"], RunnerState.PENDING, settings.get("time_limit"))
         else:
             runners = with_recent_submissions(store, runners, listing_ok=False)
-    if requeued or refused:
+    if answer.requeued or answer.refused:
         states = store.states()
 
-    finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
-                for job_id in in_flight if states.get(job_id) == DONE]
-    removed = remove_collected(store, states, request["submitter"], in_flight)
     held = set(in_flight)
-    return {
-        "states": {job_id: states.get(job_id, ABSENT) for job_id in in_flight},
-        "claimed_by": {job_id: runner_id for runner_id in store.runners_with_claims()
-                       for job_id in store.claimed_jobs(runner_id) if job_id in held},
-        "finished": finished,
-        "removed": removed,
-        "requeued": requeued,
-        "refused": refused,
-        "submitted": submitted,
-        "cancelled_runners": cancelled,
-        "scheduler_ok": scheduler_ok,
-        "errors": errors,
-        "runners": [describe_runner(store, info) for info in sorted(runners.values())],
-        "counts": count_states(states),
-    }
+    answer.finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
+                       for job_id in in_flight if states.get(job_id) == JobState.DONE]
+    answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
+    answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
+                         for job_id in store.claimed_jobs(runner_id) if job_id in held}
+    answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
+    answer.counts = count_states(states)
+    return answer.to_json()
 
 
 @contextlib.contextmanager
@@ -130,7 +130,7 @@ def remove_collected(store, states, submitter, in_flight):
     held = set(in_flight)
     removed = []
     for job_id, state in sorted(states.items()):
-        if state == DONE and job_id.startswith(prefix) and job_id not in held:
+        if state == JobState.DONE and job_id.startswith(prefix) and job_id not in held:
             store.remove(job_id)
             removed.append(job_id)
     return removed
@@ -138,15 +138,16 @@ def remove_collected(store, states, submitter, in_flight):
 
 def status(request, sched=None):
     """What ``dropbox-runner status`` shows about the cluster side."""
-    store = JobStore(request["root"])
+    request = StatusRequest.from_json(request)
+    store = JobStore(request.root)
     store.ensure_layout()
-    sched = sched or connector(request["scheduler"], store)
+    sched = sched or connector(request.scheduler, store)
     try:
         runners, scheduler_ok = sched.list_runners(), True
     except SchedulerUnavailable:
         runners, scheduler_ok = sched.last_known_runners(), False
     runners = with_recent_submissions(store, runners, listing_ok=scheduler_ok,
-                                      listed_at_once=_lists_at_once(sched), forget=False)
+                                      listed_at_once=sched.lists_at_submission, forget=False)
     return {
         "scheduler_ok": scheduler_ok,
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
@@ -161,10 +162,11 @@ def wait(request):
     within moments of finishing while the head node sees a single quiet connection
     instead of a poll every few seconds.
     """
-    store = JobStore(request["root"])
-    prefix = request["submitter"] + "."
-    ignore = set(request.get("ignore", []))
-    deadline = time.time() + min(float(request.get("timeout", 30)), MAX_WAIT_SECONDS)
+    request = WaitRequest.from_json(request)
+    store = JobStore(request.root)
+    prefix = request.submitter + "."
+    ignore = set(request.ignore)
+    deadline = time.time() + min(float(request.timeout), MAX_WAIT_SECONDS)
     while True:
         done = [job_id for job_id in listdir(store.done_dir())
                 if job_id.startswith(prefix) and job_id not in ignore]
@@ -175,14 +177,14 @@ def wait(request):
 
 def requeue_lost_claims(store, sched, runners, request):
     """Jobs claimed by a runner that is gone (or silent too long) go back to ready."""
-    stale_after = request.get("heartbeat_timeout", 300)
+    stale_after = request.heartbeat_timeout
     requeued = []
     for runner_id in store.runners_with_claims():
         info = runners.get(runner_id)
         if runner_id == HEADNODE_RUNNER:
             info = None                      # a cycle died half-way through refusing
         alive_path = os.path.join(store.runners_dir(), runner_id + ".alive.json")
-        silent = info is not None and info.state != PENDING and _age(alive_path) > stale_after
+        silent = info is not None and info.state != RunnerState.PENDING and _age(alive_path) > stale_after
         if info is not None and not silent:
             continue
         if silent:
@@ -193,8 +195,7 @@ def requeue_lost_claims(store, sched, runners, request):
             if claim.get("runner") != runner_id:
                 claim = {}
             sched.kill_leftovers(job_id, claim)
-            outcome = store.release(runner_id, job_id, reason, request.get("max_attempts", 3),
-                                    attempt=claim.get("attempt"))
+            outcome = store.release(runner_id, job_id, reason, request.max_attempts, attempt=claim.get("attempt"))
             requeued.append({"id": job_id, "outcome": outcome, "reason": reason})
         if info is None:
             store.forget_runner(runner_id)
@@ -236,7 +237,7 @@ def refuse_hopeless(store, job_class, settings):
     class's limit was lowered, so they end with a clear error instead of waiting forever
     (or having runner after runner submitted for them).
     """
-    usable = usable_seconds(settings.get("time_limit"), settings.get("warn_seconds"))
+    usable = usable_seconds(settings.get("time_limit"), class_setting(settings, "warn_seconds"))
     if usable is None:
         return []
     refused = []
@@ -246,33 +247,27 @@ def refuse_hopeless(store, job_class, settings):
             continue
         if not store.claim(job_class, job_id, HEADNODE_RUNNER):
             continue
-        message = too_long_message(expected, job_class, settings.get("time_limit"), usable)
-        store.finish(HEADNODE_RUNNER, job_id, {"rc": -1, "error": message, "start": time.time()})
+        message = too_long_message(expected, job_class, settings.get("time_limit"), usable) + "; the job was not run"
+        store.finish(HEADNODE_RUNNER, job_id, FinishedRecord(error=message, start=time.time()))
         refused.append({"id": job_id, "reason": message})
     return refused
 
 
-def too_long_message(expected, job_class, time_limit, usable):
-    return ("expected_time %s exceeds what a runner of class %s can give a job "
-            "(time limit %s, of which %s before it is warned to stop); the job was not run"
-            % (_hms(expected), job_class, _hms(time_limit), _hms(usable)))
-
-
-def ensure_runner(store, sched, runners, job_class, settings, request):
+def ensure_runner(store, sched, runners, job_class, settings, request, arrived=()):
     """The class's runners as ``policy.decide`` wants them: submit what the backlog calls
-    for, cancel pending runners it no longer needs.  Returns (submitted, cancelled)."""
+    for, cancel pending runners it no longer needs.  ``arrived``: the jobs this cycle made
+    ready (of any class).  Returns (submitted, cancelled)."""
     now = time.time()
     rules = policy.settings_from(settings)
     state = policy_state.load(store, job_class, now)
-    state["arrivals"] += [now for job_id in request.get("arrived", [])
-                          if store.job_meta(job_id).get("class") == job_class]
+    state["arrivals"] += [now for job_id in arrived if store.job_meta(job_id).get("class") == job_class]
     mine = {runner_id: info for runner_id, info in runners.items()
             if _runner_class(store, runner_id) == job_class}
     _observe_queue_waits(store, mine, state)
     usable = policy_runner_usable(settings)
     views = [policy.Runner(runner_id, info.state, len(store.claimed_jobs(runner_id)), usable(info))
              for runner_id, info in sorted(mine.items())]
-    others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != ENDING)
+    others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != RunnerState.ENDING)
     ready = [store.job_meta(job_id).get("expected_seconds") or 0 for job_id in store.ready_jobs(job_class)]
     decision = policy.decide(rules, ready, views, others, len(state["submitted"]), state["queue_wait"])
     cancelled = cancel_pending(store, sched, mine, decision.cancel)
@@ -304,7 +299,7 @@ def cancel_pending(store, sched, runners, runner_ids):
     for runner_id in runner_ids:
         info = runners.get(runner_id)
         alive = os.path.join(store.runners_dir(), runner_id + ".alive.json")
-        if (info is None or info.state != PENDING or not info.sched_id or store.claimed_jobs(runner_id)
+        if (info is None or info.state != RunnerState.PENDING or not info.sched_id or store.claimed_jobs(runner_id)
                 or os.path.exists(alive)):
             continue
         chosen.append(info)
@@ -321,14 +316,14 @@ def policy_runner_usable(settings):
         if info.time_left is None:
             return None
         return info.time_left - effective_warn_seconds(settings.get("time_limit") or info.time_left,
-                                                       settings.get("warn_seconds"))
+                                                       class_setting(settings, "warn_seconds"))
     return usable
 
 
 def _observe_queue_waits(store, runners, state):
     """Count once, for each runner newly seen running, how long it waited in the queue."""
     for runner_id, info in sorted(runners.items()):
-        if info.state != RUNNING or runner_id in state["seen"]:
+        if info.state != RunnerState.RUNNING or runner_id in state["seen"]:
             continue
         spec = read_json(os.path.join(store.runners_dir(), runner_id + ".json"), {})
         alive = read_json(os.path.join(store.runners_dir(), runner_id + ".alive.json"), {})
@@ -339,12 +334,12 @@ def _observe_queue_waits(store, runners, state):
         state["queue_wait"] = policy.queue_wait_estimate(state["queue_wait"], max(0.0, started - submitted_at))
 
 
-def ensure_runner_per_job(store, sched, runners, job_class, settings, request):
+def ensure_runner_per_job(store, sched, runners, job_class, settings, request, arrived=()):
     """The 1:1 mode (``runner_per_job``): a scheduler job for every ready job, as a site
     that must account each job separately needs, and the baseline batching is measured
     against.  Each such runner runs one job and leaves."""
     waiting = [info for info in runners.values()
-               if _runner_class(store, info.runner_id) == job_class and info.state != ENDING
+               if _runner_class(store, info.runner_id) == job_class and info.state != RunnerState.ENDING
                and not store.claimed_jobs(info.runner_id)]
     missing = len(store.ready_jobs(job_class)) - len(waiting)
     return [submit_runner(store, sched, job_class, dict(settings, slots=1), request) for _ in range(missing)], []
@@ -356,22 +351,22 @@ def submit_runner(store, sched, job_class, settings, request):
         "id": runner_id,
         "class": job_class,
         "root": store.root,
-        "scheduler": request["scheduler"],
-        "slots": int(settings.get("slots") or 1),
-        "idle_timeout": settings.get("idle_timeout", 60),
+        "scheduler": request.scheduler,
+        "slots": int(class_setting(settings, "slots")),
+        "idle_timeout": class_setting(settings, "idle_timeout"),
         "time_limit": settings.get("time_limit"),
-        "warn_seconds": settings.get("warn_seconds", 60),
-        "max_attempts": request.get("max_attempts", 3),
+        "warn_seconds": class_setting(settings, "warn_seconds"),
+        "max_attempts": request.max_attempts,
         "resources": settings,
         "submitted_at": time.time(),
     }
     spec_path = os.path.join(store.runners_dir(), runner_id + ".json")
     write_json(spec_path, spec)   # the intent, before the submission
     env = dict(os.environ)
-    env["PYTHONPATH"] = request["pythonpath"]
+    env["PYTHONPATH"] = request.pythonpath
     # PYTHONPATH is also on the command line: some sites start batch jobs with a clean
     # environment (SBATCH_EXPORT=NONE).
-    argv = ["env", "PYTHONPATH=" + request["pythonpath"], request.get("python") or sys.executable,
+    argv = ["env", "PYTHONPATH=" + request.pythonpath, request.python or sys.executable,
             "-m", "on_hpc", "run", spec_path]
     try:
         spec["sched_id"] = sched.submit(spec, spec_path, argv, env)
@@ -396,8 +391,6 @@ def count_states(states):
     return counts
 
 
-def _lists_at_once(sched):
-    return bool(getattr(sched, "lists_at_submission", False))
 
 
 def _runner_class(store, runner_id):
@@ -407,7 +400,7 @@ def _runner_class(store, runner_id):
 
 
 def _pending(runner_id, record):
-    return RunnerInfo(runner_id, record.get("sched_id", ""), PENDING, record.get("time_limit"))
+    return RunnerInfo(runner_id, record.get("sched_id", ""), RunnerState.PENDING, record.get("time_limit"))
 
 
 def _age(path):
@@ -416,9 +409,3 @@ def _age(path):
     except FileNotFoundError:
         return 0.0
 
-
-def _hms(seconds):
-    if seconds is None:
-        return "none"
-    seconds = int(seconds)
-    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)

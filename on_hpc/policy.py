@@ -22,14 +22,17 @@ or the site's per-user limit (``user_limit``, counted across every class).
 import math
 from collections import namedtuple
 
-from .schedulers import ENDING, PENDING
+from . import protocol
+from .protocol import RunnerState, class_setting
 
+PENDING, ENDING = RunnerState.PENDING, RunnerState.ENDING
 HOUR = 3600.0
 
-# Defaults, chosen with bench/simulate.py (README, "The queue-wait simulation").
-SPECULATE = 1               # runners kept pending for any backlog at all
-SUBMIT_CAP = 8              # most submissions per class per cycle
-SUBMIT_PER_HOUR = 24        # most submissions per class in any hour
+# The class defaults (protocol.py), chosen with bench/simulate.py; the simulation reads them here.
+SPECULATE = protocol.DEFAULT_SPECULATE
+SUBMIT_CAP = protocol.DEFAULT_SUBMIT_CAP
+SUBMIT_PER_HOUR = protocol.DEFAULT_SUBMIT_PER_HOUR
+
 ARRIVAL_WINDOW = 600.0      # seconds of arrivals the recent rate is taken over
 QUEUE_WAIT_GUESS = HOUR     # expected queue wait before any runner has been seen to start
 QUEUE_WAIT_WEIGHT = 0.2     # weight of a newly observed queue wait in the running estimate
@@ -54,16 +57,18 @@ Decision = namedtuple("Decision", "submit cancel wanted")
 
 def settings_from(request_settings):
     """Policy settings from a class's settings as the cycle request carries them."""
-    get = request_settings.get
+    def get(name):
+        return class_setting(request_settings, name)
+
     return Settings(
-        slots=max(1, int(get("slots") or 1)),
-        max_runners=max(1, int(get("max_runners") or 1)),
-        user_limit=max(0, int(get("user_limit") or 0)),
-        speculate=max(1, int(get("speculate") or SPECULATE)),
-        submit_cap=max(1, int(get("submit_cap") or SUBMIT_CAP)),
-        submit_per_hour=max(1, int(get("submit_per_hour") or SUBMIT_PER_HOUR)),
-        idle_timeout=float(get("idle_timeout", 60) or 0),
-        adaptive_linger=bool(get("adaptive_linger", False)),
+        slots=max(1, int(get("slots"))),
+        max_runners=max(1, int(get("max_runners"))),
+        user_limit=max(0, int(get("user_limit"))),
+        speculate=max(1, int(get("speculate"))),
+        submit_cap=max(1, int(get("submit_cap"))),
+        submit_per_hour=max(1, int(get("submit_per_hour"))),
+        idle_timeout=float(get("idle_timeout")),
+        adaptive_linger=bool(get("adaptive_linger")),
     )
 
 

@@ -45,7 +45,8 @@ def test_every_class_setting_reaches_sbatch(tmp_path):
                    "slots": 2, "max_runners": 3, "idle_timeout": 300, "warn_seconds": 90,
                    "extra_args": ["--account=lab", "--qos=normal"], "runner_per_job": False,
                    "user_limit": 0, "speculate": 1, "submit_cap": 8, "submit_per_hour": 24,
-                   "adaptive_linger": False}
+                   "adaptive_linger": False,
+                   "queue": None, "pe": None, "gpus": None, "gpu_resource": "gpu", "memory_resource": "h_vmem"}
     assert _flags(gpu) == ["--no-requeue", "--partition=gpu", "--gres=gpu:2", "--cpus-per-task=8",
                            "--mem=64G", "--time=120", "--signal=B:USR1@90",
                            "--account=lab", "--qos=normal"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import write_json
-from dropbox_runner.on_hpc.jobstore import DONE, JobStore
+from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import JobState
 from helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ def test_a_burst_of_1000_is_held_to_the_cycle_and_hourly_caps_and_drained_pendin
     assert store.claim("default", jobs[0], keeper["runner"])
     # The backlog drains: every other job is cancelled by its submitter.
     answer = cycle(store, classes, jobs, cancel=jobs[1:])
-    assert answer["counts"].get(DONE) == 999
+    assert answer["counts"].get(JobState.DONE) == 999
     cancelled = {runner["sched_id"] for runner in answer["cancelled_runners"]}
     assert len(cancelled) == 9 and keeper["sched_id"] not in cancelled
     wait_until(lambda: our_jobs(slurm_env) == [keeper["sched_id"]], timeout=60,
@@ -94,5 +95,5 @@ def test_pending_surplus_is_cancelled_once_a_started_runner_took_the_work(slurm_
     wait_until(lambda: len(our_jobs(slurm_env)) == 1, timeout=60, what="the two pending runners gone")
     assert our_jobs(slurm_env, "RUNNING") == our_jobs(slurm_env)
     # The runner that holds the job finishes it.
-    wait_until(lambda: cycle(store, classes, [job])["states"][job] == DONE, timeout=120, interval=2,
+    wait_until(lambda: cycle(store, classes, [job])["states"][job] == JobState.DONE, timeout=120, interval=2,
                what="the job to finish")
