@@ -268,7 +268,7 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
     views = [policy.Runner(runner_id, info.state, len(store.claimed_jobs(runner_id)), usable(info))
              for runner_id, info in sorted(mine.items())]
     others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != RunnerState.ENDING)
-    ready = [store.job_meta(job_id).get("expected_seconds") or 0 for job_id in store.ready_jobs(job_class)]
+    ready = [_expected_seconds(store.job_meta(job_id)) for job_id in store.ready_jobs(job_class)]
     decision = policy.decide(rules, ready, views, others, len(state["submitted"]), state["queue_wait"])
     cancelled = cancel_pending(store, sched, mine, decision.cancel)
     state["cancelled"] += len(cancelled)
@@ -281,10 +281,15 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
         error.submitted, error.cancelled = submitted, cancelled
         raise
     finally:
-        policy_state.save(store, job_class, state)
         rate = policy.arrival_rate(state["arrivals"], now)
         wait = policy.QUEUE_WAIT_GUESS if state["queue_wait"] is None else state["queue_wait"]
-        policy_state.write_linger(store, job_class, policy.linger_seconds(rules, rate, wait), now)
+        try:
+            policy_state.save(store, job_class, state)
+            policy_state.write_linger(store, job_class, policy.linger_seconds(rules, rate, wait), now)
+        except OSError as error:
+            # The policy's memory is a help, not a need: without it the per-cycle cap and
+            # max_runners still bound the submissions, and idle runners use idle_timeout.
+            sys.stderr.write("class %s: cannot keep the runner policy's state: %s\n" % (job_class, error))
     return submitted, cancelled
 
 
@@ -318,6 +323,15 @@ def policy_runner_usable(settings):
         return info.time_left - effective_warn_seconds(settings.get("time_limit") or info.time_left,
                                                        class_setting(settings, "warn_seconds"))
     return usable
+
+
+def _expected_seconds(meta):
+    """A job's expected run time as the policy counts it; 0 (not stated) for anything that
+    is not a number."""
+    value = meta.get("expected_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0
+    return value
 
 
 def _observe_queue_waits(store, runners, state):

@@ -308,3 +308,21 @@ def test_jobs_expecting_more_than_a_fresh_runner_has_end_with_an_error(store):
     error = answer["finished"][0]["record"]["error"]
     assert "expected_time 2m exceeds" in error and "class 'default'" in error
     assert len(sched.submitted) == 1            # for the short job only
+
+
+# -- the runner policy's own failures ----------------------------------------------------------
+def test_a_policy_state_that_cannot_be_written_costs_no_submission(store):
+    """A failing disk under runners/policy: the cycle still answers and submits, bounded as ever."""
+    with open(os.path.join(store.runners_dir(), "policy"), "w") as handle:
+        handle.write("not a folder")
+    sched = FakeScheduler(store)
+    answer = cycle(store, sched, [stage(store, "sub.j")])
+    assert len(sched.submitted) == 1 and len(answer["submitted"]) == 1
+
+
+def test_an_expected_time_that_is_not_a_number_counts_as_not_stated(store):
+    sched = FakeScheduler(store)
+    jobs = [stage(store, "sub.a", expected="1h"), stage(store, "sub.b", expected=float("nan")),
+            stage(store, "sub.c", expected=-5)]
+    answer = cycle(store, sched, jobs, classes={"default": {"slots": 1, "max_runners": 5}})
+    assert not answer["errors"] and len(sched.submitted) == 3
