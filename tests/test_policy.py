@@ -130,3 +130,8 @@ def test_cancelled_pending_runners_are_counted_in_the_metrics_file(tmp_path):
     text = (tmp_path / "dbr.prom").read_text()
     assert "dropbox_runner_runner_cancels_total 3" in text
     assert "dropbox_runner_runner_submissions_total 3" in text
+
+
+def test_slurm_is_asked_to_cancel_only_what_is_still_pending():
+    from dropbox_runner.on_hpc.sched_slurm import scancel_pending_argv
+    assert scancel_pending_argv(["17", 18]) == ["scancel", "--state=PENDING", "17", "18"]

@@ -97,3 +97,19 @@ def test_pending_surplus_is_cancelled_once_a_started_runner_took_the_work(slurm_
     # The runner that holds the job finishes it.
     wait_until(lambda: cycle(store, classes, [job])["states"][job] == JobState.DONE, timeout=120, interval=2,
                what="the job to finish")
+
+
+def test_cancel_pending_cancels_only_jobs_still_pending(slurm_env, tmp_path):
+    """What makes the cancel safe against a runner that starts meanwhile: Slurm itself checks."""
+    from dropbox_runner.on_hpc.sched_slurm import SlurmConnector
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    running = slurm_env.run("sbatch", "--parsable", "--job-name=dbr.test.running", "--chdir=" + str(tmp_path),
+                            "--output=/dev/null", "--wrap=sleep 120", check=True).stdout.strip()
+    waiting = slurm_env.run("sbatch", "--parsable", "--job-name=dbr.test.waiting", "--begin=now+1hour",
+                            "--chdir=" + str(tmp_path), "--output=/dev/null", "--wrap=true", check=True).stdout.strip()
+    wait_until(lambda: running in our_jobs(slurm_env, "RUNNING"), timeout=60, what="the first job running")
+    asked = SlurmConnector(store).cancel_pending([running, waiting])
+    assert sorted(asked) == sorted([running, waiting])
+    wait_until(lambda: our_jobs(slurm_env) == [running], timeout=60, what="only the pending job cancelled")
+    assert our_jobs(slurm_env, "RUNNING") == [running]
