@@ -445,8 +445,6 @@ def count_states(states):
     return counts
 
 
-
-
 def _runner_class(store, runner_id):
     record = read_json(os.path.join(store.runners_dir(), runner_id + ".json"), {})
     # Runner ids are <class>-<time>-<hex>: the class is known even without the record.
