@@ -690,25 +690,40 @@ def format_sweep(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Turnaround percentiles against GPU-hours held, one point per policy and grid point."""
+    """Top: turnaround percentiles against GPU-hours held, one point per policy and grid point.
+    Bottom: the same percentiles against the queue-wait median at fairshare 0, the hardest case
+    for batching, with the per-user limit (solid) and without (dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, panels = plt.subplots(1, 3, figsize=(15, 4.5), sharex=True)
-    for panel, name in zip(panels, ("p50", "p90", "p99")):
-        for policy_name, marker in (("1:1", "o"), ("hpc_batch", "s"), ("dropbox-runner", "^")):
-            panel.scatter([row["results"][policy_name]["gpu_hours_held"] for row in rows],
-                          [row["results"][policy_name]["turnaround_hours"][name] for row in rows],
-                          marker=marker, label=policy_name, alpha=0.7)
-        panel.set_yscale("log")
-        panel.set_xlabel("GPU-hours held")
-        panel.set_ylabel("turnaround %s (hours, log)" % name)
-        panel.grid(True, which="both", alpha=0.3)
-    panels[0].legend(loc="upper right", fontsize=8)
+    names = (("1:1", "o"), ("hpc_batch", "s"), ("dropbox-runner", "^"))
+    figure, panels = plt.subplots(2, 3, figsize=(15, 8.5))
+    for column, percentile_name in enumerate(("p50", "p90", "p99")):
+        top, bottom = panels[0][column], panels[1][column]
+        for number, (policy_name, marker) in enumerate(names):
+            colour = "C%d" % number
+            top.scatter([row["results"][policy_name]["gpu_hours_held"] for row in rows],
+                        [row["results"][policy_name]["turnaround_hours"][percentile_name] for row in rows],
+                        marker=marker, color=colour, label=policy_name, alpha=0.7)
+            for limit, style in sorted({(row["user_limit"], "-" if row["user_limit"] else "--") for row in rows}):
+                line = sorted((row["queue_median"], row["results"][policy_name]["turnaround_hours"][percentile_name])
+                              for row in rows if row["fairshare"] == 0 and row["user_limit"] == limit)
+                bottom.plot([x for x, _ in line], [y for _, y in line], style, marker=marker, color=colour,
+                            label="%s, limit %s" % (policy_name, limit or "none"))
+        top.set_xlabel("GPU-hours held")
+        top.set_ylabel("turnaround %s (hours, log)" % percentile_name)
+        bottom.set_xlabel("queue-wait median (hours, log), fairshare 0")
+        bottom.set_ylabel("turnaround %s (hours, log)" % percentile_name)
+        bottom.set_xscale("log")
+        for panel in (top, bottom):
+            panel.set_yscale("log")
+            panel.grid(True, which="both", alpha=0.3)
+    panels[0][0].legend(loc="center right", fontsize=8)
+    panels[1][0].legend(loc="upper left", fontsize=7)
     figure.suptitle("sweep: fairshare %s h, queue-wait median %s h, per-user limit %s"
                     % (sorted({row["fairshare"] for row in rows}), sorted({row["queue_median"] for row in rows}),
-                       sorted({row["user_limit"] for row in rows})), fontsize=9)
+                       sorted({row["user_limit"] or "none" for row in rows}, key=str)), fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
