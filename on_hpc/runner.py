@@ -28,6 +28,7 @@ POLL_SECONDS = 0.2
 START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
+LINGER_READ_SECONDS = 5
 # A job that dies by a signal may have been hit by the same signal that is about to stop
 # the runner (scancel signals every process of the allocation at once).  Its end is held
 # back this long so a stop that follows turns it into an interruption, not a failure.
@@ -93,6 +94,7 @@ class Runner(object):
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
         self.unfit_seen = set()
+        self._linger_read = None      # (when, seconds): the adaptive linger last read
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
@@ -319,7 +321,11 @@ class Runner(object):
         fixed = float(self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT) or 0)
         if not self.spec.get("resources", {}).get("adaptive_linger"):
             return fixed
-        return policy_state.read_linger(self.store, self.job_class, fixed, now)
+        # Read at most every LINGER_READ_SECONDS: the figure changes once a cycle, and the
+        # file is on the shared filesystem.
+        if self._linger_read is None or now - self._linger_read[0] >= LINGER_READ_SECONDS:
+            self._linger_read = (now, policy_state.read_linger(self.store, self.job_class, fixed, now))
+        return self._linger_read[1]
 
     def _nap(self, seconds):
         """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""

@@ -2,6 +2,7 @@
 from the workspace, which a job could have written."""
 import json
 import os
+import time
 
 from dropbox_runner.on_hpc import policy, policy_state
 from dropbox_runner.on_hpc.files import write_json
@@ -135,3 +136,19 @@ def test_cancelled_pending_runners_are_counted_in_the_metrics_file(tmp_path):
 def test_slurm_is_asked_to_cancel_only_what_is_still_pending():
     from dropbox_runner.on_hpc.sched_slurm import scancel_pending_argv
     assert scancel_pending_argv(["17", 18]) == ["scancel", "--state=PENDING", "17", "18"]
+
+
+def test_an_adaptive_runner_leaves_at_once_when_a_new_runner_would_start_sooner_than_work_comes(config_factory):
+    """The local scheduler starts a runner in moments: lingering idle never pays for itself there."""
+    from helpers import drain, drop, wait_until
+    config = config_factory(classes={"default": {"slots": 1, "idle_timeout": 600, "adaptive_linger": True}})
+    drop(config, "a.job", {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                           "output_map": {"out": str(config.dropbox.parent / "outputs" / "a.txt")}})
+    drain(config, ["a.job"])
+    runners = os.path.join(config.workspace, "runners")
+    # idle_timeout is 10 minutes: only the adaptive linger lets it go this soon.
+    wait_until(lambda: not [name for name in os.listdir(runners) if name.endswith(".alive.json")], 30, 0.2,
+               "the idle runner to leave")
+    store = JobStore(config.workspace)
+    assert policy_state.read_linger(store, "default", 600.0) == 0.0
+    assert policy_state.load(store, "default", now=time.time())["queue_wait"] < 60
