@@ -9,10 +9,12 @@ under three policies:
 * ``1:1``: one scheduler job per dropped job, each waiting its own queue wait;
 * ``hpc_batch``: the original, one sequential runner for every job, kept in the queue while
   jobs wait and gone as soon as none remain;
-* ``dropbox-runner``: this project's policy, as ``on_hpc/headnode.py:ensure_runner`` and
-  ``on_hpc/runner.py`` implement it: a runner per resource class with slots, extra runners
-  only for a backlog larger than the free slots, at most one submission per class per cycle,
-  no job started that would outlast the walltime, and an idle linger.
+* ``dropbox-runner``: this project's runners, submitted and cancelled by the head node's own
+  decision function (``on_hpc/policy.py``, called here, not copied): a runner per resource
+  class with slots, enough runners pending to cover the backlog (the first to start takes
+  the work), surplus pending runners cancelled when the backlog is gone, caps per cycle and
+  per hour, no job started that would outlast the walltime, and an idle linger (fixed, or
+  only while recent arrivals pay for it).
 
 All three face the same cluster, which limits one user's allocations roughly as real sites
 do (``Cluster``):
@@ -42,14 +44,15 @@ modelled: it would only make ``1:1`` worse.
 Which term matters: on the default trace the running limit alone hardly slows ``1:1`` (its
 median turnaround goes from 4.3 h to 4.7 h), because the spread of queue waits already
 staggers a burst's allocations (without a limit at most 26 ran at once).  The fairshare term
-is what makes ``1:1`` pay for asking for hundreds of allocations at once, so the comparison
-of ``1:1`` with batching depends on its weight: at 0.05 h ``1:1``'s median is about 9.8 h
-against the runners' 6.7 h, at 0.02 h they are about level (6.9 h and 6.7 h), at 0 ``1:1``
-wins (4.3 h).  Runner policies keep a few allocations pending at most, so neither term
-changes them much.
+is what makes ``1:1`` pay for asking for hundreds of allocations at once.  The first runner
+policy (one submission per class per cycle, two runners at most) lost to ``1:1`` at fairshare
+0; the backlog-proportional one beats it at every percentile, fairshare 0 included, as long
+as the running limit holds (``--sweep``, README "The queue-wait simulation").
 
 It prints turnaround percentiles, scheduler submissions, the most allocations that ran at once
-and allocation-hours per policy, and draws the turnaround distributions.  Times are in hours
+and allocation-hours per policy, and draws the turnaround distributions; ``--sweep`` does so
+over a grid of fairshare terms, queue waits and running limits, and says at each point
+whether ours met the bar against ``1:1``.  Times are in hours
 throughout.  Only the plot needs a package outside the standard library (matplotlib, imported
 when the plot is drawn).
 """
