@@ -56,12 +56,16 @@ Decision = namedtuple("Decision", "submit cancel wanted")
 
 
 def settings_from(request_settings):
-    """Policy settings from a class's settings as the cycle request carries them."""
+    """Policy settings from a class's settings as the cycle request carries them; ``slots``
+    here is the whole allocation's (``slots`` per node times ``nodes``)."""
     def get(name):
         return class_setting(request_settings, name)
 
     return Settings(
-        slots=max(1, int(get("slots"))),
+        # Jobs one runner takes at once when they ask for nothing: ``slots`` on each node.
+        # Jobs that ask for their own cpus, memory or gpus may fit more or fewer; the
+        # policy counts in these default-sized places.
+        slots=max(1, int(get("slots"))) * max(1, int(get("nodes") or 1)),
         max_runners=max(1, int(get("max_runners"))),
         user_limit=max(0, int(get("user_limit"))),
         speculate=max(1, int(get("speculate"))),

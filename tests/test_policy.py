@@ -152,3 +152,10 @@ def test_an_adaptive_runner_leaves_at_once_when_a_new_runner_would_start_sooner_
     store = JobStore(config.workspace)
     assert policy_state.read_linger(store, "default", 600.0) == 0.0
     assert policy_state.load(store, "default", now=time.time())["queue_wait"] < 60
+
+
+def test_a_runner_of_several_nodes_counts_slots_on_each():
+    assert policy.settings_from({"slots": 4, "nodes": 3}).slots == 12
+    assert policy.settings_from({"slots": 4}).slots == 4
+    # A backlog of 24 default-sized jobs: two 3-node runners, not six.
+    assert policy.decide(policy.settings_from({"slots": 4, "nodes": 3, "max_runners": 10}), [60] * 24, []).submit == 2
