@@ -20,29 +20,28 @@ from .dropbox import Dropbox, HeldJob, Listing
 from .faults import fault_point
 from .history import History
 from .jobs import JobInvalid, read_job_file
+from .outcome import CACHED, CANCELLED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
-from .results import OutputProblem, error_block, place_outputs
+from .results import error_block
 from .staging import PreparedJob, prepare, write_outbox_entry
 
 log = logging.getLogger(__name__)
 
-CANCELLED = "cancelled"
-
 
 @dataclass
 class IntakeCounts:
-    names: list[str] = field(default_factory=list)   # the jobs taken this cycle
-    rejected: int = 0
-    cached: int = 0
-    cancelled: int = 0
+    names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
+                                                     # counted by the Finisher)
 
 
 class Intake:
-    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache):
+    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache,
+                 finisher: Finisher):
         self.config = config
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
+        self.finisher = finisher
         self.outbox = config.state_dir / "outbox"
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
@@ -53,8 +52,7 @@ class Intake:
                 self._settle_duplicate(name, name in held_names)
                 continue
             if name in listing.cancel:
-                self._finish_untaken(name, CANCELLED, "cancelled before it was sent to the cluster")
-                counts.cancelled += 1
+                self._finish_untaken(name, "cancelled", "cancelled before it was sent to the cluster")
                 continue
             raw = None
             try:
@@ -70,11 +68,9 @@ class Intake:
                     log.debug("%s: not valid yet, may still be being written: %s", name, problems)
                     continue
                 self._reject(name, raw, problems, digest)
-                counts.rejected += 1
                 continue
             key = provenance.get("cache_key")
             if key and self._serve_from_cache(name, raw, key, digest, provenance):
-                counts.cached += 1
                 continue
             if key and key in keys_in_flight:
                 log.debug("%s: an identical job is running; waiting for its result", name)
@@ -117,21 +113,13 @@ class Intake:
         entry = self.cache.lookup(key)
         if entry is None:
             return False
-        outputs = raw.get("output_map") or {}
-        try:
-            place_outputs({k: entry["outputs"] / k for k in outputs}, outputs, f"cache-{key[:12]}")
-        except OutputProblem as problem:
-            log.warning("%s: cache entry %s unusable (%s); running the job", name, key[:12], problem)
-            return False
         original = entry["block"]
         block = dict(original, cached=True, message="processed OK (from cache)", job_digest=digest,
                      provenance=dict(provenance, original_run=original.get("provenance")))
-        self.dropbox.write_result(name, raw, block)
-        self.dropbox.discard(name, "")
-        self.history.record(name, "finished", original.get("id"), detail="from cache", status="ok",
-                            message=block["message"])
-        log.info("%s: finished ok from cache (key %s)", name, key[:12])
-        return True
+        outputs = raw.get("output_map") or {}
+        return self.finisher.finish(Outcome(
+            name, raw, block, kind=CACHED, held=False, produced={k: entry["outputs"] / k for k in outputs},
+            cache_key=key, detail="from cache"))
 
     def _settle_duplicate(self, name: str, is_held: bool) -> None:
         """A ``.job`` beside the ``.submitted`` or ``.finished`` made from it (same bytes,
@@ -158,12 +146,9 @@ class Intake:
 
     def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, raw if isinstance(raw, dict) else None,
-                                  error_block(message, job_digest=digest))
-        fault_point("after_reject_result")
-        self.dropbox.discard(name, "")
-        self.history.record(name, "finished", detail=message, status="error", message=message)
-        log.warning("%s: rejected: %s", name, "; ".join(problems))
+        self.finisher.finish(Outcome(name, raw if isinstance(raw, dict) else None,
+                                     error_block(message, job_digest=digest), kind=REJECTED, held=False,
+                                     log_level=logging.WARNING))
 
     def _finish_untaken(self, name: str, message: str, detail: str) -> None:
         try:
@@ -171,8 +156,5 @@ class Intake:
             digest = self.dropbox.digest(name)
         except (OSError, JobInvalid):
             raw, digest = None, None
-        self.dropbox.write_result(name, raw, error_block(message, job_digest=digest))
-        self.dropbox.discard(name, "")
-        self.dropbox.discard(name, ".cancel")
-        self.history.record(name, "finished", detail=detail, status="error", message=message)
-        log.info("%s: %s", name, detail)
+        self.finisher.finish(Outcome(name, raw, error_block(message, job_digest=digest), kind=CANCELLED,
+                                     held=False, detail=detail))

@@ -34,6 +34,7 @@ from .intake import Intake
 from .jobs import JobInvalid, job_id
 from .lock import cycle_lock
 from .metrics import record_cycle
+from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
 from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
@@ -73,8 +74,9 @@ class Submitter:
         self.cleanup_pending = config.state_dir / "cleanup-pending"
         self.history = History(config.state_dir / "history.sqlite")
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
-        self.intake = Intake(config, self.dropbox, self.history, self.cache)
-        self.collector = Collector(config, transport, self.dropbox, self.history, self.cache)
+        self.finisher = Finisher(self.dropbox, self.history, self.cache)
+        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher)
+        self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher)
 
     def close(self) -> None:
         self.history.close()
@@ -83,12 +85,14 @@ class Submitter:
         """Run one cycle; the caller holds the dropbox lock."""
         started = time.monotonic()
         report = CycleReport()
+        self.finisher.tally.clear()
         listing = self.dropbox.scan()
         held = self._held_jobs(listing.submitted, report)
         with self.history.batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
+        tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
-            len(taken.names), taken.rejected, taken.cached, taken.cancelled)
+            len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
         held.update(self._held_jobs(taken.names, report))
         report.held = len(held)
         self._drop_stray_cancels(listing, held)
@@ -101,6 +105,7 @@ class Submitter:
             fault_point("after_push")
 
         if not held and not waiting and not self.cleanup_pending.exists():
+            report.finished_error = tally[FAILED]
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.call("cycle", {
@@ -119,15 +124,15 @@ class Submitter:
             if any(item["id"] in held for item in answer["finished"]):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
             collected = self.collector.collect(held, answer["finished"])
-        report.finished_ok += collected.ok
-        report.finished_error += collected.error
-        report.collected_ids = collected.job_ids
-        report.held_ids = sorted(set(held) - set(collected.job_ids))
+        report.finished_ok = tally["ran_ok"]
+        report.finished_error = tally[FAILED] + tally["ran_error"]
+        report.collected_ids = collected
+        report.held_ids = sorted(set(held) - set(collected))
         report.dropbox_counts = {
             "waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
             "submitted": len(report.held_ids),
             "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled
-            + len(collected.job_ids)}
+            + len(collected)}
         report.seconds = time.monotonic() - started
         return report
 
@@ -141,13 +146,7 @@ class Submitter:
                 continue
             job = held.pop(job_id_)
             message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
-            self.dropbox.write_result(job.name, job.description,
-                                      error_block(message, job_id_, job_digest=job.job_digest))
-            self.dropbox.discard(job.name, ".submitted")
-            shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-            self.history.record(job.name, "finished", job_id_, detail=message, status="error", message=message)
-            report.finished_error += 1
-            log.warning("%s: %s", job.name, message)
+            self._fail(job, message, scratch=[self.outbox / job_id_])
         return sendable
 
     # -- what the submitter holds ----------------------------------------------------------
@@ -176,13 +175,10 @@ class Submitter:
         except ValueError:
             document = {}
         description = document.get("description")
-        self.dropbox.write_result(name, description if isinstance(description, dict) else None,
-                                  error_block(f"cannot continue this job: {why}",
-                                              job_digest=document.get("job_digest")))
-        self.dropbox.discard(name, ".submitted")
-        self.history.record(name, "finished", detail=why, status="error", message=why)
-        report.finished_error += 1
-        log.error("%s: %s; wrote an error result", name, why)
+        self.finisher.finish(Outcome(name, description if isinstance(description, dict) else None,
+                                     error_block(f"cannot continue this job: {why}",
+                                                 job_digest=document.get("job_digest")),
+                                     detail=why, log_level=logging.ERROR))
 
     def _drop_stray_cancels(self, listing, held: dict[str, HeldJob]) -> None:
         held_names = {job.name for job in held.values()}
@@ -235,14 +231,15 @@ class Submitter:
         try:
             prepared = prepare(self.config, job.name, job.description, job.fingerprint)
         except (JobInvalid, TemplateProblem, OSError) as problem:
-            message = f"the job was lost on the cluster and cannot be sent again: {problem}"
-            self.dropbox.write_result(job.name, job.description, error_block(
-                message, job.job_id, job_digest=job.job_digest))
-            self.dropbox.discard(job.name, ".submitted")
-            self.history.record(job.name, "finished", job.job_id, detail=message, status="error", message=message)
-            report.finished_error += 1
+            self._fail(job, f"the job was lost on the cluster and cannot be sent again: {problem}")
             return
         write_outbox_entry(self.outbox, prepared, self.config.submitter_id)
+
+    def _fail(self, job: HeldJob, message: str, scratch: list[Path] | None = None) -> None:
+        """End a held job with an error result (its script did not run)."""
+        self.finisher.finish(Outcome(job.name, job.description,
+                                     error_block(message, job.job_id, job_digest=job.job_digest),
+                                     scratch=scratch or [], log_level=logging.WARNING))
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:
