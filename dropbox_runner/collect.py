@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .boundary import Boundary
 from .config import Config
 from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .jobs import workspace_names
 from .outcome import RAN, Finisher, Outcome
-from .results import read_stream, run_block
+from .results import error_block, read_stream, run_block
 from .staging import JOBS_FOLDER
 from .transport import Transport
 
@@ -24,16 +25,18 @@ log = logging.getLogger(__name__)
 
 class Collector:
     def __init__(self, config: Config, transport: Transport, dropbox: Dropbox, history: History,
-                 finisher: Finisher):
+                 finisher: Finisher, boundary: Boundary):
         self.config = config
         self.transport = transport
         self.dropbox = dropbox
         self.history = history
         self.finisher = finisher
+        self.boundary = boundary
         self.inbox = config.state_dir / "inbox"
 
     def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> list[str]:
-        """Finish every done job that is ours; the ids finished."""
+        """Finish every done job that is ours; the ids finished (a job that met a fault of
+        this machine is not: it stays held and is collected again next cycle)."""
         done = [item for item in finished if item["id"] in held]
         if not done:
             return []
@@ -41,9 +44,21 @@ class Collector:
         wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
         self.transport.pull(f"{self.config.workspace}/{JOBS_FOLDER}", wanted, self.inbox)
         fault_point("after_pull")
+        finished_ids = []
         for item in done:
-            self._finish(held[item["id"]], item["record"])
-        return [item["id"] for item in done]
+            job = held[item["id"]]
+            if self.boundary.contain(job.name, "collecting its run",
+                                     lambda job=job, item=item: self._finish(job, item["record"]),
+                                     lambda message, job=job: self._fail(job, message)):
+                finished_ids.append(job.job_id)
+            elif not self.dropbox.path(job.name, ".submitted").exists():
+                finished_ids.append(job.job_id)     # ended by its error result
+        return finished_ids
+
+    def _fail(self, job: HeldJob, message: str) -> None:
+        self.finisher.finish(Outcome(job.name, job.description,
+                                     error_block(message, job.job_id, job_digest=job.job_digest),
+                                     scratch=[self.inbox / job.job_id], log_level=logging.WARNING))
 
     def _finish(self, job: HeldJob, record: dict[str, Any]) -> None:
         pulled = self.inbox / job.job_id

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .boundary import Boundary
 from .cache import ResultCache, cache_key
 from .config import Config
 from .dropbox import Dropbox, HeldJob, Listing
+from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
-from .jobs import JobInvalid, read_job_file
-from .outcome import CACHED, CANCELLED, REJECTED, Finisher, Outcome
+from .jobs import JobInvalid, parse_job_document
+from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
 from .staging import PreparedJob, prepare, write_outbox_entry
@@ -36,50 +38,76 @@ class IntakeCounts:
 
 class Intake:
     def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache,
-                 finisher: Finisher):
+                 finisher: Finisher, boundary: Boundary):
         self.config = config
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
         self.finisher = finisher
+        self.boundary = boundary
+        self.closed: set[str] = set()    # names the watch daemon saw closed after writing, or renamed in
         self.outbox = config.state_dir / "outbox"
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
         counts = IntakeCounts()
         held_names = set(listing.submitted)
         for name in listing.new:
-            if name in held_names or name in listing.finished:
-                self._settle_duplicate(name, name in held_names)
-                continue
-            if name in listing.cancel:
-                self._finish_untaken(name, "cancelled", "cancelled before it was sent to the cluster")
-                continue
-            raw = None
-            try:
-                digest = self.dropbox.digest(name)
-                raw = read_job_file(self.dropbox.path(name))
-                job = prepare(self.config, name, raw)
-                provenance = self._provenance(job)
-            except FileNotFoundError:
-                continue            # taken back by its tool
-            except (JobInvalid, TemplateProblem) as problem:
-                problems = getattr(problem, "problems", [str(problem)])
-                if self.dropbox.age(name) < self.config.grace_seconds:
-                    log.debug("%s: not valid yet, may still be being written: %s", name, problems)
-                    continue
-                self._reject(name, raw, problems, digest)
-                continue
-            key = provenance.get("cache_key")
-            if key and self._serve_from_cache(name, raw, key, digest, provenance):
-                continue
-            if key and key in keys_in_flight:
-                log.debug("%s: an identical job is running; waiting for its result", name)
-                continue
-            self._take(name, raw, job, digest, provenance)
-            if key:
-                keys_in_flight.add(key)
-            counts.names.append(name)
+            self.boundary.contain(
+                name, "taking in the job",
+                lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts),
+                None if name in held_names else lambda message, name=name: self._finish_untaken(
+                    name, message, message, kind=FAILED))
         return counts
+
+    def _take_one(self, name: str, listing: Listing, held_names: set[str], keys_in_flight: set[str],
+                  counts: IntakeCounts) -> None:
+        if name in held_names or name in listing.finished:
+            self._settle_duplicate(name, name in held_names)
+            return
+        if name in listing.cancel:
+            self._finish_untaken(name, "cancelled", "cancelled before it was sent to the cluster")
+            return
+        if not self._settled(name):
+            log.debug("%s: changed in the last %ss; taken once it settles", name, self.config.settle_seconds)
+            return
+        raw, digest = None, None
+        try:
+            data = self.dropbox.read(name)
+            digest = hashlib.sha256(data).hexdigest()
+            raw = parse_job_document(data)
+            job = prepare(self.config, name, raw)
+            provenance = self._provenance(job)
+        except FileNotFoundError:
+            return              # taken back by its tool
+        except UnusableEntry as problem:
+            self._reject(name, None, [str(problem)], digest)
+            return
+        except (JobInvalid, TemplateProblem) as problem:
+            problems = getattr(problem, "problems", [str(problem)])
+            if getattr(problem, "incomplete", False) and self.dropbox.age(name) < self.config.grace_seconds:
+                log.debug("%s: does not parse yet, may still be being written: %s", name, problems)
+                return
+            self._reject(name, raw, problems, digest)
+            return
+        key = provenance.get("cache_key")
+        if key and self._serve_from_cache(name, raw, key, digest, provenance):
+            return
+        if key and key in keys_in_flight:
+            log.debug("%s: an identical job is running; waiting for its result", name)
+            return
+        self._take(name, raw, job, digest, provenance)
+        if key:
+            keys_in_flight.add(key)
+        counts.names.append(name)
+
+    def _settled(self, name: str) -> bool:
+        """A job file written in place (not renamed) must not be taken half-written: it is
+        taken once closed or renamed in (watch mode sees those events), or once its mtime,
+        which every write moves, is ``settle_seconds`` old."""
+        if name in self.closed:
+            self.closed.discard(name)
+            return True
+        return self.dropbox.age(name) >= self.config.settle_seconds
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
         inputs = {key: {"path": path, "sha256": self.history.file_digest(path)}
@@ -150,11 +178,11 @@ class Intake:
                                      error_block(message, job_digest=digest), kind=REJECTED, held=False,
                                      log_level=logging.WARNING))
 
-    def _finish_untaken(self, name: str, message: str, detail: str) -> None:
+    def _finish_untaken(self, name: str, message: str, detail: str, kind: str = CANCELLED) -> None:
         try:
-            raw = read_job_file(self.dropbox.path(name))
-            digest = self.dropbox.digest(name)
-        except (OSError, JobInvalid):
+            data = self.dropbox.read(name)
+            raw, digest = parse_job_document(data), hashlib.sha256(data).hexdigest()
+        except (OSError, JobInvalid, UnusableEntry):
             raw, digest = None, None
-        self.finisher.finish(Outcome(name, raw, error_block(message, job_digest=digest), kind=CANCELLED,
+        self.finisher.finish(Outcome(name, raw, error_block(message, job_digest=digest), kind=kind,
                                      held=False, detail=detail))

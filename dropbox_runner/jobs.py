@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
 from .units import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -28,9 +29,10 @@ MAX_JOB_FILE_BYTES = 1 << 20
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], incomplete: bool = False):
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.incomplete = incomplete    # does not parse: may still be being written
 
 
 @dataclass
@@ -47,19 +49,29 @@ class JobDescription:
 
 def read_job_file(path: Path) -> dict[str, Any]:
     """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
-    size = path.stat().st_size
-    if size > MAX_JOB_FILE_BYTES:
-        raise JobInvalid([f"the job file is {size} bytes; job descriptions are limited to {MAX_JOB_FILE_BYTES}"])
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    if not text.strip():
-        raise JobInvalid(["the job file is empty"])
     try:
-        data = load_yaml(text)
+        data = read_regular(path, MAX_JOB_FILE_BYTES)
+    except UnusableEntry as error:
+        raise JobInvalid([str(error)]) from None
+    return parse_job_document(data)
+
+
+def parse_job_document(data: bytes) -> dict[str, Any]:
+    """The YAML mapping in a job file's bytes; JobInvalid when it is not one (or is
+    beyond the bounds of ``entries.load_bounded_yaml``)."""
+    text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise JobInvalid(["the job file is empty"], incomplete=True)
+    try:
+        data = load_bounded_yaml(text)
     except yaml.YAMLError as error:
-        raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"]) from None
+        raise JobInvalid([bounded_message(f"the job file is not valid YAML: {' '.join(str(error).split())}",
+                                          500)], incomplete=True) from None
+    except UnusableEntry as error:
+        raise JobInvalid([f"the job file cannot be read: {error}"]) from None
     if not isinstance(data, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(data).__name__}"])
+                          f"not {type(data).__name__}"], incomplete=True)
     return data
 
 
@@ -103,7 +115,7 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
     if data.get("expected_time") is not None:
         try:
             expected = parse_duration(data["expected_time"])
-        except ValueError as error:
+        except (ValueError, TypeError, OverflowError) as error:
             problems.append(f"expected_time: {error}")
     cache = data.get("cache")
     if cache is not None and not isinstance(cache, bool):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .boundary import Boundary
 from .cache import ResultCache
 from .cluster import ClusterSide
 from .collect import Collector
@@ -39,6 +40,7 @@ from .rendering import TemplateProblem
 from .results import error_block
 from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
 from .transport import Transport, TransportError
+from .unusable import note_unusable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class CycleReport:
     collected_ids: list[str] = field(default_factory=list)
     dropbox_counts: dict[str, int] = field(default_factory=dict)
     cluster_errors: list[str] = field(default_factory=list)
+    environment_errors: list[str] = field(default_factory=list)   # jobs that wait for this machine's fault
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -75,8 +78,9 @@ class Submitter:
         self.history = History(config.state_dir / "history.sqlite")
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
         self.finisher = Finisher(self.dropbox, self.history, self.cache)
-        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher)
-        self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher)
+        self.boundary = Boundary()
+        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher, self.boundary)
+        self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
 
     def close(self) -> None:
         self.history.close()
@@ -86,19 +90,21 @@ class Submitter:
         started = time.monotonic()
         report = CycleReport()
         self.finisher.tally.clear()
+        self.boundary.environment_errors = report.environment_errors
         listing = self.dropbox.scan()
-        held = self._held_jobs(listing.submitted, report)
+        note_unusable(self.config.state_dir, listing.unusable)
+        held = self._held_jobs(listing.submitted)
         with self.history.batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
-        held.update(self._held_jobs(taken.names, report))
+        held.update(self._held_jobs(taken.names))
         report.held = len(held)
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = self._sendable(prune_outbox(self.outbox, set(held)), held, report)
+        waiting = self._sendable(prune_outbox(self.outbox, set(held)), held)
         if waiting:
             self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
             report.sent = len(waiting)
@@ -136,40 +142,53 @@ class Submitter:
         report.seconds = time.monotonic() - started
         return report
 
-    def _sendable(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
+    def _sendable(self, waiting: list[str], held: dict[str, HeldJob]) -> list[str]:
         """Fail the jobs whose inputs vanished, so they cannot block the others' transfer."""
         sendable = []
         for job_id_ in waiting:
-            vanished = vanished_inputs(self.outbox, job_id_)
-            if not vanished:
-                sendable.append(job_id_)
+            job = held[job_id_]
+            if self.boundary.contain(job.name, "checking its inputs before sending",
+                                     lambda job=job: self._check_sendable(job, held, sendable),
+                                     lambda message, job=job: self._fail(job, message, [self.outbox / job.job_id])):
                 continue
-            job = held.pop(job_id_)
-            message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
-            self._fail(job, message, scratch=[self.outbox / job_id_])
+            held.pop(job_id_, None)
+            shutil.rmtree(self.outbox / job_id_, ignore_errors=True)     # never sent half-checked
         return sendable
 
+    def _check_sendable(self, job: HeldJob, held: dict[str, HeldJob], sendable: list[str]) -> None:
+        vanished = vanished_inputs(self.outbox, job.job_id)
+        if not vanished:
+            sendable.append(job.job_id)
+            return
+        held.pop(job.job_id)
+        message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
+        self._fail(job, message, scratch=[self.outbox / job.job_id])
+
     # -- what the submitter holds ----------------------------------------------------------
-    def _held_jobs(self, names: list[str], report: CycleReport) -> dict[str, HeldJob]:
+    def _held_jobs(self, names: list[str]) -> dict[str, HeldJob]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
         for name in names:
-            try:
-                job = HeldJob.from_document(name, self.dropbox.read_held(name))
-            except (ValueError, KeyError, TypeError) as error:
-                self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})", report)
-                continue
-            finished = self.dropbox.read_result(name)
-            if finished and (finished.get("job") or {}).get("id") == job.job_id:
-                self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
-                continue
-            if job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) != job.job_id:
-                self._drop_broken_hold(name, ".submitted was edited after the job was taken", report)
-                continue
-            held[job.job_id] = job
+            self.boundary.contain(name, "reading its .submitted file", lambda name=name: self._read_hold(name, held),
+                                  lambda message, name=name: self._drop_broken_hold(name, message))
         return held
 
-    def _drop_broken_hold(self, name: str, why: str, report: CycleReport) -> None:
+    def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:
+        try:
+            job = HeldJob.from_document(name, self.dropbox.read_held(name))
+        except (ValueError, KeyError, TypeError) as error:
+            self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})")
+            return
+        finished = self.dropbox.read_result(name)
+        if finished and (finished.get("job") or {}).get("id") == job.job_id:
+            self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
+            return
+        if job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) != job.job_id:
+            self._drop_broken_hold(name, ".submitted was edited after the job was taken")
+            return
+        held[job.job_id] = job
+
+    def _drop_broken_hold(self, name: str, why: str) -> None:
         try:
             document = self.dropbox.read_held(name)
         except ValueError:
@@ -184,7 +203,8 @@ class Submitter:
         held_names = {job.name for job in held.values()}
         for name in listing.cancel - held_names - set(listing.new):
             log.info("%s: nothing to cancel (no such job waiting or running)", name)
-            self.dropbox.discard(name, ".cancel")
+            self.boundary.contain(name, "removing its .cancel", lambda name=name: self.dropbox.discard(name, ".cancel"),
+                                  None)
 
     # -- 3. queue states ----------------------------------------------------------------------
     def _note_queue_states(self, held: dict[str, HeldJob], answer: dict[str, Any],
@@ -193,22 +213,11 @@ class Submitter:
                                                              limit=len(held) + 1000)}
         for job_id_, state in answer["states"].items():
             job = held.get(job_id_)
-            if job is None:
-                continue
-            last = known.get(job.name)
-            runner = answer.get("claimed_by", {}).get(job_id_)
-            if state == "absent":
-                log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id_)
-                self._rebuild_outbox_entry(job, report)
-                continue
-            if job_id_ in sent:
-                shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-            if state == "ready" and (last is None or last.state != "queued"):
-                self.history.record(job.name, "queued", job_id_)
-                log.info("%s: staged and queued as %s", job.name, job_id_)
-            elif state == "running" and (last is None or last.state != "running" or last.runner != runner):
-                self.history.record(job.name, "running", job_id_, detail=runner, runner=runner)
-                log.info("%s: running on runner %s", job.name, runner)
+            if job is not None:
+                self.boundary.contain(
+                    job.name, "noting its state on the cluster",
+                    lambda job=job, state=state: self._note_state(job, state, answer, sent, known.get(job.name)),
+                    None)
         names = {job_id_: job.name for job_id_, job in held.items()}
         for item in answer.get("requeued", []):
             report.requeued += 1
@@ -227,7 +236,22 @@ class Submitter:
         report.states = answer.get("counts", {})
         report.runners = answer.get("runners", [])
 
-    def _rebuild_outbox_entry(self, job: HeldJob, report: CycleReport) -> None:
+    def _note_state(self, job: HeldJob, state: str, answer: dict[str, Any], sent: list[str], last) -> None:
+        runner = answer.get("claimed_by", {}).get(job.job_id)
+        if state == "absent":
+            log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job.job_id)
+            self._rebuild_outbox_entry(job)
+            return
+        if job.job_id in sent:
+            shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+        if state == "ready" and (last is None or last.state != "queued"):
+            self.history.record(job.name, "queued", job.job_id)
+            log.info("%s: staged and queued as %s", job.name, job.job_id)
+        elif state == "running" and (last is None or last.state != "running" or last.runner != runner):
+            self.history.record(job.name, "running", job.job_id, detail=runner, runner=runner)
+            log.info("%s: running on runner %s", job.name, runner)
+
+    def _rebuild_outbox_entry(self, job: HeldJob) -> None:
         try:
             prepared = prepare(self.config, job.name, job.description, job.fingerprint)
         except (JobInvalid, TemplateProblem, OSError) as problem:

@@ -119,8 +119,8 @@ def test_inputs_with_the_same_base_name_do_not_overwrite_each_other(config):
     assert out.read_text() == "from a\nfrom b\n"
 
 
-def test_a_job_still_being_written_is_not_failed_during_the_grace_period(config_factory):
-    config = config_factory(grace_seconds=30)
+def test_a_job_still_being_written_is_not_taken_before_it_settles(config_factory):
+    config = config_factory(grace_seconds=30, settle_seconds=3)
     (config.dropbox / "slow.job").write_text("script: copy\ninput_map:\n  src: /tm")
     run_once(config, LocalTransport())
     assert (config.dropbox / "slow.job").exists()
