@@ -95,6 +95,8 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
         for key, value in paths.items():
             if not isinstance(value, str) or not os.path.isabs(value):
                 problems.append(f"{section}.{key}: must be an absolute path, got {value!r}")
+            elif "\0" in value:
+                problems.append(f"{section}.{key}: contains a NUL byte")
             elif ".." in Path(value).parts:
                 problems.append(f"{section}.{key}: {value!r} contains '..'")
     names = [*args, *inputs, *outputs]
@@ -131,6 +133,18 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
 def check_files(job: JobDescription, input_roots: list[Path], output_roots: list[Path]) -> list[str]:
     """Inputs readable files and outputs writable places, inside the allowed roots."""
     problems = []
+    for section, paths in (("input_map", job.input_map), ("output_map", job.output_map)):
+        for key, value in paths.items():
+            try:
+                os.lstat(value)
+                Path(value).resolve()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, RuntimeError) as error:   # too long, a link loop, a NUL
+                detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+                problems.append(f"{section}.{key}: {value} cannot be used: {detail}")
+    if problems:
+        return problems
     for key, value in job.input_map.items():
         path = Path(value)
         real = path.resolve()

@@ -75,7 +75,7 @@ class Submitter:
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
-        self.history = History(config.state_dir / "history.sqlite")
+        self.history = History(config.state_dir / "history.sqlite", config.dropbox)
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
         self.finisher = Finisher(self.dropbox, self.history, self.cache)
         self.boundary = Boundary()
