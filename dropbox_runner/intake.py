@@ -110,8 +110,12 @@ class Intake:
         return self.dropbox.age(name) >= self.config.settle_seconds
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
-        inputs = {key: {"path": path, "sha256": self.history.file_digest(path)}
-                  for key, path in sorted(job.description.input_map.items())}
+        inputs = {}
+        for key, path in sorted(job.description.input_map.items()):
+            try:
+                inputs[key] = {"path": path, "sha256": self.history.file_digest(path)}
+            except OSError as error:     # the job's input, whatever the errno: its fault
+                raise JobInvalid([f"input_map.{key}: {path} cannot be read: {error.strerror or error}"]) from None
         provenance = {
             "inputs": inputs,
             "template": {"name": job.template.name, "sha256": job.template.digest},
