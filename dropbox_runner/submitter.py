@@ -38,6 +38,15 @@ from .metrics import record_cycle
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
+from .space import (
+    entry_bytes,
+    format_size,
+    is_out_of_space,
+    known_free,
+    remember_free,
+    split_by_room,
+    too_big_message,
+)
 from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
 from .transport import Transport, TransportError
 from .unusable import note_unusable
@@ -62,6 +71,7 @@ class CycleReport:
     dropbox_counts: dict[str, int] = field(default_factory=dict)
     cluster_errors: list[str] = field(default_factory=list)
     environment_errors: list[str] = field(default_factory=list)   # jobs that wait for this machine's fault
+    abandoned: list[str] = field(default_factory=list)   # failed here; the cluster drops what it has of them
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -104,25 +114,33 @@ class Submitter:
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = self._sendable(prune_outbox(self.outbox, set(held)), held)
+        waiting = self._fitting(self._sendable(prune_outbox(self.outbox, set(held)), held), held, report)
         if waiting:
-            self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
-            report.sent = len(waiting)
+            try:
+                self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
+                report.sent = len(waiting)
+            except (TransportError, OSError) as error:
+                if not is_out_of_space(error):
+                    raise
+                report.environment_errors.append(f"the push ran out of space: {error}")
+                log.warning("the push ran out of space on the cluster; %d job(s) wait: %s", len(waiting), error)
             fault_point("after_push")
 
-        if not held and not waiting and not self.cleanup_pending.exists():
+        if not held and not waiting and not report.abandoned and not self.cleanup_pending.exists():
             report.finished_error = tally[FAILED]
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.call("cycle", {
             "submitter": self.config.submitter_id,
             "in_flight": sorted(held),
-            "cancel": sorted(job.job_id for job in held.values() if job.name in listing.cancel),
+            "cancel": sorted([job.job_id for job in held.values() if job.name in listing.cancel]
+                             + report.abandoned),
             "classes": {name: cls.to_request() for name, cls in self.config.classes.items()},
             "max_attempts": self.config.max_attempts,
             "heartbeat_timeout": self.config.heartbeat_timeout,
         })
         fault_point("after_queue")
+        remember_free(self.config.state_dir, answer.get("workspace_free_bytes"))
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
         self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
@@ -154,6 +172,23 @@ class Submitter:
             held.pop(job_id_, None)
             shutil.rmtree(self.outbox / job_id_, ignore_errors=True)     # never sent half-checked
         return sendable
+
+    def _fitting(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
+        """Only what fits in the cluster's free space (as last reported) is sent; a job
+        that alone exceeds it fails, so it cannot fail every other job's push."""
+        free = known_free(self.config.state_dir)
+        if free is None or not waiting:
+            return waiting
+        sizes = {job_id_: entry_bytes(self.outbox / job_id_) for job_id_ in waiting}
+        send, wait, never = split_by_room(sizes, free)
+        for job_id_ in never:
+            report.abandoned.append(job_id_)     # what a push may have left of it goes too
+            job = held.pop(job_id_)
+            self._fail(job, too_big_message(sizes[job_id_], free), scratch=[self.outbox / job_id_])
+        if wait:
+            report.environment_errors.append(f"{len(wait)} job(s) wait for room in the cluster workspace")
+            log.warning("the cluster workspace has %s free: %d job(s) wait for room", format_size(free), len(wait))
+        return send
 
     def _check_sendable(self, job: HeldJob, held: dict[str, HeldJob], sendable: list[str]) -> None:
         vanished = vanished_inputs(self.outbox, job.job_id)

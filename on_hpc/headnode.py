@@ -10,6 +10,7 @@ nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
 import fcntl
+import json
 import os
 import sys
 import time
@@ -85,8 +86,12 @@ def cycle(request, sched=None):
     if requeued or refused:
         states = store.states()
 
-    finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
-                for job_id in in_flight if states.get(job_id) == DONE]
+    finished = []
+    for job_id in in_flight:
+        if states.get(job_id) == DONE:
+            record = read_finished_record(store, job_id, errors)
+            if record is not None:
+                finished.append({"id": job_id, "record": record})
     removed = remove_collected(store, states, request["submitter"], in_flight)
     held = set(in_flight)
     return {
@@ -102,7 +107,45 @@ def cycle(request, sched=None):
         "errors": errors,
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
         "counts": count_states(states),
+        "workspace_free_bytes": free_bytes(store.root),
     }
+
+
+def read_finished_record(store, job_id, errors):
+    """A done job's record; None (and an error line) when it cannot be read just now.
+
+    A read that fails (NFS EIO, ESTALE, a permission glitch) is the filesystem's fault,
+    not the job's: the job stays done and is reported again next cycle.  A record that
+    reads but is not JSON was spoiled where the job could write: the job's fault."""
+    path = store.finished_path(job_id)
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {"rc": -1, "error": "the run left no finished record"}
+    except (OSError, UnicodeDecodeError) as error:
+        errors.append("%s: cannot read its finished record just now (%s); it is collected later" % (job_id, error))
+        sys.stderr.write(errors[-1] + "\n")
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        record = None
+        why = str(error)
+    else:
+        why = "not a JSON object"
+    if not isinstance(record, dict):
+        return {"rc": -1, "error": "its finished record is unreadable (%s)" % why}
+    return record
+
+
+def free_bytes(path):
+    """Space left on the workspace's filesystem (None when it cannot be asked)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 @contextlib.contextmanager

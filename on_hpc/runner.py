@@ -6,6 +6,7 @@ taking jobs that arrive while it runs.  It never starts a job that expects more 
 the allocation has left, and when told to stop (the scheduler's early warning, SIGTERM,
 Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
+import errno
 import os
 import select
 import shutil
@@ -26,11 +27,16 @@ HEARTBEAT_SECONDS = 10
 # back this long so a stop that follows turns it into an interruption, not a failure.
 SIGNAL_GRACE_SECONDS = 2.0
 TERMINATE_WAIT_SECONDS = 3.0
+# A failed job that leaves less than this free on its disk is taken to have failed for
+# want of space (its own output filled it).
+FULL_BYTES = 64 * 1024
 
 
 class RunningJob(object):
-    def __init__(self, job_id, process, start, gpus, attempt):
+    def __init__(self, job_id, process, start, gpus, attempt, free_at_start=0):
         self.job_id = job_id
+        self.free_at_start = free_at_start    # bytes free on its disk when it started
+        self.disk_full = None                 # why its disk was full when it ended ("" if it was not)
         self.process = process
         self.start = start
         self.gpus = gpus
@@ -83,20 +89,24 @@ class Runner(object):
         self.gpus_per_job = len(gpus) // self.slots if gpus else 0
         self.free_gpus = list(gpus)
         self.jobs = {}
+        self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
         self.unfit_seen = set()
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
 
     def run(self):
-        write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
-                                     "started": time.time(), "deadline": self.deadline})
+        self.alive = {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
+                      "started": time.time(), "deadline": self.deadline}
+        write_json(self.alive_path, self.alive)
         log("runner %s up on %s: %d slot(s), gpus %s, %s" % (
             self.runner_id, self.host, self.slots, self.free_gpus or "none", self._left_text()))
         idle_since = last_beat = time.time()
         try:
             while True:
                 self._reap()
+                for job, code, end in list(self.unrecorded.values()):
+                    self._finish(job, code, end)
                 if not self.stop_reason and self.stop_at is not None and time.time() >= self.stop_at:
                     self.stop_reason = "runner %s reached its time limit less %ds" % (
                         self.runner_id, self.warn)
@@ -106,7 +116,7 @@ class Runner(object):
                 unfit = self._fill_slots()
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_SECONDS:
-                    os.utime(self.alive_path, None)
+                    self._heartbeat()
                     last_beat = now
                 if self.jobs:
                     idle_since = now
@@ -123,6 +133,20 @@ class Runner(object):
                 self._nap(POLL_SECONDS)
         finally:
             self.store.forget_runner(self.runner_id)
+
+    def _heartbeat(self):
+        """Touch the heartbeat; recreate it when someone removed it (a cleanup script, a
+        full disk's victim), so the head node does not take a live runner for lost."""
+        try:
+            os.utime(self.alive_path, None)
+        except FileNotFoundError:
+            log("heartbeat file %s vanished; writing it again" % self.alive_path)
+            try:
+                write_json(self.alive_path, self.alive)
+            except OSError as error:
+                log("cannot write the heartbeat file: %s" % error)
+        except OSError as error:
+            log("cannot touch the heartbeat file: %s" % error)
 
     # -- claiming and starting ----------------------------------------------------------
     def _fill_slots(self):
@@ -189,10 +213,13 @@ class Runner(object):
             self.free_gpus.extend(gpus)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
-        write_json(os.path.join(job_dir, "claim.json"), {
-            "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
-            "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus})
-        self.jobs[job_id] = RunningJob(job_id, process, start, gpus, attempt)
+        try:
+            write_json(os.path.join(job_dir, "claim.json"), {
+                "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
+                "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus})
+        except OSError as error:    # a full disk: the job runs; only its leftovers' cleanup needs this
+            log("cannot write claim.json of %s: %s" % (job_id, error))
+        self.jobs[job_id] = RunningJob(job_id, process, start, gpus, attempt, free_bytes(job_dir) or 0)
         log("started %s (attempt %d, gpus %s)" % (job_id, attempt, gpus or "none"))
 
     # -- ending ---------------------------------------------------------------------------
@@ -219,11 +246,46 @@ class Runner(object):
             self._finish(job, code, end)
 
     def _finish(self, job, code, end):
-        del self.jobs[job.job_id]
-        self.free_gpus.extend(job.gpus)
-        self.store.finish(self.runner_id, job.job_id,
-                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled))
-        log("finished %s rc=%s" % (job.job_id, code))
+        if self.jobs.pop(job.job_id, None) is not None:
+            self.free_gpus.extend(job.gpus)
+        record = self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled)
+        job_dir = self.store.job_dir(job.job_id)
+        if job.disk_full is None:     # as it was when the job ended, not when recorded
+            job.disk_full = (disk_full(job_dir) if code != 0 and not job.cancelled else None) or ""
+        full = job.disk_full
+        try:
+            if full and job_bytes(job_dir) < job.free_at_start // 2:
+                # Someone else filled the disk: not this job's fault.  It runs again,
+                # counted, so a disk that stays full ends it after max_attempts.
+                outcome = self.store.release(self.runner_id, job.job_id, "the cluster's disk filled up (%s), "
+                                             "not by this job" % full, self.spec.get("max_attempts", 3),
+                                             attempt=job.attempt)
+                log("released %s: %s (disk full, not its doing)" % (job.job_id, outcome))
+                self.unrecorded.pop(job.job_id, None)
+                return
+            if full:
+                record["error"] = free_space_of_failed_job(job_dir, full)
+            self._record_end(job.job_id, record)
+        except OSError as error:
+            # The filesystem refused even that (a full disk): the runner goes on and tries
+            # again each turn of its loop; if it leaves first, the head node hands the job back.
+            if job.job_id not in self.unrecorded:
+                log("cannot record the end of %s (%s); trying again" % (job.job_id, error))
+            self.unrecorded[job.job_id] = (job, code, end)
+            return
+        self.unrecorded.pop(job.job_id, None)
+        log("finished %s rc=%s%s" % (job.job_id, code, " (%s)" % record["error"] if full else ""))
+
+    def _record_end(self, job_id, record):
+        """finished.json; when even that small file does not fit, the job's own output is
+        what fills the disk: it is removed and the record says so."""
+        try:
+            self.store.finish(self.runner_id, job_id, record)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT) or record.get("error"):
+                raise
+            record["error"] = free_space_of_failed_job(self.store.job_dir(job_id), error.strerror)
+            self.store.finish(self.runner_id, job_id, record)
 
     def _record(self, job_id, attempt, start, code, end, cancelled=False):
         signal_name = None
@@ -317,9 +379,59 @@ def _empty_folder(path):
     os.makedirs(path, mode=0o700)
 
 
+def free_bytes(path):
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def disk_full(path):
+    """Why the disk holding ``path`` counts as full (free space under FULL_BYTES), or None."""
+    free = free_bytes(path)
+    return "No space left on device (%d bytes free)" % free if free is not None and free < FULL_BYTES else None
+
+
+def job_bytes(job_dir):
+    """What a job wrote: its output folder, stdout and stderr."""
+    total = _tree_bytes(os.path.join(job_dir, "output"))
+    for name in ("stdout", "stderr"):
+        try:
+            total += os.lstat(os.path.join(job_dir, name)).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _tree_bytes(folder):
+    size = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                size += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return size
+
+
+def free_space_of_failed_job(job_dir, why):
+    """A job that failed on a full disk: its partial output is removed so the disk is free
+    for the others, and its record says so (the job's fault, not a reason to run it again)."""
+    output = os.path.join(job_dir, "output")
+    size = _tree_bytes(output)
+    shutil.rmtree(output, ignore_errors=True)
+    return ("the cluster's disk was full when the job ended (%s): its output was removed "
+            "(%d bytes) to free the disk for other jobs" % (why, size))
+
+
 def log(message):
-    sys.stdout.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
-    sys.stdout.flush()
+    """The runner's log line; a full disk under the log file must not end the runner."""
+    try:
+        sys.stdout.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
+        sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def main(spec_path):
