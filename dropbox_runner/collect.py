@@ -15,6 +15,7 @@ from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .jobs import workspace_names
+from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
 from .results import error_block, read_stream, run_block
 from .staging import JOBS_FOLDER
@@ -47,9 +48,10 @@ class Collector:
         finished_ids = []
         for item in done:
             job = held[item["id"]]
-            if self.boundary.contain(job.name, "collecting its run",
-                                     lambda job=job, item=item: self._finish(job, item["record"]),
-                                     lambda message, job=job: self._fail(job, message)):
+            if self.boundary.contain(
+                    job.name, "collecting its run",
+                    lambda job=job, item=item: self._finish(job, FinishedRecord.from_json(item["record"])),
+                    lambda message, job=job: self._fail(job, message)):
                 finished_ids.append(job.job_id)
             elif not self.dropbox.path(job.name, ".submitted").exists():
                 finished_ids.append(job.job_id)     # ended by its error result
@@ -60,7 +62,7 @@ class Collector:
                                      error_block(message, job.job_id, job_digest=job.job_digest),
                                      scratch=[self.inbox / job.job_id], log_level=logging.WARNING))
 
-    def _finish(self, job: HeldJob, record: dict[str, Any]) -> None:
+    def _finish(self, job: HeldJob, record: FinishedRecord) -> None:
         pulled = self.inbox / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)

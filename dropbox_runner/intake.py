@@ -22,6 +22,7 @@ from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
 from .jobs import JobInvalid, parse_job_document
+from .on_hpc.protocol import JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
@@ -136,7 +137,7 @@ class Intake:
                                   digest, provenance))
         fault_point("after_hold")
         self.dropbox.discard(name, "")
-        self.history.record(name, "submitted", job.job_id, detail=f"class {job.job_class}",
+        self.history.record(name, JobState.SUBMITTED, job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
-from .units import parse_duration
+from .on_hpc.durations import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

@@ -29,6 +29,7 @@ from .cache import ResultCache
 from .dropbox import Dropbox
 from .faults import fault_point
 from .history import History
+from .on_hpc.protocol import JobState
 from .results import OutputProblem, place_outputs
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class Finisher:
             shutil.rmtree(folder, ignore_errors=True)
         self.history.forget_earlier_runs(outcome.name)
         message = block.get("message")
-        self.history.record(outcome.name, "finished", block.get("id"), detail=outcome.detail or message,
+        self.history.record(outcome.name, JobState.FINISHED, block.get("id"), detail=outcome.detail or message,
                             status=block.get("status"), message=message, **outcome.record)
         self.tally[outcome.kind if outcome.kind != RAN else f"ran_{block.get('status')}"] += 1
         log.log(outcome.log_level, "%s: %s: %s", outcome.name, _verb(outcome), message)

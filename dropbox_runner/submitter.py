@@ -35,6 +35,7 @@ from .intake import Intake
 from .jobs import JobInvalid, job_id
 from .lock import cycle_lock
 from .metrics import record_cycle
+from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
@@ -130,24 +131,21 @@ class Submitter:
             report.finished_error = tally[FAILED]
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
-        answer = self.cluster.call("cycle", {
-            "submitter": self.config.submitter_id,
-            "in_flight": sorted(held),
-            "cancel": sorted([job.job_id for job in held.values() if job.name in listing.cancel]
-                             + report.abandoned),
-            "classes": {name: cls.to_request() for name, cls in self.config.classes.items()},
-            "max_attempts": self.config.max_attempts,
-            "heartbeat_timeout": self.config.heartbeat_timeout,
-        })
+        answer = self.cluster.cycle(CycleRequest(
+            root=self.config.workspace, scheduler=self.config.scheduler, submitter=self.config.submitter_id,
+            in_flight=sorted(held),
+            cancel=sorted([job.job_id for job in held.values() if job.name in listing.cancel] + report.abandoned),
+            classes={name: cls.to_request() for name, cls in self.config.classes.items()},
+            max_attempts=self.config.max_attempts, heartbeat_timeout=self.config.heartbeat_timeout))
         fault_point("after_queue")
-        remember_free(self.config.state_dir, answer.get("workspace_free_bytes"))
+        remember_free(self.config.state_dir, answer.workspace_free_bytes)
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
         self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
         with self.history.batch():
-            if any(item["id"] in held for item in answer["finished"]):
+            if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
-            collected = self.collector.collect(held, answer["finished"])
+            collected = self.collector.collect(held, answer.finished)
         report.finished_ok = tally["ran_ok"]
         report.finished_error = tally[FAILED] + tally["ran_error"]
         report.collected_ids = collected
@@ -242,11 +240,11 @@ class Submitter:
                                   None)
 
     # -- 3. queue states ----------------------------------------------------------------------
-    def _note_queue_states(self, held: dict[str, HeldJob], answer: dict[str, Any],
+    def _note_queue_states(self, held: dict[str, HeldJob], answer: CycleAnswer,
                            sent: list[str], report: CycleReport) -> None:
-        known = {row.name: row for row in self.history.jobs(states=["submitted", "queued", "running"],
+        known = {row.name: row for row in self.history.jobs(states=list(JobState.IN_FLIGHT),
                                                              limit=len(held) + 1000)}
-        for job_id_, state in answer["states"].items():
+        for job_id_, state in answer.states.items():
             job = held.get(job_id_)
             if job is not None:
                 self.boundary.contain(
@@ -254,36 +252,37 @@ class Submitter:
                     lambda job=job, state=state: self._note_state(job, state, answer, sent, known.get(job.name)),
                     None)
         names = {job_id_: job.name for job_id_, job in held.items()}
-        for item in answer.get("requeued", []):
+        for item in answer.requeued:
             report.requeued += 1
             name = names.get(item["id"], item["id"])
-            self.history.record(name, "queued", item["id"], detail=f"{item['outcome']}: {item['reason']}")
+            self.history.record(name, JobState.QUEUED, item["id"], detail=f"{item['outcome']}: {item['reason']}")
             log.warning("%s: %s (%s)", name, item["outcome"], item["reason"])
-        for item in answer.get("refused", []):
+        for item in answer.refused:
             log.warning("%s: not run: %s", names.get(item["id"], item["id"]), item["reason"])
-        for error in answer.get("errors", []):
+        for error in answer.errors:
             report.cluster_errors.append(error)
             log.warning("cluster: %s", error)
-        for runner in answer.get("submitted", []):
+        for runner in answer.submitted:
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
-        report.states = answer.get("counts", {})
-        report.runners = answer.get("runners", [])
+        report.states = answer.counts
+        report.runners = answer.runners
 
-    def _note_state(self, job: HeldJob, state: str, answer: dict[str, Any], sent: list[str], last) -> None:
-        runner = answer.get("claimed_by", {}).get(job.job_id)
-        if state == "absent":
+    def _note_state(self, job: HeldJob, state: str, answer: CycleAnswer, sent: list[str], last) -> None:
+        runner = answer.claimed_by.get(job.job_id)
+        if state == JobState.ABSENT:
             log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job.job_id)
             self._rebuild_outbox_entry(job)
             return
         if job.job_id in sent:
             shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
-        if state == "ready" and (last is None or last.state != "queued"):
-            self.history.record(job.name, "queued", job.job_id)
+        if state == JobState.QUEUED and (last is None or last.state != JobState.QUEUED):
+            self.history.record(job.name, JobState.QUEUED, job.job_id)
             log.info("%s: staged and queued as %s", job.name, job.job_id)
-        elif state == "running" and (last is None or last.state != "running" or last.runner != runner):
-            self.history.record(job.name, "running", job.job_id, detail=runner, runner=runner)
+        elif state == JobState.RUNNING and (last is None or last.state != JobState.RUNNING
+                                            or last.runner != runner):
+            self.history.record(job.name, JobState.RUNNING, job.job_id, detail=runner, runner=runner)
             log.info("%s: running on runner %s", job.name, runner)
 
     def _rebuild_outbox_entry(self, job: HeldJob) -> None:

@@ -1,6 +1,7 @@
 """One bad entry or one fault never stalls the dropbox (issue 12): for each kind, a
 bystander dropped beside it finishes ok, the bad entry gets a clear result or one log
 line, and nothing is lost or run twice."""
+import dataclasses
 import logging
 import os
 import subprocess
@@ -212,7 +213,7 @@ def test_a_garbled_finished_record_on_the_cluster_fails_only_its_job(config):
 
     def garble(job, record):
         if job.name == "liar.job":
-            record = dict(record, rc="not a number", start="yesterday")
+            record = dataclasses.replace(record, rc="not a number", start="yesterday")
         return original(job, record)
 
     submitter.collector._finish = garble
