@@ -56,8 +56,7 @@ class Intake:
             self.boundary.contain(
                 name, "taking in the job",
                 lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts),
-                None if name in held_names else lambda message, name=name: self._finish_untaken(
-                    name, message, message, kind=FAILED))
+                None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
         return counts
 
     def _take_one(self, name: str, listing: Listing, held_names: set[str], keys_in_flight: set[str],
@@ -182,6 +181,12 @@ class Intake:
         self.finisher.finish(Outcome(name, raw if isinstance(raw, dict) else None,
                                      error_block(message, job_digest=digest), kind=REJECTED, held=False,
                                      log_level=logging.WARNING))
+
+    def _fail_untaken(self, name: str, message: str) -> None:
+        """An error result for a job whose intake raised; a hold this intake may already
+        have written goes too (no other hold of this name existed, or it would not be here)."""
+        self.dropbox.discard(name, ".submitted")
+        self._finish_untaken(name, message, message, kind=FAILED)
 
     def _finish_untaken(self, name: str, message: str, detail: str, kind: str = CANCELLED) -> None:
         try:

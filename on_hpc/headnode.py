@@ -9,7 +9,6 @@ truth about which runners exist; when it does not answer, the last listing is ke
 nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import uuid
 
 from .files import listdir, read_json, write_json
 from .jobstore import JobStore
+from .locks import FileLock
 from .protocol import (
     CycleAnswer,
     CycleRequest,
@@ -153,12 +153,12 @@ def free_bytes(path):
 
 @contextlib.contextmanager
 def workspace_lock(store):
-    fd = os.open(os.path.join(store.runners_dir(), ".cycle.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(os.path.join(store.runners_dir(), ".cycle.lock"))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.acquire(blocking=True)
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def remove_collected(store, states, submitter, in_flight):

@@ -309,3 +309,25 @@ def test_a_full_disk_here_makes_jobs_wait_not_fail(config, full_outbox, caplog):
         submitter.close()
     assert all(results[name]["job"]["status"] == "ok" for name in names)
     assert_each_ran_once(config, results)
+
+
+def test_a_locked_history_is_waited_for(config, caplog):
+    import sqlite3
+    import threading
+
+    first = bystander(config, 1)
+    drain(config, [first])
+    blocker = sqlite3.connect(str(config.state_dir / "history.sqlite"), isolation_level=None,
+                              check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(2.0, lambda: blocker.execute("COMMIT"))
+    release.start()
+    try:
+        second = bystander(config, 2)
+        results = drain(config, [second])
+    finally:
+        release.join()
+        blocker.close()
+    assert results[second]["job"]["status"] == "ok"
+    assert not list(config.state_dir.glob("history.sqlite.corrupt-*"))
+    assert "database is locked" not in caplog.text       # waited for, not failed on
