@@ -27,6 +27,7 @@ from typing import Any
 
 from .cache import ResultCache
 from .dropbox import Dropbox
+from .entries import bounded_message
 from .faults import fault_point
 from .history import History
 from .on_hpc.protocol import JobState
@@ -85,6 +86,8 @@ class Finisher:
                 if outcome.cache_key:
                     self.cache.store(outcome.cache_key, outcome.produced, block)
             fault_point("after_outputs")
+        if isinstance(block.get("message"), str):
+            block["message"] = bounded_message(block["message"])     # a result and a log line stay readable
         earlier = self.history.earlier_runs(outcome.name)
         if earlier:
             block["earlier_runs"] = earlier

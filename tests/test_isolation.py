@@ -108,6 +108,8 @@ BAD_JOB_FILES = {
     "path component over NAME_MAX": (f"script: ledger\ninput_map: {{i: /tmp/{'x' * 300}}}\n", "input_map.i"),
     "random bytes": (os.urandom(3000).decode("latin-1"), ""),
     "a list of mappings": ("- a: 1\n- b: 2\n", "must hold a mapping"),
+    "ten thousand unknown keys": ("script: ledger\n" + "".join(f"k{n}: 1\n" for n in range(10000)),
+                                  "more characters cut"),
 }
 
 
@@ -331,3 +333,38 @@ def test_a_locked_history_is_waited_for(config, caplog):
     assert results[second]["job"]["status"] == "ok"
     assert not list(config.state_dir.glob("history.sqlite.corrupt-*"))
     assert "database is locked" not in caplog.text       # waited for, not failed on
+
+
+def test_the_watch_daemon_takes_a_file_written_in_place_once_closed_never_half_written(tmp_path):
+    """settle_seconds is 60, so only the close-write event can explain a take within it."""
+    import subprocess
+    import sys
+    import time
+
+    from helpers import stop_local_runners, wait_until, write_config
+
+    from dropbox_runner.config import load_config
+
+    config_path = write_config(tmp_path, settle_seconds=60)
+    config = load_config(config_path)
+    log = tmp_path / "watch.log"
+    with open(log, "a") as output:
+        daemon = subprocess.Popen([sys.executable, "-m", "dropbox_runner.cli", "watch", "--config", str(config_path)],
+                                  stdout=output, stderr=output)
+    try:
+        wait_until(lambda: "watching" in log.read_text(), timeout=30, what="the daemon watching")
+        text = yaml.safe_dump({"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                               "output_map": {"out": str(tmp_path / "outputs" / "slow.txt")}})
+        with open(config.dropbox / "slow.job", "w") as handle:      # written in place, in two parts
+            handle.write(text[: len(text) // 2])
+            handle.flush()
+            time.sleep(1.5)                                          # events (created, modified) meanwhile
+            handle.write(text[len(text) // 2:])
+        started = time.monotonic()
+        block = wait_until(lambda: result(config, "slow.job"), timeout=45, what="the result")["job"]
+        assert block["status"] == "ok", block                        # never taken half-written
+        assert time.monotonic() - started < 45
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        stop_local_runners(config)
