@@ -17,7 +17,7 @@ from .history import History
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
-from .results import error_block, read_stream, run_block
+from .results import error_block, read_stream, resource_provenance, run_block
 from .staging import JOBS_FOLDER
 from .transport import Transport
 
@@ -69,6 +69,7 @@ class Collector:
         block["job_digest"] = job.job_digest
         block["provenance"] = dict(job.provenance, scheduler_job_id=block["scheduler_job_id"],
                                    host=block["host"], runner=block["runner"])
+        block["provenance"].update(resource_provenance(record))
         outputs = job.description.get("output_map") or {}
         names = workspace_names(outputs)
         self.finisher.finish(Outcome(
