@@ -73,6 +73,7 @@ class CycleReport:
     cluster_errors: list[str] = field(default_factory=list)
     environment_errors: list[str] = field(default_factory=list)   # jobs that wait for this machine's fault
     abandoned: list[str] = field(default_factory=list)   # failed here; the cluster drops what it has of them
+    unsent: list[str] = field(default_factory=list)      # their push ran out of space; sent again later
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -125,6 +126,7 @@ class Submitter:
                     raise
                 report.environment_errors.append(f"the push ran out of space: {error}")
                 log.warning("the push ran out of space on the cluster; %d job(s) wait: %s", len(waiting), error)
+                report.unsent, waiting = waiting, []
             fault_point("after_push")
 
         if not held and not waiting and not report.abandoned and not self.cleanup_pending.exists():
@@ -135,6 +137,7 @@ class Submitter:
             root=self.config.workspace, scheduler=self.config.scheduler, submitter=self.config.submitter_id,
             in_flight=sorted(held),
             cancel=sorted([job.job_id for job in held.values() if job.name in listing.cancel] + report.abandoned),
+            unsent=report.unsent,
             classes={name: cls.to_request() for name, cls in self.config.classes.items()},
             max_attempts=self.config.max_attempts, heartbeat_timeout=self.config.heartbeat_timeout))
         fault_point("after_queue")
@@ -246,7 +249,7 @@ class Submitter:
                                                              limit=len(held) + 1000)}
         for job_id_, state in answer.states.items():
             job = held.get(job_id_)
-            if job is not None:
+            if job is not None and job_id_ not in report.unsent:
                 self.boundary.contain(
                     job.name, "noting its state on the cluster",
                     lambda job=job, state=state: self._note_state(job, state, answer, sent, known.get(job.name)),

@@ -11,6 +11,7 @@ nothing is requeued, submitted or failed on the strength of a missing answer.
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -60,7 +61,14 @@ def cycle(request, sched=None):
     states = store.states()
     for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
+    unsent = set(request.unsent)
     for job_id in in_flight:
+        if job_id in unsent and job_id not in states:
+            # Its push failed half-way (a full disk): what arrived is removed, not queued;
+            # the submitter sends it again when there is room.
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            states[job_id] = JobState.SUBMITTED
+            continue
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
 
