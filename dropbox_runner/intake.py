@@ -30,6 +30,8 @@ from .staging import PreparedJob, prepare, write_outbox_entry
 
 log = logging.getLogger(__name__)
 
+SETTLE_POLL_SECONDS = 0.1
+
 
 @dataclass
 class IntakeCounts:
@@ -50,17 +52,36 @@ class Intake:
         self.outbox = config.state_dir / "outbox"
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
+        """Take every new job; files changed in the last ``settle_seconds`` are waited
+        for once, within this cycle (at most that long), so a job dropped just before a
+        cron cycle does not wait for the next one."""
         counts = IntakeCounts()
         held_names = set(listing.submitted)
-        for name in listing.new:
-            self.boundary.contain(
-                name, "taking in the job",
-                lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts),
-                None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
+        unsettled: list[str] = []
+        self._take_all(listing.new, listing, held_names, keys_in_flight, counts, unsettled)
+        if unsettled:
+            self._wait_to_settle(unsettled)
+            self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
         return counts
 
+    def _take_all(self, names: list[str], listing: Listing, held_names: set[str], keys_in_flight: set[str],
+                  counts: IntakeCounts, unsettled: list[str] | None) -> None:
+        for name in names:
+            self.boundary.contain(
+                name, "taking in the job",
+                lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts, unsettled),
+                None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
+
+    def _wait_to_settle(self, names: list[str]) -> None:
+        """Until every name has settled (or was seen closed), at most ``settle_seconds``."""
+        deadline = time.monotonic() + self.config.settle_seconds
+        while time.monotonic() < deadline:
+            if all(name in self.closed or self.dropbox.age(name) >= self.config.settle_seconds for name in names):
+                return
+            time.sleep(SETTLE_POLL_SECONDS)
+
     def _take_one(self, name: str, listing: Listing, held_names: set[str], keys_in_flight: set[str],
-                  counts: IntakeCounts) -> None:
+                  counts: IntakeCounts, unsettled: list[str] | None) -> None:
         if name in held_names or name in listing.finished:
             self._settle_duplicate(name, name in held_names)
             return
@@ -69,6 +90,8 @@ class Intake:
             return
         if not self._settled(name):
             log.debug("%s: changed in the last %ss; taken once it settles", name, self.config.settle_seconds)
+            if unsettled is not None:
+                unsettled.append(name)
             return
         raw, digest = None, None
         try:

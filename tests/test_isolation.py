@@ -164,14 +164,28 @@ def test_a_job_that_parses_but_is_invalid_is_rejected_in_the_first_cycle_despite
 
 
 def test_a_job_written_in_place_is_taken_only_once_settled(config_factory):
-    config = config_factory(settle_seconds=30)
+    """A cron cycle waits (up to settle_seconds) for a file that just changed, and leaves
+    one that keeps changing for a later cycle."""
+    import threading
+    import time
+
+    config = config_factory(settle_seconds=2)
+    path = drop(config, "slow.job", {"script": "no_such_template"})
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: [os.utime(path) for _ in iter(lambda: done.wait(0.2), True)])
+    writer.start()
+    try:
+        started = time.monotonic()
+        run_once(config, LocalTransport())
+        assert time.monotonic() - started >= 2           # it waited within the cycle...
+        assert result(config, "slow.job") is None         # ...but the file never settled
+    finally:
+        done.set()
+        writer.join()
     drop(config, "fresh.job", {"script": "no_such_template"})
-    run_once(config, LocalTransport())
-    assert result(config, "fresh.job") is None            # still changing, perhaps
-    old = os.stat(config.dropbox / "fresh.job").st_mtime - 31
-    os.utime(config.dropbox / "fresh.job", (old, old))
-    run_once(config, LocalTransport())
-    assert "there is no template" in result(config, "fresh.job")["job"]["message"]
+    run_once(config, LocalTransport())                    # both settle within this cycle
+    for name in ("slow.job", "fresh.job"):
+        assert "there is no template" in result(config, name)["job"]["message"]
 
 
 def test_a_job_the_watch_daemon_saw_closed_is_taken_without_settling(config_factory):
