@@ -84,7 +84,7 @@ class Finisher:
                 block.update(status="error", message=str(problem))
             else:
                 if outcome.cache_key:
-                    self.cache.store(outcome.cache_key, outcome.produced, block)
+                    self._keep_in_cache(outcome)
             fault_point("after_outputs")
         if isinstance(block.get("message"), str):
             block["message"] = bounded_message(block["message"])     # a result and a log line stay readable
@@ -104,6 +104,15 @@ class Finisher:
         self.tally[outcome.kind if outcome.kind != RAN else f"ran_{block.get('status')}"] += 1
         log.log(outcome.log_level, "%s: %s: %s", outcome.name, _verb(outcome), message)
         return True
+
+
+    def _keep_in_cache(self, outcome: Outcome) -> None:
+        """The cache only saves later work: a cache that cannot take the outputs (its disk
+        full) never holds back this job's result."""
+        try:
+            self.cache.store(outcome.cache_key, outcome.produced, outcome.block)
+        except OSError as error:
+            log.warning("%s: not kept in the result cache: %s", outcome.name, error)
 
 
 def _tag(outcome: Outcome) -> str:

@@ -382,3 +382,22 @@ def test_the_watch_daemon_takes_a_file_written_in_place_once_closed_never_half_w
         daemon.terminate()
         daemon.wait(timeout=30)
         stop_local_runners(config)
+
+
+def test_a_full_cache_disk_never_holds_back_a_result(config_factory, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], check=True)
+    try:
+        config = config_factory(cache_dir=str(cache))
+        drop(config, "big.job", {"script": "big_output", "args": {"kib": 200},
+                                 "output_map": {"out": str(tmp_path / "outputs" / "big.bin")}})
+        name = bystander(config)
+        results = drain(config, ["big.job", name])
+        assert results["big.job"]["job"]["status"] == "ok"
+        assert (tmp_path / "outputs" / "big.bin").stat().st_size == 200 * 1024
+        assert results[name]["job"]["status"] == "ok"
+        assert not [p for p in cache.rglob("*") if p.name.startswith(".partial-")]
+    finally:
+        if subprocess.run(["umount", str(cache)], check=False).returncode:
+            subprocess.run(["umount", "-l", str(cache)], check=False)
