@@ -131,6 +131,7 @@ class Submitter:
 
         if not held and not waiting and not report.abandoned and not self.cleanup_pending.exists():
             report.finished_error = tally[FAILED]
+            report.dropbox_counts = _dropbox_counts(listing, report, collected=0)   # idle cycles count too
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.cycle(CycleRequest(
@@ -153,11 +154,7 @@ class Submitter:
         report.finished_error = tally[FAILED] + tally["ran_error"]
         report.collected_ids = collected
         report.held_ids = sorted(set(held) - set(collected))
-        report.dropbox_counts = {
-            "waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
-            "submitted": len(report.held_ids),
-            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled
-            + len(collected)}
+        report.dropbox_counts = _dropbox_counts(listing, report, len(collected))
         report.seconds = time.monotonic() - started
         return report
 
@@ -301,6 +298,13 @@ class Submitter:
         self.finisher.finish(Outcome(job.name, job.description,
                                      error_block(message, job.job_id, job_digest=job.job_digest),
                                      scratch=scratch or [], log_level=logging.WARNING))
+
+
+def _dropbox_counts(listing, report: CycleReport, collected: int) -> dict[str, int]:
+    """Jobs in the dropbox by state at the end of the cycle (the metrics' gauges)."""
+    return {"waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
+            "submitted": len(report.held_ids),
+            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled + collected}
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:
