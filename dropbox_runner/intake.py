@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,7 @@ class Intake:
         self.cache = cache
         self.finisher = finisher
         self.boundary = boundary
-        self.closed: set[str] = set()    # names the watch daemon saw closed after writing, or renamed in
+        self.closed: set[str] = set()    # known complete: seen closed or renamed in (watch), or stable
         self.outbox = config.state_dir / "outbox"
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
@@ -73,12 +74,27 @@ class Intake:
                 None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
 
     def _wait_to_settle(self, names: list[str]) -> None:
-        """Until every name has settled (or was seen closed), at most ``settle_seconds``."""
+        """Until every name has settled (or was seen closed), at most ``settle_seconds``.
+        A file whose size and mtime did not move during the whole wait has settled too,
+        whatever its mtime says (a file server whose clock runs ahead)."""
+        seen = {name: self._stamp(name) for name in names}
         deadline = time.monotonic() + self.config.settle_seconds
-        while time.monotonic() < deadline:
-            if all(name in self.closed or self.dropbox.age(name) >= self.config.settle_seconds for name in names):
+        while True:
+            pending = [name for name in names
+                       if name not in self.closed and self.dropbox.age(name) < self.config.settle_seconds]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                self.closed.update(name for name in pending if seen[name] and self._stamp(name) == seen[name])
                 return
             time.sleep(SETTLE_POLL_SECONDS)
+
+    def _stamp(self, name: str) -> tuple[int, int] | None:
+        try:
+            info = os.lstat(self.dropbox.path(name))
+        except OSError:
+            return None
+        return info.st_size, info.st_mtime_ns
 
     def _take_one(self, name: str, listing: Listing, held_names: set[str], keys_in_flight: set[str],
                   counts: IntakeCounts, unsettled: list[str] | None) -> None:

@@ -188,6 +188,15 @@ def test_a_job_written_in_place_is_taken_only_once_settled(config_factory):
         assert "there is no template" in result(config, name)["job"]["message"]
 
 
+def test_a_file_from_a_server_whose_clock_runs_ahead_still_settles(config_factory):
+    config = config_factory(settle_seconds=1)
+    path = drop(config, "ahead.job", {"script": "no_such_template"})
+    future = os.stat(path).st_mtime + 3600
+    os.utime(path, (future, future))
+    run_once(config, LocalTransport())       # unchanged through the whole wait: taken
+    assert "there is no template" in result(config, "ahead.job")["job"]["message"]
+
+
 def test_a_job_the_watch_daemon_saw_closed_is_taken_without_settling(config_factory):
     config = config_factory(settle_seconds=30)
     drop(config, "closed.job", {"script": "no_such_template"})
