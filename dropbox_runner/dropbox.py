@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .boundary import is_environment
 from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
 from .on_hpc.files import write_atomic
@@ -135,10 +136,15 @@ class Dropbox:
         write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
+        """The raw ``.submitted`` document; ValueError when it cannot be read as one,
+        OSError for a fault of the filesystem (EIO, ESTALE) that may pass."""
         try:
             data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, UnusableEntry) as error:
+        except OSError as error:
+            if is_environment(error):
+                raise               # a read that may work next time: the job waits
+            raise ValueError(str(error)) from None
+        except (UnicodeDecodeError, yaml.YAMLError, UnusableEntry) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")

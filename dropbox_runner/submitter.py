@@ -103,6 +103,7 @@ class Submitter:
         report = CycleReport()
         self.finisher.tally.clear()
         self.boundary.environment_errors = report.environment_errors
+        self.unread_holds = 0      # holds this cycle could not read: their jobs are not in_flight
         listing = self.dropbox.scan()
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
@@ -139,13 +140,17 @@ class Submitter:
             in_flight=sorted(held),
             cancel=sorted([job.job_id for job in held.values() if job.name in listing.cancel] + report.abandoned),
             unsent=report.unsent,
+            # A hold that could not be read names a job the cluster must not forget: nothing
+            # collected is removed in such a cycle.
+            remove_collected=not self.unread_holds,
             classes={name: cls.to_request() for name, cls in self.config.classes.items()},
             max_attempts=self.config.max_attempts, heartbeat_timeout=self.config.heartbeat_timeout))
         fault_point("after_queue")
         remember_free(self.config.state_dir, answer.workspace_free_bytes)
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
-        self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
+        if not self.unread_holds:
+            self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
         with self.history.batch():
             if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
@@ -167,8 +172,9 @@ class Submitter:
                                      lambda job=job: self._check_sendable(job, held, sendable),
                                      lambda message, job=job: self._fail(job, message, [self.outbox / job.job_id])):
                 continue
-            held.pop(job_id_, None)
-            shutil.rmtree(self.outbox / job_id_, ignore_errors=True)     # never sent half-checked
+            if not self.dropbox.path(job.name, ".submitted").exists():     # ended by its error result
+                held.pop(job_id_, None)
+                shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
         return sendable
 
     def _fitting(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
@@ -202,8 +208,10 @@ class Submitter:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
         for name in names:
-            self.boundary.contain(name, "reading its .submitted file", lambda name=name: self._read_hold(name, held),
-                                  lambda message, name=name: self._drop_broken_hold(name, message))
+            if not self.boundary.contain(name, "reading its .submitted file",
+                                         lambda name=name: self._read_hold(name, held),
+                                         lambda message, name=name: self._drop_broken_hold(name, message)):
+                self.unread_holds += 1
         return held
 
     def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:

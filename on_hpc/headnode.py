@@ -114,7 +114,8 @@ def cycle(request, sched=None):
             record = read_finished_record(store, job_id, answer.errors)
             if record is not None:
                 answer.finished.append({"id": job_id, "record": record})
-    answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    if request.remove_collected:
+        answer.removed = remove_collected(store, states, request.submitter, in_flight)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
     answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
                          for job_id in store.claimed_jobs(runner_id) if job_id in held}

@@ -112,6 +112,7 @@ class CycleRequest(object):
     in_flight: List[str] = field(default_factory=list)   # every job id the submitter holds
     cancel: List[str] = field(default_factory=list)
     unsent: List[str] = field(default_factory=list)      # held, but their push failed: not to be queued
+    remove_collected: bool = True      # False when the submitter could not read all its holds
     classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT

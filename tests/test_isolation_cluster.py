@@ -155,3 +155,39 @@ def test_a_disk_filled_by_someone_else_is_not_the_jobs_fault(config_factory, sma
     block = drain(config, ["squeezed.job"])["squeezed.job"]["job"]
     assert block["status"] == "ok" and block["attempts"] == 2, block
     assert os.path.exists(f"/proc/{runner_pid}")        # and it handed the job back itself
+
+
+def test_a_hold_that_cannot_be_read_just_now_loses_nothing_on_the_cluster(config, monkeypatch):
+    """EIO on a .submitted: its job waits, and the cluster keeps its done run for it (it is
+    not in this cycle's in_flight, so nothing collected is removed in this cycle)."""
+    import errno
+
+    from dropbox_runner.dropbox import Dropbox as DropboxClass
+
+    drop(config, "done.job", ledger_job(config, 1))
+    run_once(config, LocalTransport())
+    job_id = (config.dropbox / "done.job.submitted").read_text().split("id: ")[1].split()[0]
+    wait_until((Path(config.workspace) / "done" / job_id).exists, timeout=60, what="the job done")
+    drop(config, "busy.job", {"script": "ledger", "args": {"seconds": 3}, "cache": False,
+                              "output_map": {"out": str(config.dropbox.parent / "outputs" / "busy.txt")}})
+    real_read = DropboxClass.read
+
+    def flaky(self, name, suffix="", *rest):
+        if name == "done.job" and suffix == ".submitted":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(self, name, suffix, *rest)
+
+    monkeypatch.setattr(DropboxClass, "read", flaky)
+    submitter = Submitter(config, LocalTransport())
+    try:
+        report = submitter.cycle()
+    finally:
+        submitter.close()
+    assert any("done.job" in error and "Input/output error" in error for error in report.environment_errors)
+    assert not (config.dropbox / "done.job.finished").exists()
+    assert (Path(config.workspace) / "jobs" / job_id / "finished.json").exists()     # kept for it
+    monkeypatch.setattr(DropboxClass, "read", real_read)
+    results = drain(config, ["done.job", "busy.job"])
+    assert results["done.job"]["job"]["status"] == "ok" and results["done.job"]["job"]["id"] == job_id
+    ran = Counter((config.dropbox.parent / "ledger").read_text().split())
+    assert ran == Counter({job_id: 1, results["busy.job"]["job"]["id"]: 1})
