@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
+from .boundaries import boundaries_for
 from .cache import ResultCache
 from .config import Config
 from .dropbox import Dropbox, HeldJob
@@ -40,6 +41,7 @@ class Collector:
         self.history = history
         self.cache = cache
         self.inbox = config.state_dir / "inbox"
+        self.boundaries = boundaries_for(config)
 
     def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> Collected:
         collected = Collected()
@@ -74,7 +76,7 @@ class Collector:
             names = workspace_names(outputs)
             produced = {key: pulled / "output" / names[key] for key in outputs}
             try:
-                place_outputs(produced, outputs, job.job_id[-12:])
+                place_outputs(produced, outputs, self.boundaries)
             except OutputProblem as problem:
                 block.update(status="error", message=str(problem))
             else:

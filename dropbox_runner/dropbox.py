@@ -20,10 +20,13 @@ from typing import Any
 
 import yaml
 
-from .jobs import dump_yaml, load_yaml
-from .on_hpc.files import write_atomic
+from .jobs import MAX_JOB_FILE_BYTES, dump_yaml, load_yaml
+from .safefs import FileRefused, read_regular, write_atomic
+from .seal import SEAL, HoldSeal
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
+MAX_HELD_BYTES = 4 * MAX_JOB_FILE_BYTES       # the description plus what intake recorded
+MAX_RESULT_BYTES = 64 * MAX_JOB_FILE_BYTES    # results carry up to a MiB each of stdout and stderr
 
 
 @dataclass
@@ -95,7 +98,8 @@ class Dropbox:
         return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel)
 
     def digest(self, name: str, suffix: str = "") -> str:
-        return hashlib.sha256(self.path(name, suffix).read_bytes()).hexdigest()
+        """sha256 of a dropbox file; FileRefused for a link or a non-file (never followed)."""
+        return hashlib.sha256(read_regular(self.path(name, suffix), MAX_HELD_BYTES)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
         try:
@@ -106,14 +110,17 @@ class Dropbox:
     def age(self, name: str) -> float:
         return time.time() - (self.mtime(name) or time.time())
 
-    def hold(self, job: HeldJob) -> None:
-        write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
+    def hold(self, job: HeldJob, seal: HoldSeal) -> None:
+        document = job.to_document()
+        document[SEAL] = seal.sign(document)
+        write_atomic(self.path(job.name, ".submitted"), dump_yaml(document).encode())
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
+        """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
+        ValueError when it cannot be read as one."""
         try:
-            data = load_yaml(self.path(name, ".submitted").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            data = load_yaml(read_regular(self.path(name, ".submitted"), MAX_HELD_BYTES).decode("utf-8"))
+        except (OSError, FileRefused, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
@@ -121,8 +128,8 @@ class Dropbox:
 
     def read_result(self, name: str) -> dict[str, Any] | None:
         try:
-            data = load_yaml(self.path(name, ".finished").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = load_yaml(read_regular(self.path(name, ".finished"), MAX_RESULT_BYTES).decode("utf-8"))
+        except (OSError, FileRefused, UnicodeDecodeError, yaml.YAMLError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -131,7 +138,7 @@ class Dropbox:
         document = dict(description or {})
         document.pop("job", None)
         document["job"] = block
-        write_atomic(str(self.path(name, ".finished")), dump_yaml(document))
+        write_atomic(self.path(name, ".finished"), dump_yaml(document).encode())
 
     def discard(self, name: str, suffix: str) -> None:
         try:

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .boundaries import boundaries_for
 from .cache import ResultCache, cache_key
 from .config import Config
 from .dropbox import Dropbox, HeldJob, Listing
 from .faults import fault_point
 from .history import History
-from .jobs import JobInvalid, read_job_file
+from .jobs import JobInvalid, echoable, read_job
 from .rendering import TemplateProblem
 from .results import OutputProblem, error_block, place_outputs
+from .safefs import FileRefused, open_checked
+from .seal import HoldSeal
 from .staging import PreparedJob, prepare, write_outbox_entry
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,10 @@ class IntakeCounts:
 
 
 class Intake:
-    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache):
+    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache, seal: HoldSeal):
         self.config = config
+        self.seal = seal
+        self.boundaries = boundaries_for(config)
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
@@ -56,10 +62,9 @@ class Intake:
                 self._finish_untaken(name, CANCELLED, "cancelled before it was sent to the cluster")
                 counts.cancelled += 1
                 continue
-            raw = None
+            raw = digest = None
             try:
-                digest = self.dropbox.digest(name)
-                raw = read_job_file(self.dropbox.path(name))
+                raw, digest = read_job(self.dropbox.path(name))
                 job = prepare(self.config, name, raw)
                 provenance = self._provenance(job)
             except FileNotFoundError:
@@ -79,14 +84,20 @@ class Intake:
             if key and key in keys_in_flight:
                 log.debug("%s: an identical job is running; waiting for its result", name)
                 continue
-            self._take(name, raw, job, digest, provenance)
+            try:
+                provenance = self._take(name, raw, job, digest, provenance)
+            except JobInvalid as problem:
+                self._reject(name, raw, problem.problems, digest)
+                counts.rejected += 1
+                continue
+            key = provenance.get("cache_key")
             if key:
                 keys_in_flight.add(key)
             counts.names.append(name)
         return counts
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
-        inputs = {key: {"path": path, "sha256": self.history.file_digest(path)}
+        inputs = {key: {"path": path, "sha256": self._input_digest(key, path)}
                   for key, path in sorted(job.description.input_map.items())}
         provenance = {
             "inputs": inputs,
@@ -95,22 +106,44 @@ class Intake:
             "submitter": self.config.submitter_id,
             "version": __version__,
         }
+        return self._keyed(job, provenance)
+
+    def _input_digest(self, key: str, path: str) -> str:
+        """Read through a checked descriptor: a FIFO or a file out of bounds swapped in
+        since the check is refused, never read (nor waited on)."""
+        try:
+            with os.fdopen(open_checked(path, self.boundaries), "rb") as handle:
+                return self.history.file_digest(path, handle)
+        except FileRefused as refused:
+            raise JobInvalid([f"input_map.{key}: {path} {refused}"]) from None
+
+    def _keyed(self, job: PreparedJob, provenance: dict[str, Any]) -> dict[str, Any]:
+        provenance.pop("cache_key", None)
         if self.cache.enabled and job.cacheable:
             provenance["cache_key"] = cache_key(job.template.digest, job.neutral_script, job.description.args,
-                                                {key: value["sha256"] for key, value in inputs.items()})
+                                                {key: value["sha256"] for key, value in provenance["inputs"].items()})
         return provenance
 
     def _take(self, name: str, raw: dict[str, Any], job: PreparedJob, digest: str,
-              provenance: dict[str, Any]) -> None:
-        write_outbox_entry(self.outbox, job, self.config.submitter_id)
+              provenance: dict[str, Any]) -> dict[str, Any]:
+        """Stage the inputs, hold the job, drop its ``.job``; the provenance returned
+        describes the inputs as copied, which is what runs and what the cache key names."""
+        staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries)
+        if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.items()):
+            log.warning("%s: an input changed while the job was being taken; its digests are those of the copy",
+                        name)
+            for key, sha in staged.items():
+                provenance["inputs"][key]["sha256"] = sha
+            provenance = self._keyed(job, provenance)
         fault_point("after_outbox")
         self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(),
-                                  digest, provenance))
+                                  digest, provenance), self.seal)
         fault_point("after_hold")
         self.dropbox.discard(name, "")
         self.history.record(name, "submitted", job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
+        return provenance
 
     def _serve_from_cache(self, name: str, raw: dict[str, Any], key: str, digest: str,
                           provenance: dict[str, Any]) -> bool:
@@ -119,7 +152,7 @@ class Intake:
             return False
         outputs = raw.get("output_map") or {}
         try:
-            place_outputs({k: entry["outputs"] / k for k in outputs}, outputs, f"cache-{key[:12]}")
+            place_outputs({k: entry["outputs"] / k for k in outputs}, outputs, self.boundaries)
         except OutputProblem as problem:
             log.warning("%s: cache entry %s unusable (%s); running the job", name, key[:12], problem)
             return False
@@ -141,6 +174,8 @@ class Intake:
             digest = self.dropbox.digest(name)
         except FileNotFoundError:
             return
+        except FileRefused:
+            digest = None           # a link or a non-file is never one of ours
         sibling = ".submitted" if is_held else ".finished"
         if is_held:
             try:
@@ -158,8 +193,7 @@ class Intake:
 
     def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, raw if isinstance(raw, dict) else None,
-                                  error_block(message, job_digest=digest))
+        self.dropbox.write_result(name, echoable(raw), error_block(message, job_digest=digest))
         fault_point("after_reject_result")
         self.dropbox.discard(name, "")
         self.history.record(name, "finished", detail=message, status="error", message=message)
@@ -167,11 +201,10 @@ class Intake:
 
     def _finish_untaken(self, name: str, message: str, detail: str) -> None:
         try:
-            raw = read_job_file(self.dropbox.path(name))
-            digest = self.dropbox.digest(name)
+            raw, digest = read_job(self.dropbox.path(name))
         except (OSError, JobInvalid):
             raw, digest = None, None
-        self.dropbox.write_result(name, raw, error_block(message, job_digest=digest))
+        self.dropbox.write_result(name, echoable(raw), error_block(message, job_digest=digest))
         self.dropbox.discard(name, "")
         self.dropbox.discard(name, ".cancel")
         self.history.record(name, "finished", detail=detail, status="error", message=message)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .safefs import Boundaries, FileRefused, read_regular
 from .units import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -45,27 +46,37 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def read_job_file(path: Path) -> dict[str, Any]:
-    """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
-    size = path.stat().st_size
-    if size > MAX_JOB_FILE_BYTES:
-        raise JobInvalid([f"the job file is {size} bytes; job descriptions are limited to {MAX_JOB_FILE_BYTES}"])
-    text = path.read_bytes().decode("utf-8", errors="replace")
+def read_job(path: Path) -> tuple[dict[str, Any], str]:
+    """The YAML mapping in a ``.job`` file and the sha256 of the bytes it was parsed from
+    (read once, so the digest names what was parsed); JobInvalid when it is not one.
+
+    A ``.job`` that is a symbolic link or not a regular file is refused without being
+    read: its content could be any file this account can read."""
+    try:
+        data = read_regular(path, MAX_JOB_FILE_BYTES)
+    except FileRefused as refused:
+        raise JobInvalid([f"the job file {refused}"]) from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JobInvalid([f"the job file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start}); nothing was run"]) from None
     if not text.strip():
         raise JobInvalid(["the job file is empty"])
     try:
-        data = load_yaml(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as error:
         raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"]) from None
-    if not isinstance(data, dict):
+    if not isinstance(loaded, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(data).__name__}"])
-    return data
+                          f"not {type(loaded).__name__}"])
+    return loaded, digest
 
 
 def parse_job(data: dict[str, Any]) -> JobDescription:
     """Check the shape of a description; files are checked by ``check_files``."""
-    problems: list[str] = []
+    problems: list[str] = list(unsafe_text(data))
     for key in sorted(set(map(str, data)) - KNOWN_KEYS):
         problems.append(f"unknown key {key!r} (known: {', '.join(sorted(KNOWN_KEYS))})")
     script = data.get("script")
@@ -116,14 +127,15 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
                           job_class=job_class, expected_seconds=expected, cache=cache, raw=data)
 
 
-def check_files(job: JobDescription, input_roots: list[Path], output_roots: list[Path]) -> list[str]:
-    """Inputs readable files and outputs writable places, inside the allowed roots."""
+def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
+    """Inputs readable files and outputs writable places, inside the boundaries (on the
+    resolved paths).  Staging and placing check again at the moment they use a path."""
     problems = []
     for key, value in job.input_map.items():
         path = Path(value)
-        real = path.resolve()
-        if input_roots and not _inside(real, input_roots):
-            problems.append(f"input_map.{key}: {value} is outside the allowed input folders")
+        why = boundaries.problem(Path(os.path.realpath(value)), output=False)
+        if why:
+            problems.append(f"input_map.{key}: {value} {why}")
         elif not path.exists():
             problems.append(f"input_map.{key}: {value} does not exist")
         elif not path.is_file():
@@ -132,16 +144,55 @@ def check_files(job: JobDescription, input_roots: list[Path], output_roots: list
             problems.append(f"input_map.{key}: {value} is not readable")
     for key, value in job.output_map.items():
         folder = Path(value).parent
-        real = Path(value).parent.resolve() / Path(value).name
-        if output_roots and not _inside(real, output_roots):
-            problems.append(f"output_map.{key}: {value} is outside the allowed output folders")
+        why = boundaries.problem(Path(os.path.realpath(folder)) / Path(value).name, output=True)
+        if why:
+            problems.append(f"output_map.{key}: {value} {why}")
         elif not folder.is_dir():
             problems.append(f"output_map.{key}: the folder {folder} does not exist")
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"output_map.{key}: the folder {folder} is not writable")
-        elif Path(value).is_dir():
-            problems.append(f"output_map.{key}: {value} is a folder")
+        elif Path(value).is_symlink() or (Path(value).exists() and not Path(value).is_file()):
+            problems.append(f"output_map.{key}: {value} is not a regular file; only a regular file may be replaced")
     return problems
+
+
+def unsafe_text(value: Any, where: str = "") -> list[str]:
+    """NUL bytes and lone surrogates anywhere in a description: a shell or a file system
+    would silently cut or mangle them, so the job would run on something else."""
+    if isinstance(value, dict):
+        return [problem for key, item in value.items()
+                for problem in unsafe_text(key, where) + unsafe_text(item, f"{where}{key}.")]
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value) for problem in unsafe_text(item, f"{where}{index}.")]
+    if not isinstance(value, str):
+        return []
+    place = where.rstrip(".") or "the job file"
+    if "\x00" in value:
+        return [f"{place}: contains a NUL byte, which no argument or path can carry"]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return [f"{place}: contains an unpaired surrogate escape, which is not text"]
+    return []
+
+
+def echoable(data: Any, limit: int = 16 << 10) -> dict[str, Any] | None:
+    """What a rejected job's result may repeat of its file: the known keys whose values
+    have the right shape and are clean text, and nothing when that is over ``limit`` bytes.
+    A result never copies what was not a job description."""
+    if not isinstance(data, dict):
+        return None
+    echo: dict[str, Any] = {}
+    for key in ("script", "class", "expected_time", "cache"):
+        if isinstance(data.get(key), (str, int, float, bool)) and not unsafe_text(data[key]):
+            echo[key] = data[key]
+    for key in ("args", "input_map", "output_map"):
+        section = data.get(key)
+        if isinstance(section, dict):
+            echo[key] = {name: value for name, value in section.items()
+                         if isinstance(name, str) and IDENTIFIER.fullmatch(name)
+                         and isinstance(value, (str, int, float, bool)) and not unsafe_text(value)}
+    return echo if len(dump_yaml(echo).encode()) <= limit else None
 
 
 def workspace_names(paths: dict[str, str]) -> dict[str, str]:
@@ -195,6 +246,3 @@ def _section(data: dict[str, Any], key: str, problems: list[str]) -> dict[Any, A
         return {}
     return value
 
-
-def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)

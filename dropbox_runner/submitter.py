@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .boundaries import boundaries_for, startup_warnings
 from .cache import ResultCache
 from .cluster import ClusterSide
 from .collect import Collector
@@ -31,12 +32,13 @@ from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .intake import Intake
-from .jobs import JobInvalid, job_id
+from .jobs import JobInvalid, echoable
 from .lock import cycle_lock
 from .metrics import record_cycle
 from .rendering import TemplateProblem
 from .results import error_block
-from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
+from .seal import HoldSeal
+from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,12 @@ class Submitter:
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
+        self.seal = HoldSeal(config.state_dir)     # first: it makes the state folder, private
+        for warning in startup_warnings(config):
+            log.warning("%s", warning)
         self.history = History(config.state_dir / "history.sqlite")
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
-        self.intake = Intake(config, self.dropbox, self.history, self.cache)
+        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.cache)
 
     def close(self) -> None:
@@ -94,7 +99,7 @@ class Submitter:
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = self._sendable(prune_outbox(self.outbox, set(held)), held, report)
+        waiting = prune_outbox(self.outbox, set(held))
         if waiting:
             self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
             report.sent = len(waiting)
@@ -131,41 +136,24 @@ class Submitter:
         report.seconds = time.monotonic() - started
         return report
 
-    def _sendable(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
-        """Fail the jobs whose inputs vanished, so they cannot block the others' transfer."""
-        sendable = []
-        for job_id_ in waiting:
-            vanished = vanished_inputs(self.outbox, job_id_)
-            if not vanished:
-                sendable.append(job_id_)
-                continue
-            job = held.pop(job_id_)
-            message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
-            self.dropbox.write_result(job.name, job.description,
-                                      error_block(message, job_id_, job_digest=job.job_digest))
-            self.dropbox.discard(job.name, ".submitted")
-            shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-            self.history.record(job.name, "finished", job_id_, detail=message, status="error", message=message)
-            report.finished_error += 1
-            log.warning("%s: %s", job.name, message)
-        return sendable
-
     # -- what the submitter holds ----------------------------------------------------------
     def _held_jobs(self, names: list[str], report: CycleReport) -> dict[str, HeldJob]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
         for name in names:
             try:
-                job = HeldJob.from_document(name, self.dropbox.read_held(name))
+                document = self.dropbox.read_held(name)
+                job = HeldJob.from_document(name, document)
             except (ValueError, KeyError, TypeError) as error:
                 self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})", report)
+                continue
+            if not self.seal.verify(document):
+                self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not "
+                                       "match)", report)
                 continue
             finished = self.dropbox.read_result(name)
             if finished and (finished.get("job") or {}).get("id") == job.job_id:
                 self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
-                continue
-            if job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) != job.job_id:
-                self._drop_broken_hold(name, ".submitted was edited after the job was taken", report)
                 continue
             held[job.job_id] = job
         return held
@@ -175,10 +163,10 @@ class Submitter:
             document = self.dropbox.read_held(name)
         except ValueError:
             document = {}
-        description = document.get("description")
-        self.dropbox.write_result(name, description if isinstance(description, dict) else None,
+        digest = document.get("job_digest")
+        self.dropbox.write_result(name, echoable(document.get("description")),
                                   error_block(f"cannot continue this job: {why}",
-                                              job_digest=document.get("job_digest")))
+                                              job_digest=digest if isinstance(digest, str) else None))
         self.dropbox.discard(name, ".submitted")
         self.history.record(name, "finished", detail=why, status="error", message=why)
         report.finished_error += 1
@@ -233,16 +221,22 @@ class Submitter:
 
     def _rebuild_outbox_entry(self, job: HeldJob, report: CycleReport) -> None:
         try:
-            prepared = prepare(self.config, job.name, job.description, job.fingerprint)
-        except (JobInvalid, TemplateProblem, OSError) as problem:
+            try:
+                prepared = prepare(self.config, job.name, job.description, job.fingerprint)
+            except OSError as error:
+                raise JobInvalid([str(error)]) from None
+            staged = write_outbox_entry(self.outbox, prepared, self.config.submitter_id, boundaries_for(self.config))
+            changed = sorted(key for key, sha in staged.items() if job.provenance["inputs"][key]["sha256"] != sha)
+            if changed:
+                shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+                raise JobInvalid([f"input(s) changed since the job was taken: {', '.join(changed)}"])
+        except (JobInvalid, TemplateProblem) as problem:
             message = f"the job was lost on the cluster and cannot be sent again: {problem}"
             self.dropbox.write_result(job.name, job.description, error_block(
                 message, job.job_id, job_digest=job.job_digest))
             self.dropbox.discard(job.name, ".submitted")
             self.history.record(job.name, "finished", job.job_id, detail=message, status="error", message=message)
             report.finished_error += 1
-            return
-        write_outbox_entry(self.outbox, prepared, self.config.submitter_id)
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:
