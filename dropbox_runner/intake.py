@@ -71,6 +71,7 @@ class Intake:
                 continue            # taken back by its tool
             except (JobInvalid, TemplateProblem) as problem:
                 problems = getattr(problem, "problems", [str(problem)])
+                digest = digest or getattr(problem, "digest", None)
                 if self.dropbox.age(name) < self.config.grace_seconds:
                     log.debug("%s: not valid yet, may still be being written: %s", name, problems)
                     continue
@@ -202,7 +203,9 @@ class Intake:
     def _finish_untaken(self, name: str, message: str, detail: str) -> None:
         try:
             raw, digest = read_job(self.dropbox.path(name))
-        except (OSError, JobInvalid):
+        except JobInvalid as problem:
+            raw, digest = None, problem.digest
+        except OSError:
             raw, digest = None, None
         self.dropbox.write_result(name, echoable(raw), error_block(message, job_digest=digest))
         self.dropbox.discard(name, "")

@@ -29,9 +29,10 @@ MAX_JOB_FILE_BYTES = 1 << 20
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], digest: str | None = None):
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.digest = digest     # sha256 of the job file's bytes, when they were read
 
 
 @dataclass
@@ -61,16 +62,16 @@ def read_job(path: Path) -> tuple[dict[str, Any], str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise JobInvalid([f"the job file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
-                          f"{error.start}); nothing was run"]) from None
+                          f"{error.start}); nothing was run"], digest) from None
     if not text.strip():
-        raise JobInvalid(["the job file is empty"])
+        raise JobInvalid(["the job file is empty"], digest)
     try:
         loaded = load_yaml(text)
     except yaml.YAMLError as error:
-        raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"]) from None
+        raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"], digest) from None
     if not isinstance(loaded, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(loaded).__name__}"])
+                          f"not {type(loaded).__name__}"], digest)
     return loaded, digest
 
 

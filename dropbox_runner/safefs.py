@@ -190,6 +190,7 @@ class _Placement:
     folder: int
     name: str
     temporary: str | None = None
+    file: int | None = None      # kept open until placed, so its inode number cannot be reused
 
 
 def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int = 0o666) -> None:
@@ -206,14 +207,20 @@ def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int
             placement = _Placement(destination, _open_folder(destination), os.path.basename(destination))
             placements.append(placement)
             _check_place(placement, boundaries)
-            fd, placement.temporary = _temporary(placement.folder, placement.name, mode)
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as data:
-                _copy(data.fileno(), out.fileno())
+            placement.file, placement.temporary = _temporary(placement.folder, placement.name, mode)
+            with open(source, "rb") as data:
+                _copy(data.fileno(), placement.file)
         for placement in placements:
             _check_place(placement, boundaries)
-            os.rename(placement.temporary, placement.name,
-                      src_dir_fd=placement.folder, dst_dir_fd=placement.folder)
+            _check_ours(placement, placement.temporary)
+            try:
+                os.rename(placement.temporary, placement.name,
+                          src_dir_fd=placement.folder, dst_dir_fd=placement.folder)
+            except FileNotFoundError:
+                _check_ours(placement, placement.temporary)     # raises: it was removed
+                raise
             placement.temporary = None
+            _check_ours(placement, placement.name)   # swapped between the check and the rename
     finally:
         for placement in placements:
             if placement.temporary:
@@ -222,6 +229,8 @@ def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int
                 except OSError:
                     pass
             os.close(placement.folder)
+            if placement.file is not None:
+                os.close(placement.file)
 
 
 def _open_folder(destination: str) -> int:
@@ -236,6 +245,21 @@ def _check_place(placement: _Placement, boundaries: Boundaries) -> None:
     why = boundaries.problem(real, output=True) or _target_problem(placement.folder, placement.name)
     if why:
         raise FileRefused(f"{placement.destination}: {why}")
+
+
+def _check_ours(placement: _Placement, name: str) -> None:
+    """The file at ``name`` is the one this process wrote; if someone swapped in their own
+    (a link, say), it is removed and the output refused rather than reported placed."""
+    mine = os.fstat(placement.file)
+    try:
+        now = os.lstat(name, dir_fd=placement.folder)
+    except FileNotFoundError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+        return
+    if now is not None and name == placement.name:
+        os.unlink(name, dir_fd=placement.folder)
+    raise FileRefused(f"{placement.destination}: its temporary file was replaced or removed by someone else")
 
 
 def _copy(source: int, destination: int) -> None:
