@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +35,15 @@ def boundaries_for(config: Config) -> Boundaries:
 def _resolved(input_roots: tuple[Path, ...], output_roots: tuple[Path, ...], zones: tuple[str, ...]) -> Boundaries:
     """Resolved once per distinct setting: every job of a cycle is checked against them."""
     real = lambda paths: tuple(Path(os.path.realpath(path)) for path in paths)  # noqa: E731
-    return Boundaries(real(input_roots), real(output_roots), SYSTEM_ZONES + real(zones))
+    files = set()
+    for zone in zones:
+        try:
+            info = os.stat(zone)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            files.add((info.st_dev, info.st_ino))
+    return Boundaries(real(input_roots), real(output_roots), SYSTEM_ZONES + real(zones), frozenset(files))
 
 
 def startup_warnings(config: Config) -> list[str]:

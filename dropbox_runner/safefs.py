@@ -50,6 +50,7 @@ class Boundaries:
     input_roots: tuple[Path, ...] = ()
     output_roots: tuple[Path, ...] = ()
     no_go: tuple[Path, ...] = SYSTEM_ZONES
+    no_go_files: frozenset[tuple[int, int]] = frozenset()   # (device, inode): a hard link elsewhere is no way in
 
     def problem(self, real: Path, output: bool) -> str | None:
         """Why ``real`` (a resolved path) is out of bounds, or None."""
@@ -91,6 +92,8 @@ def open_checked(path: str, boundaries: Boundaries) -> int:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileRefused("is not a regular file")
+        if (info.st_dev, info.st_ino) in boundaries.no_go_files:
+            raise FileRefused("is a hard link to one of the submitter's own files, which jobs may never use")
         now = descriptor_path(fd)
         if now != real or boundaries.problem(now, output=False):
             raise FileRefused(f"moved while being checked (now {now})")

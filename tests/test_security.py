@@ -247,6 +247,16 @@ def test_the_submitters_own_files_and_kernel_files_are_never_inputs(config, tmp_
     assert not (tmp_path / "outputs" / "leak.txt").exists()
 
 
+def test_a_hard_link_to_the_config_inside_the_roots_is_refused(roots, tmp_path):
+    config, _ = roots
+    link = tmp_path / "inputs" / "innocent.txt"
+    os.link(config.source, link)                 # the same file, under a path inside the roots
+    drop(config, "hardlink.job", copy_job(tmp_path, link))
+    block = drain(config, ["hardlink.job"])["hardlink.job"]["job"]
+    assert block["status"] == "error" and "hard link" in block["message"], block
+    assert not (tmp_path / "outputs" / "out.txt").exists()
+
+
 # -- 3. fixed no-go zones for outputs ----------------------------------------------------------
 def test_outputs_into_the_dropbox_state_or_cache_are_refused_whatever_the_roots(config_factory, tmp_path):
     config = config_factory(allowed_output_roots=[str(tmp_path)])      # the roots would allow it all
