@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 from . import templates as packaged_templates
-from .units import parse_duration, parse_size
+from .on_hpc import protocol
+from .on_hpc.durations import parse_duration
+from .on_hpc.schedulers import CONNECTORS
+from .units import parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
 
@@ -36,10 +39,10 @@ class ResourceClass:
     cpus: int | None = None
     memory: str | None = None
     time_limit: int | None = None        # seconds; None leaves it to the scheduler
-    slots: int = 1                       # jobs at once in one runner
-    max_runners: int = 1
-    idle_timeout: int = 60               # seconds a runner waits for work before leaving
-    warn_seconds: int = 60               # early warning before the time limit
+    slots: int = protocol.DEFAULT_SLOTS                 # jobs at once in one runner
+    max_runners: int = protocol.DEFAULT_MAX_RUNNERS
+    idle_timeout: int = protocol.DEFAULT_IDLE_TIMEOUT   # seconds a runner waits for work before leaving
+    warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
 
@@ -73,7 +76,7 @@ class Config:
     dropbox: Path
     source: Path
     backend: str = "local"               # local | ssh
-    scheduler: str = "local"             # local | slurm
+    scheduler: str = "local"             # a name in on_hpc.schedulers.CONNECTORS
     cluster_root: Path | None = None     # the "cluster" folder of the local backend
     hpc_env: dict[str, str] = field(default_factory=dict)
     templates: Path = PACKAGED_TEMPLATES
@@ -82,9 +85,9 @@ class Config:
     submitter_id: str = ""
     classes: dict[str, ResourceClass] = field(default_factory=lambda: {"default": ResourceClass()})
     default_class: str = "default"
-    max_attempts: int = 3
+    max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
-    heartbeat_timeout: int = 300
+    heartbeat_timeout: int = protocol.DEFAULT_HEARTBEAT_TIMEOUT
     python: str = ""                     # the cluster's interpreter for on_hpc
     cache_dir: Path | None = None        # default: <state_dir>/cache
     cache_max_bytes: int = 10 << 30      # 0 turns the result cache off
@@ -144,8 +147,8 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
 def _fill_defaults(config: Config, problems: list[str]) -> None:
     if config.backend not in ("local", "ssh"):
         problems.append(f"backend: {config.backend!r} is not one of local, ssh")
-    if config.scheduler not in ("local", "slurm"):
-        problems.append(f"scheduler: {config.scheduler!r} is not one of local, slurm")
+    if config.scheduler not in CONNECTORS:
+        problems.append(f"scheduler: {config.scheduler!r} is not one of {', '.join(sorted(CONNECTORS))}")
     if config.backend == "ssh" and config.remote is None:
         problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
     if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):

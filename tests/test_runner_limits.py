@@ -9,6 +9,7 @@ import time
 import pytest
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import JobState
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def stage(store, job_id, script, expected=None, job_class="default"):
         handle.write("#!/bin/bash\n" + script + "\n")
     write_json(os.path.join(folder, "job.json"),
                {"id": job_id, "class": job_class, "expected_seconds": expected})
-    assert store.make_ready(job_id, {}) == "ready"
+    assert store.make_ready(job_id, {}) == JobState.QUEUED
     return job_id
 
 
@@ -79,7 +80,7 @@ def test_refuses_a_job_longer_than_any_such_runner_can_give(store):
     log = finish(start_runner(store, time_limit=10, warn_seconds=2))
     assert "refused %s" % job in log
     record = read_json(store.finished_path(job))
-    assert record["rc"] == -1 and "expected_time 20s exceeds the 8s" in record["error"]
+    assert record["rc"] == -1 and "expected_time 20s exceeds" in record["error"] and "= 8s" in record["error"]
     assert store.states() == {job: "done"}
 
 
