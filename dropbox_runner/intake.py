@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,11 @@ class Intake:
             except JobInvalid as problem:
                 self._reject(name, raw, problem.problems, digest)
                 counts.rejected += 1
+                continue
+            except OSError as error:        # the state folder's disk, not the job: it waits
+                shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+                log.error("%s: could not copy its inputs into %s (%s); it waits for the next cycle",
+                          name, self.outbox, error)
                 continue
             key = provenance.get("cache_key")
             if key:

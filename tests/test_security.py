@@ -8,12 +8,13 @@ and that nothing they hold reaches a result.
 import logging
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import drain, drop, result
+from helpers import drain, drop, result, run_cli
 
 from dropbox_runner.config import ConfigError
 from dropbox_runner.dropbox import Dropbox
@@ -231,6 +232,27 @@ def test_an_input_edited_after_intake_does_not_poison_the_cache(config, tmp_path
     assert (tmp_path / "outputs" / "second.txt").read_text() == "good\n"
 
 
+def test_a_full_state_folder_makes_a_job_wait_not_fail(config_factory, tmp_path):
+    """Copying inputs needs room in the outbox: when there is none, that is the disk's
+    fault, not the job's: the job waits (no result), the others go on."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(state)], check=True)
+    try:
+        config = config_factory(state_dir=str(state), cache_max_bytes=0)
+        big = tmp_path / "inputs" / "big.bin"
+        big.write_bytes(os.urandom(512 << 10))
+        small = tmp_path / "inputs" / "small.txt"
+        small.write_text("small\n")
+        drop(config, "big.job", copy_job(tmp_path, big, "big.bin"))
+        drop(config, "small.job", copy_job(tmp_path, small, "small.txt"))
+        assert drain(config, ["small.job"])["small.job"]["job"]["status"] == "ok"
+        assert (config.dropbox / "big.job").exists() and result(config, "big.job") is None
+        assert os.listdir(state / "outbox") == []
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
 @pytest.mark.parametrize("zone", ["proc", "config", "ssh_key", "state", "dev"])
 def test_the_submitters_own_files_and_kernel_files_are_never_inputs(config, tmp_path, monkeypatch, zone):
     home = tmp_path / "home"
@@ -328,6 +350,13 @@ def test_the_seal_key_must_be_private(config):
     config.state_dir.chmod(0o777)
     with pytest.raises(ConfigError, match="writable by others"):
         Submitter(config, LocalTransport())
+
+
+def test_once_refuses_to_run_on_a_state_folder_others_can_write(config):
+    run_once(config, LocalTransport())
+    config.state_dir.chmod(0o777)
+    done = run_cli("once", "--config", str(config.source))
+    assert done.returncode == 2 and "writable by others" in done.stderr, done.stderr
 
 
 # -- 5. results never echo what was not a valid job --------------------------------------------
