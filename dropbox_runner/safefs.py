@@ -153,12 +153,14 @@ def read_regular(path: Path, limit: int) -> bytes:
         if error.errno == errno.ELOOP:
             raise FileRefused("is a symbolic link; refused without being read") from None
         raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise FileRefused("is not a regular file; refused without being read")
+    if info.st_size > limit:
+        os.close(fd)
+        raise FileRefused(f"is {info.st_size} bytes; such files are limited to {limit}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileRefused("is not a regular file; refused without being read")
-        if info.st_size > limit:
-            raise FileRefused(f"is {info.st_size} bytes; such files are limited to {limit}")
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise FileRefused(f"grew while being read; such files are limited to {limit} bytes")
