@@ -38,7 +38,7 @@ from .metrics import record_cycle
 from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
 from .rendering import TemplateProblem
 from .results import error_block
-from .seal import HoldSeal
+from .seal import SEAL, HoldSeal
 from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .transport import Transport, TransportError
 
@@ -148,7 +148,8 @@ class Submitter:
                 continue
             if not self.seal.verify(document):
                 self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not "
-                                       "match)", report)
+                                       "match)" if SEAL in document else ".submitted has no seal (edited, or "
+                                       "written by a version before seals): resubmit the job", report)
                 continue
             finished = self.dropbox.read_result(name)
             if finished and (finished.get("job") or {}).get("id") == job.job_id:

@@ -300,7 +300,7 @@ def test_outputs_into_the_dropbox_state_or_cache_are_refused_whatever_the_roots(
 
 
 # -- 4. what the tool can edit is not trusted --------------------------------------------------
-@pytest.mark.parametrize("edit", ["cache_key", "class", "input_digest", "job_digest"])
+@pytest.mark.parametrize("edit", ["cache_key", "class", "input_digest", "job_digest", "no_seal"])
 def test_an_edited_hold_is_a_clear_error(config, tmp_path, edit):
     source = tmp_path / "inputs" / "in.txt"
     source.write_text("x\n")
@@ -316,11 +316,14 @@ def test_an_edited_hold_is_a_clear_error(config, tmp_path, edit):
         document["class"] = "gpu"
     elif edit == "input_digest":
         document["provenance"]["inputs"]["src"]["sha256"] = forged
-    else:
+    elif edit == "job_digest":
         document["job_digest"] = forged
+    else:
+        document.pop("seal", None)
+        document["provenance"]["cache_key"] = forged
     path.write_text(yaml.safe_dump(document))
     block = drain(config, ["held.job"])["held.job"]["job"]
-    assert block["status"] == "error" and "edited after the job was taken" in block["message"], block
+    assert block["status"] == "error" and "edited" in block["message"], block
     assert not (Path(config.cache_dir) / forged[:2] / forged).exists()
     assert not (tmp_path / "outputs" / "o.txt").exists()
 
