@@ -8,7 +8,6 @@ files are out of bounds for every job, whatever the roots say.
 """
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from functools import lru_cache
@@ -17,12 +16,12 @@ from pathlib import Path
 from .config import Config
 from .safefs import SYSTEM_ZONES, Boundaries
 
-log = logging.getLogger(__name__)
+PACKAGE = Path(__file__).resolve().parent     # the submitter's own code, and on_hpc's as deployed
 
 
 def boundaries_for(config: Config) -> Boundaries:
     zones = [config.dropbox, config.state_dir, config.cache_dir, config.lockfile, config.source,
-             config.metrics_file, config.templates, Path("~/.ssh").expanduser()]
+             config.metrics_file, config.templates, Path("~/.ssh").expanduser(), PACKAGE]
     if config.backend == "local":
         zones.append(config.cluster_root)     # the "cluster" of the embedded backend: other jobs' folders
     if config.remote:

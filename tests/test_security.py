@@ -16,6 +16,7 @@ import pytest
 import yaml
 from helpers import drain, drop, result, run_cli
 
+import dropbox_runner
 from dropbox_runner.config import ConfigError
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.jobs import JobInvalid, parse_job
@@ -287,7 +288,7 @@ def test_outputs_into_the_dropbox_state_or_cache_are_refused_whatever_the_roots(
     run_once(config, LocalTransport())
     targets = {"forge": config.dropbox / "victim.job.finished", "inject": config.dropbox / "injected.job",
                "state": config.state_dir / "history.sqlite", "cache": Path(config.cache_dir) / "x",
-               "config": config.source}
+               "config": config.source, "code": Path(dropbox_runner.__file__).parent / "evil.py"}
     (config.dropbox / "victim.job.finished").write_text("job: {status: error}\n")
     for name, target in targets.items():
         drop(config, f"{name}.job", {"script": "copy", "cache": False, "input_map": {"src": str(source)},
@@ -297,6 +298,7 @@ def test_outputs_into_the_dropbox_state_or_cache_are_refused_whatever_the_roots(
         assert item["job"]["status"] == "error" and "which jobs may never use" in item["job"]["message"], name
     assert result(config, "victim.job")["job"]["status"] == "error"
     assert not (config.dropbox / "injected.job").exists() and not (config.dropbox / "injected.job.finished").exists()
+    assert not targets["code"].exists()
 
 
 # -- 4. what the tool can edit is not trusted --------------------------------------------------
