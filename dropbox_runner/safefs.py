@@ -110,7 +110,7 @@ def stage_copy(path: str, boundaries: Boundaries, target: Path) -> str:
     happens at ``path`` afterwards."""
     source = open_checked(path, boundaries)
     try:
-        destination = os.open(target, CREATE_FLAGS, 0o600)
+        destination = os.open(target, CREATE_FLAGS & ~os.O_WRONLY | os.O_RDWR, 0o600)   # read back after a reflink
         try:
             digest = _clone_or_copy(source, destination)
         finally:
