@@ -45,6 +45,12 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    # Grid Engine (scheduler: sge), where Slurm's partition and gres do not apply:
+    queue: str | None = None             # qsub -q
+    pe: str | None = None                # the parallel environment whose slots are the cpus
+    gpus: int | None = None              # asked of the per-job consumable gpu_resource
+    gpu_resource: str = "gpu"
+    memory_resource: str = "h_vmem"      # the complex that memory is asked of, per slot
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -149,6 +155,8 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         problems.append(f"backend: {config.backend!r} is not one of local, ssh")
     if config.scheduler not in CONNECTORS:
         problems.append(f"scheduler: {config.scheduler!r} is not one of {', '.join(sorted(CONNECTORS))}")
+    if config.scheduler == "sge":
+        problems += _grid_engine_problems(config.classes)
     if config.backend == "ssh" and config.remote is None:
         problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
     if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):
@@ -187,6 +195,21 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         config.submitter_id = default_submitter_id(config.dropbox)
     elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
         problems.append("submitter_id: use 1-40 letters, digits, '-' or '_'")
+    if config.scheduler == "sge" and "," in config.hpc_env.get("workspace", ""):
+        problems.append("hpc_env.workspace: Grid Engine cannot take a ',' in the runners' log path")
+
+
+def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
+    """Slurm's settings mean nothing to Grid Engine: say so rather than drop them."""
+    problems = []
+    for name, settings in classes.items():
+        for key, instead in (("partition", "queue"), ("gres", "gpus")):
+            if getattr(settings, key):
+                problems.append(f"classes.{name}.{key}: Slurm's; with scheduler: sge use {instead}")
+        if (settings.cpus or 1) > 1 and not settings.pe:
+            problems.append(f"classes.{name}.cpus: with scheduler: sge, cpus are slots of a parallel "
+                            f"environment: name it with pe")
+    return problems
 
 
 def default_submitter_id(dropbox: Path) -> str:

@@ -60,7 +60,7 @@ class Runner(object):
         self.sched = connector(spec["scheduler"], self.store)
         self.slots = int(spec.get("slots", 1))
         self.host = socket.gethostname()
-        self.sched_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        self.sched_id = self.sched.allocation_id() or str(os.getpid())
         # The allocation's time, read once; the runner stops taking work and hands its
         # jobs back ``warn`` seconds before the end (the scheduler's warning signal may
         # come late, or not at all when the limit is the partition's default).

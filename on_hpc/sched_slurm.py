@@ -228,6 +228,9 @@ class SlurmConnector(Connector):
     def allocation_gpus(self):
         return allocated_gpus(os.environ)
 
+    def allocation_id(self):
+        return os.environ.get("SLURM_JOB_ID")
+
     def _limits(self):
         """Time limits of the runners this workspace recorded, by runner id."""
         limits = {}

@@ -22,6 +22,7 @@ RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time
 CONNECTORS = {
     "local": "sched_local.LocalConnector",
     "slurm": "sched_slurm.SlurmConnector",
+    "sge": "sched_sge.GridEngineConnector",
 }
 
 
@@ -89,6 +90,11 @@ class Connector(object):
     def allocation_gpus(self):
         """Inside a runner: the GPU ids its jobs may be given."""
         return []
+
+    def allocation_id(self):
+        """Inside a runner: its allocation's scheduler id, or None where the runner's own
+        pid is the only id (local processes)."""
+        return None
 
     def launch(self, argv, cwd, env, stdout, stderr):
         """Inside a runner: start one job; return its Popen.  The job gets a process group
