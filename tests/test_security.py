@@ -173,6 +173,16 @@ def test_an_output_folder_swapped_for_a_link_out_of_the_roots_is_refused_at_plac
     assert secret.read_text() == SECRET + "\n"
 
 
+def test_a_link_left_in_the_job_output_is_never_followed_back(roots, tmp_path):
+    config, secret = roots
+    drop(config, "unpack.job", {"script": "link_output", "cache": False, "args": {"target": str(secret)},
+                                "output_map": {"out": str(tmp_path / "outputs" / "out.txt")}})
+    block = drain(config, ["unpack.job"])["unpack.job"]["job"]
+    assert block["status"] == "error" and "did not write out" in block["message"], block
+    assert not (tmp_path / "outputs" / "out.txt").exists()
+    assert SECRET not in all_results_text(config)
+
+
 def test_results_follow_the_umask_so_the_dropbox_group_can_read_them(config, tmp_path):
     source = tmp_path / "inputs" / "in.txt"
     source.write_text("x\n")

@@ -80,3 +80,16 @@ def test_the_ssh_key_itself_is_never_an_input(tmp_path, sshd, scratch):
     result = _cycles_until_done(config, job)
     assert result["job"]["status"] == "error" and "which jobs may never use" in result["job"]["message"]
     assert not (tmp_path / "outputs" / "key.txt").exists()
+
+
+@pytest.mark.parametrize("transfer", ["rsync", "sftp"])
+def test_a_link_left_in_the_job_output_is_never_followed_back(tmp_path, sshd, scratch, transfer):
+    """Files the cluster account can read are the target here: a link the job leaves in its
+    output folder (a tool unpacking an archive) must not bring them back."""
+    config = _config(tmp_path, sshd, scratch, transfer)
+    (tmp_path / "outputs").mkdir()
+    job = submit(config.dropbox, {"script": "link_output", "cache": False, "args": {"target": "/etc/hostname"},
+                                  "output_map": {"out": str(tmp_path / "outputs" / "out.txt")}})
+    result = _cycles_until_done(config, job)
+    assert result["job"]["status"] == "error" and "did not write out" in result["job"]["message"], result["job"]
+    assert not (tmp_path / "outputs" / "out.txt").exists()
