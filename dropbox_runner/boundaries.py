@@ -22,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parent     # the submitter's own code, and on
 def boundaries_for(config: Config) -> Boundaries:
     zones = [config.dropbox, config.state_dir, config.cache_dir, config.lockfile, config.source,
              config.metrics_file, config.templates, Path("~/.ssh").expanduser(), PACKAGE]
-    if config.backend == "local":
-        zones.append(config.cluster_root)     # the "cluster" of the embedded backend: other jobs' folders
+    if config.backend == "local":             # the "cluster" of the embedded backend: other jobs' folders
+        zones += [config.cluster_root, config.hpc_env.get("workspace"), config.hpc_env.get("scripts")]
     if config.remote:
         zones += [config.remote.key_file, config.remote.known_hosts, config.remote.ssh_config]
     return _resolved(tuple(config.allowed_input_roots), tuple(config.allowed_output_roots),
