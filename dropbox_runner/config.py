@@ -20,6 +20,7 @@ import yaml
 from . import templates as packaged_templates
 from .on_hpc import protocol
 from .on_hpc.durations import parse_duration
+from .on_hpc.resources import memory_mb
 from .on_hpc.schedulers import CONNECTORS
 from .units import parse_size
 
@@ -45,10 +46,14 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
+    # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
+    # N found), a list of ids (local), "none", or None/"auto" (local: find them)
+    gpus: int | list[str] | str | None = None
+    launch: str | None = None            # slurm: "step" (default) or "process"
     # Grid Engine (scheduler: sge), where Slurm's partition and gres do not apply:
     queue: str | None = None             # qsub -q
     pe: str | None = None                # the parallel environment whose slots are the cpus
-    gpus: int | None = None              # asked of the per-job consumable gpu_resource
     gpu_resource: str = "gpu"
     memory_resource: str = "h_vmem"      # the complex that memory is asked of, per slot
 
@@ -118,7 +123,9 @@ _PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile",
                 "key_file", "known_hosts", "ssh_config"}
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], check_folders: bool = True) -> Config:
+    """Read and check a config.  ``check_folders`` (off only to parse a config meant for
+    another machine) also requires the folders and the key it names to exist here."""
     source = Path(path).expanduser().resolve()
     try:
         text = source.read_text(encoding="utf-8")
@@ -133,10 +140,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             raise ConfigError(f"{source}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values")
-    return build_config(data, source)
+    return build_config(data, source, check_folders)
 
 
-def build_config(data: dict[str, Any], source: Path) -> Config:
+def build_config(data: dict[str, Any], source: Path, check_folders: bool = False) -> Config:
     problems: list[str] = []
     values = _convert(Config, data, problems, "", source.parent)
     if "dropbox" not in values:
@@ -145,6 +152,9 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     config = Config(source=source, **values)
     _fill_defaults(config, problems)
+    _check_extra_args(config, problems)
+    if check_folders:
+        _check_places(config, problems)
     if problems:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     return config
@@ -169,9 +179,10 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners"):
+        for key in ("slots", "max_runners", "nodes"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        problems += _resource_problems(config, name, settings)
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
         config.cluster_root = root
@@ -210,6 +221,68 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
             problems.append(f"classes.{name}.cpus: with scheduler: sge, cpus are slots of a parallel "
                             f"environment: name it with pe")
     return problems
+
+
+def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
+    problems = []
+    if settings.launch not in (None, "step", "process"):
+        problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
+    elif settings.launch == "step" and config.scheduler != "slurm":
+        problems.append(f"classes.{name}.launch: step needs scheduler: slurm")
+    if settings.nodes > 1 and (config.scheduler != "slurm" or settings.launch == "process"):
+        problems.append(f"classes.{name}.nodes: more than one node needs scheduler: slurm and job steps "
+                        f"(plain processes run on the batch node only)")
+    if settings.memory is not None:
+        try:
+            memory_mb(settings.memory)
+        except ValueError as error:
+            problems.append(f"classes.{name}.memory: {error}")
+    return problems
+
+
+# What a runner's submission relies on (sched_slurm.sbatch_argv, sched_sge.qsub_argv): a
+# class's extra_args must not override them, or runners go unrecognised, restart on their
+# own or log elsewhere.  Slurm's: long option -> its short form (which may take its value glued).
+RUNNER_OPTIONS = {"--parsable": None, "--job-name": "-J", "--output": "-o", "--error": "-e", "--open-mode": None,
+                  "--chdir": "-D", "--requeue": None, "--no-requeue": None, "--signal": None, "--wrap": None}
+SGE_RUNNER_OPTIONS = {"-terse", "-N", "-o", "-e", "-j", "-wd", "-cwd", "-r", "-b", "-shell"}
+# Folders that are never a dropbox: a typo there would have the submitter write into them.
+SYSTEM_FOLDERS = {Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
+                                    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                                    "/var/tmp", "/var/lib", "/usr/local")}
+
+
+def _check_extra_args(config: Config, problems: list[str]) -> None:
+    for name, settings in config.classes.items():
+        for arg in settings.extra_args:
+            if config.scheduler == "sge":
+                clashes = [arg] if arg in SGE_RUNNER_OPTIONS else []
+            else:
+                clashes = [long for long, short in RUNNER_OPTIONS.items()
+                           if arg == long or arg.startswith(long + "=") or (short and arg.startswith(short))]
+            for option in clashes:
+                problems.append(f"classes.{name}.extra_args: {arg!r} would override {option}, "
+                                f"which the runner's submission sets itself")
+
+
+def _check_places(config: Config, problems: list[str]) -> None:
+    """Folders and files that must already exist: created silently, a typo would go unseen."""
+    dropbox = config.dropbox
+    if dropbox in SYSTEM_FOLDERS or dropbox == Path.home():
+        problems.append(f"dropbox: {dropbox} is a system folder; give the dropbox a folder of its own")
+    elif not dropbox.is_dir():
+        problems.append(f"dropbox: {dropbox} is not a folder (create it, writable by tools and this account)")
+    if config.templates != PACKAGED_TEMPLATES and not config.templates.is_dir():
+        problems.append(f"templates: {config.templates} is not a folder")
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        problems.append(f"metrics_file: the folder {config.metrics_file.parent} does not exist "
+                        f"(node_exporter's textfile folder)")
+    key = config.remote.key_file if config.remote else None
+    if key is not None:
+        if not key.is_file():
+            problems.append(f"remote.key_file: {key} does not exist")
+        elif not os.access(key, os.R_OK):
+            problems.append(f"remote.key_file: {key} is not readable by this account")
 
 
 def default_submitter_id(dropbox: Path) -> str:
@@ -260,6 +333,15 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
         return {str(k): "" if v is None else str(v) for k, v in _mapping(raw).items()}
     if key == "extra_args":
         return [str(item) for item in _list(raw)]
+    if key == "gpus":
+        if raw in ("none", "auto"):
+            return None if raw == "auto" else raw
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
+                                         isinstance(item, str) and item.isdigit() for item in raw):
+            return [str(item) for item in raw]
+        raise TypeError(f"expected a GPU count, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":
         if not isinstance(raw, bool):
             raise TypeError(f"expected true or false, got {raw!r}")

@@ -18,6 +18,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from .boundaries import startup_warnings
 from .cluster import ClusterSide
 from .config import Config, load_config
 from .lock import cycle_lock
@@ -188,6 +189,8 @@ class Daemon:
         waiter = FinishWaiter(config, self.wake)
         waiter.start()
         submitter = Submitter(config, open_transport(config))
+        for warning in startup_warnings(config):
+            log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)
         return observer, waiter, submitter
 

@@ -17,12 +17,27 @@ from typing import Any
 import yaml
 
 from .on_hpc.durations import parse_duration
+from .on_hpc.resources import memory_mb
 from .safefs import Boundaries, FileRefused, read_regular
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED_VARIABLES = {"workspace", "scripts", "containers"}
-KNOWN_KEYS = {"script", "args", "input_map", "output_map", "class", "expected_time", "cache"}
+# Every key a .job may hold, and what it means: the validation below and the JSON Schema
+# (schema.py, `dropbox-runner schema`) are both built on this table.
+JOB_FIELDS = {
+    "script": "the template to run: <script>.template in the templates folder",
+    "args": "template variables, single values only",
+    "input_map": "absolute paths of input files, by template variable",
+    "output_map": "absolute paths where outputs must end up, by template variable",
+    "class": "the resource class (overrides the template's)",
+    "expected_time": "run time to reserve: 90, 90s, 30m, 2h, 1d or 1-02:00:00",
+    "cache": "false for a tool that is not deterministic (never answered from the result cache)",
+    "cpus": "CPUs the job needs (default: one slots-th of a node of its class)",
+    "memory": "memory the job needs: 500M, 4G, or a bare number of MiB (default: one slots-th of a node's)",
+    "gpus": "GPUs the job needs (default: one slots-th of a node's GPUs, at least one in a GPU class)",
+}
+KNOWN_KEYS = set(JOB_FIELDS)
 MAX_JOB_FILE_BYTES = 1 << 20
 
 
@@ -44,6 +59,7 @@ class JobDescription:
     job_class: str | None = None
     expected_seconds: int | None = None
     cache: bool | None = None
+    resources: dict[str, int] = field(default_factory=dict)   # cpus, memory_mb, gpus it asked for
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,12 +136,37 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
     cache = data.get("cache")
     if cache is not None and not isinstance(cache, bool):
         problems.append(f"cache: must be true or false, got {cache!r}")
+    resources = parse_resources(data, problems)
     if problems:
         raise JobInvalid(problems)
     return JobDescription(script=script, args={str(k): v for k, v in args.items()},
                           input_map={str(k): v for k, v in inputs.items()},
                           output_map={str(k): v for k, v in outputs.items()},
-                          job_class=job_class, expected_seconds=expected, cache=cache, raw=data)
+                          job_class=job_class, expected_seconds=expected, cache=cache, resources=resources,
+                          raw=data)
+
+
+def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """``cpus`` (at least 1), ``memory`` (``500M``, ``4G``; a bare number is MiB, as in
+    Slurm) and ``gpus`` (0 or more) of a job or a template header, as the runner counts them."""
+    resources: dict[str, int] = {}
+    for key, least in (("cpus", 1), ("gpus", 0)):
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < least:
+            problems.append(f"{key}: must be a whole number of at least {least}, got {value!r}")
+        else:
+            resources[key] = int(value)
+    if data.get("memory") is not None:
+        try:
+            megabytes = memory_mb(data["memory"])
+            if megabytes is None or megabytes < 0:
+                raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
+            resources["memory_mb"] = megabytes
+        except ValueError as error:
+            problems.append(f"memory: {error}")
+    return resources
 
 
 def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
@@ -184,10 +225,11 @@ def echoable(data: Any, limit: int = 16 << 10) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     echo: dict[str, Any] = {}
-    for key in ("script", "class", "expected_time", "cache"):
+    sections = ("args", "input_map", "output_map")
+    for key in sorted(KNOWN_KEYS - set(sections)):
         if isinstance(data.get(key), (str, int, float, bool)) and not unsafe_text(data[key]):
             echo[key] = data[key]
-    for key in ("args", "input_map", "output_map"):
+    for key in sections:
         section = data.get(key)
         if isinstance(section, dict):
             echo[key] = {name: value for name, value in section.items()

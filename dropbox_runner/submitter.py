@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .boundaries import boundaries_for, startup_warnings
+from .boundaries import boundaries_for
 from .cache import ResultCache
 from .cluster import ClusterSide
 from .collect import Collector
@@ -75,8 +75,6 @@ class Submitter:
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
         self.seal = HoldSeal(config.state_dir)     # first: it makes the state folder, private
-        for warning in startup_warnings(config):
-            log.warning("%s", warning)
         self.history = History(config.state_dir / "history.sqlite")
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
         self.intake = Intake(config, self.dropbox, self.history, self.cache, self.seal)
@@ -107,6 +105,7 @@ class Submitter:
             fault_point("after_push")
 
         if not held and not waiting and not self.cleanup_pending.exists():
+            report.dropbox_counts = _dropbox_counts(listing, report, collected=0)   # idle cycles count too
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.cycle(CycleRequest(
@@ -127,11 +126,7 @@ class Submitter:
         report.finished_error += collected.error
         report.collected_ids = collected.job_ids
         report.held_ids = sorted(set(held) - set(collected.job_ids))
-        report.dropbox_counts = {
-            "waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
-            "submitted": len(report.held_ids),
-            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled
-            + len(collected.job_ids)}
+        report.dropbox_counts = _dropbox_counts(listing, report, len(collected.job_ids))
         report.seconds = time.monotonic() - started
         return report
 
@@ -238,6 +233,13 @@ class Submitter:
             self.dropbox.discard(job.name, ".submitted")
             self.history.record(job.name, "finished", job.job_id, detail=message, status="error", message=message)
             report.finished_error += 1
+
+
+def _dropbox_counts(listing, report: CycleReport, collected: int) -> dict[str, int]:
+    """Jobs in the dropbox by state at the end of the cycle (the metrics' gauges)."""
+    return {"waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
+            "submitted": len(report.held_ids),
+            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled + collected}
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:

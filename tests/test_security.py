@@ -5,18 +5,20 @@ cycles, edits held files, points outputs at devices and at the submitter's own f
 The victim files live outside the allowed roots; every test checks they are untouched
 and that nothing they hold reaches a result.
 """
-import logging
 import os
+import signal
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import drain, drop, result, run_cli
+from helpers import drain, drop, result, run_cli, wait_until
 
 import dropbox_runner
+from dropbox_runner.boundaries import startup_warnings
 from dropbox_runner.config import ConfigError
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.jobs import JobInvalid, parse_job
@@ -448,8 +450,27 @@ def test_a_nul_byte_in_a_path_is_an_error_naming_it(config, tmp_path):
 
 
 # -- the operator is told ----------------------------------------------------------------------
-def test_a_root_daemon_without_roots_warns_at_start(config, caplog):
-    caplog.set_level(logging.WARNING)
-    Submitter(config, LocalTransport()).close()
-    warnings = [record.getMessage() for record in caplog.records if "allowed_input_roots" in record.getMessage()]
-    assert warnings if os.geteuid() == 0 else not warnings
+@pytest.mark.parametrize("roots_set", [False, True])
+def test_the_watch_daemon_warns_at_start_when_roots_are_unset(config_factory, tmp_path, roots_set):
+    """The suite runs as root, which is one of the two reasons to warn."""
+    roots = {"allowed_input_roots": [str(tmp_path / "inputs")],
+             "allowed_output_roots": [str(tmp_path / "outputs")]} if roots_set else {}
+    config = config_factory(**roots)
+    log_path = tmp_path / "watch.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "dropbox_runner.cli", "watch", "--config",
+                                    str(config.source)], stdout=log, stderr=log)
+        try:
+            wait_until(lambda: "watching" in log_path.read_text(), 30, what="the daemon's start")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    warned = "unset while this daemon runs as root" in log_path.read_text()
+    assert warned == (not roots_set and os.geteuid() == 0), log_path.read_text()
+
+
+def test_holding_an_ssh_key_is_the_other_reason_to_warn(config):
+    config.backend = "ssh"
+    assert "holds the cluster's SSH key" in " ".join(startup_warnings(config))
+    config.allowed_input_roots = config.allowed_output_roots = [Path("/data")]
+    assert startup_warnings(config) == []
