@@ -18,7 +18,6 @@ import yaml
 from helpers import drain, drop, result, run_cli, wait_until
 
 import dropbox_runner
-from dropbox_runner.boundaries import startup_warnings
 from dropbox_runner.config import ConfigError
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.jobs import JobInvalid, parse_job
@@ -470,6 +469,8 @@ def test_the_watch_daemon_warns_at_start_when_roots_are_unset(config_factory, tm
 
 
 def test_holding_an_ssh_key_is_the_other_reason_to_warn(config):
+    from dropbox_runner.boundaries import startup_warnings  # here, so the module runs on code without it
+
     config.backend = "ssh"
     assert "holds the cluster's SSH key" in " ".join(startup_warnings(config))
     config.allowed_input_roots = config.allowed_output_roots = [Path("/data")]
