@@ -149,9 +149,11 @@ def test_status_shows_why_slurm_keeps_a_runner_pending(setup, sshd_server, slurm
     variant, root = setup
     path = variant(classes={"default": {"slots": 1, "extra_args": ["--hold"]}}, grace_seconds=0)  # held: pending
     (root / "out").mkdir()
+    source = root / "in.txt"         # not the config file: that is a zone no job may read
+    source.write_text("x\n")
     try:
         from dropbox_runner.client import submit
-        submit(root / "dropbox", {"script": "copy", "input_map": {"src": str(path)},
+        submit(root / "dropbox", {"script": "copy", "input_map": {"src": str(source)},
                                   "output_map": {"dst": str(root / "out" / "o")}})
         cycle = run_cli("once", "-v", "--config", str(path))
         assert cycle.returncode == 0, cycle.stderr
