@@ -105,7 +105,6 @@ class Finisher:
         log.log(outcome.log_level, "%s: %s: %s", outcome.name, _verb(outcome), message)
         return True
 
-
     def _keep_in_cache(self, outcome: Outcome) -> None:
         """The cache only saves later work: a cache that cannot take the outputs (its disk
         full) never holds back this job's result."""
