@@ -180,3 +180,19 @@ def test_grid_engine_setups_are_checked_too(tmp_path, sge_sshd, sge_cluster):
         assert "'mpi' does not exist" in failed["class gpu"] and "'cuda' is not a complex" in failed["class gpu"]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_a_refused_login_is_one_log_line_without_paramikos_traceback(setup):
+    variant, root = setup
+    other = root / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    path = variant(remote={"key_file": str(other)}, grace_seconds=0)
+    (root / "out").mkdir()
+    from dropbox_runner.client import submit
+    submit(root / "dropbox", {"script": "copy", "input_map": {"src": str(path)},
+                              "output_map": {"dst": str(root / "out" / "o")}})
+    done = run_cli("once", "--config", str(path))
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cluster unreachable" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and "paramiko" not in done.stderr.lower(), done.stderr
