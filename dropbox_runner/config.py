@@ -223,6 +223,23 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
     return problems
 
 
+def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
+    problems = []
+    if settings.launch not in (None, "step", "process"):
+        problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
+    elif settings.launch == "step" and config.scheduler != "slurm":
+        problems.append(f"classes.{name}.launch: step needs scheduler: slurm")
+    if settings.nodes > 1 and (config.scheduler != "slurm" or settings.launch == "process"):
+        problems.append(f"classes.{name}.nodes: more than one node needs scheduler: slurm and job steps "
+                        f"(plain processes run on the batch node only)")
+    if settings.memory is not None:
+        try:
+            memory_mb(settings.memory)
+        except ValueError as error:
+            problems.append(f"classes.{name}.memory: {error}")
+    return problems
+
+
 # What a runner's submission relies on (sched_slurm.sbatch_argv, sched_sge.qsub_argv): a
 # class's extra_args must not override them, or runners go unrecognised, restart on their
 # own or log elsewhere.  Slurm's: long option -> its short form (which may take its value glued).
@@ -266,23 +283,6 @@ def _check_places(config: Config, problems: list[str]) -> None:
             problems.append(f"remote.key_file: {key} does not exist")
         elif not os.access(key, os.R_OK):
             problems.append(f"remote.key_file: {key} is not readable by this account")
-
-
-def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
-    problems = []
-    if settings.launch not in (None, "step", "process"):
-        problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
-    elif settings.launch == "step" and config.scheduler != "slurm":
-        problems.append(f"classes.{name}.launch: step needs scheduler: slurm")
-    if settings.nodes > 1 and (config.scheduler != "slurm" or settings.launch == "process"):
-        problems.append(f"classes.{name}.nodes: more than one node needs scheduler: slurm and job steps "
-                        f"(plain processes run on the batch node only)")
-    if settings.memory is not None:
-        try:
-            memory_mb(settings.memory)
-        except ValueError as error:
-            problems.append(f"classes.{name}.memory: {error}")
-    return problems
 
 
 def default_submitter_id(dropbox: Path) -> str:

@@ -32,9 +32,9 @@ JOB_FIELDS = {
     "class": "the resource class (overrides the template's)",
     "expected_time": "run time to reserve: 90, 90s, 30m, 2h, 1d or 1-02:00:00",
     "cache": "false for a tool that is not deterministic (never answered from the result cache)",
-    "cpus": "CPUs the job uses (at least 1)",
-    "memory": "memory the job uses: 500M, 4G (a bare number is MiB, as in Slurm)",
-    "gpus": "GPUs the job uses (0 or more)",
+    "cpus": "CPUs the job needs (default: one slots-th of a node of its class)",
+    "memory": "memory the job needs: 500M, 4G, or a bare number of MiB (default: one slots-th of a node's)",
+    "gpus": "GPUs the job needs (default: one slots-th of a node's GPUs, at least one in a GPU class)",
 }
 KNOWN_KEYS = set(JOB_FIELDS)
 MAX_JOB_FILE_BYTES = 1 << 20
@@ -148,7 +148,10 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
             resources[key] = int(value)
     if data.get("memory") is not None:
         try:
-            resources["memory_mb"] = memory_mb(data["memory"])
+            megabytes = memory_mb(data["memory"])
+            if megabytes is None or megabytes < 0:
+                raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
+            resources["memory_mb"] = megabytes
         except ValueError as error:
             problems.append(f"memory: {error}")
     return resources

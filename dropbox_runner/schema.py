@@ -14,7 +14,6 @@ from typing import Any
 
 from . import __version__
 from .jobs import IDENTIFIER, JOB_FIELDS, RESERVED_VARIABLES, SCRIPT_NAME
-from .on_hpc import resources
 from .on_hpc.durations import DURATION_CLOCK, DURATION_SUFFIXED
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -29,19 +28,6 @@ def _duration_pattern() -> str:
     """parse_duration strips and lower-cases; ECMA patterns have no flags, so spell both cases."""
     either = "|".join(f"(?:{form})" for form in (DURATION_SUFFIXED, DURATION_CLOCK))
     return r"^\s*(?:" + either.replace("[smhd]", "[smhdSMHD]") + r")\s*$"
-
-
-def _memory_pattern() -> str:
-    """resources' memory figure, case-insensitive there: spell both cases for ECMA."""
-    pattern = resources._MEMORY.pattern   # noqa: SLF001 - the one definition, read, not copied
-    return pattern.replace("[kmgt]", "[kmgtKMGT]").replace("i?b?", "[iI]?[bB]?")
-
-
-def _count(least: int) -> dict[str, Any]:
-    """A whole number of at least ``least``, as a number or as digits (parse_resources takes both)."""
-    digits = r"^\s*0*[1-9]\d*\s*$" if least == 1 else r"^\s*\d+\s*$"
-    return {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": least},
-                      {"type": "string", "pattern": digits}]}
 
 
 def _variables(values: dict[str, Any]) -> dict[str, Any]:
@@ -63,10 +49,12 @@ _FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "expected_time": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0},
                                 {"type": "string", "pattern": _duration_pattern()}]},
     "cache": {"type": ["boolean", "null"]},
-    "cpus": _count(1),
-    "gpus": _count(0),
-    "memory": {"anyOf": [{"type": ["null", "number"]}, {"enum": [""]},
-                         {"type": "string", "pattern": _memory_pattern()}]},
+    "cpus": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 1},
+                       {"type": "string", "pattern": r"^\s*[0-9]*[1-9][0-9]*\s*$"}]},
+    "memory": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0},
+                         {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[kmgtKMGT]?[iI]?[bB]?\s*$"}]},
+    "gpus": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 0},
+                       {"type": "string", "pattern": r"^\s*[0-9]+\s*$"}]},
 }
 
 
