@@ -43,7 +43,7 @@ def run(argv):
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
                               universal_newlines=True)
-        return {"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-2000:]}
+        return {"rc": done.returncode, "stdout": done.stdout[-65536:], "stderr": done.stderr[-2000:]}
     except (OSError, subprocess.SubprocessError) as error:
         return {"rc": None, "stdout": "", "stderr": str(error)}
 workspace = request["workspace"]
@@ -67,6 +67,13 @@ if request["scheduler"] == "slurm":
     out["sbatch"] = run(["sbatch", "--version"])
     out["squeue"] = run(["squeue", "--noheader", "--user=%d" % os.getuid(), "--format=%i"])
     out["sinfo"] = run(["sinfo", "--noheader", "--format=%P|%G"])
+elif request["scheduler"] == "sge":
+    import getpass
+    out["qsub"] = run(["qsub", "-help"])
+    out["qstat"] = run(["qstat", "-u", getpass.getuser()])
+    out["queues"] = run(["qconf", "-sql"])
+    out["pes"] = run(["qconf", "-spl"])
+    out["complexes"] = run(["qconf", "-sc"])
 print(json.dumps(out))
 '''
 
@@ -254,6 +261,8 @@ def check_cluster(config: Config, transport: Transport) -> list[CheckResult]:
         results.append(_rsync(config, answer.get("rsync")))
     if config.scheduler == "slurm":
         results += _slurm(config, answer)
+    elif config.scheduler == "sge":
+        results += _grid_engine(config, answer)
     return results
 
 
@@ -269,16 +278,20 @@ def _rsync(config: Config, remote_rsync: str | None) -> CheckResult:
     return CheckResult("rsync", True, f"missing {missing}: transfers use SFTP (slower for many files)")
 
 
-def _slurm(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+def _answers(answer: dict[str, Any], programs: tuple[str, ...], fix: str) -> list[CheckResult]:
     results = []
-    for program in ("sbatch", "squeue"):
+    for program in programs:
         done = answer.get(program) or {}
         if done.get("rc") == 0:
             results.append(CheckResult(program, True, (done["stdout"].strip().splitlines() or ["answers"])[0]))
         else:
-            results.append(CheckResult(program, False, f"{program} failed: {(done.get('stderr') or '').strip()}",
-                                       "make Slurm's commands work for this account on the cluster (PATH, "
-                                       "SLURM_CONF, munge); try it in an ssh session"))
+            results.append(CheckResult(program, False, f"{program} failed: {(done.get('stderr') or '').strip()}", fix))
+    return results
+
+
+def _slurm(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+    results = _answers(answer, ("sbatch", "squeue"), "make Slurm's commands work for this account on the cluster "
+                       "(PATH, SLURM_CONF, munge); try it in an ssh session")
     sinfo = answer.get("sinfo") or {}
     if sinfo.get("rc") != 0:
         results.append(CheckResult("partitions", False, f"sinfo failed: {(sinfo.get('stderr') or '').strip()}",
@@ -318,3 +331,31 @@ def _class_fits(name: str, partition: str | None, gres: str | None, partitions: 
                                f"{wanted!r} (offered: {', '.join(sorted(offered)) or 'none'})",
                                f"set classes.{name}.gres to what the cluster has")
     return CheckResult(what, True, f"partition {partition or '(default)'}, gres {gres or 'none'}")
+
+
+def _grid_engine(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+    results = _answers(answer, ("qsub", "qstat"), "make Grid Engine's commands work for this account on the "
+                       "cluster (PATH, SGE_ROOT, SGE_CELL); try it in an ssh session")
+    listings = {key: answer.get(key) or {} for key in ("queues", "pes", "complexes")}
+    if any(done.get("rc") != 0 for done in listings.values()):
+        failed = next(done for done in listings.values() if done.get("rc") != 0)
+        results.append(CheckResult("queues", False, f"qconf failed: {(failed.get('stderr') or '').strip()}",
+                                   "make qconf -sql work for this account on the cluster"))
+        return results
+    queues = set(listings["queues"]["stdout"].split())
+    pes = set(listings["pes"]["stdout"].split())
+    complexes = {line.split()[0] for line in listings["complexes"]["stdout"].splitlines()
+                 if line.strip() and not line.startswith("#")}
+    for name, settings in sorted(config.classes.items()):
+        wanted = (("queue", settings.queue, queues), ("parallel environment", settings.pe, pes))
+        missing = [f"{what} {value!r} does not exist (the cell has: {', '.join(sorted(known)) or 'none'})"
+                   for what, value, known in wanted if value and value not in known]
+        if settings.gpus and settings.gpu_resource not in complexes:
+            missing.append(f"gpu_resource {settings.gpu_resource!r} is not a complex of the cell")
+        if missing:
+            results.append(CheckResult(f"class {name}", False, "; ".join(missing),
+                                       f"set classes.{name}.queue / pe / gpu_resource to what the cell has"))
+        else:
+            results.append(CheckResult(f"class {name}", True, f"queue {settings.queue or '(default)'}, "
+                                       f"pe {settings.pe or 'none'}, gpus {settings.gpus or 0}"))
+    return results
