@@ -9,7 +9,6 @@ stdlib); a runner asks nothing at its start, since its time left is its class's 
 import os
 import pwd
 import socket
-import sys
 import time
 import xml.etree.ElementTree as ElementTree
 
@@ -247,8 +246,8 @@ class GridEngineConnector(Connector):
                 reasons = error_reasons(commands.run(["qstat", "-j", str(sched_id)], QSTAT_TIMEOUT_SECONDS))
             except (commands.CommandUnavailable, commands.CommandFailed):
                 reasons = []
-            sys.stderr.write("Grid Engine job %s of a runner is in error state; deleting it: %s\n"
-                             % (sched_id, "; ".join(reasons) or "no reason given"))
+            self.problems.append("Grid Engine job %s of a runner is in error state; deleted it: %s"
+                                 % (sched_id, "; ".join(reasons) or "no reason given"))
         self.cancel(sched_ids)
 
     def last_known_runners(self):

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json
-from dropbox_runner.on_hpc.jobstore import JobStore
-from dropbox_runner.on_hpc.protocol import RunnerState
-from dropbox_runner.on_hpc.sched_slurm import job_name
-from dropbox_runner.on_hpc.schedulers import connector, store_tag
 from sshsetup import CountingTransport, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
@@ -198,28 +194,27 @@ def test_a_failing_qstat_keeps_the_last_known_state(pipeline, counted, sge_clust
     assert len(counted("qsub")) == 1
 
 
-def test_a_runner_grid_engine_cannot_start_is_deleted_with_its_reason(sge_cluster, counted, tmp_path, capsys):
+def test_a_runner_grid_engine_cannot_start_is_deleted_and_the_operator_told(pipeline, counted, sge_cluster):
     """A runner in error state (Eqw) would stay queued for ever while every cycle submitted
-    another failing alike: the listing deletes it, saying why."""
-    store = JobStore(str(tmp_path / "ws"))
-    store.ensure_layout()
-    sge = connector("sge", store)
-    name = job_name(store_tag(store.root), "default-20261122T000000-abcdef")
-    proc = sge_cluster.run("qsub", "-terse", "-r", "n", "-b", "y", "-shell", "n", "-N", name, "-o", "/dev/null",
-                           "-j", "y", "-wd", str(tmp_path / "no such folder"), "/bin/true")
-    assert proc.returncode == 0, proc.stderr
-    sched_id = proc.stdout.strip()
-    deadline = time.monotonic() + 60
-    while "Eqw" not in sge_cluster.run("qstat", "-u", "*").stdout:
-        assert time.monotonic() < deadline, sge_cluster.run("qstat", "-u", "*").stdout
+    another failing alike: each cycle's listing deletes it and says why, and the job waits."""
+    p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m",
+                              "extra_args": ["-wd", "/nonexistent/dbr-sge-test"]}})   # the last -wd wins
+    path = p.drop_ledger("o", 0)
+    errors: list[str] = []
+    deadline = time.monotonic() + 90
+    while not any("in error state; deleted it" in error for error in errors):
+        assert time.monotonic() < deadline, f"no error reported: {p.reports[-3:]}"
+        errors += p.cycle().cluster_errors
         time.sleep(0.5)
-    runners = sge.list_runners()
-    assert runners["default-20261122T000000-abcdef"].state == RunnerState.ENDING
-    said = capsys.readouterr().err
-    assert f"Grid Engine job {sched_id} of a runner is in error state; deleting it:" in said
-    assert "can't chdir to " + str(tmp_path / "no such folder") in said
-    sge_cluster.wait_idle(30)
-    assert sge.list_runners() == {}
+    [said] = [error for error in errors if "in error state" in error]
+    assert "can't chdir to /nonexistent/dbr-sge-test" in said
+    for _ in range(5):
+        report = p.cycle()
+        time.sleep(0.5)
+    listed = sge_cluster.run("qstat", "-u", "*").stdout
+    assert listed.count("Eqw") <= 1, listed                # never a pile of failed runners
+    assert not p.finished(path) and report.states == {"queued": 1}    # the job waits, not failed
+    assert len(counted("qdel", "-")) >= 1
 
 
 # ------------------------------------------------------------------------------ through sshd
