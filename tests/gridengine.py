@@ -55,8 +55,15 @@ SGE_BIN = Path("/usr/lib/gridengine")          # Debian: the daemons and the rea
 SGE_SHARE = Path("/var/lib/gridengine")        # Debian's SGE_ROOT: bin, lib, utilbin, util
 SGE_PROGRAMS = (SGE_BIN / "sge_qmaster", SGE_BIN / "sge_execd", Path("/usr/bin/qsub"))
 QUEUE = "all.q"
+GPU_QUEUE = "gpu.q"
 PE = "smp"
 GPU_COMPLEX = "gpu"
+# Grid Engine 8.1 counts GPUs but binds none: sites do it in a prolog or starter method.
+# The cell's gpu.q runs one job at a time, which holds every GPU of the host.
+GPU_STARTER = """#!/bin/sh
+CUDA_VISIBLE_DEVICES={devices}; export CUDA_VISIBLE_DEVICES
+exec "$@"
+"""
 
 
 @dataclass
@@ -69,6 +76,7 @@ class GridEngine:
     gpus: int = 2
     cell: str = "default"
     queue: str = QUEUE
+    gpu_queue: str = GPU_QUEUE
     pe: str = PE
 
     @property
@@ -197,8 +205,9 @@ def ensure_gridengine_installed() -> None:
 
 def start_gridengine(slots: int = 8, gpus: int = 2, user: str = "dbrcluster") -> GridEngine:
     """Start sge_qmaster + sge_execd (one host, ``slots`` slots, a ``gpu`` consumable of
-    ``gpus``), with queue ``all.q`` and parallel environment ``smp``, and check that the
-    unprivileged ``user`` can run a job before returning."""
+    ``gpus``), with queue ``all.q``, queue ``gpu.q`` (one job at a time, bound to every GPU
+    by a starter method) and parallel environment ``smp``, and check that the unprivileged
+    ``user`` can run a job before returning."""
     if os.geteuid() != 0:
         raise ClusterError("start_gridengine needs root (its daemons run jobs as other users)")
     ensure_gridengine_installed()
@@ -277,11 +286,17 @@ def _start(sge: GridEngine, user: str) -> None:
     if not _wait_for(lambda: sge.host in sge.run("qconf", "-sel", timeout=10).stdout.split(), 30):
         raise ClusterError(f"sge_execd did not register host {sge.host}")
     _qconf_file(sge, "-Me", "exec_host", EXEC_HOST_CONF.format(host=sge.host, gpu=GPU_COMPLEX, gpus=sge.gpus))
-    queue = sge.run("qconf", "-sq", check=True).stdout     # the template
-    for key, value in {"qname": sge.queue, "hostlist": sge.host, "slots": str(sge.slots),
-                       "pe_list": sge.pe, "load_thresholds": "NONE", "shell": "/bin/sh"}.items():
-        queue = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", queue)
-    _qconf_file(sge, "-Aq", "queue", queue)
+    template = sge.run("qconf", "-sq", check=True).stdout
+    starter = sge.root / "gpu_starter.sh"
+    starter.write_text(GPU_STARTER.format(devices=",".join(str(n) for n in range(sge.gpus))))
+    starter.chmod(0o755)
+    for name, settings in ((sge.queue, {"slots": str(sge.slots)}),
+                           (sge.gpu_queue, {"slots": "1", "starter_method": str(starter)})):
+        queue = template
+        for key, value in {"qname": name, "hostlist": sge.host, "pe_list": sge.pe, "load_thresholds": "NONE",
+                           "shell": "/bin/sh", **settings}.items():
+            queue = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", queue)
+        _qconf_file(sge, "-Aq", name, queue)
     # The proof the tests need: the unprivileged account submits a job and it runs.
     probe_dir = sge.root / "probe"
     probe_dir.mkdir()

@@ -217,6 +217,22 @@ def test_a_runner_grid_engine_cannot_start_is_deleted_and_the_operator_told(pipe
     assert len(counted("qdel", "-")) >= 1
 
 
+def test_gpu_jobs_share_out_the_gpus_their_runner_was_bound_to(pipeline, counted):
+    # gpu.q's starter method binds both GPUs (CUDA_VISIBLE_DEVICES=0,1), as a site's would.
+    p = pipeline({"default": {"queue": "all.q", "slots": 2, "idle_timeout": 3},
+                  "gpu": {"queue": "gpu.q", "gpus": 2, "slots": 2, "idle_timeout": 3}})
+    gpu = [p.drop("gpu_env", f"g{n}", args={"seconds": 3}) for n in range(2)]
+    cpu = [p.drop("gpu_env", f"c{n}", args={"seconds": 0}, **{"class": "default"}) for n in range(2)]
+    p.run_all(gpu + cpu, timeout=90)
+    one, two = (p.result(path)["job"] for path in gpu)
+    assert one["runner"] == two["runner"] and one["runner"].startswith("gpu-")
+    assert one["start"] < two["end"] and two["start"] < one["end"]          # at once
+    assert sorted((p.root / "out" / f"g{n}").read_text().strip() for n in range(2)) == ["0", "1"]
+    assert {(p.root / "out" / f"c{n}").read_text().strip() for n in range(2)} == {"none"}
+    qsubs = counted("qsub")
+    assert len(qsubs) == 2 and sorted("-l gpu=2" in call for call in qsubs) == [False, True]
+
+
 # ------------------------------------------------------------------------------ through sshd
 @pytest.fixture
 def counting_python(sge_sshd):
