@@ -20,6 +20,7 @@ import yaml
 from . import templates as packaged_templates
 from .on_hpc import protocol
 from .on_hpc.durations import parse_duration
+from .on_hpc.sched_sge import memory_megabytes
 from .on_hpc.schedulers import CONNECTORS
 from .units import parse_size
 
@@ -209,6 +210,11 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
         if (settings.cpus or 1) > 1 and not settings.pe:
             problems.append(f"classes.{name}.cpus: with scheduler: sge, cpus are slots of a parallel "
                             f"environment: name it with pe")
+        if settings.memory:
+            try:
+                memory_megabytes(settings.memory)
+            except ValueError as error:
+                problems.append(f"classes.{name}.memory: {error}")
     return problems
 
 

@@ -220,8 +220,8 @@ class GridEngineConnector(Connector):
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
-        call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
         try:
+            call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
             return parse_qsub(commands.run(call, QSUB_TIMEOUT_SECONDS, env=env, cwd=self.store.root))
         except commands.CommandUnavailable as error:
             raise SubmitFailed(str(error), uncertain=error.timed_out) from error

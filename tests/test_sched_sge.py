@@ -22,7 +22,7 @@ from dropbox_runner.on_hpc.sched_sge import (
     qsub_argv,
     runner_state,
 )
-from dropbox_runner.on_hpc.schedulers import RunnerInfo
+from dropbox_runner.on_hpc.schedulers import RunnerInfo, SubmitFailed
 
 PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
 
@@ -210,3 +210,11 @@ def test_the_connector_is_chosen_by_name_and_caches_beside_no_runner_record(tmp_
     assert not sge._cache.endswith(".json")       # runners/*.json are runner records
     assert sge.last_known_runners() == {}
     assert sge.allocation_seconds({"time_limit": 300}) == 300
+
+
+def test_a_class_grid_engine_cannot_be_asked_for_is_a_refused_submission_not_a_crash(tmp_path):
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    sge = schedulers.connector("sge", store)
+    with pytest.raises(SubmitFailed, match="not a memory size"):
+        sge.submit({"id": "default-1", "resources": {"memory": "lots"}}, "/spec", ["true"], {})
