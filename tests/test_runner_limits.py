@@ -10,6 +10,7 @@ import pytest
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.protocol import JobState
+from helpers import wait_until
 
 
 @pytest.fixture
@@ -54,13 +55,6 @@ def finish(process, timeout=30):
         raise
     with open(process.log) as handle:
         return handle.read()
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_stops_before_its_time_limit_and_hands_its_job_back(store):
@@ -112,7 +106,7 @@ def test_a_warning_or_sigterm_ends_the_jobs_and_hands_them_back(store, signum):
     waiting = stage(store, "sub.w", "true")
     os.utime(os.path.join(store.ready_dir("default"), waiting), (time.time() + 60,) * 2)   # last
     runner = start_runner(store, slots=2)
-    wait_for(lambda: all(os.path.exists(os.path.join(store.job_dir(j), "child")) for j in jobs))
+    wait_until(lambda: all(os.path.exists(os.path.join(store.job_dir(j), "child")) for j in jobs), 15)
     children = [int(open(os.path.join(store.job_dir(j), "child")).read()) for j in jobs]
     runner.send_signal(signum)
     log = finish(runner)
@@ -122,7 +116,7 @@ def test_a_warning_or_sigterm_ends_the_jobs_and_hands_them_back(store, signum):
         assert signal.Signals(signum).name in entry["reason"]
     assert sorted(store.ready_jobs("default")) == sorted(jobs + [waiting])   # nothing more claimed
     for pid in children:                  # the jobs' whole process groups ended
-        wait_for(lambda pid=pid: not os.path.exists("/proc/%d" % pid) or _zombie(pid), 5)
+        wait_until(lambda pid=pid: not os.path.exists("/proc/%d" % pid) or _zombie(pid), 5)
 
 
 def _zombie(pid):
