@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json
+from helpers import wait_until
 from sshsetup import CountingTransport, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
@@ -141,10 +142,7 @@ def test_s_rt_warns_the_runner_command_itself_with_sigusr1(sge_cluster, tmp_path
         proc = sge_cluster.run("qsub", "-terse", "-b", "y", "-shell", "n", "-o", out / "log", "-j", "y",
                                "-l", "h_rt=60,s_rt=3", shutil.which("python3"), script)
         assert proc.returncode == 0, proc.stderr
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.25)
-        assert marker.exists(), (out / "log").read_text() if (out / "log").exists() else "no log"
+        wait_until(marker.exists, 60, 0.25, "the job's SIGUSR1 handler, past s_rt")
         assert 3 <= time.monotonic() - started < 60
         sge_cluster.wait_idle(30)
     finally:
@@ -200,21 +198,18 @@ def test_a_runner_grid_engine_cannot_start_is_deleted_and_the_operator_told(pipe
     p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m",
                               "extra_args": ["-wd", "/nonexistent/dbr-sge-test"]}})   # the last -wd wins
     path = p.drop_ledger("o", 0)
-    errors: list[str] = []
-    deadline = time.monotonic() + 90
-    while not any("in error state; deleted it" in error for error in errors):
-        assert time.monotonic() < deadline, f"no error reported: {p.reports[-3:]}"
-        errors += p.cycle().cluster_errors
-        time.sleep(0.5)
-    [said] = [error for error in errors if "in error state" in error]
+
+    def reported():
+        return [error for error in p.cycle().cluster_errors if "in error state; deleted it" in error]
+
+    [said] = wait_until(reported, 90, 0.5, "a runner in error state reported")
     assert "can't chdir to /nonexistent/dbr-sge-test" in said
-    for _ in range(5):
-        report = p.cycle()
-        time.sleep(0.5)
-    listed = sge_cluster.run("qstat", "-u", "*").stdout
-    assert listed.count("Eqw") <= 1, listed                # never a pile of failed runners
-    assert not p.finished(path) and report.states == {"queued": 1}    # the job waits, not failed
-    assert len(counted("qdel", "-")) >= 1
+    for _ in range(2):          # the next runners fail alike: each deleted, never a pile
+        wait_until(reported, 90, 0.5, "the next runner in error state reported")
+        listed = sge_cluster.run("qstat", "-u", "*").stdout
+        assert listed.count("Eqw") <= 1, listed
+    assert not p.finished(path) and p.cycle().states == {"queued": 1}     # the job waits, not failed
+    assert len(counted("qdel", "-")) >= 3
 
 
 def test_gpu_jobs_share_out_the_gpus_their_runner_was_bound_to(pipeline, counted):
