@@ -195,7 +195,6 @@ def ensure_gridengine_installed() -> None:
     """Install Grid Engine with scripts/install-system-deps.sh when it is missing."""
     if all(p.exists() for p in SGE_PROGRAMS):
         return
-    realcluster.ensure_system_deps()
     proc = _run(["bash", str(realcluster.INSTALL_SCRIPT)], timeout=900)
     missing = [str(p) for p in SGE_PROGRAMS if not p.exists()]
     if missing:
