@@ -59,7 +59,7 @@ GPU_QUEUE = "gpu.q"
 PE = "smp"
 GPU_COMPLEX = "gpu"
 # Grid Engine 8.1 counts GPUs but binds none: sites do it in a prolog or starter method.
-# The cell's gpu.q runs one job at a time, which holds every GPU of the host.
+# The cell's gpu.q, the only queue with GPUs, runs one job at a time, which holds them all.
 GPU_STARTER = """#!/bin/sh
 CUDA_VISIBLE_DEVICES={devices}; export CUDA_VISIBLE_DEVICES
 exec "$@"
@@ -178,18 +178,6 @@ accounting_summary FALSE
 qsort_args         NONE
 """
 
-EXEC_HOST_CONF = """\
-hostname          {host}
-load_scaling      NONE
-complex_values    {gpu}={gpus}
-user_lists        NONE
-xuser_lists       NONE
-projects          NONE
-xprojects         NONE
-usage_scaling     NONE
-report_variables  NONE
-"""
-
 
 def ensure_gridengine_installed() -> None:
     """Install Grid Engine with scripts/install-system-deps.sh when it is missing."""
@@ -203,10 +191,10 @@ def ensure_gridengine_installed() -> None:
 
 
 def start_gridengine(slots: int = 8, gpus: int = 2, user: str = "dbrcluster") -> GridEngine:
-    """Start sge_qmaster + sge_execd (one host, ``slots`` slots, a ``gpu`` consumable of
-    ``gpus``), with queue ``all.q``, queue ``gpu.q`` (one job at a time, bound to every GPU
-    by a starter method) and parallel environment ``smp``, and check that the unprivileged
-    ``user`` can run a job before returning."""
+    """Start sge_qmaster + sge_execd (one host) with queue ``all.q`` (``slots`` slots),
+    queue ``gpu.q`` (one job at a time, the ``gpus`` GPUs of the forced consumable ``gpu``,
+    bound by a starter method) and parallel environment ``smp``, and check that the
+    unprivileged ``user`` can run a job before returning."""
     if os.geteuid() != 0:
         raise ClusterError("start_gridengine needs root (its daemons run jobs as other users)")
     ensure_gridengine_installed()
@@ -275,22 +263,23 @@ def _start(sge: GridEngine, user: str) -> None:
     for key, value in {"schedule_interval": "0:0:1", "flush_submit_sec": "1", "flush_finish_sec": "1"}.items():
         sconf = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", sconf)
     _qconf_file(sge, "-Msconf", "sched_configuration", sconf)
-    # GPUs are a per-job consumable (a runner asks for all its jobs' GPUs at once).
+    # GPUs are a per-job consumable (a runner asks for all its jobs' GPUs at once), and a
+    # forced one: only jobs that ask for GPUs go to gpu.q, the queue that has them.
     complexes = sge.run("qconf", "-sc", check=True).stdout.rstrip("\n")
-    _qconf_file(sge, "-Mc", "complexes", complexes + f"\n{GPU_COMPLEX} {GPU_COMPLEX} INT <= YES JOB 0 0\n")
+    _qconf_file(sge, "-Mc", "complexes", complexes + f"\n{GPU_COMPLEX} {GPU_COMPLEX} INT <= FORCED JOB 0 0\n")
     _qconf_file(sge, "-Ap", "pe", PE_CONF.format(pe=sge.pe))
     proc = _run([SGE_BIN / "sge_execd"], env=sge.env())
     if proc.returncode != 0:
         raise ClusterError(f"sge_execd exited {proc.returncode}: {proc.stdout}{proc.stderr}")
     if not _wait_for(lambda: sge.host in sge.run("qconf", "-sel", timeout=10).stdout.split(), 30):
         raise ClusterError(f"sge_execd did not register host {sge.host}")
-    _qconf_file(sge, "-Me", "exec_host", EXEC_HOST_CONF.format(host=sge.host, gpu=GPU_COMPLEX, gpus=sge.gpus))
     template = sge.run("qconf", "-sq", check=True).stdout
     starter = sge.root / "gpu_starter.sh"
     starter.write_text(GPU_STARTER.format(devices=",".join(str(n) for n in range(sge.gpus))))
     starter.chmod(0o755)
     for name, settings in ((sge.queue, {"slots": str(sge.slots)}),
-                           (sge.gpu_queue, {"slots": "1", "starter_method": str(starter)})):
+                           (sge.gpu_queue, {"slots": "1", "starter_method": str(starter),
+                                            "complex_values": f"{GPU_COMPLEX}={sge.gpus}"})):
         queue = template
         for key, value in {"qname": name, "hostlist": sge.host, "pe_list": sge.pe, "load_thresholds": "NONE",
                            "shell": "/bin/sh", **settings}.items():
