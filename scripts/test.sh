@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs them (.ci/run calls it too).
-# Debian packages: sshd, rsync, Slurm and munge for the real-cluster tests.
+# Debian packages: sshd, rsync, Slurm, munge and Grid Engine for the real-cluster tests.
 # Python: the project installed the ordinary way (not editable), with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
