@@ -169,6 +169,14 @@ def test_runners_in_error_state_are_found_with_their_reason():
     assert error_reasons("") == []
 
 
+def test_parse_qstat_reads_univa_times_and_clock_limits():
+    # Univa/Altair print milliseconds in times; a limit may be written h:m:s.
+    xml = QSTAT_XML.replace("2026-11-22T12:06:48</JAT_start_time>", "2026-11-22T12:06:48.517</JAT_start_time>")
+    xml = xml.replace(">120</hard_request>", ">0:02:00</hard_request>")
+    started = time.mktime(time.strptime("2026-11-22T12:06:48", "%Y-%m-%dT%H:%M:%S"))
+    assert parse_qstat(xml, "abc123", now=started + 30)["default-20261122T120648-aaaaaa"].time_left == 90
+
+
 def test_parse_qstat_of_an_empty_listing_and_of_garbage():
     empty = "<?xml version='1.0'?>\n<job_info><queue_info></queue_info><job_info></job_info></job_info>\n"
     assert parse_qstat(empty, "abc123") == {}
