@@ -25,8 +25,10 @@ from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
+from dropbox_runner.status import format_status, gather_status
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport import open_transport
+from dropbox_runner.transport.local import LocalTransport
 
 TEMPLATES = Path(__file__).parent / "templates"
 BURST = int(os.environ.get("DBR_SGE_SSH_BURST", "20"))
@@ -108,6 +110,10 @@ def test_a_runner_lost_mid_job_has_its_job_requeued_and_finished_once(pipeline, 
     assert first["attempt"] == 1
     sched_id = first["sched_id"]
     assert re.search(r"(?m)^job_name:\s+dbr\.", _qstat_of(sge_cluster, sched_id))   # the runner's own job id
+    # status: the runner with its Grid Engine job id, running, its h_rt less the time it ran
+    status = format_status(gather_status(p.config, LocalTransport()))
+    row = next(line for line in status.splitlines() if first["runner"] in line)
+    assert re.search(rf"{first['runner']}\s+default\s+{sched_id}\s+running\s+0:(09|10):\d\d\s+1$", row), status
     if how == "killed":          # the runner dies outright (as with its host): no goodbye
         alive = read_json(str(p.workspace / "runners" / f"{first['runner']}.alive.json"))
         os.kill(alive["pid"], signal.SIGKILL)
