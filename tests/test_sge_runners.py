@@ -179,6 +179,23 @@ def test_a_runner_past_its_h_rt_warning_hands_its_jobs_back(pipeline, counted, s
     assert "-l h_rt=60,s_rt=30" in qsub
 
 
+def test_h_rt_reached_without_a_warning_requeues_the_job(pipeline, counted):
+    # warn_seconds 0: no s_rt, so Grid Engine kills the runner outright at its 1-minute h_rt.
+    p = pipeline({"default": {"slots": 1, "time_limit": "1m", "warn_seconds": 0, "idle_timeout": 3}})
+    path = p.drop_ledger("o", 600)
+    started = time.monotonic()
+    p.run_until(lambda: p.started(path), 60, "the job started")
+    first = p.claim(p.job_id(path))
+    p.run_until(lambda: p.started(path, attempt=2), 150, "the job requeued and started again")
+    walltime = time.monotonic() - started
+    [interruption] = read_json(str(p.workspace / "jobs" / p.job_id(path) / "interruptions.json"))
+    assert interruption["reason"] == f"runner {first['runner']} is gone"
+    assert 55 < walltime < 130
+    assert not _running(first["pgid"]) and p.ledger_lines() == []
+    qsub = counted("qsub")[0]
+    assert "-l h_rt=60 " in qsub and "s_rt" not in qsub
+
+
 def test_a_failing_qstat_keeps_the_last_known_state(pipeline, counted, sge_cluster, monkeypatch):
     p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m"}})
     path = p.drop_ledger("o", 8)
