@@ -274,6 +274,11 @@ def _start(sge: GridEngine, user: str) -> None:
     if not _wait_for(lambda: sge.host in sge.run("qconf", "-sel", timeout=10).stdout.split(), 30):
         raise ClusterError(f"sge_execd did not register host {sge.host}")
     template = sge.run("qconf", "-sq", check=True).stdout
+    # Each job's TMPDIR is <tmpdir>/<job>.<task>.<queue>: under /tmp, two cells on one
+    # machine would share (and delete) each other's, as both count jobs from 1.
+    tmpdir = sge.root / "tmp"
+    tmpdir.mkdir()
+    tmpdir.chmod(0o1777)
     starter = sge.root / "gpu_starter.sh"
     starter.write_text(GPU_STARTER.format(devices=",".join(str(n) for n in range(sge.gpus))))
     starter.chmod(0o755)
@@ -282,7 +287,7 @@ def _start(sge: GridEngine, user: str) -> None:
                                             "complex_values": f"{GPU_COMPLEX}={sge.gpus}"})):
         queue = template
         for key, value in {"qname": name, "hostlist": sge.host, "pe_list": sge.pe, "load_thresholds": "NONE",
-                           "shell": "/bin/sh", **settings}.items():
+                           "shell": "/bin/sh", "tmpdir": str(tmpdir), **settings}.items():
             queue = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", queue)
         _qconf_file(sge, "-Aq", name, queue)
     # The proof the tests need: the unprivileged account submits a job and it runs.
