@@ -229,8 +229,11 @@ def _make_cell(sge: GridEngine) -> None:
     if sge.host != "localhost":
         (common / "host_aliases").write_text(f"{sge.host} localhost\n")
     defaults = Path("/usr/share/gridengine/default-configuration").read_text()
+    # Grid Engine tracks a job's processes by an extra group id from gid_range and ends
+    # them all with the job: cells on one machine must not share ids (nor its ports).
+    gids = 100000 + 100 * sge.qmaster_port
     overrides = {"execd_spool_dir": str(sge.execd_spool), "min_uid": "0", "min_gid": "0",
-                 "mailer": "/bin/true", "load_report_time": "00:00:05"}
+                 "mailer": "/bin/true", "load_report_time": "00:00:05", "gid_range": f"{gids}-{gids + 99}"}
     for key, value in overrides.items():
         defaults = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", defaults)
     configuration = sge.root / "configuration"
