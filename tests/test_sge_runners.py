@@ -219,14 +219,14 @@ def test_a_runner_grid_engine_cannot_start_is_deleted_and_the_operator_told(pipe
     """A runner in error state (Eqw) would stay queued for ever while every cycle submitted
     another failing alike: each cycle's listing deletes it and says why, and the job waits."""
     p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m",
-                              "extra_args": ["-wd", "/nonexistent/dbr-sge-test"]}})   # the last -wd wins
+                              "extra_args": ["-i", "/nonexistent/dbr-sge-test"]}})   # a stdin file that is not there
     path = p.drop_ledger("o", 0)
 
     def reported():
         return [error for error in p.cycle().cluster_errors if "in error state; deleted it" in error]
 
     [said] = wait_until(reported, 90, 0.5, "a runner in error state reported")
-    assert "can't chdir to /nonexistent/dbr-sge-test" in said
+    assert "can't open /nonexistent/dbr-sge-test" in said
     for _ in range(2):          # the next runners fail alike: each deleted, never a pile
         wait_until(reported, 90, 0.5, "the next runner in error state reported")
         listed = sge_cluster.run("qstat", "-u", "*").stdout
