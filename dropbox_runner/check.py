@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SYSTEM_FOLDERS, Config, ConfigError, load_config
+from .on_hpc.resources import class_gpus
 from .rendering import TemplateProblem, load_template, render
 from .transport import Transport, TransportError, open_transport
 
@@ -39,11 +40,11 @@ PROBE = r'''
 import json, os, shutil, subprocess, sys, tempfile
 request = json.loads(sys.stdin.read())
 out = {"python": list(sys.version_info[:3]), "executable": sys.executable}
-def run(argv):
+def run(argv, keep=65536):
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
                               universal_newlines=True)
-        return {"rc": done.returncode, "stdout": done.stdout[-65536:], "stderr": done.stderr[-2000:]}
+        return {"rc": done.returncode, "stdout": done.stdout[-keep:], "stderr": done.stderr[-2000:]}
     except (OSError, subprocess.SubprocessError) as error:
         return {"rc": None, "stdout": "", "stderr": str(error)}
 workspace = request["workspace"]
@@ -68,12 +69,11 @@ if request["scheduler"] == "slurm":
     out["squeue"] = run(["squeue", "--noheader", "--user=%d" % os.getuid(), "--format=%i"])
     out["sinfo"] = run(["sinfo", "--noheader", "--format=%P|%G"])
 elif request["scheduler"] == "sge":
-    import getpass
-    out["qsub"] = run(["qsub", "-help"])
-    out["qstat"] = run(["qstat", "-u", getpass.getuser()])
+    import pwd
+    out["qstat"] = run(["qstat", "-xml", "-u", pwd.getpwuid(os.getuid()).pw_name])
     out["queues"] = run(["qconf", "-sql"])
     out["pes"] = run(["qconf", "-spl"])
-    out["complexes"] = run(["qconf", "-sc"])
+    out["complexes"] = run(["qconf", "-sc"], keep=100000)     # a site's list is long, and read whole
 print(json.dumps(out))
 '''
 
@@ -334,28 +334,34 @@ def _class_fits(name: str, partition: str | None, gres: str | None, partitions: 
 
 
 def _grid_engine(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
-    results = _answers(answer, ("qsub", "qstat"), "make Grid Engine's commands work for this account on the "
-                       "cluster (PATH, SGE_ROOT, SGE_CELL); try it in an ssh session")
-    listings = {key: answer.get(key) or {} for key in ("queues", "pes", "complexes")}
-    if any(done.get("rc") != 0 for done in listings.values()):
-        failed = next(done for done in listings.values() if done.get("rc") != 0)
-        results.append(CheckResult("queues", False, f"qconf failed: {(failed.get('stderr') or '').strip()}",
-                                   "make qconf -sql work for this account on the cluster"))
-        return results
-    queues = set(listings["queues"]["stdout"].split())
-    pes = set(listings["pes"]["stdout"].split())
-    complexes = {line.split()[0] for line in listings["complexes"]["stdout"].splitlines()
-                 if line.strip() and not line.startswith("#")}
+    """qstat answers, and each class's queue, parallel environment and resources exist."""
+    qstat = answer.get("qstat") or {}
+    if qstat.get("rc") != 0:
+        return [CheckResult("qstat", False, f"qstat failed: {(qstat.get('stderr') or '').strip()}",
+                            "make Grid Engine's commands work for this account on the cluster (PATH, SGE_ROOT, "
+                            "SGE_CELL, SGE_QMASTER_PORT); try it in an ssh session")]
+    results = [CheckResult("qstat", True, "answers")]
+    offered = {}
+    for key in ("queues", "pes", "complexes"):
+        done = answer.get(key) or {}
+        # qconf exits non-zero for an empty list ("no parallel environment defined")
+        rows = [line.split() for line in done.get("stdout", "").splitlines()
+                if line.strip() and not line.startswith("#")] if done.get("rc") == 0 else []
+        # a complex may be asked for by its name or its shortcut
+        offered[key] = {word for row in rows for word in (row[:2] if key == "complexes" else row[:1])}
     for name, settings in sorted(config.classes.items()):
-        wanted = (("queue", settings.queue, queues), ("parallel environment", settings.pe, pes))
-        missing = [f"{what} {value!r} does not exist (the cell has: {', '.join(sorted(known)) or 'none'})"
-                   for what, value, known in wanted if value and value not in known]
-        if settings.gpus and settings.gpu_resource not in complexes:
-            missing.append(f"gpu_resource {settings.gpu_resource!r} is not a complex of the cell")
+        gpus = class_gpus(settings.to_request())
+        wanted = [("queues", "queue", settings.queue, "queue"), ("pes", "parallel environment", settings.pe, "pe"),
+                  ("complexes", "GPU complex", settings.gpu_resource if gpus else None, "gpu_resource"),
+                  ("complexes", "memory complex", settings.memory_resource if settings.memory else None,
+                   "memory_resource")]
+        missing = [row for row in wanted if row[2] and row[2] not in offered[row[0]]]
         if missing:
-            results.append(CheckResult(f"class {name}", False, "; ".join(missing),
-                                       f"set classes.{name}.queue / pe / gpu_resource to what the cell has"))
+            key, what, value, field = missing[0]
+            results.append(CheckResult(f"class {name}", False, f"no {what} {value!r} (qconf lists "
+                                       f"{', '.join(sorted(offered[key])) or 'none'})",
+                                       f"set classes.{name}.{field} to what the cluster has"))
         else:
-            results.append(CheckResult(f"class {name}", True, f"queue {settings.queue or '(default)'}, "
-                                       f"pe {settings.pe or 'none'}, gpus {settings.gpus or 0}"))
+            results.append(CheckResult(f"class {name}", True, f"queue {settings.queue or '(any)'}, "
+                                       f"pe {settings.pe or 'none'}, gpus {gpus or 'none'}"))
     return results
