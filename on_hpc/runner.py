@@ -336,7 +336,9 @@ def _node_text(node):
 
 def _step_id(job_dir, sched_id):
     """``<job>.<step>`` as the job's step wrote it at its start, when it is one of this
-    allocation's (the file is in the job's folder, which the job could write); else None."""
+    allocation's; else None.  The job could rewrite the file, but a job of the same account
+    can end its neighbours' steps with ``scancel`` anyway: the check keeps a mistake from
+    reaching another allocation."""
     try:
         with open(os.path.join(job_dir, STEP_ID_FILE)) as handle:
             text = handle.read(64).strip()

@@ -61,9 +61,6 @@ class LocalConnector(object):
     def allocation_seconds(self, spec):
         return spec.get("time_limit")
 
-    def allocation_gpus(self):
-        return local_gpus(None, False)
-
     def allocation_nodes(self, resources):
         """This machine, with the class's CPUs (or its slots) and memory, and its GPUs
         (``gpus``: NoGpus when a GPU class finds none)."""

@@ -320,9 +320,6 @@ class SlurmConnector(object):
             pass
         return spec.get("time_limit")
 
-    def allocation_gpus(self):
-        return allocated_gpus(os.environ)
-
     def allocation_nodes(self, resources):
         return allocation_layout(os.environ, resources, scontrol_hostnames)
 

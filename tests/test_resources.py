@@ -21,6 +21,7 @@ from dropbox_runner.on_hpc.resources import (
     never_fits,
     parse_cpus_per_node,
 )
+from dropbox_runner.on_hpc.runner import STEP_ID_FILE, _step_id
 from dropbox_runner.on_hpc.sched_slurm import allocation_layout, sbatch_argv, srun_argv
 from helpers import drain, drop, make_config
 from test_runner_limits import finish, stage, start_runner
@@ -218,6 +219,14 @@ def test_status_shows_what_each_node_holds(store_root):
 
 
 # ------------------------------------------------------------------ srun and sbatch
+@pytest.mark.parametrize("text, expected", [("4242.7\n", "4242.7"), ("999.0", None), ("4242.", None),
+                                            ("4242.x", None), ("", None), ("4242.7 ; scancel 1", None)])
+def test_a_step_id_is_taken_only_when_it_is_of_this_allocation(tmp_path, text, expected):
+    (tmp_path / STEP_ID_FILE).write_text(text)
+    assert _step_id(str(tmp_path), "4242") == expected
+    assert _step_id(str(tmp_path / "absent"), "4242") is None
+
+
 def test_a_job_step_asks_for_exactly_what_the_job_asked_for():
     argv = srun_argv(["/bin/bash", "job.sh"], "sub.x.1a2b", Request(2, 512, 1), "node7", "step.id")
     assert argv[:argv.index("/bin/sh")] == [
