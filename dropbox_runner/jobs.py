@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
-from .units import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

@@ -18,9 +18,8 @@ from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
 from .on_hpc.resources import gres_gpus, job_request, never_fits
-from .on_hpc.schedulers import usable_seconds
+from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
-from .units import format_duration
 
 JOBS_FOLDER = "jobs"
 
@@ -96,9 +95,7 @@ def _time_problems(config: Config, job_class: str, expected: int | None) -> list
     usable = usable_seconds(settings.time_limit, settings.warn_seconds)
     if not expected or usable is None or expected <= usable:
         return []
-    return [f"expected_time {format_duration(expected)} exceeds what a runner of class {job_class!r} can "
-            f"give a job: its time_limit {format_duration(settings.time_limit)} less "
-            f"{format_duration(settings.time_limit - usable)} warning = {format_duration(usable)}"]
+    return [too_long_message(expected, job_class, settings.time_limit, usable)]
 
 
 def resource_problems(config: Config, job_class: str, asked: dict[str, int]) -> list[str]:
@@ -112,11 +109,15 @@ def resource_problems(config: Config, job_class: str, asked: dict[str, int]) -> 
 
 def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
     """GPUs per node of a class, when known before a runner starts: Slurm's come from
-    ``gres``; a local class finds its own unless it lists them or says ``none``."""
-    if settings.get("gpus") == "none":
+    ``gres``, Grid Engine's from ``gpus``; a local class finds its own unless it lists
+    them or says ``none``."""
+    gpus = settings.get("gpus")
+    if gpus == "none":
         return 0
-    if isinstance(settings.get("gpus"), list):
-        return len(settings["gpus"])
+    if isinstance(gpus, list):
+        return len(gpus)
+    if isinstance(gpus, int):
+        return gpus
     if config.scheduler == "slurm" or gres_gpus(settings.get("gres")):
         return gres_gpus(settings.get("gres"))
     return None

@@ -48,18 +48,21 @@ def gres_gpus(gres):
 
 
 def wants_gpus(resources):
-    """A GPU class: its ``gres`` names GPUs or its ``gpus`` setting is not ``none``."""
+    """A GPU class: its ``gres`` names GPUs, or its ``gpus`` is a count, a list of ids or
+    ``auto`` (None) rather than ``none``, 0 or []."""
     setting = resources.get("gpus")
     if setting is not None:
-        return setting != "none" and setting != []
+        return bool(setting) and setting != "none"
     return gres_gpus(resources.get("gres")) > 0
 
 
 def class_gpus(resources):
-    """GPUs per node the class says it has, when it says (gres count, or a list's length)."""
+    """GPUs per node the class says it has: a ``gpus`` count or list, else its gres's."""
     setting = resources.get("gpus")
     if isinstance(setting, list):
         return len(setting)
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        return setting
     return gres_gpus(resources.get("gres"))
 
 

@@ -11,15 +11,13 @@ import time
 
 from .files import listdir, read_json
 from .gpus import local_gpus
+from .protocol import RunnerState
 from .resources import Node, memory_mb, node_cpus, wants_gpus
-from .schedulers import RUNNING, RunnerInfo, kill_job_group
+from .schedulers import Connector, RunnerInfo, kill_job_group
 
 
-class LocalConnector(object):
+class LocalConnector(Connector):
     name = "local"
-
-    def __init__(self, store):
-        self.store = store
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
@@ -41,7 +39,7 @@ class LocalConnector(object):
             if pid and _is_runner_process(pid, runner_id):
                 deadline = alive.get("deadline")
                 left = None if deadline is None else max(0, int(deadline - time.time()))
-                found[runner_id] = RunnerInfo(runner_id, str(pid), RUNNING, left)
+                found[runner_id] = RunnerInfo(runner_id, str(pid), RunnerState.RUNNING, left)
         return found
 
     def last_known_runners(self):
@@ -58,20 +56,14 @@ class LocalConnector(object):
         """A runner killed outright leaves its job's process group running: end it."""
         kill_job_group(claim.get("pgid"), job_id)
 
-    def allocation_seconds(self, spec):
-        return spec.get("time_limit")
+    def allocation_gpus(self):
+        return local_gpus(None, False)
 
     def allocation_nodes(self, resources):
         """This machine, with the class's CPUs (or its slots) and memory, and its GPUs
         (``gpus``: NoGpus when a GPU class finds none)."""
         gpus = local_gpus(resources.get("gpus"), wants_gpus(resources))
         return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")), gpus)]
-
-    def launches_steps(self, resources):
-        return False
-
-    def cancel_steps(self, step_ids):
-        """No steps here: jobs are plain process groups."""
 
 
 def _is_runner_process(pid, runner_id):
