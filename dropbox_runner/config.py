@@ -291,8 +291,10 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
             return None if raw == "auto" else raw
         if not isinstance(raw, bool) and isinstance(raw, (int, str)) and str(raw).strip().isdigit():
             return int(raw)
+        # Ids as CUDA_VISIBLE_DEVICES takes them: indexes, or GPU-/MIG- UUIDs.
         if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
-                                         isinstance(item, str) and item.isdigit() for item in raw):
+                                         isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9_.:/-]+", item)
+                                         for item in raw):
             return [str(item) for item in raw]
         raise TypeError(f"expected a whole number of GPUs, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":

@@ -303,6 +303,7 @@ def test_a_template_header_asks_for_resources_a_job_may_override(config_factory,
     ({"default": {"nodes": 0}}, "slurm", "nodes: must be at least 1"),
     ({"default": {"gpus": "some"}}, "local", "expected a whole number of GPUs, a list of GPU ids like [0, 1], none"),
     ({"default": {"gpus": [0, 1]}}, "slurm", "gpus: a list of GPU ids or none is for scheduler: local"),
+    ({"default": {"gpus": ["0,1"]}}, "local", "expected a whole number of GPUs, a list of GPU ids"),
     ({"default": {"memory": "plenty"}}, "slurm", "memory: 'plenty' is not a memory size"),
 ])
 def test_resource_settings_are_checked_when_the_config_loads(tmp_path, classes, scheduler, expected):
@@ -313,8 +314,8 @@ def test_resource_settings_are_checked_when_the_config_loads(tmp_path, classes, 
 
 def test_gpu_lists_and_none_in_the_config(tmp_path):
     config = make_config(tmp_path, classes={"default": {"gpus": [0, 1]}, "cpu": {"gpus": "none"},
-                                            "found": {"gpus": "auto"}})
-    assert config.classes["default"].gpus == ["0", "1"]
+                                            "found": {"gpus": "auto"}, "mig": {"gpus": ["MIG-5a1b-77c0"]}})
+    assert config.classes["default"].gpus == ["0", "1"] and config.classes["mig"].gpus == ["MIG-5a1b-77c0"]
     assert config.classes["cpu"].gpus == "none" and config.classes["found"].gpus is None
     counted = make_config(tmp_path, scheduler="slurm", classes={"default": {"gpus": 2}})
     assert "--gres=gpu:2" in sbatch_argv("n", "log", "/w", counted.classes["default"].to_request(), ["x"])
