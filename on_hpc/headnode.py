@@ -302,7 +302,9 @@ def ensure_runner(store, sched, runners, job_class, settings, request):
     if live:
         if len(live) >= int(class_setting(settings, "max_runners")):
             return []
-        slots = int(class_setting(settings, "slots"))
+        # Equal jobs a runner holds: slots per node (jobs that ask for more or less than a
+        # slot's share make this an estimate; the runner packs them by what they need).
+        slots = int(class_setting(settings, "slots")) * int(settings.get("nodes") or 1)
         free = sum(max(0, slots - len(store.claimed_jobs(info.runner_id))) for info in live)
         if len(ready) <= free and not _needs_fresh_runner(store, ready, live, settings):
             return []

@@ -319,3 +319,21 @@ def test_gpu_lists_and_none_in_the_config(tmp_path):
     assert config.classes["cpu"].gpus == "none" and config.classes["found"].gpus is None
     counted = make_config(tmp_path, scheduler="slurm", classes={"default": {"gpus": 2}})
     assert "--gres=gpu:2" in sbatch_argv("n", "log", "/w", counted.classes["default"].to_request(), ["x"])
+
+
+def test_a_multi_node_runner_counts_slots_on_every_node(tmp_path):
+    """Eight ready jobs fit one pending 2-node runner of 4 slots a node: no second runner."""
+    from test_ensure_runners import FakeScheduler, cycle
+    from test_ensure_runners import stage as stage_job
+
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    sched = FakeScheduler(store)
+    jobs = [stage_job(store, "sub.j%d" % n) for n in range(8)]
+    wide = {"default": {"slots": 4, "nodes": 2, "max_runners": 3}}
+    cycle(store, sched, jobs, classes=wide)
+    cycle(store, sched, jobs, classes=wide)
+    assert len(sched.submitted) == 1
+    jobs.append(stage_job(store, "sub.extra"))
+    cycle(store, sched, jobs, classes=wide)
+    assert len(sched.submitted) == 2                     # the ninth is beyond both nodes' slots
