@@ -46,16 +46,16 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
+    # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
+    # N found), a list of ids (local), "none", or None/"auto" (local: find them)
+    gpus: int | list[str] | str | None = None
+    launch: str | None = None            # slurm: "step" (default) or "process"
     # Grid Engine (scheduler: sge), where Slurm's partition and gres do not apply:
     queue: str | None = None             # qsub -q
     pe: str | None = None                # the parallel environment whose slots are the cpus
-    # GPUs: with sge a count asked of the per-job consumable gpu_resource; with the local
-    # scheduler a list of ids, "none", or None/"auto" to find them on the machine.
-    gpus: int | list[str] | str | None = None
     gpu_resource: str = "gpu"
     memory_resource: str = "h_vmem"      # the complex that memory is asked of, per slot
-    nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
-    launch: str | None = None            # slurm: "step" (default) or "process"
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -220,8 +220,8 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
 
 def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
     problems = []
-    if config.scheduler != "local" and isinstance(settings.gpus, (list, str)):
-        problems.append(f"classes.{name}.gpus: a list of GPU ids or none is for scheduler: local; "
+    if config.scheduler != "local" and isinstance(settings.gpus, list):
+        problems.append(f"classes.{name}.gpus: a list of GPU ids is for scheduler: local; "
                         f"{config.scheduler} is asked for a number of GPUs")
     if settings.launch not in (None, "step", "process"):
         problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
@@ -289,14 +289,14 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
     if key == "gpus":
         if raw in ("none", "auto"):
             return None if raw == "auto" else raw
-        if not isinstance(raw, bool) and isinstance(raw, (int, str)) and str(raw).strip().isdigit():
-            return int(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
         # Ids as CUDA_VISIBLE_DEVICES takes them: indexes, or GPU-/MIG- UUIDs.
         if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
                                          isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9_.:/-]+", item)
                                          for item in raw):
             return [str(item) for item in raw]
-        raise TypeError(f"expected a whole number of GPUs, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
+        raise TypeError(f"expected a GPU count, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":
         if not isinstance(raw, bool):
             raise TypeError(f"expected true or false, got {raw!r}")

@@ -73,7 +73,7 @@ def run_block(job_id: str, record: FinishedRecord, stdout: str, stderr: str,
 def resource_provenance(record: FinishedRecord) -> dict[str, Any]:
     """Where a run ran and with what: its Slurm step, its node, what it was given."""
     found = {"scheduler_step_id": record.step_id, "node": record.node, "resources": record.resources}
-    return {key: value for key, value in found.items() if value is not None}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def read_stream(path: Path) -> str:

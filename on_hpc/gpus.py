@@ -20,14 +20,21 @@ class NoGpus(ValueError):
 def local_gpus(setting, gpu_class, environ=None, proc_dir=PROC_GPUS, smi=None):
     """The GPU ids (as CUDA numbers them) jobs of this runner get, one list entry each.
 
-    ``setting`` is the class's ``gpus``: None or ``auto`` (find them), ``none``, or a
-    list of ids.  ``gpu_class``: the class needs GPUs, so finding none is an error.
+    ``setting`` is the class's ``gpus``: None or ``auto`` (find them), ``none``, a list of
+    ids, or a count (the first that many found).  ``gpu_class``: the class needs GPUs, so
+    finding none (or fewer than the count) is an error.
     """
     environ = os.environ if environ is None else environ
-    if setting == "none":
+    if setting == "none" or setting == 0:
         return []
     if isinstance(setting, list):
         return [str(gpu) for gpu in setting]
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        found = local_gpus(None, True, environ, proc_dir, smi)
+        if len(found) < setting:
+            raise NoGpus("this class asks for %d GPU(s) but only %d were found (%s)"
+                         % (setting, len(found), ", ".join(found) or "none"))
+        return found[:setting]
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         # Set, even empty: the operator (or a scheduler) decided; "-1"/"" mean none.

@@ -48,16 +48,16 @@ def gres_gpus(gres):
 
 
 def wants_gpus(resources):
-    """A GPU class: its ``gres`` names GPUs, or its ``gpus`` is a count, a list of ids or
-    ``auto`` (None) rather than ``none``, 0 or []."""
+    """A GPU class: its ``gres`` names GPUs or its ``gpus`` setting is not ``none`` (or 0)."""
     setting = resources.get("gpus")
     if setting is not None:
-        return bool(setting) and setting != "none"
+        return setting not in ("none", [], 0)
     return gres_gpus(resources.get("gres")) > 0
 
 
 def class_gpus(resources):
-    """GPUs per node the class says it has: a ``gpus`` count or list, else its gres's."""
+    """GPUs per node the class says it has, when it says (a ``gpus`` count or list, else
+    its gres count)."""
     setting = resources.get("gpus")
     if isinstance(setting, list):
         return len(setting)

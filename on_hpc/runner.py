@@ -5,14 +5,14 @@ CPUs, memory and GPUs hold (see ``resources``: each job takes what it asked for,
 ``slots``-th of a node), each in its own process group, or as a Slurm job step that Slurm
 confines to what the job asked for, and keeps taking jobs that arrive while it runs.  It
 never starts a job that expects more time than the allocation has left, and when told to
-stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back
-to the queue as interrupted.
+stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import os
 import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -74,7 +74,7 @@ class Runner(object):
         # The warning as sbatch was told it (from the class's limit), else from what the
         # allocation turned out to have (a partition's default limit).
         self.warn = effective_warn_seconds(spec.get("time_limit") or seconds,
-                                          spec.get("warn_seconds", DEFAULT_WARN_SECONDS))
+                                           spec.get("warn_seconds", DEFAULT_WARN_SECONDS))
         self.deadline = None if seconds is None else time.time() + seconds
         # Jobs must be done by ``usable_until``; at ``stop_at`` the runner hands back what
         # is still running.  With no warning wanted (warn_seconds: 0) it runs until the
@@ -213,7 +213,9 @@ class Runner(object):
         try:
             with open(os.path.join(job_dir, "stdout"), "wb") as out, \
                     open(os.path.join(job_dir, "stderr"), "wb") as err:
-                process = self.sched.launch(argv, cwd=job_dir, env=env, stdout=out, stderr=err)
+                process = subprocess.Popen(
+                    argv, cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True)
         except OSError as error:
             with open(os.path.join(job_dir, "stderr"), "ab") as err:
                 err.write(("dropbox-runner: cannot start job.sh: %s\n" % error).encode())
@@ -272,18 +274,20 @@ class Runner(object):
         if code < 0:
             signal_name = _signal_name(-code)
             code = 128 - code
-        details = dict(signal=signal_name, start=start, end=end or time.time(), host=self.host,
-                       runner=self.runner_id, sched_id=self.sched_id, attempt=attempt)
+        record = FinishedRecord(rc=code, signal=signal_name, start=start, end=end or time.time(), host=self.host,
+                                runner=self.runner_id, sched_id=self.sched_id, attempt=attempt)
         if job is not None:
-            details.update(node=job.placement.node, resources=dict(job.request._asdict()))
+            record.node = job.placement.node
+            record.resources = dict(job.request._asdict())
             if self.steps:
-                details["step_id"] = _step_id(self.store.job_dir(job_id), self.sched_id)
+                record.step_id = _step_id(self.store.job_dir(job_id), self.sched_id)
                 if code and _out_of_memory(os.path.join(self.store.job_dir(job_id), "stderr")):
-                    details["error"] = ("killed by Slurm for using more than the %dM memory it asked for "
-                                        "(srun: Out Of Memory)" % job.request.memory_mb)
+                    record.error = ("killed by Slurm for using more than the %dM memory it asked for "
+                                    "(srun: Out Of Memory)" % job.request.memory_mb)
         if cancelled:
-            return cancelled_record(rc=code, **details)
-        return FinishedRecord(rc=code, **details)
+            cancelled_copy = cancelled_record(rc=code)
+            record.error, record.cancelled = cancelled_copy.error, cancelled_copy.cancelled
+        return record
 
     def _shutdown(self):
         log("stopping (%s): ending %d job(s)" % (self.stop_reason, len(self.jobs)))

@@ -66,6 +66,7 @@ class LocalConnector(Connector):
         return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")), gpus)]
 
 
+
 def _is_runner_process(pid, runner_id):
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:

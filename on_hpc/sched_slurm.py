@@ -305,6 +305,9 @@ class SlurmConnector(Connector):
     def allocation_gpus(self):
         return allocated_gpus(os.environ)
 
+    def allocation_id(self):
+        return os.environ.get("SLURM_JOB_ID")
+
     def allocation_nodes(self, resources):
         return allocation_layout(os.environ, resources, scontrol_hostnames)
 
@@ -322,9 +325,6 @@ class SlurmConnector(Connector):
                 commands.run(scancel_steps_argv(step_ids), SQUEUE_TIMEOUT_SECONDS)
             except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the step ends with the allocation at the latest
-
-    def allocation_id(self):
-        return os.environ.get("SLURM_JOB_ID")
 
     def _limits(self):
         """Time limits of the runners this workspace recorded, by runner id."""

@@ -11,7 +11,6 @@ import importlib
 import os
 import signal
 import socket
-import subprocess
 
 from .durations import format_duration
 from .resources import Node, memory_mb, node_cpus
@@ -48,12 +47,11 @@ class Connector(object):
     """A batch scheduler as the queue logic needs it.
 
     The head node calls ``submit``, ``list_runners`` (once per cycle), ``cancel`` and
-    ``kill_leftovers``; a runner calls ``allocation_seconds``, ``allocation_nodes`` (which
-    by default is this machine with ``allocation_gpus``), ``launch`` and, where jobs run
-    as job steps (``launches_steps``), ``step_argv`` and ``cancel_steps`` from inside its
-    allocation.  Listing failures raise SchedulerUnavailable
-    and the head node falls back on ``last_known_runners``: a scheduler's hiccup never
-    fails or requeues a job.
+    ``kill_leftovers``; a runner calls the ``allocation_*`` methods from inside its
+    allocation to learn its id, time, nodes and GPUs, and, where the scheduler runs jobs as
+    steps of the allocation (``launches_steps``), ``step_argv`` and ``cancel_steps``.
+    Listing failures raise SchedulerUnavailable and the head node falls back on
+    ``last_known_runners``: a scheduler's hiccup never fails or requeues a job.
     """
 
     name = ""
@@ -95,36 +93,29 @@ class Connector(object):
         """Inside a runner: the GPU ids its jobs may be given."""
         return []
 
-    def allocation_nodes(self, resources):
-        """Inside a runner: the nodes of its allocation (``resources.Node``), each with
-        the CPUs, memory and GPUs its jobs share; ``resources`` are the class's settings.
-        By default this machine, with the class's figures and ``allocation_gpus``."""
-        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")),
-                     self.allocation_gpus())]
-
-    def launches_steps(self, resources):
-        """Whether jobs run as job steps of the allocation (``step_argv``), not as plain
-        processes of the runner."""
-        return False
-
-    def step_argv(self, argv, job_id, request, placement, step_file):
-        """The argv that runs ``argv`` as a job step with what ``request`` asked for, on
-        ``placement.node``, writing its step id to ``step_file`` first."""
-        raise NotImplementedError
-
-    def cancel_steps(self, step_ids):
-        """End these job steps through the scheduler; a failure is left to the allocation's end."""
-
     def allocation_id(self):
         """Inside a runner: its allocation's scheduler id, or None where the runner's own
         pid is the only id (local processes)."""
         return None
 
-    def launch(self, argv, cwd, env, stdout, stderr):
-        """Inside a runner: start one job; return its Popen.  The job gets a process group
-        of its own, which is what the runner signals to stop or cancel it."""
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
+    def allocation_nodes(self, resources):
+        """Inside a runner: the nodes of its allocation (``resources.Node``), which the
+        runner's ledger packs jobs onto.  By default one: this host, with the class's CPUs
+        and memory and the allocation's GPUs."""
+        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")),
+                     self.allocation_gpus())]
+
+    def launches_steps(self, resources):
+        """Whether jobs run as the scheduler's own steps (``step_argv``) rather than as
+        plain process groups of the runner."""
+        return False
+
+    def step_argv(self, argv, job_id, request, placement, step_file):
+        """The command that runs ``argv`` as a step with the job's resources on its node."""
+        raise NotImplementedError
+
+    def cancel_steps(self, step_ids):
+        """End job steps through the scheduler; nothing to do where there are none."""
 
 
 def connector(name, store):

@@ -301,9 +301,9 @@ def test_a_template_header_asks_for_resources_a_job_may_override(config_factory,
     ({"default": {"launch": "step"}}, "local", "launch: step needs scheduler: slurm"),
     ({"default": {"nodes": 2}}, "local", "nodes: more than one node needs scheduler: slurm"),
     ({"default": {"nodes": 0}}, "slurm", "nodes: must be at least 1"),
-    ({"default": {"gpus": "some"}}, "local", "expected a whole number of GPUs, a list of GPU ids like [0, 1], none"),
-    ({"default": {"gpus": [0, 1]}}, "slurm", "gpus: a list of GPU ids or none is for scheduler: local"),
-    ({"default": {"gpus": ["0,1"]}}, "local", "expected a whole number of GPUs, a list of GPU ids"),
+    ({"default": {"gpus": "some"}}, "local", "expected a GPU count, a list of GPU ids like [0, 1], none or auto"),
+    ({"default": {"gpus": [0, 1]}}, "slurm", "gpus: a list of GPU ids is for scheduler: local"),
+    ({"default": {"gpus": ["0,1"]}}, "local", "expected a GPU count, a list of GPU ids"),
     ({"default": {"memory": "plenty"}}, "slurm", "memory: 'plenty' is not a memory size"),
 ])
 def test_resource_settings_are_checked_when_the_config_loads(tmp_path, classes, scheduler, expected):
