@@ -267,8 +267,9 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     drop(config, "big.job", dict(base, cpus=8, memory="2G"))
     drop(config, "greedy.job", dict(base, gpus=2, **{"class": "gpu"}))
     drop(config, "bad.job", dict(base, cpus=0, memory="lots", gpus="two"))
+    drop(config, "odd.job", dict(base, cpus="²", memory="0", gpus=-1))
     drop(config, "fits.job", dict(base, cpus=4, memory="1G", output_map={"o": str(out / "o")}))
-    results = drain(config, ["big.job", "greedy.job", "bad.job", "fits.job"], timeout=60)
+    results = drain(config, ["big.job", "greedy.job", "bad.job", "odd.job", "fits.job"], timeout=60)
     big = results["big.job"]["job"]["message"]
     assert "cpus 8 exceeds the 4 CPU(s) a node of class default holds" in big
     assert "memory 2048M exceeds the 1024M a node of class default holds" in big
@@ -276,6 +277,9 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     bad = results["bad.job"]["job"]["message"]
     assert "cpus: must be a whole number of at least 1" in bad and "memory: 'lots' is not a memory size" in bad
     assert "gpus: must be a whole number of at least 0" in bad
+    odd = results["odd.job"]["job"]["message"]
+    assert "cpus: must be a whole number of at least 1, got '²'" in odd and "memory: must be at least 1M" in odd
+    assert "gpus: must be a whole number of at least 0, got -1" in odd
     # The one that fits ran (and failed on its own terms: the template writes no output).
     fits = results["fits.job"]["job"]
     assert fits["rc"] == 0 and fits["provenance"]["resources"] == {"cpus": 4, "memory_mb": 1024, "gpus": 0}
