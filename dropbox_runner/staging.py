@@ -116,8 +116,8 @@ def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
         return 0
     if isinstance(gpus, list):
         return len(gpus)
-    if isinstance(gpus, int):
-        return gpus
+    if isinstance(gpus, int) and not (config.scheduler == "slurm" and settings.get("gres")):
+        return gpus      # Slurm asks --gres=gpu:N for it when the class names no gres
     if config.scheduler == "slurm" or gres_gpus(settings.get("gres")):
         return gres_gpus(settings.get("gres"))
     return None
