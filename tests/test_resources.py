@@ -341,3 +341,13 @@ def test_a_multi_node_runner_counts_slots_on_every_node(tmp_path):
     jobs.append(stage_job(store, "sub.extra"))
     cycle(store, sched, jobs, classes=wide)
     assert len(sched.submitted) == 2                     # the ninth is beyond both nodes' slots
+
+
+@pytest.mark.parametrize("scheduler, settings, known", [
+    ("slurm", {"gres": "gpu:a100:2"}, 2), ("slurm", {}, 0), ("slurm", {"gpus": 3}, 3),
+    ("slurm", {"gpus": 3, "gres": "gpu:1"}, 1), ("sge", {"gpus": 2}, 2), ("local", {}, None),
+    ("local", {"gpus": "none"}, 0), ("local", {"gpus": ["0", "1"]}, 2), ("local", {"gres": "gpu:1"}, 1)])
+def test_the_gpus_intake_judges_a_class_by(tmp_path, scheduler, settings, known):
+    from dropbox_runner.staging import known_gpus
+    config = make_config(tmp_path, scheduler=scheduler, classes={"default": {}})
+    assert known_gpus(config, settings) == known
