@@ -351,3 +351,24 @@ def test_the_gpus_intake_judges_a_class_by(tmp_path, scheduler, settings, known)
     from dropbox_runner.staging import known_gpus
     config = make_config(tmp_path, scheduler=scheduler, classes={"default": {}})
     assert known_gpus(config, settings) == known
+
+
+def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
+    """A ready job that no longer fits the runner's time left is passed over on every
+    wake; the job behind it, which fits, still starts beside the one running."""
+    import time
+
+    from helpers import wait_until
+    store = store_root
+    running = stage(store, "sub.a", "sleep 8")
+    runner = start_runner(store, slots=2, time_limit=20, warn_seconds=2, resources={"cpus": 2})
+    wait_until(lambda: os.path.exists(os.path.join(store.job_dir(running), "claim.json")), 15, what="sub.a to start")
+    time.sleep(1.5)                                           # the runner now has < 18 s left
+    too_long = stage(store, "sub.c", "true", expected=18)
+    short = stage(store, "sub.d", "true")
+    os.utime(os.path.join(store.ready_dir("default"), short), (time.time() + 60,) * 2)   # after sub.c
+    wait_until(lambda: os.path.exists(store.finished_path(short)), 5, what="sub.d to run beside sub.a")
+    assert not os.path.exists(store.finished_path(running))   # it ran beside the long one
+    assert store.ready_jobs("default") == [too_long]
+    runner.kill()
+    runner.wait()
