@@ -8,6 +8,7 @@ never starts a job that expects more time than the allocation has left, and when
 stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import os
+import re
 import select
 import shutil
 import signal
@@ -25,6 +26,7 @@ from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
 START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
+SRUN_OUT_OF_MEMORY = re.compile(rb"^srun: error: \S+: task \d+: Out Of Memory", re.MULTILINE)
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
 # A job that dies by a signal may have been hit by the same signal that is about to stop
@@ -350,12 +352,12 @@ def _step_id(job_dir, sched_id):
 
 def _out_of_memory(stderr_path):
     """srun's own report, at the end of the job's stderr, that the step's memory cgroup
-    killed it."""
+    killed it (``srun: error: node7: task 0: Out Of Memory``), not a tool's own words."""
     try:
         with open(stderr_path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 4096))
-            return b"Out Of Memory" in handle.read()
+            return SRUN_OUT_OF_MEMORY.search(handle.read()) is not None
     except OSError:
         return False
 

@@ -372,3 +372,15 @@ def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
     assert store.ready_jobs("default") == [too_long]
     runner.kill()
     runner.wait()
+
+
+@pytest.mark.parametrize("stderr, killed", [
+    (b"started\nsrun: error: dbrnode: task 0: Out Of Memory\n", True),
+    (b"slurmstepd: error: Detected 1 oom-kill event(s)\nsrun: error: node7: task 0: Out Of Memory\n", True),
+    (b"my tool: Out Of Memory while decoding\n", False),
+    (b"", False)])
+def test_a_step_killed_for_its_memory_is_told_by_srun_s_own_line(tmp_path, stderr, killed):
+    from dropbox_runner.on_hpc.runner import _out_of_memory
+    (tmp_path / "stderr").write_bytes(stderr)
+    assert _out_of_memory(str(tmp_path / "stderr")) is killed
+    assert _out_of_memory(str(tmp_path / "absent")) is False
