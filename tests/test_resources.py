@@ -5,6 +5,7 @@ test_slurm_steps.py)."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json, write_json
@@ -367,11 +368,14 @@ def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
     too_long = stage(store, "sub.c", "true", expected=18)
     short = stage(store, "sub.d", "true")
     os.utime(os.path.join(store.ready_dir("default"), short), (time.time() + 60,) * 2)   # after sub.c
-    wait_until(lambda: os.path.exists(store.finished_path(short)), 5, what="sub.d to run beside sub.a")
-    assert not os.path.exists(store.finished_path(running))   # it ran beside the long one
-    assert store.ready_jobs("default") == [too_long]
-    runner.kill()
-    runner.wait()
+    try:
+        wait_until(lambda: os.path.exists(store.finished_path(short)), 5, what="sub.d to run beside sub.a")
+        assert not os.path.exists(store.finished_path(running))   # it ran beside the long one
+        assert store.ready_jobs("default") == [too_long]
+    finally:
+        runner.kill()
+        runner.wait()
+        os.killpg(read_json(os.path.join(store.job_dir(running), "claim.json"))["pgid"], signal.SIGKILL)
 
 
 @pytest.mark.parametrize("stderr, killed", [
