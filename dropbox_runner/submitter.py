@@ -54,6 +54,7 @@ class CycleReport:
     finished_error: int = 0
     requeued: int = 0
     runners_submitted: int = 0
+    runners_cancelled: int = 0
     held: int = 0
     held_ids: list[str] = field(default_factory=list)
     collected_ids: list[str] = field(default_factory=list)
@@ -225,6 +226,10 @@ class Submitter:
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
+        for runner in answer.cancelled_runners:
+            report.runners_cancelled += 1
+            log.info("runner %s cancelled while pending: no work left for it (scheduler id %s)",
+                     runner["runner"], runner["sched_id"])
         report.states = answer.counts
         report.runners = answer.runners
 

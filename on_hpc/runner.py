@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from . import policy_state
 from .files import read_json, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -29,6 +30,7 @@ START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could n
 SRUN_OUT_OF_MEMORY = re.compile(rb"^srun: error: \S+: task \d+: Out Of Memory", re.MULTILINE)
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
+LINGER_READ_SECONDS = 5
 # A job that dies by a signal may have been hit by the same signal that is about to stop
 # the runner (scancel signals every process of the allocation at once).  Its end is held
 # back this long so a stop that follows turns it into an interruption, not a failure.
@@ -94,6 +96,7 @@ class Runner(object):
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
         self.unfit_seen = set()
+        self._linger_read = None      # (when, seconds): the adaptive linger last read
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
@@ -129,7 +132,7 @@ class Runner(object):
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
                     break
-                elif now - idle_since >= self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT):
+                elif now - idle_since >= self._linger(now):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
                 self._nap(POLL_SECONDS)
@@ -312,6 +315,19 @@ class Runner(object):
             del self.jobs[job.job_id]
             self.ledger.release(job.request, job.placement)
             log("released %s: %s" % (job.job_id, outcome))
+
+    def _linger(self, now):
+        """How long to wait idle: the class's fixed ``idle_timeout``, or with
+        ``adaptive_linger`` what the last cycle worked out from recent arrivals (see
+        ``policy.linger_seconds``), never longer than ``idle_timeout``."""
+        fixed = float(self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT) or 0)
+        if not self.spec.get("resources", {}).get("adaptive_linger"):
+            return fixed
+        # Read at most every LINGER_READ_SECONDS: the figure changes once a cycle, and the
+        # file is on the shared filesystem.
+        if self._linger_read is None or now - self._linger_read[0] >= LINGER_READ_SECONDS:
+            self._linger_read = (now, policy_state.read_linger(self.store, self.job_class, fixed, now))
+        return self._linger_read[1]
 
     def _nap(self, seconds):
         """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""
