@@ -104,6 +104,7 @@ class Config:
     default_class: str = "default"
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
+    settle_seconds: int = 2              # a .job is taken once unchanged this long (or closed/renamed: watch)
     heartbeat_timeout: int = protocol.DEFAULT_HEARTBEAT_TIMEOUT
     python: str = ""                     # the cluster's interpreter for on_hpc
     cache_dir: Path | None = None        # default: <state_dir>/cache
@@ -124,7 +125,8 @@ class Config:
         return self.hpc_env["scripts"]
 
 
-_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout", "tick"}
+_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "settle_seconds",
+                    "heartbeat_timeout", "tick"}
 _PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file", "cache_dir",
                 "key_file", "known_hosts", "ssh_config"}
 

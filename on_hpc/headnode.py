@@ -9,8 +9,9 @@ truth about which runners exist; when it does not answer, the last listing is ke
 nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
-import fcntl
+import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -18,6 +19,7 @@ import uuid
 from . import policy, policy_state
 from .files import listdir, read_json, write_json
 from .jobstore import JobStore
+from .locks import FileLock
 from .protocol import (
     CycleAnswer,
     CycleRequest,
@@ -61,7 +63,14 @@ def cycle(request, sched=None):
     for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
     known = set(states)
+    unsent = set(request.unsent)
     for job_id in in_flight:
+        if job_id in unsent and job_id not in states:
+            # Its push failed half-way (a full disk): what arrived is removed, not queued;
+            # the submitter sends it again when there is room.
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            states[job_id] = JobState.SUBMITTED
+            continue
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
     arrived = [job_id for job_id in in_flight if job_id not in known and states[job_id] == JobState.QUEUED]
@@ -105,25 +114,68 @@ def cycle(request, sched=None):
         states = store.states()
 
     held = set(in_flight)
-    answer.finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
-                       for job_id in in_flight if states.get(job_id) == JobState.DONE]
-    answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    answer.finished = []
+    for job_id in in_flight:
+        if states.get(job_id) == JobState.DONE:
+            record = read_finished_record(store, job_id, answer.errors)
+            if record is not None:
+                answer.finished.append({"id": job_id, "record": record})
+    if request.remove_collected:
+        answer.removed = remove_collected(store, states, request.submitter, in_flight)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
     answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
                          for job_id in store.claimed_jobs(runner_id) if job_id in held}
     answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
     answer.counts = count_states(states)
+    answer.workspace_free_bytes = free_bytes(store.root)
     return answer.to_json()
+
+
+def read_finished_record(store, job_id, errors):
+    """A done job's record; None (and an error line) when it cannot be read just now.
+
+    A read that fails (NFS EIO, ESTALE, a permission glitch) is the filesystem's fault,
+    not the job's: the job stays done and is reported again next cycle.  A record that
+    reads but is not JSON was spoiled where the job could write: the job's fault."""
+    path = store.finished_path(job_id)
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {"rc": -1, "error": "the run left no finished record"}
+    except (OSError, UnicodeDecodeError) as error:
+        errors.append("%s: cannot read its finished record just now (%s); it is collected later" % (job_id, error))
+        sys.stderr.write(errors[-1] + "\n")
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        record = None
+        why = str(error)
+    else:
+        why = "not a JSON object"
+    if not isinstance(record, dict):
+        return {"rc": -1, "error": "its finished record is unreadable (%s)" % why}
+    return record
+
+
+def free_bytes(path):
+    """Space left on the workspace's filesystem (None when it cannot be asked)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 @contextlib.contextmanager
 def workspace_lock(store):
-    fd = os.open(os.path.join(store.runners_dir(), ".cycle.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(os.path.join(store.runners_dir(), ".cycle.lock"))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.acquire(blocking=True)
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def start_errors(store):

@@ -122,6 +122,8 @@ class CycleRequest(object):
     python: str = ""                            # the interpreter runners start with
     in_flight: List[str] = field(default_factory=list)   # every job id the submitter holds
     cancel: List[str] = field(default_factory=list)
+    unsent: List[str] = field(default_factory=list)      # held, but their push failed: not to be queued
+    remove_collected: bool = True      # False when the submitter could not read all its holds
     classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
@@ -148,6 +150,7 @@ class CycleAnswer(object):
     errors: List[str] = field(default_factory=list)
     runners: List[Dict[str, Any]] = field(default_factory=list)    # headnode.describe_runner rows
     counts: Dict[str, int] = field(default_factory=dict)       # JobState -> jobs on the cluster
+    workspace_free_bytes: Optional[int] = None                 # room left where jobs are sent
 
     from_json = classmethod(_from_json)
 
