@@ -159,7 +159,9 @@ def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str
     cpu, cycles = 0.0, 0
     with open(root / "submitter.log", "ab") as log:
         while True:
-            process = subprocess.Popen(wrap + submitter_argv("once", config), stdout=log, stderr=log)
+            # under strace: one summary per cycle (``-o`` would overwrite the last one)
+            argv = wrap[:-1] + [f"{wrap[-1]}.{cycles}"] if wrap else []
+            process = subprocess.Popen(argv + submitter_argv("once", config), stdout=log, stderr=log)
             _, status, rusage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
             cpu += cpu_of(rusage)
@@ -223,20 +225,27 @@ def stop(pid: int, target: int):
 def dropbox_runner(root: Path, scheduler: str, mode: str, jobs: int, slots: int, period: float,
                    strace_out: Path | None = None) -> Run:
     config = write_config(root, scheduler, slots)
-    wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", str(strace_out)] if strace_out else []
+    wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o"] if strace_out else []
     if mode == "once":
-        wall, cpu, cycles = once_loop(root, config, jobs, period, wrap)
+        wall, cpu, cycles = once_loop(root, config, jobs, period, wrap and wrap + [str(strace_out)])
     else:
-        wall, cpu, cycles = watch_daemon(root, config, jobs, wrap)
+        wall, cpu, cycles = watch_daemon(root, config, jobs, wrap and wrap + [f"{strace_out}.watch"])
     label = f"dropbox-runner {mode}, {scheduler} runners" + (f" (every {period:g} s)" if mode == "once" else "")
     return Run(label, jobs, round(wall, 3), round(cpu, 3), dispatch_rate(root / "out"),
                count_ok(root / "dropbox"), cycles)
 
 
 def fsyncs(strace_out: Path) -> int:
-    """Calls of fsync and fdatasync in an ``strace -c`` summary."""
+    """Calls of fsync and fdatasync in the ``strace -c`` summaries of a run."""
     total = 0
-    for line in strace_out.read_text().splitlines():
+    for path in strace_out.parent.glob(strace_out.name + ".*"):
+        total += sum_calls(path.read_text())
+    return total
+
+
+def sum_calls(summary: str) -> int:
+    total = 0
+    for line in summary.splitlines():
         fields = line.split()
         if fields and fields[-1] in ("fsync", "fdatasync"):
             total += int(fields[3])     # % time, seconds, usecs/call, calls, [errors,] syscall
@@ -248,7 +257,7 @@ HQ_SERVER = """
 import sys, time
 from pathlib import Path
 from hyperqueue.cluster import LocalCluster, WorkerConfig
-cluster = LocalCluster(Path(sys.argv[1]), WorkerConfig(cores=int(sys.argv[3])))
+cluster = LocalCluster(sys.argv[1], WorkerConfig(cores=int(sys.argv[3])))
 Path(sys.argv[1], "up").touch()
 while not Path(sys.argv[2]).exists():
     time.sleep(0.05)
@@ -274,12 +283,12 @@ def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
             if time.monotonic() - started > 120:
                 raise SystemExit(f"HyperQueue did not start in its allocation: {(root / 'hq.log').read_text()}")
             time.sleep(0.02)
-        client = Client(server_dir)
+        client = Client(str(server_dir))
         job = Job()
         for n in range(jobs):
             job.program(["bash", str(scripts / f"j{n}.sh")], stdout=None, stderr=None)
         submitted = client.submit(job)
-        client.wait_for_jobs([submitted], echo=False)
+        client.wait_for_jobs([submitted])
         wall = time.monotonic() - started
     finally:
         stop.touch()
