@@ -1,6 +1,6 @@
 """All benchmarks in one run, and the table in the README regenerated from it.
 
-    python bench/run.py            # as root: starts the tests' real Slurm and sshd
+    python bench/run.py            # as root: starts the tests' real Slurm, Grid Engine and sshd
     python bench/run.py --quick    # smaller sizes, for a first look
 
 Each benchmark is its own script printing JSON (bench/*.py); this one runs them as
@@ -59,6 +59,11 @@ def table(results: dict) -> str:
                     f"{burst['squeue']['submitter'] + burst['squeue']['runners']} squeue, {burst['cycles']} cycles, "
                     f"{burst['runners']} runners, submitter CPU {burst['submitter_cpu_s']} s, "
                     f"overhead {burst['overhead_per_job_ms']} ms/job |")
+    sge = results["sge_burst"]
+    rows.append(f"| burst on Grid Engine, {sge['jobs']} jobs, batched | {sge['wall_s']} s wall, "
+                f"{sge['qsub']['submitter']} qsub, {sge['qstat']['submitter'] + sge['qstat']['runners']} qstat, "
+                f"{sge['cycles']} cycles, {sge['runners']} runners, submitter CPU {sge['submitter_cpu_s']} s, "
+                f"overhead {sge['overhead_per_job_ms']} ms/job |")
     ssh = results["ssh_burst"]
     rows.append(f"| burst through sshd and Slurm, {ssh['jobs']} jobs (cron-style cycles) | {ssh['wall_s']} s wall, "
                 f"{ssh['sbatch']} sbatch, {ssh['squeue']} squeue, {ssh['cycles']} cycles, {ssh['ssh_logins']} SSH "
@@ -99,6 +104,7 @@ def main() -> None:
         "100 jobs, 1:1": run("slurm_burst.py", "--jobs", "100", "--runner-per-job", "--start-cluster"),
         f"{big} jobs, batched": run("slurm_burst.py", "--jobs", str(big), "--start-cluster"),
     }}
+    results["sge_burst"] = run("sge_burst.py", "--jobs", "100", "--start-cluster")
     results["ssh_burst"] = ssh_burst(100)
     results["latency"] = [run("latency.py", "--backend", backend, "--runs", "20") for backend in ("local", "ssh")]
     results["transfer"] = run("transfer.py")

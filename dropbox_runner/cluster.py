@@ -17,6 +17,7 @@ from typing import Any
 
 from . import on_hpc
 from .config import Config
+from .on_hpc.protocol import CycleAnswer, CycleRequest, StatusRequest, WaitRequest
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,18 @@ class ClusterSide:
             return json.loads(result.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise TransportError(f"on_hpc {verb} printed no answer: {_tail(result.stdout + result.stderr)}") from None
+
+    def cycle(self, request: CycleRequest) -> CycleAnswer:
+        return CycleAnswer.from_json(self.call("cycle", request.to_json()))
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status", StatusRequest(root=self.config.workspace, scheduler=self.config.scheduler).to_json())
+
+    def wait(self, ignore: list[str], timeout: float) -> list[str]:
+        """Block until one of this submitter's jobs is done (or ``timeout``); the done ids."""
+        request = WaitRequest(root=self.config.workspace, submitter=self.config.submitter_id,
+                              ignore=ignore, timeout=timeout)
+        return self.call("wait", request.to_json())["done"]
 
     def deploy(self) -> None:
         """Install this version of on_hpc; the stamp goes last, so a half-done deploy is

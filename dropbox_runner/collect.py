@@ -17,6 +17,7 @@ from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .jobs import workspace_names
+from .on_hpc.protocol import FinishedRecord
 from .results import OutputProblem, place_outputs, read_stream, run_block
 from .staging import JOBS_FOLDER
 from .transport import Transport
@@ -52,14 +53,14 @@ class Collector:
         fault_point("after_pull")
         for item in done:
             job = held[item["id"]]
-            if self._finish(job, item["record"]):
+            if self._finish(job, FinishedRecord.from_json(item["record"])):
                 collected.ok += 1
             else:
                 collected.error += 1
             collected.job_ids.append(job.job_id)
         return collected
 
-    def _finish(self, job: HeldJob, record: dict[str, Any]) -> bool:
+    def _finish(self, job: HeldJob, record: FinishedRecord) -> bool:
         pulled = self.inbox / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)

@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 from . import templates as packaged_templates
-from .units import parse_duration, parse_size
+from .on_hpc import protocol
+from .on_hpc.durations import parse_duration
+from .on_hpc.schedulers import CONNECTORS
+from .units import parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
 
@@ -36,12 +39,18 @@ class ResourceClass:
     cpus: int | None = None
     memory: str | None = None
     time_limit: int | None = None        # seconds; None leaves it to the scheduler
-    slots: int = 1                       # jobs at once in one runner
-    max_runners: int = 1
-    idle_timeout: int = 60               # seconds a runner waits for work before leaving
-    warn_seconds: int = 60               # early warning before the time limit
+    slots: int = protocol.DEFAULT_SLOTS                 # jobs at once in one runner
+    max_runners: int = protocol.DEFAULT_MAX_RUNNERS
+    idle_timeout: int = protocol.DEFAULT_IDLE_TIMEOUT   # seconds a runner waits for work before leaving
+    warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    # Grid Engine (scheduler: sge), where Slurm's partition and gres do not apply:
+    queue: str | None = None             # qsub -q
+    pe: str | None = None                # the parallel environment whose slots are the cpus
+    gpus: int | None = None              # asked of the per-job consumable gpu_resource
+    gpu_resource: str = "gpu"
+    memory_resource: str = "h_vmem"      # the complex that memory is asked of, per slot
 
     def to_request(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -73,7 +82,7 @@ class Config:
     dropbox: Path
     source: Path
     backend: str = "local"               # local | ssh
-    scheduler: str = "local"             # local | slurm
+    scheduler: str = "local"             # a name in on_hpc.schedulers.CONNECTORS
     cluster_root: Path | None = None     # the "cluster" folder of the local backend
     hpc_env: dict[str, str] = field(default_factory=dict)
     templates: Path = PACKAGED_TEMPLATES
@@ -82,9 +91,9 @@ class Config:
     submitter_id: str = ""
     classes: dict[str, ResourceClass] = field(default_factory=lambda: {"default": ResourceClass()})
     default_class: str = "default"
-    max_attempts: int = 3
+    max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
-    heartbeat_timeout: int = 300
+    heartbeat_timeout: int = protocol.DEFAULT_HEARTBEAT_TIMEOUT
     python: str = ""                     # the cluster's interpreter for on_hpc
     cache_dir: Path | None = None        # default: <state_dir>/cache
     cache_max_bytes: int = 10 << 30      # 0 turns the result cache off
@@ -144,8 +153,10 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
 def _fill_defaults(config: Config, problems: list[str]) -> None:
     if config.backend not in ("local", "ssh"):
         problems.append(f"backend: {config.backend!r} is not one of local, ssh")
-    if config.scheduler not in ("local", "slurm"):
-        problems.append(f"scheduler: {config.scheduler!r} is not one of local, slurm")
+    if config.scheduler not in CONNECTORS:
+        problems.append(f"scheduler: {config.scheduler!r} is not one of {', '.join(sorted(CONNECTORS))}")
+    if config.scheduler == "sge":
+        problems += _grid_engine_problems(config.classes)
     if config.backend == "ssh" and config.remote is None:
         problems.append("remote: required with backend: ssh (host, and optionally user, port, key_file)")
     if config.remote and config.remote.transfer not in ("rsync", "sftp", "auto"):
@@ -184,6 +195,21 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         config.submitter_id = default_submitter_id(config.dropbox)
     elif not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", config.submitter_id):
         problems.append("submitter_id: use 1-40 letters, digits, '-' or '_'")
+    if config.scheduler == "sge" and "," in config.hpc_env.get("workspace", ""):
+        problems.append("hpc_env.workspace: Grid Engine cannot take a ',' in the runners' log path")
+
+
+def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
+    """Slurm's settings mean nothing to Grid Engine: say so rather than drop them."""
+    problems = []
+    for name, settings in classes.items():
+        for key, instead in (("partition", "queue"), ("gres", "gpus")):
+            if getattr(settings, key):
+                problems.append(f"classes.{name}.{key}: Slurm's; with scheduler: sge use {instead}")
+        if (settings.cpus or 1) > 1 and not settings.pe:
+            problems.append(f"classes.{name}.cpus: with scheduler: sge, cpus are slots of a parallel "
+                            f"environment: name it with pe")
+    return problems
 
 
 def default_submitter_id(dropbox: Path) -> str:

@@ -113,8 +113,7 @@ class FinishWaiter(threading.Thread):
                     return
                 ignore = list(self.ignore)
             try:
-                answer = self.cluster.call("wait", {"submitter": self.config.submitter_id,
-                                                    "ignore": ignore, "timeout": WAIT_SECONDS})
+                done = self.cluster.wait(ignore, WAIT_SECONDS)
                 backoff = 1.0
             except TransportError as error:
                 if self.stopped:
@@ -123,7 +122,7 @@ class FinishWaiter(threading.Thread):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            if answer["done"]:
+            if done:
                 with self.lock:
                     self.held = []      # until the cycle that collects them says what is left
                 self.wake.set()

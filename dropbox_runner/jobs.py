@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .units import parse_duration
+from .on_hpc.durations import parse_duration
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")

@@ -21,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from .units import parse_duration
+from .on_hpc.durations import parse_duration
 
 HEADER = re.compile(r"^#\s*dropbox-runner:\s*(.*)$", re.MULTILINE)
 # A ``<<`` that does not open a placeholder (a heredoc, ``$((a<<2))``) is plain text.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .on_hpc.protocol import FinishedRecord
 
 MAX_STREAM_BYTES = 1 << 20
 
@@ -37,33 +38,33 @@ def error_block(message: str, job_id: str | None = None, **extra: Any) -> dict[s
     return block
 
 
-def run_block(job_id: str, record: dict[str, Any], stdout: str, stderr: str,
+def run_block(job_id: str, record: FinishedRecord, stdout: str, stderr: str,
               submitted_at: float | None) -> dict[str, Any]:
     """What a finished run says, before its outputs are checked."""
-    rc = int(record.get("rc", -1))
-    if record.get("error"):
-        status, message = "error", record["error"]
-    elif record.get("signal"):
-        status, message = "error", f"Remote command was killed by {record['signal']}"
+    rc = int(record.rc)
+    if record.error:
+        status, message = "error", record.error
+    elif record.signal:
+        status, message = "error", f"Remote command was killed by {record.signal}"
     elif rc != 0:
         status, message = "error", f"Remote command failed with return code {rc}"
     else:
         status, message = "ok", "processed OK"
-    start, end = record.get("start"), record.get("end")
+    start, end = record.start, record.end
     block = {
         "status": status, "message": message, "stderr": stderr, "stdout": stdout, "rc": rc,
         "start": timestamp(start), "end": timestamp(end),
         "id": job_id,
-        "attempts": int(record.get("attempt") or record.get("interrupted") or 1),
-        "runner": record.get("runner"),
-        "scheduler_job_id": record.get("sched_id"),
-        "host": record.get("host"),
+        "attempts": int(record.attempt or record.interrupted or 1),
+        "runner": record.runner,
+        "scheduler_job_id": record.sched_id,
+        "host": record.host,
         "duration": round(end - start, 3) if start and end else None,
         "queue_wait": round(start - submitted_at, 3) if start and submitted_at else None,
         "version": __version__,
     }
-    if record.get("signal"):
-        block["signal"] = record["signal"]
+    if record.signal:
+        block["signal"] = record.signal
     return block
 
 

@@ -17,9 +17,8 @@ from typing import Any
 from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
-from .on_hpc.schedulers import usable_seconds
+from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
-from .units import format_duration
 
 JOBS_FOLDER = "jobs"
 
@@ -94,9 +93,7 @@ def _time_problems(config: Config, job_class: str, expected: int | None) -> list
     usable = usable_seconds(settings.time_limit, settings.warn_seconds)
     if not expected or usable is None or expected <= usable:
         return []
-    return [f"expected_time {format_duration(expected)} exceeds what a runner of class {job_class!r} can "
-            f"give a job: its time_limit {format_duration(settings.time_limit)} less "
-            f"{format_duration(settings.time_limit - usable)} warning = {format_duration(usable)}"]
+    return [too_long_message(expected, job_class, settings.time_limit, usable)]
 
 
 def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:

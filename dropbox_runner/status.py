@@ -7,6 +7,7 @@ from typing import Any
 from .cluster import ClusterSide
 from .config import Config
 from .dropbox import Dropbox
+from .on_hpc.durations import format_clock
 from .transport import Transport, TransportError
 
 
@@ -22,7 +23,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
         "checked_at": time.time(),
     }
     try:
-        cluster = ClusterSide(config, transport).call("status", {})
+        cluster = ClusterSide(config, transport).status()
         status["cluster"] = cluster
     except TransportError as error:
         status["cluster_error"] = str(error)
@@ -51,7 +52,7 @@ def format_status(status: dict[str, Any]) -> str:
     for runner in runners:
         left = runner["time_left"]
         rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
-                     "unlimited" if left is None else _duration(left), str(runner["jobs"])))
+                     "unlimited" if left is None else format_clock(left), str(runner["jobs"])))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
     return "\n".join(lines)
@@ -62,9 +63,3 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-def _duration(seconds: float) -> str:
-    """Like Slurm's time left: ``[days-]hours:minutes:seconds``."""
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    clock = f"{rest // 3600}:{rest // 60 % 60:02d}:{rest % 60:02d}"
-    return f"{days}-{clock}" if days else clock

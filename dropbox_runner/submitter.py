@@ -34,6 +34,7 @@ from .intake import Intake
 from .jobs import JobInvalid, job_id
 from .lock import cycle_lock
 from .metrics import record_cycle
+from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
 from .rendering import TemplateProblem
 from .results import error_block
 from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
@@ -103,22 +104,20 @@ class Submitter:
         if not held and not waiting and not self.cleanup_pending.exists():
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
-        answer = self.cluster.call("cycle", {
-            "submitter": self.config.submitter_id,
-            "in_flight": sorted(held),
-            "cancel": sorted(job.job_id for job in held.values() if job.name in listing.cancel),
-            "classes": {name: cls.to_request() for name, cls in self.config.classes.items()},
-            "max_attempts": self.config.max_attempts,
-            "heartbeat_timeout": self.config.heartbeat_timeout,
-        })
+        answer = self.cluster.cycle(CycleRequest(
+            root=self.config.workspace, scheduler=self.config.scheduler, submitter=self.config.submitter_id,
+            in_flight=sorted(held),
+            cancel=sorted(job.job_id for job in held.values() if job.name in listing.cancel),
+            classes={name: cls.to_request() for name, cls in self.config.classes.items()},
+            max_attempts=self.config.max_attempts, heartbeat_timeout=self.config.heartbeat_timeout))
         fault_point("after_queue")
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
         self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
         with self.history.batch():
-            if any(item["id"] in held for item in answer["finished"]):
+            if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
-            collected = self.collector.collect(held, answer["finished"])
+            collected = self.collector.collect(held, answer.finished)
         report.finished_ok += collected.ok
         report.finished_error += collected.error
         report.collected_ids = collected.job_ids
@@ -191,45 +190,46 @@ class Submitter:
             self.dropbox.discard(name, ".cancel")
 
     # -- 3. queue states ----------------------------------------------------------------------
-    def _note_queue_states(self, held: dict[str, HeldJob], answer: dict[str, Any],
+    def _note_queue_states(self, held: dict[str, HeldJob], answer: CycleAnswer,
                            sent: list[str], report: CycleReport) -> None:
-        known = {row.name: row for row in self.history.jobs(states=["submitted", "queued", "running"],
+        known = {row.name: row for row in self.history.jobs(states=list(JobState.IN_FLIGHT),
                                                              limit=len(held) + 1000)}
-        for job_id_, state in answer["states"].items():
+        for job_id_, state in answer.states.items():
             job = held.get(job_id_)
             if job is None:
                 continue
             last = known.get(job.name)
-            runner = answer.get("claimed_by", {}).get(job_id_)
-            if state == "absent":
+            runner = answer.claimed_by.get(job_id_)
+            if state == JobState.ABSENT:
                 log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id_)
                 self._rebuild_outbox_entry(job, report)
                 continue
             if job_id_ in sent:
                 shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-            if state == "ready" and (last is None or last.state != "queued"):
-                self.history.record(job.name, "queued", job_id_)
+            if state == JobState.QUEUED and (last is None or last.state != JobState.QUEUED):
+                self.history.record(job.name, JobState.QUEUED, job_id_)
                 log.info("%s: staged and queued as %s", job.name, job_id_)
-            elif state == "running" and (last is None or last.state != "running" or last.runner != runner):
-                self.history.record(job.name, "running", job_id_, detail=runner, runner=runner)
+            elif state == JobState.RUNNING and (last is None or last.state != JobState.RUNNING
+                                                or last.runner != runner):
+                self.history.record(job.name, JobState.RUNNING, job_id_, detail=runner, runner=runner)
                 log.info("%s: running on runner %s", job.name, runner)
         names = {job_id_: job.name for job_id_, job in held.items()}
-        for item in answer.get("requeued", []):
+        for item in answer.requeued:
             report.requeued += 1
             name = names.get(item["id"], item["id"])
-            self.history.record(name, "queued", item["id"], detail=f"{item['outcome']}: {item['reason']}")
+            self.history.record(name, JobState.QUEUED, item["id"], detail=f"{item['outcome']}: {item['reason']}")
             log.warning("%s: %s (%s)", name, item["outcome"], item["reason"])
-        for item in answer.get("refused", []):
+        for item in answer.refused:
             log.warning("%s: not run: %s", names.get(item["id"], item["id"]), item["reason"])
-        for error in answer.get("errors", []):
+        for error in answer.errors:
             report.cluster_errors.append(error)
             log.warning("cluster: %s", error)
-        for runner in answer.get("submitted", []):
+        for runner in answer.submitted:
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
-        report.states = answer.get("counts", {})
-        report.runners = answer.get("runners", [])
+        report.states = answer.counts
+        report.runners = answer.runners
 
     def _rebuild_outbox_entry(self, job: HeldJob, report: CycleReport) -> None:
         try:

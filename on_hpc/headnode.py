@@ -16,15 +16,24 @@ import time
 import uuid
 
 from .files import listdir, read_json, write_json
-from .jobstore import ABSENT, DONE, JobStore
+from .jobstore import JobStore
+from .protocol import (
+    CycleAnswer,
+    CycleRequest,
+    FinishedRecord,
+    JobState,
+    RunnerState,
+    StatusRequest,
+    WaitRequest,
+    class_setting,
+)
 from .schedulers import (
-    ENDING,
-    PENDING,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
     connector,
     effective_warn_seconds,
+    too_long_message,
     usable_seconds,
 )
 
@@ -39,70 +48,64 @@ HEADNODE_RUNNER = "headnode"      # claims jobs the head node itself must end
 
 
 def cycle(request, sched=None):
-    store = JobStore(request["root"])
+    """The whole cycle's work for one submitter: a CycleRequest in (as JSON), a
+    CycleAnswer out (as JSON)."""
+    request = CycleRequest.from_json(request)
+    store = JobStore(request.root)
     store.ensure_layout()
-    sched = sched or connector(request["scheduler"], store)
-    in_flight = sorted(set(request.get("in_flight", [])))
+    sched = sched or connector(request.scheduler, store)
+    in_flight = sorted(set(request.in_flight))
     states = store.states()
-    for job_id in request.get("cancel", []):
+    for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
     for job_id in in_flight:
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
 
-    requeued, submitted, refused, errors = [], [], [], []
+    answer = CycleAnswer()
     # Submitters sharing a workspace take turns here, so two of them never both decide
     # that a class needs a runner.
     with workspace_lock(store):
-        scheduler_ok = True
         try:
             runners = sched.list_runners()
         except SchedulerUnavailable as error:
-            scheduler_ok = False
+            answer.scheduler_ok = False
             runners = sched.last_known_runners()
-            errors.append("scheduler unavailable, keeping the last known state: %s" % error)
-            sys.stderr.write(errors[-1] + "\n")
+            answer.errors.append("scheduler unavailable, keeping the last known state: %s" % error)
+            sys.stderr.write(answer.errors[-1] + "\n")
 
-        if scheduler_ok:
-            requeued = requeue_lost_claims(store, sched, runners, request)
+        if answer.scheduler_ok:
+            answer.requeued = requeue_lost_claims(store, sched, runners, request)
             runners = with_recent_submissions(store, runners, listing_ok=True,
-                                              listed_at_once=_lists_at_once(sched))
-            for job_class, settings in sorted(request.get("classes", {}).items()):
-                refused += refuse_hopeless(store, job_class, settings)
+                                              listed_at_once=sched.lists_at_submission)
+            for job_class, settings in sorted(request.classes.items()):
+                answer.refused += refuse_hopeless(store, job_class, settings)
                 ensure = ensure_runner_per_job if settings.get("runner_per_job") else ensure_runner
                 try:
                     new = ensure(store, sched, runners, job_class, settings, request)
                 except SubmitFailed as error:
-                    errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
-                    sys.stderr.write(errors[-1] + "\n")
+                    answer.errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
+                    sys.stderr.write(answer.errors[-1] + "\n")
                     continue
-                submitted.extend(new)
+                answer.submitted.extend(new)
                 for runner in new:
                     runners[runner["runner"]] = RunnerInfo(
-                        runner["runner"], runner["sched_id"], PENDING, settings.get("time_limit"))
+                        runner["runner"], runner["sched_id"], RunnerState.PENDING, settings.get("time_limit"))
         else:
             runners = with_recent_submissions(store, runners, listing_ok=False)
-    if requeued or refused:
+    if answer.requeued or answer.refused:
         states = store.states()
 
-    finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
-                for job_id in in_flight if states.get(job_id) == DONE]
-    removed = remove_collected(store, states, request["submitter"], in_flight)
     held = set(in_flight)
-    return {
-        "states": {job_id: states.get(job_id, ABSENT) for job_id in in_flight},
-        "claimed_by": {job_id: runner_id for runner_id in store.runners_with_claims()
-                       for job_id in store.claimed_jobs(runner_id) if job_id in held},
-        "finished": finished,
-        "removed": removed,
-        "requeued": requeued,
-        "refused": refused,
-        "submitted": submitted,
-        "scheduler_ok": scheduler_ok,
-        "errors": errors,
-        "runners": [describe_runner(store, info) for info in sorted(runners.values())],
-        "counts": count_states(states),
-    }
+    answer.finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
+                       for job_id in in_flight if states.get(job_id) == JobState.DONE]
+    answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
+    answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
+                         for job_id in store.claimed_jobs(runner_id) if job_id in held}
+    answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
+    answer.counts = count_states(states)
+    return answer.to_json()
 
 
 @contextlib.contextmanager
@@ -121,7 +124,7 @@ def remove_collected(store, states, submitter, in_flight):
     held = set(in_flight)
     removed = []
     for job_id, state in sorted(states.items()):
-        if state == DONE and job_id.startswith(prefix) and job_id not in held:
+        if state == JobState.DONE and job_id.startswith(prefix) and job_id not in held:
             store.remove(job_id)
             removed.append(job_id)
     return removed
@@ -129,15 +132,16 @@ def remove_collected(store, states, submitter, in_flight):
 
 def status(request, sched=None):
     """What ``dropbox-runner status`` shows about the cluster side."""
-    store = JobStore(request["root"])
+    request = StatusRequest.from_json(request)
+    store = JobStore(request.root)
     store.ensure_layout()
-    sched = sched or connector(request["scheduler"], store)
+    sched = sched or connector(request.scheduler, store)
     try:
         runners, scheduler_ok = sched.list_runners(), True
     except SchedulerUnavailable:
         runners, scheduler_ok = sched.last_known_runners(), False
     runners = with_recent_submissions(store, runners, listing_ok=scheduler_ok,
-                                      listed_at_once=_lists_at_once(sched), forget=False)
+                                      listed_at_once=sched.lists_at_submission, forget=False)
     return {
         "scheduler_ok": scheduler_ok,
         "runners": [describe_runner(store, info) for info in sorted(runners.values())],
@@ -152,10 +156,11 @@ def wait(request):
     within moments of finishing while the head node sees a single quiet connection
     instead of a poll every few seconds.
     """
-    store = JobStore(request["root"])
-    prefix = request["submitter"] + "."
-    ignore = set(request.get("ignore", []))
-    deadline = time.time() + min(float(request.get("timeout", 30)), MAX_WAIT_SECONDS)
+    request = WaitRequest.from_json(request)
+    store = JobStore(request.root)
+    prefix = request.submitter + "."
+    ignore = set(request.ignore)
+    deadline = time.time() + min(float(request.timeout), MAX_WAIT_SECONDS)
     while True:
         done = [job_id for job_id in listdir(store.done_dir())
                 if job_id.startswith(prefix) and job_id not in ignore]
@@ -166,14 +171,14 @@ def wait(request):
 
 def requeue_lost_claims(store, sched, runners, request):
     """Jobs claimed by a runner that is gone (or silent too long) go back to ready."""
-    stale_after = request.get("heartbeat_timeout", 300)
+    stale_after = request.heartbeat_timeout
     requeued = []
     for runner_id in store.runners_with_claims():
         info = runners.get(runner_id)
         if runner_id == HEADNODE_RUNNER:
             info = None                      # a cycle died half-way through refusing
         alive_path = os.path.join(store.runners_dir(), runner_id + ".alive.json")
-        silent = info is not None and info.state != PENDING and _age(alive_path) > stale_after
+        silent = info is not None and info.state != RunnerState.PENDING and _age(alive_path) > stale_after
         if info is not None and not silent:
             continue
         if silent:
@@ -184,8 +189,7 @@ def requeue_lost_claims(store, sched, runners, request):
             if claim.get("runner") != runner_id:
                 claim = {}
             sched.kill_leftovers(job_id, claim)
-            outcome = store.release(runner_id, job_id, reason, request.get("max_attempts", 3),
-                                    attempt=claim.get("attempt"))
+            outcome = store.release(runner_id, job_id, reason, request.max_attempts, attempt=claim.get("attempt"))
             requeued.append({"id": job_id, "outcome": outcome, "reason": reason})
         if info is None:
             store.forget_runner(runner_id)
@@ -227,7 +231,7 @@ def refuse_hopeless(store, job_class, settings):
     class's limit was lowered, so they end with a clear error instead of waiting forever
     (or having runner after runner submitted for them).
     """
-    usable = usable_seconds(settings.get("time_limit"), settings.get("warn_seconds"))
+    usable = usable_seconds(settings.get("time_limit"), class_setting(settings, "warn_seconds"))
     if usable is None:
         return []
     refused = []
@@ -237,16 +241,10 @@ def refuse_hopeless(store, job_class, settings):
             continue
         if not store.claim(job_class, job_id, HEADNODE_RUNNER):
             continue
-        message = too_long_message(expected, job_class, settings.get("time_limit"), usable)
-        store.finish(HEADNODE_RUNNER, job_id, {"rc": -1, "error": message, "start": time.time()})
+        message = too_long_message(expected, job_class, settings.get("time_limit"), usable) + "; the job was not run"
+        store.finish(HEADNODE_RUNNER, job_id, FinishedRecord(error=message, start=time.time()))
         refused.append({"id": job_id, "reason": message})
     return refused
-
-
-def too_long_message(expected, job_class, time_limit, usable):
-    return ("expected_time %s exceeds what a runner of class %s can give a job "
-            "(time limit %s, of which %s before it is warned to stop); the job was not run"
-            % (_hms(expected), job_class, _hms(time_limit), _hms(usable)))
 
 
 def ensure_runner(store, sched, runners, job_class, settings, request):
@@ -260,11 +258,11 @@ def ensure_runner(store, sched, runners, job_class, settings, request):
     if not ready:
         return []
     live = [info for info in runners.values()
-            if _runner_class(store, info.runner_id) == job_class and info.state != ENDING]
+            if _runner_class(store, info.runner_id) == job_class and info.state != RunnerState.ENDING]
     if live:
-        if len(live) >= int(settings.get("max_runners") or 1):
+        if len(live) >= int(class_setting(settings, "max_runners")):
             return []
-        slots = int(settings.get("slots") or 1)
+        slots = int(class_setting(settings, "slots"))
         free = sum(max(0, slots - len(store.claimed_jobs(info.runner_id))) for info in live)
         if len(ready) <= free and not _needs_fresh_runner(store, ready, live, settings):
             return []
@@ -276,7 +274,7 @@ def ensure_runner_per_job(store, sched, runners, job_class, settings, request):
     that must account each job separately needs, and the baseline batching is measured
     against.  Each such runner runs one job and leaves."""
     waiting = [info for info in runners.values()
-               if _runner_class(store, info.runner_id) == job_class and info.state != ENDING
+               if _runner_class(store, info.runner_id) == job_class and info.state != RunnerState.ENDING
                and not store.claimed_jobs(info.runner_id)]
     missing = len(store.ready_jobs(job_class)) - len(waiting)
     return [submit_runner(store, sched, job_class, dict(settings, slots=1), request) for _ in range(missing)]
@@ -288,22 +286,22 @@ def submit_runner(store, sched, job_class, settings, request):
         "id": runner_id,
         "class": job_class,
         "root": store.root,
-        "scheduler": request["scheduler"],
-        "slots": int(settings.get("slots") or 1),
-        "idle_timeout": settings.get("idle_timeout", 60),
+        "scheduler": request.scheduler,
+        "slots": int(class_setting(settings, "slots")),
+        "idle_timeout": class_setting(settings, "idle_timeout"),
         "time_limit": settings.get("time_limit"),
-        "warn_seconds": settings.get("warn_seconds", 60),
-        "max_attempts": request.get("max_attempts", 3),
+        "warn_seconds": class_setting(settings, "warn_seconds"),
+        "max_attempts": request.max_attempts,
         "resources": settings,
         "submitted_at": time.time(),
     }
     spec_path = os.path.join(store.runners_dir(), runner_id + ".json")
     write_json(spec_path, spec)   # the intent, before the submission
     env = dict(os.environ)
-    env["PYTHONPATH"] = request["pythonpath"]
+    env["PYTHONPATH"] = request.pythonpath
     # PYTHONPATH is also on the command line: some sites start batch jobs with a clean
     # environment (SBATCH_EXPORT=NONE).
-    argv = ["env", "PYTHONPATH=" + request["pythonpath"], request.get("python") or sys.executable,
+    argv = ["env", "PYTHONPATH=" + request.pythonpath, request.python or sys.executable,
             "-m", "on_hpc", "run", spec_path]
     try:
         spec["sched_id"] = sched.submit(spec, spec_path, argv, env)
@@ -337,13 +335,9 @@ def _needs_fresh_runner(store, ready, live, settings):
         # A pending runner will start with its whole limit; a running one keeps back its
         # warning time.
         warn = effective_warn_seconds(settings.get("time_limit") or info.time_left,
-                                      settings.get("warn_seconds"))
+                                      class_setting(settings, "warn_seconds"))
         best = max(best, info.time_left - warn)
     return any((store.job_meta(job_id).get("expected_seconds") or 0) > best for job_id in ready)
-
-
-def _lists_at_once(sched):
-    return bool(getattr(sched, "lists_at_submission", False))
 
 
 def _runner_class(store, runner_id):
@@ -353,7 +347,7 @@ def _runner_class(store, runner_id):
 
 
 def _pending(runner_id, record):
-    return RunnerInfo(runner_id, record.get("sched_id", ""), PENDING, record.get("time_limit"))
+    return RunnerInfo(runner_id, record.get("sched_id", ""), RunnerState.PENDING, record.get("time_limit"))
 
 
 def _age(path):
@@ -362,9 +356,3 @@ def _age(path):
     except FileNotFoundError:
         return 0.0
 
-
-def _hms(seconds):
-    if seconds is None:
-        return "none"
-    seconds = int(seconds)
-    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)

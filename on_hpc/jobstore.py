@@ -17,10 +17,7 @@ import shutil
 import time
 
 from .files import listdir, read_json, touch_new, write_json
-
-STAGED, READY, RUNNING, DONE, ABSENT = "staged", "ready", "running", "done", "absent"
-GONE = "gone"
-CANCELLED_RECORD = {"rc": -1, "error": "cancelled", "cancelled": True}
+from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
 
 class JobStore(object):
@@ -59,12 +56,12 @@ class JobStore(object):
         found = {}
         for job_class in listdir(os.path.join(self.root, "ready")):
             for job_id in listdir(self.ready_dir(job_class)):
-                found[job_id] = READY
+                found[job_id] = JobState.QUEUED
         for runner_id in listdir(os.path.join(self.root, "claimed")):
             for job_id in listdir(self.claimed_dir(runner_id)):
-                found[job_id] = RUNNING
+                found[job_id] = JobState.RUNNING
         for job_id in listdir(self.done_dir()):
-            found[job_id] = DONE
+            found[job_id] = JobState.DONE
         return found
 
     def make_ready(self, job_id, states):
@@ -73,35 +70,35 @@ class JobStore(object):
             return states[job_id]
         meta = self.job_meta(job_id)
         if not meta or not os.path.exists(os.path.join(self.job_dir(job_id), "job.sh")):
-            return ABSENT
+            return JobState.ABSENT
         if os.path.exists(self.finished_path(job_id)):
             self._to_done(None, job_id)
-            return DONE
+            return JobState.DONE
         ready = self.ready_dir(meta["class"])
         os.makedirs(ready, mode=0o700, exist_ok=True)
         touch_new(os.path.join(ready, job_id))
-        return READY
+        return JobState.QUEUED
 
     def cancel(self, job_id, states):
         """Stop a job wherever it is: one not running ends at once; a running one is
         flagged, and its runner ends the job's process group and records it."""
         state = states.get(job_id)
-        if state == DONE:
-            return DONE
-        if state == READY:
+        if state == JobState.DONE:
+            return JobState.DONE
+        if state == JobState.QUEUED:
             meta = self.job_meta(job_id)
             try:
                 os.unlink(os.path.join(self.ready_dir(meta.get("class", "default")), job_id))
                 state = None
             except FileNotFoundError:
-                state = RUNNING          # a runner claimed it meanwhile
-        if state == RUNNING:
+                state = JobState.RUNNING          # a runner claimed it meanwhile
+        if state == JobState.RUNNING:
             touch_new(os.path.join(self.job_dir(job_id), "cancel"))
-            return RUNNING
+            return JobState.RUNNING
         os.makedirs(self.job_dir(job_id), mode=0o700, exist_ok=True)
-        write_json(self.finished_path(job_id), CANCELLED_RECORD)
+        write_json(self.finished_path(job_id), cancelled_record().to_json())
         self._to_done(None, job_id)
-        return DONE
+        return JobState.DONE
 
     def cancel_requested(self, job_id):
         return os.path.exists(os.path.join(self.job_dir(job_id), "cancel"))
@@ -143,8 +140,9 @@ class JobStore(object):
         return listdir(os.path.join(self.root, "claimed"))
 
     def finish(self, runner_id, job_id, record):
-        """Record a job's end: finished.json first, then the marker moves to done."""
-        write_json(self.finished_path(job_id), record)
+        """Record a job's end (a FinishedRecord): finished.json first, then the marker
+        moves to done."""
+        write_json(self.finished_path(job_id), record.to_json())
         self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
 
     def finish_marker(self, runner_id, job_id):
@@ -154,18 +152,16 @@ class JobStore(object):
     def release(self, runner_id, job_id, reason, max_attempts, attempt=None):
         """Give an interrupted job back to the queue, or fail it after too many tries.
 
-        Returns "done" when the job had in fact finished (never run twice), "failed" when
-        it has been interrupted ``max_attempts`` times, "requeued" when it is ready again,
-        and "gone" when its claim is no longer this runner's (already handed back).
+        Returns a ``Release`` outcome (see there).
         ``attempt`` is the run being interrupted: the runner and the head node may both
         hand back one run, and it counts once.
         """
         marker = os.path.join(self.claimed_dir(runner_id), job_id)
         if os.path.exists(self.finished_path(job_id)):
             self._to_done(marker, job_id)
-            return DONE
+            return Release.DONE
         if not os.path.exists(marker):
-            return GONE
+            return Release.GONE
         history_path = os.path.join(self.job_dir(job_id), "interruptions.json")
         history = read_json(history_path, [])
         attempt = attempt or len(history) + 1
@@ -174,20 +170,18 @@ class JobStore(object):
                             "attempt": attempt})
             write_json(history_path, history)
         if len(history) >= max_attempts:
-            self.finish(runner_id, job_id, {
-                "rc": -1, "interrupted": len(history), "runner": runner_id,
-                "attempt": len(history),
-                "error": "interrupted %d times (last: %s); not retried" % (len(history), reason),
-            })
-            return "failed"
+            self.finish(runner_id, job_id, FinishedRecord(
+                interrupted=len(history), runner=runner_id, attempt=len(history),
+                error="interrupted %d times (last: %s); not retried" % (len(history), reason)))
+            return Release.FAILED
         meta = self.job_meta(job_id)
         ready = self.ready_dir(meta.get("class", "default"))
         os.makedirs(ready, mode=0o700, exist_ok=True)
         try:
             os.rename(marker, os.path.join(ready, job_id))
         except FileNotFoundError:
-            return GONE
-        return "requeued"
+            return Release.GONE
+        return Release.REQUEUED
 
     def attempts_before(self, job_id):
         return len(read_json(os.path.join(self.job_dir(job_id), "interruptions.json"), []))

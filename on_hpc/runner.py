@@ -11,13 +11,13 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 from .files import read_json, write_json
-from .jobstore import CANCELLED_RECORD, JobStore
-from .schedulers import connector, effective_warn_seconds
+from .jobstore import JobStore
+from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
+from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10
@@ -60,14 +60,15 @@ class Runner(object):
         self.sched = connector(spec["scheduler"], self.store)
         self.slots = int(spec.get("slots", 1))
         self.host = socket.gethostname()
-        self.sched_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        self.sched_id = self.sched.allocation_id() or str(os.getpid())
         # The allocation's time, read once; the runner stops taking work and hands its
         # jobs back ``warn`` seconds before the end (the scheduler's warning signal may
         # come late, or not at all when the limit is the partition's default).
         seconds = self.sched.allocation_seconds(spec)
         # The warning as sbatch was told it (from the class's limit), else from what the
         # allocation turned out to have (a partition's default limit).
-        self.warn = effective_warn_seconds(spec.get("time_limit") or seconds, spec.get("warn_seconds", 60))
+        self.warn = effective_warn_seconds(spec.get("time_limit") or seconds,
+                                          spec.get("warn_seconds", DEFAULT_WARN_SECONDS))
         self.deadline = None if seconds is None else time.time() + seconds
         # Jobs must be done by ``usable_until``; at ``stop_at`` the runner hands back what
         # is still running.  With no warning wanted (warn_seconds: 0) it runs until the
@@ -117,7 +118,7 @@ class Runner(object):
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
                     break
-                elif now - idle_since >= self.spec.get("idle_timeout", 60):
+                elif now - idle_since >= self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
                 self._nap(POLL_SECONDS)
@@ -157,12 +158,10 @@ class Runner(object):
     def _refuse(self, job_id, expected):
         if not self.store.claim(self.job_class, job_id, self.runner_id):
             return
-        message = ("expected_time %ds exceeds the %ds a runner of class %s can give a job "
-                   "(its allocation less %ds warning); the job was not run"
-                   % (expected, self.fresh_usable, self.job_class, self.warn))
-        self.store.finish(self.runner_id, job_id, {
-            "rc": -1, "error": message, "start": time.time(), "runner": self.runner_id,
-            "sched_id": self.sched_id, "host": self.host})
+        message = too_long_message(expected, self.job_class, self.fresh_usable + self.warn,
+                                   self.fresh_usable) + "; the job was not run"
+        self.store.finish(self.runner_id, job_id, FinishedRecord(
+            error=message, start=time.time(), runner=self.runner_id, sched_id=self.sched_id, host=self.host))
         log("refused %s: %s" % (job_id, message))
 
     def _start(self, job_id):
@@ -180,9 +179,7 @@ class Runner(object):
         try:
             with open(os.path.join(job_dir, "stdout"), "wb") as out, \
                     open(os.path.join(job_dir, "stderr"), "wb") as err:
-                process = subprocess.Popen(
-                    _script_argv(script), cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True)
+                process = self.sched.launch(_script_argv(script), cwd=job_dir, env=env, stdout=out, stderr=err)
         except OSError as error:
             with open(os.path.join(job_dir, "stderr"), "ab") as err:
                 err.write(("dropbox-runner: cannot start job.sh: %s\n" % error).encode())
@@ -230,12 +227,11 @@ class Runner(object):
         if code < 0:
             signal_name = _signal_name(-code)
             code = 128 - code
-        record = {"rc": code, "signal": signal_name, "start": start, "end": end or time.time(),
-                  "host": self.host, "runner": self.runner_id, "sched_id": self.sched_id,
-                  "attempt": attempt}
+        details = dict(signal=signal_name, start=start, end=end or time.time(), host=self.host,
+                       runner=self.runner_id, sched_id=self.sched_id, attempt=attempt)
         if cancelled:
-            record.update(CANCELLED_RECORD, rc=code)
-        return record
+            return cancelled_record(rc=code, **details)
+        return FinishedRecord(rc=code, **details)
 
     def _shutdown(self):
         log("stopping (%s): ending %d job(s)" % (self.stop_reason, len(self.jobs)))
@@ -252,7 +248,7 @@ class Runner(object):
                 self._finish(job, *job.exit)
                 continue
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
-                                         self.spec.get("max_attempts", 3), attempt=job.attempt)
+                                         self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)
             del self.jobs[job.job_id]
             log("released %s: %s" % (job.job_id, outcome))
 

@@ -9,14 +9,12 @@ import subprocess
 import time
 
 from .files import listdir, read_json
-from .schedulers import RUNNING, RunnerInfo, kill_job_group
+from .protocol import RunnerState
+from .schedulers import Connector, RunnerInfo, kill_job_group
 
 
-class LocalConnector(object):
+class LocalConnector(Connector):
     name = "local"
-
-    def __init__(self, store):
-        self.store = store
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
@@ -38,7 +36,7 @@ class LocalConnector(object):
             if pid and _is_runner_process(pid, runner_id):
                 deadline = alive.get("deadline")
                 left = None if deadline is None else max(0, int(deadline - time.time()))
-                found[runner_id] = RunnerInfo(runner_id, str(pid), RUNNING, left)
+                found[runner_id] = RunnerInfo(runner_id, str(pid), RunnerState.RUNNING, left)
         return found
 
     def last_known_runners(self):
@@ -54,9 +52,6 @@ class LocalConnector(object):
     def kill_leftovers(self, job_id, claim):
         """A runner killed outright leaves its job's process group running: end it."""
         kill_job_group(claim.get("pgid"), job_id)
-
-    def allocation_seconds(self, spec):
-        return spec.get("time_limit")
 
     def allocation_gpus(self):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")

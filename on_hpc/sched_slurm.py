@@ -6,16 +6,15 @@ Slurm manual asks tools not to poll it in loops) and once by each runner at its 
 its time left; ``sacct`` is never used (clusters without slurmdbd have none).
 """
 import os
-import re
 import shlex
 import socket
-import subprocess
 
+from . import commands
+from .durations import parse_clock
 from .files import read_json, write_json
+from .protocol import RunnerState
 from .schedulers import (
-    ENDING,
-    PENDING,
-    RUNNING,
+    Connector,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
@@ -27,6 +26,7 @@ from .schedulers import (
 # Slurm's job states (squeue %T) and what they mean for a runner.  A state not listed
 # here (a new Slurm's, or a terminal one squeue shows for a moment) counts as ENDING:
 # the runner is not taking work, but its claims are left alone until it is gone.
+PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
 STATE_MAP = {
     "PENDING": PENDING, "CONFIGURING": PENDING, "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING,
     "REQUEUE_FED": PENDING, "RESIZING": PENDING, "RESV_DEL_HOLD": PENDING,
@@ -139,12 +139,11 @@ def parse_time_left(text):
         return None
     if text == "INVALID":
         return 0
-    match = re.match(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$", text)
-    if not match:
+    seconds = parse_clock(text)
+    if seconds is None:
         # "1-00" (days-hours) is a valid Slurm time but squeue's %L never prints it.
         raise ValueError("not a time left: %r" % text)
-    days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return seconds
 
 
 def scancel_argv(sched_ids):
@@ -166,14 +165,14 @@ def allocated_gpus(environ):
     return visible if len(visible) == len(allocated) else allocated
 
 
-class SlurmConnector(object):
+class SlurmConnector(Connector):
     name = "slurm"
     # squeue shows a job from the moment sbatch returns: a submitted runner that a good
     # listing does not show has ended.
     lists_at_submission = True
 
     def __init__(self, store):
-        self.store = store
+        super(SlurmConnector, self).__init__(store)
         self.tag = store_tag(store.root)
         self._cache = os.path.join(store.runners_dir(), "squeue-last.json")
 
@@ -182,31 +181,20 @@ class SlurmConnector(object):
         call = sbatch_argv(job_name(self.tag, spec["id"]), log_path, self.store.root,
                            spec["resources"], argv)
         try:
-            done = subprocess.run(call, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, cwd=self.store.root,
-                                  timeout=SBATCH_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired as error:
-            raise SubmitFailed("sbatch: %s" % error, uncertain=True) from error
-        except OSError as error:
-            raise SubmitFailed("sbatch: %s" % error) from error
-        if done.returncode != 0:
-            raise SubmitFailed("sbatch failed (exit %d): %s" % (done.returncode, done.stderr.strip()))
-        try:
-            return parse_sbatch(done.stdout)
-        except ValueError as error:
+            stdout = commands.run(call, SBATCH_TIMEOUT_SECONDS, env=env, cwd=self.store.root)
+            return parse_sbatch(stdout)
+        except commands.CommandUnavailable as error:
+            raise SubmitFailed(str(error), uncertain=error.timed_out) from error
+        except (commands.CommandFailed, ValueError) as error:
             raise SubmitFailed(str(error)) from error
 
     def list_runners(self):
         try:
-            done = subprocess.run(squeue_argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  universal_newlines=True, timeout=SQUEUE_TIMEOUT_SECONDS)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise SchedulerUnavailable("squeue: %s" % error) from error
-        if done.returncode != 0:
-            raise SchedulerUnavailable("squeue failed (exit %d): %s"
-                                       % (done.returncode, done.stderr.strip()))
-        limits = self._limits() if "NOT_SET" in done.stdout else {}
-        runners = parse_squeue(done.stdout, self.tag, limits)
+            stdout = commands.run(squeue_argv(), SQUEUE_TIMEOUT_SECONDS)
+        except (commands.CommandUnavailable, commands.CommandFailed) as error:
+            raise SchedulerUnavailable(str(error)) from error
+        limits = self._limits() if "NOT_SET" in stdout else {}
+        runners = parse_squeue(stdout, self.tag, limits)
         write_json(self._cache, {key: list(value) for key, value in runners.items()})
         return runners
 
@@ -216,9 +204,8 @@ class SlurmConnector(object):
     def cancel(self, sched_ids):
         if sched_ids:
             try:
-                subprocess.run(scancel_argv(sched_ids), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, timeout=SQUEUE_TIMEOUT_SECONDS)
-            except (OSError, subprocess.TimeoutExpired):
+                commands.run(scancel_argv(sched_ids), SQUEUE_TIMEOUT_SECONDS)
+            except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
 
     def kill_leftovers(self, job_id, claim):
@@ -234,17 +221,15 @@ class SlurmConnector(object):
         if not sched_id:
             return spec.get("time_limit")
         try:
-            done = subprocess.run(time_left_argv(sched_id), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, universal_newlines=True,
-                                  timeout=SQUEUE_TIMEOUT_SECONDS)
-            if done.returncode == 0:
-                return parse_time_left(done.stdout)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass
-        return spec.get("time_limit")
+            return parse_time_left(commands.run(time_left_argv(sched_id), SQUEUE_TIMEOUT_SECONDS))
+        except (commands.CommandUnavailable, commands.CommandFailed, ValueError):
+            return spec.get("time_limit")
 
     def allocation_gpus(self):
         return allocated_gpus(os.environ)
+
+    def allocation_id(self):
+        return os.environ.get("SLURM_JOB_ID")
 
     def _limits(self):
         """Time limits of the runners this workspace recorded, by runner id."""

@@ -1,19 +1,29 @@
 """What every scheduler connector offers, and how one is picked by name.
 
-A connector differs from another only in how a runner is submitted, listed and cancelled
-and in what a runner learns about its own allocation; the queue logic lives once, in
-``headnode`` and ``runner``.
+A connector differs from another only in how a runner is submitted, listed and cancelled,
+in what a runner learns about its own allocation, and in how a job is started inside it;
+the queue logic lives once, in ``headnode`` and ``runner``.  Adding a scheduler is one
+module with a ``Connector`` subclass and one line in ``CONNECTORS``.
 """
 import collections
 import hashlib
+import importlib
 import os
 import signal
+import subprocess
 
-PENDING, RUNNING, ENDING = "pending", "running", "ending"
+from .durations import format_duration
 
-# One line of the scheduler's view of a runner.  ``time_left`` is seconds, or None when
-# the allocation has no limit.
+# One line of the scheduler's view of a runner.  ``state`` is a RunnerState; ``time_left``
+# is seconds, or None when the allocation has no limit.
 RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left")
+
+# Connector classes by scheduler name, imported only when chosen.
+CONNECTORS = {
+    "local": "sched_local.LocalConnector",
+    "slurm": "sched_slurm.SlurmConnector",
+    "sge": "sched_sge.GridEngineConnector",
+}
 
 
 class SchedulerUnavailable(Exception):
@@ -32,14 +42,74 @@ class SubmitFailed(Exception):
         self.uncertain = uncertain
 
 
+class Connector(object):
+    """A batch scheduler as the queue logic needs it.
+
+    The head node calls ``submit``, ``list_runners`` (once per cycle), ``cancel`` and
+    ``kill_leftovers``; a runner calls ``allocation_seconds``, ``allocation_gpus`` and
+    ``launch`` from inside its allocation.  Listing failures raise SchedulerUnavailable
+    and the head node falls back on ``last_known_runners``: a scheduler's hiccup never
+    fails or requeues a job.
+    """
+
+    name = ""
+    # True when a runner shows in ``list_runners`` from the moment ``submit`` returns, so
+    # a recorded runner that a good listing lacks has ended (Slurm).  False when it shows
+    # only once it has started (local processes): the record then counts as pending.
+    lists_at_submission = False
+
+    def __init__(self, store):
+        self.store = store
+
+    def submit(self, spec, spec_path, argv, env):
+        """Start or queue a runner that runs ``argv``; return its scheduler id.
+        Raise SubmitFailed (``uncertain`` when it may have been queued all the same)."""
+        raise NotImplementedError
+
+    def list_runners(self):
+        """This workspace's runners by runner id (RunnerInfo); SchedulerUnavailable when
+        the scheduler does not answer."""
+        raise NotImplementedError
+
+    def last_known_runners(self):
+        """The last good listing, for a cycle whose listing failed."""
+        raise NotImplementedError
+
+    def cancel(self, sched_ids):
+        """Ask the scheduler to end these runners; a failure is left to a later cycle."""
+        raise NotImplementedError
+
+    def kill_leftovers(self, job_id, claim):
+        """End what a runner that died outright left of a job (``claim`` is the job's
+        claim.json).  By default nothing: the scheduler ends an allocation's processes."""
+
+    def allocation_seconds(self, spec):
+        """Inside a runner: the seconds its allocation has left, or None for no limit."""
+        return spec.get("time_limit")
+
+    def allocation_gpus(self):
+        """Inside a runner: the GPU ids its jobs may be given."""
+        return []
+
+    def allocation_id(self):
+        """Inside a runner: its allocation's scheduler id, or None where the runner's own
+        pid is the only id (local processes)."""
+        return None
+
+    def launch(self, argv, cwd, env, stdout, stderr):
+        """Inside a runner: start one job; return its Popen.  The job gets a process group
+        of its own, which is what the runner signals to stop or cancel it."""
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, start_new_session=True)
+
+
 def connector(name, store):
-    if name == "local":
-        from .sched_local import LocalConnector
-        return LocalConnector(store)
-    if name == "slurm":
-        from .sched_slurm import SlurmConnector
-        return SlurmConnector(store)
-    raise ValueError("unknown scheduler %r (known: local, slurm)" % name)
+    """The connector for a scheduler name (``scheduler:`` in the submitter's config)."""
+    if name not in CONNECTORS:
+        raise ValueError("unknown scheduler %r (known: %s)" % (name, ", ".join(sorted(CONNECTORS))))
+    module_name, class_name = CONNECTORS[name].split(".")
+    module = importlib.import_module("." + module_name, __package__)
+    return getattr(module, class_name)(store)
 
 
 def effective_warn_seconds(time_limit, warn_seconds):
@@ -59,6 +129,15 @@ def usable_seconds(time_limit, warn_seconds):
     if not time_limit:
         return None
     return int(time_limit) - effective_warn_seconds(time_limit, warn_seconds)
+
+
+def too_long_message(expected, job_class, time_limit, usable):
+    """The one wording of the rule that a job must fit what a fresh runner of its class
+    can give it (its time limit less the warning), used at intake, on the head node and
+    in the runner alike."""
+    return ("expected_time %s exceeds what a runner of class %r can give a job: its time_limit %s less %s "
+            "warning = %s" % (format_duration(expected), job_class, format_duration(time_limit),
+                              format_duration(time_limit - usable), format_duration(usable)))
 
 
 def store_tag(root):

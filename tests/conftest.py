@@ -42,6 +42,36 @@ def sshd_server(slurm_cluster):
             shutil.rmtree(sshd.root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def sge_cluster():
+    """A single-node Grid Engine cell (8 slots, queue all.q, PE smp, 2 GPUs as the consumable
+    ``gpu``): gridengine.GridEngine.  Never skips: a cell that cannot start raises with logs."""
+    import gridengine
+    sge = gridengine.start_gridengine()
+    try:
+        yield sge
+    finally:
+        sge.stop()
+        if not _keep_folders():
+            shutil.rmtree(sge.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sge_sshd(sge_cluster):
+    """sshd on 127.0.0.1 logging in the unprivileged account, its sessions in the Grid Engine cell."""
+    sshd = realcluster.start_sshd(env=sge_cluster.env_vars())
+    try:
+        probe = sshd.ssh("qstat -u $USER -xml >/dev/null && echo SGE_ROOT=$SGE_ROOT", timeout=30)
+        if f"SGE_ROOT={sge_cluster.sge_root}" not in probe.stdout:
+            raise realcluster.ClusterError(f"qstat over ssh fails in the cell (rc={probe.returncode}):\n"
+                                           f"{probe.stdout}{probe.stderr}\n{realcluster.tail(sshd.log_path)}")
+        yield sshd
+    finally:
+        sshd.close()
+        if not _keep_folders():
+            shutil.rmtree(sshd.root, ignore_errors=True)
+
+
 # ================================================================= end real cluster fixtures
 
 
@@ -77,7 +107,7 @@ def config(config_factory):
 
 
 # ================================================================= test tiers
-_CLUSTER_FIXTURES = {"slurm_cluster", "sshd_server", "sshd"}
+_CLUSTER_FIXTURES = {"slurm_cluster", "sshd_server", "sshd", "sge_cluster", "sge_sshd"}
 
 
 def pytest_collection_modifyitems(items):

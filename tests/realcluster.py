@@ -624,10 +624,11 @@ def ensure_account(user: str) -> pwd.struct_passwd:
     return pw
 
 
-def start_sshd(slurm: Slurm | None = None, user: str = "dbrcluster") -> Sshd:
+def start_sshd(slurm: Slurm | None = None, user: str = "dbrcluster", env: dict[str, str] | None = None) -> Sshd:
     """Start a private sshd on 127.0.0.1:<free port> that logs in `user` with a fresh key.
 
-    With `slurm`, sessions get SLURM_CONF (sshd SetEnv) so sbatch/squeue reach that cluster.
+    With `slurm`, sessions get SLURM_CONF (sshd SetEnv) so sbatch/squeue reach that cluster;
+    `env` adds more variables (a Grid Engine cell's SGE_ROOT, SGE_CELL and ports).
     Checks one login (rsync, python3, and squeue when slurm is given) before returning.
     """
     if os.geteuid() != 0:
@@ -689,8 +690,11 @@ def start_sshd(slurm: Slurm | None = None, user: str = "dbrcluster") -> Sshd:
         "MaxStartups 100:30:200",
         "Subsystem sftp internal-sftp",
     ]
+    setenv = dict(env or {})
     if slurm is not None:
-        lines.append(f"SetEnv SLURM_CONF={slurm.conf}")
+        setenv["SLURM_CONF"] = str(slurm.conf)
+    if setenv:    # one line: sshd keeps the first SetEnv it reads
+        lines.append("SetEnv " + " ".join(f"{key}={value}" for key, value in setenv.items()))
     config.write_text("\n".join(lines) + "\n")
     config.chmod(0o644)
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import realcluster
 import yaml
@@ -110,9 +109,3 @@ def modes_below(root: Path, top: Path) -> dict[str, int]:
         modes[str(path.relative_to(root))] = path.lstat().st_mode & 0o777
     return modes
 
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)

@@ -1,10 +1,9 @@
 """Identical jobs from the cache, provenance in results, and the operator's verbs."""
 import os
-import time
 from pathlib import Path
 
 import yaml
-from helpers import drain, drop, run_cli
+from helpers import drain, drop, run_cli, wait_until
 
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
@@ -125,11 +124,8 @@ def test_cancel_before_staging(config, tmp_path):
 def test_cancel_while_running_ends_the_process_group(config, tmp_path):
     drop(config, "long.job", ledger_job(config, 0, seconds=30, cache=False))
     workspace = Path(config.workspace)
-    deadline = time.monotonic() + 20
-    while not list((workspace / "jobs").glob("*/claim.json")):
-        run_once(config, LocalTransport())
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: run_once(config, LocalTransport()) and list((workspace / "jobs").glob("*/claim.json")),
+               20, 0.1, "the job to start")
     run_cli("cancel", "--config", str(tmp_path / "config.yaml"), "long.job")
     block = drain(config, ["long.job"], timeout=30)["long.job"]["job"]
     assert block["status"] == "error" and block["message"] == "cancelled"

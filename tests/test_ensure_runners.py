@@ -6,19 +6,19 @@ import time
 import pytest
 from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import read_json, write_json
-from dropbox_runner.on_hpc.jobstore import DONE, READY, RUNNING, JobStore
-from dropbox_runner.on_hpc.schedulers import PENDING, RunnerInfo, SchedulerUnavailable, SubmitFailed
-from dropbox_runner.on_hpc.schedulers import RUNNING as SCHED_RUNNING
+from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import FinishedRecord, JobState, Release, RunnerState
+from dropbox_runner.on_hpc.schedulers import Connector, RunnerInfo, SchedulerUnavailable, SubmitFailed
 
 
-class FakeScheduler:
+class FakeScheduler(Connector):
     """Counts calls; ``listing`` is what the scheduler shows, or an exception to raise.
     Like Slurm, it lists a runner from the moment it is submitted."""
 
     lists_at_submission = True
 
     def __init__(self, store):
-        self.store = store
+        super().__init__(store)
         self.listing = {}
         self.last = {}
         self.submitted = []
@@ -33,7 +33,7 @@ class FakeScheduler:
             raise self.fail_submit
         self.submitted.append(spec)
         sched_id = str(100 + len(self.submitted))
-        self.listing[spec["id"]] = RunnerInfo(spec["id"], sched_id, PENDING, spec["time_limit"])
+        self.listing[spec["id"]] = RunnerInfo(spec["id"], sched_id, RunnerState.PENDING, spec["time_limit"])
         return sched_id
 
     def list_runners(self):
@@ -48,9 +48,6 @@ class FakeScheduler:
 
     def cancel(self, sched_ids):
         self.cancelled += list(sched_ids)
-
-    def kill_leftovers(self, job_id, claim):
-        pass
 
 
 @pytest.fixture
@@ -94,7 +91,7 @@ def test_a_burst_gets_one_runner_and_one_listing_per_cycle(store):
     sched = FakeScheduler(store)
     jobs = [stage(store, "sub.j%02d" % n) for n in range(50)]
     answer = cycle(store, sched, jobs)
-    assert answer["counts"] == {READY: 50}
+    assert answer["counts"] == {JobState.QUEUED: 50}
     assert [s["class"] for s in sched.submitted] == ["default"]
     assert sched.list_calls == 1
     for _ in range(3):                  # the runner is pending: no second one (max_runners 1)
@@ -124,7 +121,7 @@ def test_runners_of_a_class_are_counted_by_claims(store):
     jobs = [stage(store, "sub.j%d" % n) for n in range(3)]
     cycle(store, sched, jobs, classes=classes)
     runner = sched.submitted[0]["id"]
-    sched.listing[runner] = sched.listing[runner]._replace(state=SCHED_RUNNING)
+    sched.listing[runner] = sched.listing[runner]._replace(state=RunnerState.RUNNING)
     for job_id in jobs[:2]:
         assert store.claim("default", job_id, runner)
     cycle(store, sched, jobs, classes=classes)
@@ -148,7 +145,7 @@ def test_a_job_needing_more_time_than_live_runners_have_gets_a_fresh_one(store):
     first = stage(store, "sub.a", expected=60)
     cycle(store, sched, [first], classes=classes)
     runner = sched.submitted[0]["id"]
-    sched.listing[runner] = RunnerInfo(runner, "101", SCHED_RUNNING, 600)   # 10 min left
+    sched.listing[runner] = RunnerInfo(runner, "101", RunnerState.RUNNING, 600)   # 10 min left
     long_job = stage(store, "sub.b", expected=1800)
     cycle(store, sched, [first, long_job], classes=classes)
     assert len(sched.submitted) == 2
@@ -170,7 +167,7 @@ def test_the_intent_is_recorded_before_the_submission(store):
     assert sched.submitted == []
     # ...and when the scheduler shows it (its job name carries the runner id), it is that.
     runner_id = sched.record_at_submit["id"]
-    sched.listing = {runner_id: RunnerInfo(runner_id, "55", PENDING, None)}
+    sched.listing = {runner_id: RunnerInfo(runner_id, "55", RunnerState.PENDING, None)}
     answer = cycle(store, sched, jobs)
     assert sched.submitted == []
     assert [r["sched_id"] for r in answer["runners"]] == ["55"]
@@ -182,7 +179,7 @@ def test_a_refused_submission_leaves_no_record_and_is_retried(store):
     sched.fail_submit = SubmitFailed("invalid partition specified: nope")
     answer = cycle(store, sched, jobs)
     assert "invalid partition" in answer["errors"][0]
-    assert answer["counts"] == {READY: 1}        # the job waits, nothing failed
+    assert answer["counts"] == {JobState.QUEUED: 1}        # the job waits, nothing failed
     assert [n for n in os.listdir(store.runners_dir()) if n.startswith("default")] == []
     sched.fail_submit = None
     cycle(store, sched, jobs)
@@ -207,13 +204,13 @@ def test_a_failing_listing_fails_nothing_and_submits_nothing(store):
     cycle(store, sched, [claimed, waiting, done])
     runner = sched.submitted[0]["id"]
     assert store.claim("default", claimed, runner) and store.claim("default", done, runner)
-    store.finish(runner, done, {"rc": 0})
+    store.finish(runner, done, FinishedRecord(rc=0))
     sched.listing = SchedulerUnavailable("squeue: Socket timed out on send/recv operation")
     before = list(sched.submitted)
     answer = cycle(store, sched, [claimed, waiting, done])
     assert answer["scheduler_ok"] is False
     assert "Socket timed out" in answer["errors"][0]
-    assert answer["states"] == {claimed: RUNNING, waiting: READY, done: DONE}
+    assert answer["states"] == {claimed: JobState.RUNNING, waiting: JobState.QUEUED, done: JobState.DONE}
     assert [item["id"] for item in answer["finished"]] == [done]    # collection goes on
     assert answer["requeued"] == [] and answer["submitted"] == [] and sched.submitted == before
     assert [r["runner"] for r in answer["runners"]] == [runner]     # the last known listing
@@ -224,9 +221,9 @@ def test_status_lists_runners_with_ids_and_time_left(store):
     sched = FakeScheduler(store)
     cycle(store, sched, [stage(store, "sub.j")], classes={"default": {"time_limit": 600}})
     runner = sched.submitted[0]["id"]
-    sched.listing[runner] = RunnerInfo(runner, "101", SCHED_RUNNING, 599)
+    sched.listing[runner] = RunnerInfo(runner, "101", RunnerState.RUNNING, 599)
     answer = headnode.status(request(store), sched=sched)
-    assert answer["runners"] == [{"runner": runner, "sched_id": "101", "state": SCHED_RUNNING,
+    assert answer["runners"] == [{"runner": runner, "sched_id": "101", "state": RunnerState.RUNNING,
                                   "time_left": 599, "class": "default", "jobs": 0}]
     sched.listing = SchedulerUnavailable("down")
     answer = headnode.status(request(store), sched=sched)
@@ -249,14 +246,14 @@ def test_work_of_a_vanished_runner_is_requeued_then_failed_after_max_attempts(st
     runner = _claimed_by_vanished_runner(store, sched, job, attempt=1)
     answer = cycle(store, sched, [job], max_attempts=2)
     assert answer["requeued"] == [{"id": job, "outcome": "requeued", "reason": "runner %s is gone" % runner}]
-    assert answer["states"] == {job: READY}
+    assert answer["states"] == {job: JobState.QUEUED}
     assert len(read_json(os.path.join(store.job_dir(job), "interruptions.json"))) == 1
     assert not os.path.exists(store.claimed_dir(runner))
     sched.listing = {}
     _claimed_by_vanished_runner(store, sched, job, attempt=2)
     answer = cycle(store, sched, [job], max_attempts=2)
     assert answer["requeued"][0]["outcome"] == "failed"
-    assert answer["states"] == {job: DONE}
+    assert answer["states"] == {job: JobState.DONE}
     record = answer["finished"][0]["record"]
     assert record["error"].startswith("interrupted 2 times")
 
@@ -266,7 +263,7 @@ def test_a_silent_runner_is_cancelled_and_its_work_requeued(store):
     job = stage(store, "sub.j")
     cycle(store, sched, [job])
     runner = sched.submitted[0]["id"]
-    sched.listing[runner] = RunnerInfo(runner, "101", SCHED_RUNNING, 3000)
+    sched.listing[runner] = RunnerInfo(runner, "101", RunnerState.RUNNING, 3000)
     assert store.claim("default", job, runner)
     alive = os.path.join(store.runners_dir(), runner + ".alive.json")
     write_json(alive, {"pid": 1})
@@ -288,8 +285,8 @@ def test_a_job_that_ran_to_completion_is_never_requeued(store):
     # The runner wrote finished.json and died before moving the marker.
     write_json(store.finished_path(job), {"rc": 0, "start": 1, "end": 2})
     answer = cycle(store, sched, [job])
-    assert answer["requeued"][0]["outcome"] == DONE
-    assert answer["states"] == {job: DONE}
+    assert answer["requeued"][0]["outcome"] == Release.DONE
+    assert answer["states"] == {job: JobState.DONE}
     assert not os.path.exists(os.path.join(store.job_dir(job), "interruptions.json"))
 
 
@@ -307,8 +304,8 @@ def test_jobs_expecting_more_than_a_fresh_runner_has_end_with_an_error(store):
     classes = {"default": {"time_limit": 60, "warn_seconds": 60}}
     short, too_long = stage(store, "sub.short", expected=20), stage(store, "sub.long", expected=120)
     answer = cycle(store, sched, [short, too_long], classes=classes)
-    assert answer["states"] == {short: READY, too_long: DONE}
+    assert answer["states"] == {short: JobState.QUEUED, too_long: JobState.DONE}
     assert [item["id"] for item in answer["refused"]] == [too_long]
     error = answer["finished"][0]["record"]["error"]
-    assert "expected_time 0:02:00 exceeds" in error and "class default" in error
+    assert "expected_time 2m exceeds" in error and "class 'default'" in error
     assert len(sched.submitted) == 1            # for the short job only

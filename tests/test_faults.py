@@ -3,12 +3,11 @@ odd names, results taken away mid-collection."""
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import drain, drop, write_config
+from helpers import drain, drop, wait_until, write_config
 
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
@@ -76,12 +75,9 @@ def test_a_result_taken_away_after_a_crash_is_written_again_never_rerun(tmp_path
     config = load_config(config_path)
     drop(config, "taken.job", ledger_job(tmp_path, 0))
     env = dict(os.environ, DROPBOX_RUNNER_FAULT="after_result")
-    deadline = time.monotonic() + 30
-    while not (config.dropbox / "taken.job.finished").exists():
-        subprocess.run([sys.executable, "-m", "dropbox_runner.cli", "once", "--config", str(config_path)],
-                       env=env, capture_output=True)
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    once = [sys.executable, "-m", "dropbox_runner.cli", "once", "--config", str(config_path)]
+    wait_until(lambda: subprocess.run(once, env=env, capture_output=True) and
+               (config.dropbox / "taken.job.finished").exists(), 30, 0.1, "a result")
     (config.dropbox / "taken.job.finished").unlink()       # the tool read it and removed it
     result = drain(config, ["taken.job"])["taken.job"]
     assert result["job"]["status"] == "ok"

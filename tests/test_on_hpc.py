@@ -7,8 +7,9 @@ from pathlib import Path
 
 from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import write_json
-from dropbox_runner.on_hpc.jobstore import DONE, READY, JobStore
-from dropbox_runner.on_hpc.schedulers import PENDING, RUNNING, RunnerInfo
+from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import FinishedRecord, JobState, Release, RunnerState
+from dropbox_runner.on_hpc.schedulers import Connector, RunnerInfo
 
 from dropbox_runner import on_hpc
 
@@ -62,12 +63,12 @@ def test_exactly_one_of_many_racing_runners_claims_a_job(tmp_path):
 
 def test_make_ready_is_idempotent_and_never_requeues_a_finished_job(tmp_path):
     store = staged_store(tmp_path, ["j1"])
-    assert store.make_ready("j1", store.states()) == READY
+    assert store.make_ready("j1", store.states()) == JobState.QUEUED
     assert store.claim("default", "j1", "r1")
-    store.finish("r1", "j1", {"rc": 0})
-    assert store.make_ready("j1", store.states()) == DONE
-    assert store.release("r1", "j1", "late", 3) == DONE
-    assert store.states() == {"j1": DONE}
+    store.finish("r1", "j1", FinishedRecord(rc=0))
+    assert store.make_ready("j1", store.states()) == JobState.DONE
+    assert store.release("r1", "j1", "late", 3) == Release.DONE
+    assert store.states() == {"j1": JobState.DONE}
 
 
 def test_release_requeues_then_fails_after_max_attempts(tmp_path):
@@ -75,17 +76,18 @@ def test_release_requeues_then_fails_after_max_attempts(tmp_path):
     for attempt in (1, 2):
         assert store.claim("default", "j1", f"r{attempt}")
         assert store.release(f"r{attempt}", "j1", "runner gone", 3) == "requeued"
-        assert store.states() == {"j1": READY}
+        assert store.states() == {"j1": JobState.QUEUED}
     assert store.claim("default", "j1", "r3")
     assert store.release("r3", "j1", "runner gone", 3) == "failed"
     record = store.job_meta("j1") and __import__("json").load(open(store.finished_path("j1")))
     assert record["interrupted"] == 3 and "interrupted 3 times" in record["error"]
 
 
-class FakeConnector:
+class FakeConnector(Connector):
     """Stands in for a scheduler: records submissions, lists what it is told."""
 
     def __init__(self, runners=None):
+        super().__init__(store=None)
         self.runners = runners or {}
         self.submitted = []
 
@@ -97,9 +99,6 @@ class FakeConnector:
         return str(1000 + len(self.submitted))
 
     def cancel(self, ids):
-        pass
-
-    def kill_leftovers(self, job_id, claim):
         pass
 
 
@@ -122,7 +121,7 @@ def test_one_runner_for_a_burst_and_at_most_one_submission_per_class_per_cycle(t
 def test_more_runners_only_when_the_backlog_exceeds_free_slots(tmp_path, monkeypatch):
     store = staged_store(tmp_path, [f"s.j{i}" for i in range(3)])
     write_json(os.path.join(store.runners_dir(), "default-a.json"), {"class": "default"})
-    busy = FakeConnector({"default-a": RunnerInfo("default-a", "1", RUNNING, None)})
+    busy = FakeConnector({"default-a": RunnerInfo("default-a", "1", RunnerState.RUNNING, None)})
     run_cycle(tmp_path, busy, {"default": {"slots": 4, "max_runners": 2}}, monkeypatch)
     assert busy.submitted == []          # 3 ready, 4 free slots
     staged_store(tmp_path, [f"s.k{i}" for i in range(3)])
@@ -143,13 +142,13 @@ def test_claims_of_a_vanished_runner_are_requeued(tmp_path, monkeypatch):
     assert store.claim("default", "s.j1", "default-gone")
     answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch, in_flight=["s.j1"])
     assert answer["requeued"][0]["outcome"] == "requeued"
-    assert answer["states"] == {"s.j1": READY}
+    assert answer["states"] == {"s.j1": JobState.QUEUED}
 
 
 def test_a_pending_runner_with_claims_is_left_alone(tmp_path, monkeypatch):
     store = staged_store(tmp_path, ["s.j1"])
     assert store.claim("default", "s.j1", "default-live")
-    fake = FakeConnector({"default-live": RunnerInfo("default-live", "7", PENDING, None)})
+    fake = FakeConnector({"default-live": RunnerInfo("default-live", "7", RunnerState.PENDING, None)})
     answer = run_cycle(tmp_path, fake, {}, monkeypatch, in_flight=["s.j1"])
     assert answer["requeued"] == [] and answer["states"] == {"s.j1": "running"}
 
@@ -158,7 +157,7 @@ def test_collected_jobs_of_this_submitter_only_are_removed(tmp_path, monkeypatch
     store = staged_store(tmp_path, ["s.mine", "t.theirs", "s.held"])
     for job_id in ("s.mine", "t.theirs", "s.held"):
         store.claim("default", job_id, "r")
-        store.finish("r", job_id, {"rc": 0})
+        store.finish("r", job_id, FinishedRecord(rc=0))
     answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch, in_flight=["s.held"])
     assert answer["removed"] == ["s.mine"]
     assert [item["id"] for item in answer["finished"]] == ["s.held"]

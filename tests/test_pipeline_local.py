@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 import yaml
-from helpers import drain, drop, result, run_cli, write_config
+from helpers import drain, drop, result, run_cli, wait_until, write_config
 
 from dropbox_runner.client import submit_and_wait
 from dropbox_runner.dropbox import Dropbox
@@ -166,11 +166,10 @@ def test_cli_once_status_and_submit(config, tmp_path):
     assert dropped.returncode == 0 and dropped.stdout.strip().endswith(".job")
     status = run_cli("status", "--config", config_path, "--json")
     assert yaml.safe_load(status.stdout)["jobs"]["waiting"] == 1
-    deadline = time.monotonic() + 30
-    while not Path(dropped.stdout.strip() + ".finished").exists():
+    def cycle_and_look():
         assert run_cli("once", "--config", config_path).returncode == 0
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+        return Path(dropped.stdout.strip() + ".finished").exists()
+    wait_until(cycle_and_look, 30, 0.2, "the result")
     text = run_cli("status", "--config", config_path).stdout
     assert "finished 1" in text and "runners:" in text
 

@@ -3,18 +3,15 @@ unprivileged account, fake GPUs, sshd restart."""
 
 import shlex
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
+from helpers import wait_until
+
 
 def _wait_file(path: Path, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.stat().st_size > 0:
-            return path.read_text()
-        time.sleep(0.1)
-    raise AssertionError(f"{path} did not appear within {timeout}s")
+    wait_until(lambda: path.exists() and path.stat().st_size > 0, timeout, 0.1, f"{path} to appear")
+    return path.read_text()
 
 
 def _workdir(sshd) -> tuple[str, Path]:
@@ -113,10 +110,7 @@ def test_sshd_stop_kills_sessions_and_start_again(sshd_server):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while len(sshd_server.sessions()) == before:  # the remote command has started
-            assert time.monotonic() < deadline, "ssh session did not start"
-            time.sleep(0.05)
+        wait_until(lambda: len(sshd_server.sessions()) > before, 10, 0.05, "the ssh session to start")
         sshd_server.stop()
         assert long.wait(timeout=10) == 255  # the open connection died with the server
         refused = sshd_server.ssh("true", timeout=30)

@@ -7,7 +7,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from helpers import drain, drop
+from helpers import drain, drop, wait_until
 
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
@@ -47,10 +47,7 @@ def test_an_idle_runner_leaves(config):
     drop(config, "a.job", ledger_job(config, 0, 0))
     drain(config, ["a.job"])
     runners = Path(config.workspace) / "runners"
-    deadline = time.monotonic() + 10
-    while list(runners.glob("*.alive.json")):
-        assert time.monotonic() < deadline, "the runner did not leave after its idle timeout"
-        time.sleep(0.2)
+    wait_until(lambda: not list(runners.glob("*.alive.json")), 10, 0.2, "the runner to leave after its idle timeout")
 
 
 def test_a_sigkilled_runner_loses_no_job_and_runs_none_twice(config):

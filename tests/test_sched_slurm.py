@@ -5,6 +5,7 @@ import stat
 import pytest
 from dropbox_runner.on_hpc import sched_slurm
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.protocol import RunnerState
 from dropbox_runner.on_hpc.sched_slurm import (
     allocated_gpus,
     job_name,
@@ -17,9 +18,6 @@ from dropbox_runner.on_hpc.sched_slurm import (
     squeue_argv,
 )
 from dropbox_runner.on_hpc.schedulers import (
-    ENDING,
-    PENDING,
-    RUNNING,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
@@ -135,23 +133,24 @@ garbage line
 def test_parse_squeue_keeps_this_workspaces_runners_only():
     found = parse_squeue(SQUEUE_OUTPUT, "abc123", {"default-20250101T000003-eeeeee": 600})
     assert found == {
-        "default-20250101T000000-aaaaaa": RunnerInfo("default-20250101T000000-aaaaaa", "101", RUNNING, 118),
-        "gpu-20250101T000000-bbbbbb": RunnerInfo("gpu-20250101T000000-bbbbbb", "102", PENDING, 93600),
-        "gpu-20250101T000001-cccccc": RunnerInfo("gpu-20250101T000001-cccccc", "103", ENDING, 3),
-        "default-20250101T000002-dddddd": RunnerInfo("default-20250101T000002-dddddd", "104", PENDING, None),
+        "default-20250101T000000-aaaaaa": RunnerInfo("default-20250101T000000-aaaaaa", "101", RunnerState.RUNNING, 118),
+        "gpu-20250101T000000-bbbbbb": RunnerInfo("gpu-20250101T000000-bbbbbb", "102", RunnerState.PENDING, 93600),
+        "gpu-20250101T000001-cccccc": RunnerInfo("gpu-20250101T000001-cccccc", "103", RunnerState.ENDING, 3),
+        "default-20250101T000002-dddddd": RunnerInfo("default-20250101T000002-dddddd", "104", RunnerState.PENDING,
+                                                     None),
         # NOT_SET: the limit the runner was submitted with
-        "default-20250101T000003-eeeeee": RunnerInfo("default-20250101T000003-eeeeee", "105", PENDING, 600),
+        "default-20250101T000003-eeeeee": RunnerInfo("default-20250101T000003-eeeeee", "105", RunnerState.PENDING, 600),
         # an unknown state never counts as a runner taking work
-        "default-20250101T000004-ffffff": RunnerInfo("default-20250101T000004-ffffff", "106", ENDING, 0),
+        "default-20250101T000004-ffffff": RunnerInfo("default-20250101T000004-ffffff", "106", RunnerState.ENDING, 0),
     }
     assert parse_squeue("", "abc123") == {}
 
 
 def test_state_map():
     states = sched_slurm.STATE_MAP
-    assert {states[s] for s in ("PENDING", "CONFIGURING", "REQUEUED")} == {PENDING}
-    assert states["RUNNING"] == RUNNING
-    assert {states[s] for s in ("COMPLETING", "SUSPENDED", "TIMEOUT", "CANCELLED", "NODE_FAIL")} == {ENDING}
+    assert {states[s] for s in ("PENDING", "CONFIGURING", "REQUEUED")} == {RunnerState.PENDING}
+    assert states["RUNNING"] == RunnerState.RUNNING
+    assert {states[s] for s in ("COMPLETING", "SUSPENDED", "TIMEOUT", "CANCELLED", "NODE_FAIL")} == {RunnerState.ENDING}
 
 
 def test_job_name_and_scancel():
@@ -204,7 +203,7 @@ def test_a_failing_squeue_keeps_the_last_listing(tmp_path, fake_bin):
     name = job_name(store_tag(store.root), "default-1-a")
     _program(fake_bin, "squeue", "echo '7|%s|RUNNING|10:00'\n" % name)
     first = slurm.list_runners()
-    assert first == {"default-1-a": RunnerInfo("default-1-a", "7", RUNNING, 600)}
+    assert first == {"default-1-a": RunnerInfo("default-1-a", "7", RunnerState.RUNNING, 600)}
     _program(fake_bin, "squeue", "echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1\n")
     with pytest.raises(SchedulerUnavailable, match="Socket timed out"):
         slurm.list_runners()

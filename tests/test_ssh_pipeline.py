@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json
-from sshsetup import TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, wait_until, write_config
+from helpers import wait_until
+from sshsetup import TEMPLATES, CountingTransport, new_scratch, ssh_client_processes, write_config
 
 from dropbox_runner import cli
 from dropbox_runner.client import submit

@@ -13,7 +13,8 @@ from typing import Iterator
 import paramiko
 import pytest
 import realcluster
-from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config, wait_until, write_config
+from helpers import wait_until
+from sshsetup import modes_below, new_scratch, ssh_client_processes, ssh_config, write_config
 
 from dropbox_runner import cli
 from dropbox_runner.cluster import STAMP_FILE

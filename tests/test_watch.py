@@ -2,13 +2,12 @@
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import run_cli, stop_local_runners, write_config
+from helpers import run_cli, stop_local_runners, wait_until, write_config
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
@@ -28,11 +27,10 @@ class Watch:
         self.wait_for_log("watching")
 
     def wait_for_log(self, text, timeout=15):
-        deadline = time.monotonic() + timeout
-        while text not in self.log_path.read_text():
+        def logged():
             assert self.process.poll() is None, self.log_path.read_text()
-            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log_path.read_text()}"
-            time.sleep(0.05)
+            return text in self.log_path.read_text()
+        wait_until(logged, timeout, what=f"{text!r} in the log")
 
     def stop(self, signum=signal.SIGTERM):
         if self.process and self.process.poll() is None:
@@ -64,10 +62,7 @@ def ledger_job(config, number, seconds=0):
 
 
 def wait_for_results(paths, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not all(Path(f"{path}.finished").exists() for path in paths):
-        assert time.monotonic() < deadline, [p.name for p in paths if not Path(f"{p}.finished").exists()]
-        time.sleep(0.05)
+    wait_until(lambda: all(Path(f"{path}.finished").exists() for path in paths), timeout, what="every result")
     return [yaml.safe_load(Path(f"{path}.finished").read_text()) for path in paths]
 
 
@@ -87,7 +82,7 @@ def test_dropped_jobs_go_through_without_cron(watched, observer):
 def test_sigterm_mid_burst_and_a_restart_lose_nothing(watched, tmp_path):
     watch, config = watched(tick="1h")
     paths = [submit(config.dropbox, ledger_job(config, i, 0.5)) for i in range(20)]
-    time.sleep(1.0)
+    watch.wait_for_log("taken as")             # mid-burst: some jobs taken, most still running
     watch.stop(signal.SIGTERM)
     assert watch.process.returncode == 0
     assert "stopped" in watch.log_path.read_text()
@@ -120,10 +115,8 @@ def test_metrics_textfile_is_written(watched, tmp_path):
     metrics.parent.mkdir()
     watch, config = watched(tick="1h", metrics_file=str(metrics))
     wait_for_results([submit(config.dropbox, ledger_job(config, 0))])
-    deadline = time.monotonic() + 10
-    while 'dropbox_runner_results_total{status="ok"} 1' not in (metrics.read_text() if metrics.exists() else ""):
-        assert time.monotonic() < deadline, metrics.read_text() if metrics.exists() else "no metrics file"
-        time.sleep(0.1)
+    wait_until(lambda: metrics.exists() and 'dropbox_runner_results_total{status="ok"} 1' in metrics.read_text(),
+               10, 0.1, "the ok result in the metrics")
     text = metrics.read_text()
     for name in ("dropbox_runner_dropbox_jobs", "dropbox_runner_runner_submissions_total 1",
                  "dropbox_runner_cycle_duration_seconds_count", "dropbox_runner_last_success_timestamp_seconds"):

@@ -1,0 +1,208 @@
+"""The words the submitter and the cluster side share, spelled once.
+
+Both halves import this module: ``on_hpc`` on the cluster and ``dropbox_runner`` through
+its ``dropbox_runner.on_hpc`` copy.  The deployed folder is named after the hash of this
+code, so the two sides of one cycle always speak the same version of it.
+
+It holds three things:
+
+- one vocabulary of job states, used by the dropbox, the history store and the cluster's
+  job queue alike (each layer sees the part of the life it can see);
+- the request and answer of ``python3 -m on_hpc cycle``, and the finished record a runner
+  writes for each job, as small dataclasses with tolerant ``from_json`` readers (an older
+  file with fewer keys, or a newer one with more, still reads);
+- the defaults of a resource class, so a missing setting means the same on both sides.
+
+Standard library only, Python 3.8.
+"""
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+
+class JobState(object):
+    """Where a job is in its life; each moves only forward (a requeue is RUNNING -> QUEUED).
+
+    ======================  ==================  ================  =======================
+    state                   dropbox             history           cluster (jobstore)
+    ======================  ==================  ================  =======================
+    WAITING                 ``x.job``           waiting
+    SUBMITTED               ``x.job.submitted`` submitted         staged in ``jobs/<id>``
+    QUEUED                  ``x.job.submitted`` queued            marker in ``ready/``
+    RUNNING                 ``x.job.submitted`` running           marker in ``claimed/``
+    DONE                    ``x.job.submitted`` (not recorded)    marker in ``done/``
+    FINISHED                ``x.job.finished``  finished          removed
+    ======================  ==================  ================  =======================
+
+    ABSENT is not a state a job is in but an answer: the cluster has no trace of a job the
+    submitter holds (lost workspace), and the submitter sends it again.
+    """
+
+    WAITING = "waiting"
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FINISHED = "finished"
+    ABSENT = "absent"
+
+    # The states the history store records while the job is on the cluster.
+    IN_FLIGHT = (SUBMITTED, QUEUED, RUNNING)
+
+
+class RunnerState(object):
+    """A runner as the scheduler lists it."""
+
+    PENDING = "pending"      # waiting in the scheduler's queue (or just submitted)
+    RUNNING = "running"      # has its allocation and takes work
+    ENDING = "ending"        # leaving: takes no work; its claims are settled once it is gone
+
+
+class Release(object):
+    """What became of a job handed back by (or taken from) its runner."""
+
+    REQUEUED = "requeued"    # ready again for another runner
+    FAILED = "failed"        # interrupted max_attempts times: ended with an error record
+    DONE = "done"            # it had finished after all: never run twice
+    GONE = "gone"            # its claim was no longer this runner's: already handed back
+
+
+# ------------------------------------------------------------------------------ classes
+# A resource class's settings as the cycle request carries them; a setting left out (or
+# None) means this.  The submitter's config builds its dataclass from the same values.
+DEFAULT_SLOTS = 1
+DEFAULT_MAX_RUNNERS = 1
+DEFAULT_IDLE_TIMEOUT = 60        # seconds a runner waits for work before leaving
+DEFAULT_WARN_SECONDS = 60        # how long before its limit a runner stops and hands back
+DEFAULT_MAX_ATTEMPTS = 3         # runs a job may start before an interruption fails it
+DEFAULT_HEARTBEAT_TIMEOUT = 300  # a runner silent this long is taken for lost
+
+CLASS_DEFAULTS = {
+    "slots": DEFAULT_SLOTS,
+    "max_runners": DEFAULT_MAX_RUNNERS,
+    "idle_timeout": DEFAULT_IDLE_TIMEOUT,
+    "warn_seconds": DEFAULT_WARN_SECONDS,
+}
+
+
+def class_setting(settings, name):
+    """One setting of a class as sent in a request, with the shared default."""
+    value = settings.get(name)
+    if value is None:
+        return CLASS_DEFAULTS.get(name)
+    return value
+
+
+# ------------------------------------------------------------------------------ messages
+def _from_json(cls, data):
+    """Build ``cls`` from a JSON object, ignoring keys this version does not know."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in (data or {}).items() if key in known})
+
+
+@dataclass
+class CycleRequest(object):
+    """What the submitter sends to ``on_hpc cycle``: everything the cluster side needs to
+    do a whole cycle's work in one command."""
+
+    root: str                                   # the workspace
+    scheduler: str                              # a connector's name (schedulers.CONNECTORS)
+    submitter: str                              # the submitter id: the prefix of its job ids
+    pythonpath: str = ""                        # the deployed on_hpc folder, for runners
+    python: str = ""                            # the interpreter runners start with
+    in_flight: List[str] = field(default_factory=list)   # every job id the submitter holds
+    cancel: List[str] = field(default_factory=list)
+    classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
+class CycleAnswer(object):
+    """What ``on_hpc cycle`` answers about the submitter's jobs and the runners."""
+
+    states: Dict[str, str] = field(default_factory=dict)       # held job id -> JobState
+    claimed_by: Dict[str, str] = field(default_factory=dict)   # running job id -> runner id
+    finished: List[Dict[str, Any]] = field(default_factory=list)   # {"id", "record"} of DONE jobs
+    removed: List[str] = field(default_factory=list)           # collected jobs deleted now
+    requeued: List[Dict[str, Any]] = field(default_factory=list)   # {"id", "outcome", "reason"}
+    refused: List[Dict[str, Any]] = field(default_factory=list)    # {"id", "reason"}
+    submitted: List[Dict[str, Any]] = field(default_factory=list)  # {"runner", "class", "sched_id"}
+    scheduler_ok: bool = True
+    errors: List[str] = field(default_factory=list)
+    runners: List[Dict[str, Any]] = field(default_factory=list)    # headnode.describe_runner rows
+    counts: Dict[str, int] = field(default_factory=dict)       # JobState -> jobs on the cluster
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
+class StatusRequest(object):
+    """What ``dropbox-runner status`` sends to ``on_hpc status``."""
+
+    root: str
+    scheduler: str
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
+class WaitRequest(object):
+    """What the watch daemon sends to ``on_hpc wait``: return once a job of this
+    submitter not in ``ignore`` is done, or after ``timeout`` seconds."""
+
+    root: str
+    submitter: str
+    ignore: List[str] = field(default_factory=list)
+    timeout: float = 30
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
+class FinishedRecord(object):
+    """``finished.json``: how one run of a job ended, written once by whoever ended it
+    (its runner, or the head node for a job it refused, cancelled or gave up on).
+
+    ``rc`` is -1 when the script never ran and 128+n when a signal n killed it (``signal``
+    names it); ``error`` is set when the job ended for a reason other than its script's
+    exit (refused, cancelled, interrupted too often).
+    """
+
+    rc: int = -1
+    signal: Optional[str] = None
+    error: Optional[str] = None
+    cancelled: bool = False
+    interrupted: Optional[int] = None            # interruptions, when they ended the job
+    attempt: Optional[int] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    host: Optional[str] = None
+    runner: Optional[str] = None
+    sched_id: Optional[str] = None
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        """Only the keys that say something, so the file stays readable by eye."""
+        return {key: value for key, value in asdict(self).items() if value is not None and value is not False}
+
+
+CANCELLED_MESSAGE = "cancelled"
+
+
+def cancelled_record(rc=-1, **details):
+    return FinishedRecord(rc=rc, error=CANCELLED_MESSAGE, cancelled=True, **details)

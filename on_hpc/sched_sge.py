@@ -1,0 +1,280 @@
+"""Grid Engine (Son of Grid Engine, Univa/Altair Grid Engine): runners are batch jobs.
+
+The same shape as the Slurm connector: pure functions build the ``qsub``/``qstat``/``qdel``
+argv and parse what they print, so the dialect is tested with plain strings.  ``qstat`` is
+called once per cycle for all of this account's jobs, in its XML form (read with the
+stdlib); a runner asks nothing at its start, since its time left is its class's ``h_rt``
+(the runner is the job's first process) and its GPUs come from the environment.
+"""
+import os
+import pwd
+import socket
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+
+from . import commands
+from .durations import parse_clock
+from .files import read_json, write_json
+from .protocol import RunnerState
+from .sched_slurm import JOB_NAME_PREFIX, job_name
+from .schedulers import (
+    Connector,
+    RunnerInfo,
+    SchedulerUnavailable,
+    SubmitFailed,
+    effective_warn_seconds,
+    kill_job_group,
+    store_tag,
+)
+
+PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
+
+QSTAT_TIMEOUT_SECONDS = 60
+QSUB_TIMEOUT_SECONDS = 120
+# qstat prints times in the head node's local time, to the second.
+QSTAT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+MEMORY_UNITS = {"K": 1.0 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def runner_state(code):
+    """A runner's state from Grid Engine's state letters (``qw``, ``hqw``, ``r``, ``Rr``,
+    ``t``, ``dr``, ``Eqw``, ``s``...).
+
+    Being deleted (d), in error (E: it will not run until an operator clears it) or
+    suspended (s, S, T) is ENDING: not taking work, its claims left alone until it is gone.
+    Running (r) or being started (t) is RUNNING; queued, waiting or held is PENDING.  A code
+    with none of these letters counts as ENDING, as an unknown Slurm state does.
+    """
+    if set(code) & set("dEsST"):
+        return ENDING
+    if set(code) & set("rt"):
+        return RUNNING
+    if set(code) & set("qwh"):
+        return PENDING
+    return ENDING
+
+
+def qsub_argv(name, log_path, workdir, resources, command):
+    """The qsub call for one runner; ``command`` is the argv the job runs, as is (no shell).
+
+    ``resources`` are the class's settings and describe the whole runner, which its
+    ``slots`` jobs share: ``cpus`` become slots of the parallel environment ``pe``, and
+    ``memory`` (the whole runner's, as Slurm's ``--mem``) is divided among them, since Grid
+    Engine counts memory per slot.  ``gpus`` are asked of the consumable ``gpu_resource``,
+    which sites define per job (``consumable JOB``).
+    """
+    # "-o [[host]:]path": the leading colon keeps a colon in the path from being read as
+    # a host name (a comma would still separate paths: config refuses one in the workspace).
+    argv = ["qsub", "-terse", "-N", name, "-o", ":" + log_path, "-j", "y", "-wd", workdir,
+            # Not rerun by Grid Engine after a host failure: a rerun runner would not know
+            # the jobs it had claimed.  The next cycle requeues them and submits afresh.
+            "-r", "n",
+            # The command itself, not a script: no shell between Grid Engine and the
+            # runner, so the warning signal reaches the runner.
+            "-b", "y", "-shell", "n"]
+    if resources.get("queue"):
+        argv += ["-q", resources["queue"]]
+    cpus = int(resources.get("cpus") or 1)
+    if resources.get("pe"):
+        argv += ["-pe", resources["pe"], str(cpus)]
+    limits = []
+    time_limit = resources.get("time_limit")
+    if time_limit:
+        limits.append("h_rt=%d" % int(time_limit))
+        warn = effective_warn_seconds(time_limit, resources.get("warn_seconds"))
+        if warn:
+            # Past s_rt Grid Engine sends SIGUSR1, the runner's cue to hand its jobs back.
+            limits.append("s_rt=%d" % (int(time_limit) - warn))
+    if resources.get("memory"):
+        per_slot = memory_megabytes(resources["memory"]) / (cpus if resources.get("pe") else 1)
+        limits.append("%s=%dM" % (resources.get("memory_resource") or "h_vmem", -(-per_slot // 1)))
+    if resources.get("gpus"):
+        limits.append("%s=%d" % (resources.get("gpu_resource") or "gpu", int(resources["gpus"])))
+    if limits:
+        argv += ["-l", ",".join(limits)]
+    argv.extend(str(arg) for arg in resources.get("extra_args") or [])
+    argv.extend(str(part) for part in command)
+    return argv
+
+
+def memory_megabytes(text):
+    """Megabytes from a memory size as Slurm's ``--mem`` takes it: ``4096``, ``500M``,
+    ``32G``, ``1T`` (no unit: megabytes)."""
+    text = str(text).strip().upper().rstrip("B")
+    unit = text[-1:] if text[-1:] in MEMORY_UNITS else "M"
+    number = text[:-1] if text[-1:] in MEMORY_UNITS else text
+    try:
+        value = float(number) * MEMORY_UNITS[unit]
+    except ValueError:
+        raise ValueError("not a memory size: %r" % text) from None
+    if value <= 0:
+        raise ValueError("not a memory size: %r" % text)
+    return value
+
+
+def parse_qsub(stdout):
+    """``-terse`` prints the job id (after any warnings)."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    job_id = lines[-1] if lines else ""
+    if not job_id.isdigit():
+        raise ValueError("qsub printed no job id: %r" % stdout)
+    return job_id
+
+
+def qstat_argv(user=None):
+    """One listing of this account's jobs, with their resource requests (``-r``: h_rt)."""
+    return ["qstat", "-xml", "-r", "-u", user or _user_name()]
+
+
+def parse_qstat(stdout, tag, now=None):
+    """Runners of this workspace, by runner id, from the one ``qstat -xml`` listing.
+
+    A running runner's time left is its ``h_rt`` less the time since it started; a pending
+    one has its whole ``h_rt``; None without a limit.  Raises ValueError for output that is
+    not qstat's XML, which the caller treats as a failed listing.
+    """
+    now = time.time() if now is None else now
+    found = {}
+    for runner_id, job in _workspace_jobs(stdout, tag):
+        state = runner_state(job.findtext("state") or "")
+        limit = None
+        for request in job.findall("hard_request"):
+            if request.get("name") == "h_rt":
+                limit = _seconds(request.text)
+        left = limit
+        start = job.findtext("JAT_start_time")
+        if limit is not None and start and state != PENDING:
+            left = max(0, int(limit - (now - _local_time(start))))
+        found[runner_id] = RunnerInfo(runner_id, job.findtext("JB_job_number") or "", state, left)
+    return found
+
+
+def jobs_in_error(stdout, tag):
+    """Job ids of this workspace's runners that Grid Engine put in error state (``Eqw``:
+    it could not start them, e.g. a working folder missing on the host).  Such a job stays
+    queued until an operator clears it, so it would hold nothing and block nothing, yet
+    every cycle would submit another that fails alike: they are deleted, with the reason."""
+    return [job.findtext("JB_job_number") for _, job in _workspace_jobs(stdout, tag)
+            if "E" in (job.findtext("state") or "")]
+
+
+def _workspace_jobs(stdout, tag):
+    """(runner id, job element) for each of this workspace's runners in the listing."""
+    prefix = JOB_NAME_PREFIX + tag + "."
+    try:
+        root = ElementTree.fromstring(stdout)
+    except ElementTree.ParseError as error:
+        raise ValueError("qstat printed no XML: %s" % error) from error
+    return [(job.findtext("JB_name")[len(prefix):], job) for job in root.iter("job_list")
+            if (job.findtext("JB_name") or "").startswith(prefix)]
+
+
+def error_reasons(stdout):
+    """The ``error reason`` lines of ``qstat -j <id>``."""
+    return [line.split(":", 1)[1].strip() for line in stdout.splitlines()
+            if line.strip().startswith("error reason") and ":" in line]
+
+
+def _seconds(text):
+    """Seconds from a time as Grid Engine prints a limit: ``3600`` or ``1:00:00``."""
+    text = (text or "").strip()
+    return int(text) if text.isdigit() else parse_clock(text)
+
+
+def _local_time(text):
+    return time.mktime(time.strptime(text.strip()[:19], QSTAT_TIME_FORMAT))
+
+
+def qdel_argv(sched_ids):
+    return ["qdel"] + [str(sched_id) for sched_id in sched_ids]
+
+
+def allocated_gpus(environ):
+    """The GPUs of this allocation, as the jobs started in it must name them.
+
+    Grid Engine 8.1 counts a GPU consumable but does not pick devices: sites bind them with
+    a prolog or starter method that sets ``CUDA_VISIBLE_DEVICES``.  Univa/Altair's resource
+    maps (``RSMAP``) name the devices in ``SGE_HGR_<complex>`` instead.
+    """
+    for key in sorted(environ):
+        if key.startswith("SGE_HGR_") and environ[key].strip():
+            return environ[key].replace(",", " ").split()
+    return [gpu for gpu in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if gpu]
+
+
+def _user_name():
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+class GridEngineConnector(Connector):
+    name = "sge"
+    # qstat shows a job from the moment qsub returns: a submitted runner that a good
+    # listing does not show has ended.
+    lists_at_submission = True
+
+    def __init__(self, store):
+        super(GridEngineConnector, self).__init__(store)
+        self.tag = store_tag(store.root)
+        # Not a .json name: the head node reads those in runners/ as runner records.
+        self._cache = os.path.join(store.runners_dir(), "qstat-last.cache")
+
+    def submit(self, spec, spec_path, argv, env):
+        log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
+        call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
+        try:
+            return parse_qsub(commands.run(call, QSUB_TIMEOUT_SECONDS, env=env, cwd=self.store.root))
+        except commands.CommandUnavailable as error:
+            raise SubmitFailed(str(error), uncertain=error.timed_out) from error
+        except (commands.CommandFailed, ValueError) as error:
+            raise SubmitFailed(str(error)) from error
+
+    def list_runners(self):
+        try:
+            stdout = commands.run(qstat_argv(), QSTAT_TIMEOUT_SECONDS)
+            runners = parse_qstat(stdout, self.tag)
+            failed = jobs_in_error(stdout, self.tag)
+        except (commands.CommandUnavailable, commands.CommandFailed, ValueError) as error:
+            raise SchedulerUnavailable(str(error)) from error
+        if failed:
+            self._delete_failed(failed)
+        write_json(self._cache, {key: list(value) for key, value in runners.items()})
+        return runners
+
+    def _delete_failed(self, sched_ids):
+        for sched_id in sched_ids:
+            try:
+                reasons = error_reasons(commands.run(["qstat", "-j", str(sched_id)], QSTAT_TIMEOUT_SECONDS))
+            except (commands.CommandUnavailable, commands.CommandFailed):
+                reasons = []
+            sys.stderr.write("Grid Engine job %s of a runner is in error state; deleting it: %s\n"
+                             % (sched_id, "; ".join(reasons) or "no reason given"))
+        self.cancel(sched_ids)
+
+    def last_known_runners(self):
+        return {key: RunnerInfo(*value) for key, value in read_json(self._cache, {}).items()}
+
+    def cancel(self, sched_ids):
+        if sched_ids:
+            try:
+                commands.run(qdel_argv(sched_ids), QSTAT_TIMEOUT_SECONDS)
+            except (commands.CommandUnavailable, commands.CommandFailed):
+                pass    # the runner is requeued anyway; a later cycle tries again
+
+    def kill_leftovers(self, job_id, claim):
+        """``qdel`` kills the runner outright (SIGKILL), and a job in its own session may
+        outlive it where Grid Engine does not track processes by group id.  On the head
+        node's own host those can be ended here, as the local scheduler does."""
+        if claim.get("host") == socket.gethostname():
+            kill_job_group(claim.get("pgid"), job_id)
+
+    def allocation_seconds(self, spec):
+        """The runner is the job's first process (``-shell n``), so the job's ``h_rt`` is
+        what it has left now."""
+        return spec.get("time_limit")
+
+    def allocation_gpus(self):
+        return allocated_gpus(os.environ)
+
+    def allocation_id(self):
+        return os.environ.get("JOB_ID")
