@@ -14,16 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+from .durable import DurableBatch
 from .jobs import dump_yaml, load_yaml
 from .on_hpc.files import write_atomic
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
+BATCH_PREFIX = ".dbr-batch-"       # a durable batch's temporary files (see durable.py)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Listing:
     submitted: list[str]
     finished: set[str]
     cancel: set[str]
+    batch_leftovers: list[str] = field(default_factory=list)   # temporary files of a killed batch
 
 
 @dataclass
@@ -72,17 +76,44 @@ class HeldJob:
 class Dropbox:
     def __init__(self, folder: Path):
         self.folder = folder
+        self._batch: DurableBatch | None = None
+
+    @contextmanager
+    def durable_batch(self) -> Iterator[None]:
+        """Results, holds and removals inside are made durable together when it ends
+        (``durable.py``): a file appears, and a removal happens, only once everything
+        written before it is on disk.  Nothing inside may read back what it wrote."""
+        self._batch = DurableBatch(BATCH_PREFIX)
+        try:
+            yield
+        finally:
+            batch, self._batch = self._batch, None
+            batch.commit()
+
+    def remove_batch_leftovers(self, listing: Listing) -> None:
+        """Temporary files of a batch killed before its end (only the lock holder may call
+        this: a batch in progress has such files too)."""
+        for name in listing.batch_leftovers:
+            self.discard(name, "")
+
+    def _write(self, path: Path, text: str) -> None:
+        if self._batch is not None:
+            self._batch.write(str(path), text)
+        else:
+            write_atomic(str(path), text)
 
     def path(self, name: str, suffix: str = "") -> Path:
         return self.folder / (name + suffix)
 
     def scan(self) -> Listing:
         """Read the folder once; cost grows with its size, never with reads per job."""
-        new, submitted, finished, cancel = [], [], set(), set()
+        new, submitted, finished, cancel, leftovers = [], [], set(), set(), []
         with os.scandir(self.folder) as entries:
             for entry in entries:
                 name = entry.name
                 if name.startswith("."):
+                    if name.startswith(BATCH_PREFIX):
+                        leftovers.append(name)
                     continue
                 if name.endswith(JOB):
                     new.append((entry.stat().st_mtime, name))
@@ -92,7 +123,7 @@ class Dropbox:
                     finished.add(name[: -len(".finished")])
                 elif name.endswith(CANCEL):
                     cancel.add(name[: -len(".cancel")])
-        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel)
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, leftovers)
 
     def digest(self, name: str, suffix: str = "") -> str:
         return hashlib.sha256(self.path(name, suffix).read_bytes()).hexdigest()
@@ -107,7 +138,7 @@ class Dropbox:
         return time.time() - (self.mtime(name) or time.time())
 
     def hold(self, job: HeldJob) -> None:
-        write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
+        self._write(self.path(job.name, ".submitted"), dump_yaml(job.to_document()))
 
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
@@ -131,9 +162,12 @@ class Dropbox:
         document = dict(description or {})
         document.pop("job", None)
         document["job"] = block
-        write_atomic(str(self.path(name, ".finished")), dump_yaml(document))
+        self._write(self.path(name, ".finished"), dump_yaml(document))
 
     def discard(self, name: str, suffix: str) -> None:
+        if self._batch is not None:
+            self._batch.remove(self.path(name, suffix))
+            return
         try:
             self.path(name, suffix).unlink()
         except FileNotFoundError:

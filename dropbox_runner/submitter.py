@@ -85,8 +85,9 @@ class Submitter:
         started = time.monotonic()
         report = CycleReport()
         listing = self.dropbox.scan()
+        self.dropbox.remove_batch_leftovers(listing)
         held = self._held_jobs(listing.submitted, report)
-        with self.history.batch():
+        with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), taken.rejected, taken.cached, taken.cancelled)
@@ -114,7 +115,7 @@ class Submitter:
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
         self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
-        with self.history.batch():
+        with self.history.batch(), self.dropbox.durable_batch():
             if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
             collected = self.collector.collect(held, answer.finished)
