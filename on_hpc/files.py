@@ -4,23 +4,29 @@ import os
 import tempfile
 
 
-def write_atomic(path, data):
-    """Write bytes or text next to ``path`` and rename over it (atomic on POSIX)."""
+def write_atomic(path, data, durable=True):
+    """Write bytes or text next to ``path`` and rename over it (atomic on POSIX).
+
+    ``durable=False`` skips the fsync: the file is still whole or absent after a crash of
+    the writer, but may be lost (or empty) after a crash of the machine; for records
+    whose loss is harmless, as each fsync costs a journal commit.
+    """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         _remove_quietly(tmp)
         raise
 
 
-def write_json(path, value):
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True))
+def write_json(path, value, durable=True):
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable)
 
 
 def read_json(path, default=None):

@@ -6,6 +6,7 @@ taking jobs that arrive while it runs.  It never starts a job that expects more 
 the allocation has left, and when told to stop (the scheduler's early warning, SIGTERM,
 Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
+import collections
 import os
 import select
 import shutil
@@ -84,6 +85,7 @@ class Runner(object):
         self.gpus_per_job = len(gpus) // self.slots if gpus else 0
         self.free_gpus = list(gpus)
         self.jobs = {}
+        self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
         self.unfit_seen = set()
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
@@ -131,9 +133,15 @@ class Runner(object):
         if len(self.jobs) >= self.slots or (self.one_job and self.started):
             return 0
         unfit = 0
-        for job_id in self.store.ready_jobs(self.job_class):
+        if not self.queue:
+            # One listing serves many passes: listing (and stat-ing) every ready job each
+            # time a slot frees made draining N jobs cost N^2.  A listed job another runner
+            # took since, or one cancelled, fails its claim and is skipped.
+            self.queue = collections.deque(self.store.ready_jobs(self.job_class))
+        while self.queue:
             if len(self.jobs) >= self.slots or self.stop_reason:
                 break
+            job_id = self.queue.popleft()
             expected = self.store.job_meta(job_id).get("expected_seconds") or 0
             if self.fresh_usable is not None and expected > self.fresh_usable:
                 self._refuse(job_id, expected)
@@ -186,9 +194,11 @@ class Runner(object):
             self.free_gpus.extend(gpus)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
+        # Not fsynced: after a crash of the node the job's processes are gone with it, and
+        # a lost claim.json only means nothing is left to kill (the requeue reads none).
         write_json(os.path.join(job_dir, "claim.json"), {
             "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
-            "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus})
+            "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus}, durable=False)
         self.jobs[job_id] = RunningJob(job_id, process, start, gpus, attempt)
         log("started %s (attempt %d, gpus %s)" % (job_id, attempt, gpus or "none"))
 
