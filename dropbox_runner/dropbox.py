@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import yaml
 
 from .durable import DurableBatch
+from .faults import on_fault
 from .jobs import dump_yaml, load_yaml
 from .on_hpc.files import write_atomic
 
@@ -84,9 +85,11 @@ class Dropbox:
         (``durable.py``): a file appears, and a removal happens, only once everything
         written before it is on disk.  Nothing inside may read back what it wrote."""
         self._batch = DurableBatch(BATCH_PREFIX)
+        forget = on_fault(self._batch.commit)
         try:
             yield
         finally:
+            forget()
             batch, self._batch = self._batch, None
             batch.commit()
 

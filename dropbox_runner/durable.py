@@ -22,6 +22,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .faults import fault_point
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +66,7 @@ class DurableBatch:
         self.writes, self.removals = [], []
         if writes:
             sync_files([temporary for temporary, _ in writes])
+            fault_point("in_batch")
             for temporary, path in writes:
                 os.replace(temporary, path)
             sync_folders({os.path.dirname(path) or "." for _, path in writes})

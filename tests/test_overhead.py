@@ -78,16 +78,21 @@ def test_a_batch_removes_nothing_before_what_was_written_is_in_place(tmp_path):
     assert dropbox.read_result("x.job")["job"] == {"status": "ok"}
 
 
+def once(config_path, fault=None):
+    env = {key: value for key, value in os.environ.items() if key != "DROPBOX_RUNNER_FAULT"}
+    if fault:
+        env["DROPBOX_RUNNER_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "dropbox_runner.cli", "once", "--config", str(config_path)],
+                          env=env, capture_output=True, timeout=60)
+
+
 def test_a_submitter_killed_mid_batch_changed_nothing_and_the_next_cycle_sweeps_its_leftovers(tmp_path):
     config_path = write_config(tmp_path)
     config = load_config(config_path)
     names = [f"j{n}.job" for n in range(3)]
     for n, name in enumerate(names):
         drop(config, name, ledger_job(tmp_path, n))
-    env = dict(os.environ, DROPBOX_RUNNER_FAULT="after_hold")    # killed after the first job's hold
-    done = subprocess.run([sys.executable, "-m", "dropbox_runner.cli", "once", "--config", str(config_path)],
-                          env=env, capture_output=True, timeout=60)
-    assert done.returncode == -9
+    assert once(config_path, "in_batch").returncode == -9      # files written, none renamed
     listing = Dropbox(config.dropbox).scan()
     assert listing.new == names and listing.submitted == []       # nothing taken: the batch never ended
     assert listing.batch_leftovers
@@ -95,3 +100,40 @@ def test_a_submitter_killed_mid_batch_changed_nothing_and_the_next_cycle_sweeps_
     assert {r["job"]["status"] for r in results.values()} == {"ok"}
     assert not [p for p in config.dropbox.iterdir() if p.name.startswith(BATCH_PREFIX)]
     assert sorted((tmp_path / "ledger").read_text().split()) == sorted(r["job"]["id"] for r in results.values())
+
+
+def test_killed_mid_batch_at_intake_or_collection_every_job_still_finishes_exactly_once(tmp_path):
+    config_path = write_config(tmp_path)
+    config = load_config(config_path)
+    names = [f"j{n}.job" for n in range(6)]
+    for n, name in enumerate(names):
+        drop(config, name, ledger_job(tmp_path, n))
+    kills = 0
+    for attempt in range(40):
+        faulty = attempt % 2 == 0        # every other cycle dies in its batch, intake's or collection's
+        done = once(config_path, "in_batch" if faulty else None)
+        assert done.returncode in ((-9, 0) if faulty else (0,)), done.stderr
+        kills += done.returncode == -9
+        if not faulty and len(Dropbox(config.dropbox).scan().finished) == len(names):
+            break
+    assert kills >= 2
+    results = drain(config, names)
+    assert {r["job"]["status"] for r in results.values()} == {"ok"}
+    assert sorted((tmp_path / "ledger").read_text().split()) == sorted(r["job"]["id"] for r in results.values())
+    assert not [p for p in config.dropbox.iterdir() if p.name.startswith((BATCH_PREFIX, ".tmp-"))]
+
+
+def test_the_local_transport_links_staged_files_and_copies_what_symlinks_point_at(tmp_path):
+    source, workspace = tmp_path / "outbox" / "job1", tmp_path / "workspace"
+    (source / "input").mkdir(parents=True)
+    (source / "job.sh").write_text("echo hi\n")
+    user_input = tmp_path / "user-input.txt"
+    user_input.write_text("precious\n")
+    (source / "input" / "in.txt").symlink_to(user_input)
+    LocalTransport().push(tmp_path / "outbox", str(workspace))
+    assert (workspace / "job1" / "job.sh").stat().st_ino == (source / "job.sh").stat().st_ino
+    staged_input = workspace / "job1" / "input" / "in.txt"
+    assert not staged_input.is_symlink() and staged_input.stat().st_ino != user_input.stat().st_ino
+    staged_input.write_text("changed by the job\n")
+    assert user_input.read_text() == "precious\n"
+    assert sorted(p.name for p in (workspace / "job1").iterdir()) == ["input", "job.sh"]

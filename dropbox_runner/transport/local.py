@@ -25,7 +25,7 @@ class LocalTransport:
                 _copy_tree(source, target)
             elif source.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+                _place(source, target)
 
     def close(self) -> None:
         pass
@@ -46,6 +46,27 @@ def _copy_tree(source: Path, target: Path) -> None:
                 continue
         except FileNotFoundError:
             pass
-        partial = destination.with_name(f".{entry.name}.partial")
-        shutil.copy2(entry.path, partial)
-        os.replace(partial, destination)
+        _place(Path(entry.path), destination, regular=entry.is_file(follow_symlinks=False))
+
+
+def _place(source: Path, destination: Path, regular: bool | None = None) -> None:
+    """Put a copy of ``source`` at ``destination`` atomically.  A regular file on the same
+    filesystem is hard-linked: one metadata operation instead of a create, a copy, a
+    ``utime``, a ``chmod`` and a rename, per file and twice per job (staged, collected).
+    Neither side rewrites such a file in place (a job's output folder is made anew for
+    each run), so sharing the inode is safe; a symlink (a job's input) is followed and
+    copied, as ``rsync -L`` would."""
+    partial = destination.with_name(f".{destination.name}.partial")
+    if regular is None:
+        regular = source.is_file() and not source.is_symlink()
+    if regular:
+        try:
+            os.link(source, partial, follow_symlinks=False)
+        except FileExistsError:
+            os.unlink(partial)
+            return _place(source, destination, regular)
+        except OSError:         # another filesystem, or links not allowed: copy
+            shutil.copy2(source, partial)
+    else:
+        shutil.copy2(source, partial)
+    os.replace(partial, destination)
