@@ -41,15 +41,22 @@ class Collector:
         self.history = history
         self.cache = cache
         self.inbox = config.state_dir / "inbox"
+        self.pulled_from = self.inbox
 
     def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> Collected:
         collected = Collected()
         done = [item for item in finished if item["id"] in held]
         if not done:
             return collected
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
-        self.transport.pull(f"{self.config.workspace}/{JOBS_FOLDER}", wanted, self.inbox)
+        remote = f"{self.config.workspace}/{JOBS_FOLDER}"
+        # A cluster folder on this machine (the local backend) is read where it is: a copy
+        # into the inbox would cost a dozen file operations per job for nothing.
+        in_place = getattr(self.transport, "local_folder", lambda path: None)(remote)
+        self.pulled_from = in_place or self.inbox
+        if in_place is None:
+            self.inbox.mkdir(parents=True, exist_ok=True)
+            wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
+            self.transport.pull(remote, wanted, self.inbox)
         fault_point("after_pull")
         for item in done:
             job = held[item["id"]]
@@ -61,7 +68,7 @@ class Collector:
         return collected
 
     def _finish(self, job: HeldJob, record: FinishedRecord) -> bool:
-        pulled = self.inbox / job.job_id
+        pulled = self.pulled_from / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)
         block["job_digest"] = job.job_digest
@@ -86,7 +93,8 @@ class Collector:
         fault_point("after_result")
         self.dropbox.discard(job.name, ".submitted")
         self.dropbox.discard(job.name, ".cancel")
-        shutil.rmtree(pulled, ignore_errors=True)
+        if self.pulled_from == self.inbox:
+            shutil.rmtree(pulled, ignore_errors=True)
         self.history.forget_earlier_runs(job.name)
         self.history.record(job.name, "finished", job.job_id, detail=block["message"], status=block["status"],
                             message=block["message"], attempts=block["attempts"], runner=block["runner"])

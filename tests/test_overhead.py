@@ -137,3 +137,14 @@ def test_the_local_transport_links_staged_files_and_copies_what_symlinks_point_a
     staged_input.write_text("changed by the job\n")
     assert user_input.read_text() == "precious\n"
     assert sorted(p.name for p in (workspace / "job1").iterdir()) == ["input", "job.sh"]
+
+
+def test_the_local_backend_collects_done_jobs_where_they_are_without_an_inbox_copy(tmp_path):
+    config = make_config(tmp_path)
+    names = [f"j{n}.job" for n in range(3)]
+    for n, name in enumerate(names):
+        drop(config, name, ledger_job(tmp_path, n))
+    results = drain(config, names)
+    assert {r["job"]["status"] for r in results.values()} == {"ok"}
+    assert [(tmp_path / "outputs" / f"o{n}.txt").read_text() for n in range(3)] == ["done\n"] * 3
+    assert not (config.state_dir / "inbox").exists()

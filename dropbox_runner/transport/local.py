@@ -27,6 +27,10 @@ class LocalTransport:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 _place(source, target)
 
+    def local_folder(self, remote_dir: str) -> Path:
+        """The cluster's folder is this machine's: collection reads done jobs in place."""
+        return Path(remote_dir)
+
     def close(self) -> None:
         pass
 
