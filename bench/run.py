@@ -82,6 +82,10 @@ def table(results: dict) -> str:
         rows.append(f"| cycle with {scale['old_results']} old results | idle {scale['idle_cycle_s']:.3f} s; "
                     f"taking {scale['new_jobs']} new jobs {scale['intake_cycle_s']:.1f} s "
                     f"({scale['intake_per_job_ms']:.1f} ms/job) |")
+    for steps in results.get("steps", []):
+        rows.append(f"| a job as a Slurm step vs a process, {steps['cluster']} cluster | step "
+                    f"{steps['step']['job_ms_median']:.0f} ms (p90 {steps['step']['job_ms_p90']:.0f}), process "
+                    f"{steps['process']['job_ms_median']:.0f} ms (p90 {steps['process']['job_ms_p90']:.0f}) per job |")
     listing = results["scale"]["list"]
     rows.append(f"| `list` over {listing['results']} results | query {1000 * listing['list_query_s']:.1f} ms, "
                 f"whole command {listing['list_command_s']:.2f} s |")
@@ -110,6 +114,7 @@ def main() -> None:
     results["transfer"] = run("transfer.py")
     results["scale"] = run("scale.py", *(["--old", "20000", "--new", "2000"] if options.quick else []))
     results["simulate"] = run("simulate.py", "--json", "--no-plot")
+    results["steps"] = [run("steps.py"), run("steps.py", "--cgroup")]
     results["seconds"] = round(time.monotonic() - started)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=1))

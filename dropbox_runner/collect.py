@@ -18,7 +18,7 @@ from .faults import fault_point
 from .history import History
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
-from .results import OutputProblem, place_outputs, read_stream, run_block
+from .results import OutputProblem, place_outputs, read_stream, resource_provenance, run_block
 from .staging import JOBS_FOLDER
 from .transport import Transport
 
@@ -74,6 +74,7 @@ class Collector:
         block["job_digest"] = job.job_digest
         block["provenance"] = dict(job.provenance, scheduler_job_id=block["scheduler_job_id"],
                                    host=block["host"], runner=block["runner"])
+        block["provenance"].update(resource_provenance(record))
         earlier = self.history.earlier_runs(job.name)
         if earlier:
             block["earlier_runs"] = earlier

@@ -20,6 +20,7 @@ import yaml
 from . import templates as packaged_templates
 from .on_hpc import protocol
 from .on_hpc.durations import parse_duration
+from .on_hpc.resources import memory_mb
 from .on_hpc.schedulers import CONNECTORS
 from .units import parse_size
 
@@ -45,10 +46,14 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
+    # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
+    # N found), a list of ids (local), "none", or None/"auto" (local: find them)
+    gpus: int | list[str] | str | None = None
+    launch: str | None = None            # slurm: "step" (default) or "process"
     # Grid Engine (scheduler: sge), where Slurm's partition and gres do not apply:
     queue: str | None = None             # qsub -q
     pe: str | None = None                # the parallel environment whose slots are the cpus
-    gpus: int | None = None              # asked of the per-job consumable gpu_resource
     gpu_resource: str = "gpu"
     memory_resource: str = "h_vmem"      # the complex that memory is asked of, per slot
 
@@ -169,9 +174,10 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners"):
+        for key in ("slots", "max_runners", "nodes"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        problems += _resource_problems(config, name, settings)
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
         config.cluster_root = root
@@ -209,6 +215,23 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
         if (settings.cpus or 1) > 1 and not settings.pe:
             problems.append(f"classes.{name}.cpus: with scheduler: sge, cpus are slots of a parallel "
                             f"environment: name it with pe")
+    return problems
+
+
+def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
+    problems = []
+    if settings.launch not in (None, "step", "process"):
+        problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
+    elif settings.launch == "step" and config.scheduler != "slurm":
+        problems.append(f"classes.{name}.launch: step needs scheduler: slurm")
+    if settings.nodes > 1 and (config.scheduler != "slurm" or settings.launch == "process"):
+        problems.append(f"classes.{name}.nodes: more than one node needs scheduler: slurm and job steps "
+                        f"(plain processes run on the batch node only)")
+    if settings.memory is not None:
+        try:
+            memory_mb(settings.memory)
+        except ValueError as error:
+            problems.append(f"classes.{name}.memory: {error}")
     return problems
 
 
@@ -260,6 +283,15 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
         return {str(k): "" if v is None else str(v) for k, v in _mapping(raw).items()}
     if key == "extra_args":
         return [str(item) for item in _list(raw)]
+    if key == "gpus":
+        if raw in ("none", "auto"):
+            return None if raw == "auto" else raw
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
+                                         isinstance(item, str) and item.isdigit() for item in raw):
+            return [str(item) for item in raw]
+        raise TypeError(f"expected a GPU count, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":
         if not isinstance(raw, bool):
             raise TypeError(f"expected true or false, got {raw!r}")

@@ -17,11 +17,13 @@ from typing import Any
 import yaml
 
 from .on_hpc.durations import parse_duration
+from .on_hpc.resources import memory_mb
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED_VARIABLES = {"workspace", "scripts", "containers"}
-KNOWN_KEYS = {"script", "args", "input_map", "output_map", "class", "expected_time", "cache"}
+KNOWN_KEYS = {"script", "args", "input_map", "output_map", "class", "expected_time", "cache", "cpus", "memory",
+              "gpus"}
 MAX_JOB_FILE_BYTES = 1 << 20
 
 
@@ -42,6 +44,7 @@ class JobDescription:
     job_class: str | None = None
     expected_seconds: int | None = None
     cache: bool | None = None
+    resources: dict[str, int] = field(default_factory=dict)   # cpus, memory_mb, gpus it asked for
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,12 +111,34 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
     cache = data.get("cache")
     if cache is not None and not isinstance(cache, bool):
         problems.append(f"cache: must be true or false, got {cache!r}")
+    resources = parse_resources(data, problems)
     if problems:
         raise JobInvalid(problems)
     return JobDescription(script=script, args={str(k): v for k, v in args.items()},
                           input_map={str(k): v for k, v in inputs.items()},
                           output_map={str(k): v for k, v in outputs.items()},
-                          job_class=job_class, expected_seconds=expected, cache=cache, raw=data)
+                          job_class=job_class, expected_seconds=expected, cache=cache, resources=resources,
+                          raw=data)
+
+
+def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """``cpus`` (at least 1), ``memory`` (``500M``, ``4G``; a bare number is MiB, as in
+    Slurm) and ``gpus`` (0 or more) of a job or a template header, as the runner counts them."""
+    resources: dict[str, int] = {}
+    for key, least in (("cpus", 1), ("gpus", 0)):
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < least:
+            problems.append(f"{key}: must be a whole number of at least {least}, got {value!r}")
+        else:
+            resources[key] = int(value)
+    if data.get("memory") is not None:
+        try:
+            resources["memory_mb"] = memory_mb(data["memory"])
+        except ValueError as error:
+            problems.append(f"memory: {error}")
+    return resources
 
 
 def check_files(job: JobDescription, input_roots: list[Path], output_roots: list[Path]) -> list[str]:

@@ -8,6 +8,7 @@ one literal word.  And a placeholder with no value is an error naming it, instea
 A template may start with header comments that tell the submitter about it::
 
     # dropbox-runner: class=gpu expected_time=2h cache=false
+    # dropbox-runner: cpus=4 memory=16G gpus=1
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import functools
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from .jobs import parse_resources
 from .on_hpc.durations import parse_duration
 
 HEADER = re.compile(r"^#\s*dropbox-runner:\s*(.*)$", re.MULTILINE)
@@ -48,6 +50,7 @@ class Template:
     job_class: str | None = None
     expected_seconds: int | None = None
     cache: bool | None = None
+    resources: dict[str, int] = field(default_factory=dict)   # what each of its jobs asks for
 
     @property
     def digest(self) -> str:
@@ -95,7 +98,11 @@ def load_template(folder: Path, name: str) -> Template:
     except ValueError as error:
         raise TemplateProblem(f"template {path}: expected_time: {error}") from None
     cache = {"true": True, "false": False}.get(settings.get("cache", "").lower())
-    return Template(name, path, text, settings.get("class"), expected, cache)
+    problems: list[str] = []
+    resources = parse_resources(settings, problems)
+    if problems:
+        raise TemplateProblem(f"template {path}: " + "; ".join(problems))
+    return Template(name, path, text, settings.get("class"), expected, cache, resources)
 
 
 @functools.lru_cache(maxsize=256)

@@ -65,7 +65,15 @@ def run_block(job_id: str, record: FinishedRecord, stdout: str, stderr: str,
     }
     if record.signal:
         block["signal"] = record.signal
+    if record.step_id:
+        block["scheduler_step_id"] = record.step_id
     return block
+
+
+def resource_provenance(record: FinishedRecord) -> dict[str, Any]:
+    """Where a run ran and with what: its Slurm step, its node, what it was given."""
+    found = {"scheduler_step_id": record.step_id, "node": record.node, "resources": record.resources}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def read_stream(path: Path) -> str:

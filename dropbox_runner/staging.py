@@ -17,6 +17,7 @@ from typing import Any
 from .cache import NEUTRAL_WORKSPACE
 from .config import Config
 from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
+from .on_hpc.resources import gres_gpus, job_request, never_fits
 from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
 
@@ -66,6 +67,7 @@ def prepare(config: Config, name: str, raw: dict[str, Any],
         problems.append(f"class: {job_class!r} is not configured (known: {', '.join(sorted(config.classes))})")
     elif template is not None:
         problems += _time_problems(config, job_class, description.expected_seconds or template.expected_seconds)
+        problems += resource_problems(config, job_class, {**template.resources, **description.resources})
     if problems:
         raise JobInvalid(problems)
     prints = prints if prints is not None else fingerprint(description)
@@ -96,6 +98,27 @@ def _time_problems(config: Config, job_class: str, expected: int | None) -> list
     return [too_long_message(expected, job_class, settings.time_limit, usable)]
 
 
+def resource_problems(config: Config, job_class: str, asked: dict[str, int]) -> list[str]:
+    """A job that asks for more than one node of its class holds would wait forever: it is
+    refused at once, with the figures."""
+    if not asked:
+        return []
+    settings = config.classes[job_class].to_request()
+    return never_fits(job_request(asked, settings, 0), settings, job_class, known_gpus(config, settings))
+
+
+def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
+    """GPUs per node of a class, when known before a runner starts: Slurm's come from
+    ``gres``; a local class finds its own unless it lists them or says ``none``."""
+    if settings.get("gpus") == "none":
+        return 0
+    if isinstance(settings.get("gpus"), list):
+        return len(settings["gpus"])
+    if config.scheduler == "slurm" or gres_gpus(settings.get("gres")):
+        return gres_gpus(settings.get("gres"))
+    return None
+
+
 def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:
     """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt."""
     entry = outbox / job.job_id
@@ -104,7 +127,8 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> Non
     (entry / "job.sh").write_text(job.script, encoding="utf-8")
     expected = job.description.expected_seconds or job.template.expected_seconds
     meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,
-            "expected_seconds": expected, "submitter": submitter_id}
+            "expected_seconds": expected, "submitter": submitter_id,
+            **job.template.resources, **job.description.resources}
     (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     for key, target in job.input_names.items():
         os.symlink(os.path.abspath(job.description.input_map[key]), entry / "input" / target)

@@ -55,7 +55,18 @@ def format_status(status: dict[str, Any]) -> str:
                      "unlimited" if left is None else format_clock(left), str(runner["jobs"])))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
+    for runner in runners:
+        for node in runner.get("nodes") or []:
+            lines.append(f"  {runner['runner']} on {_node_use(node)}")
     return "\n".join(lines)
+
+
+def _node_use(node: dict[str, Any]) -> str:
+    """``node7 2 job(s), cpus 3/8, memory 4096/16000M, gpus 1/2``: booked of what it holds."""
+    used, total = node["memory_mb"]
+    memory = f"memory {used}M (not counted)" if total is None else f"memory {used}/{total}M"
+    return (f"{node['node']} {node['jobs']} job(s), cpus {node['cpus'][0]}/{node['cpus'][1]}, {memory}, "
+            f"gpus {node['gpus'][0]}/{node['gpus'][1]}")
 
 
 def table(rows: list[tuple[str, ...]]) -> list[str]:

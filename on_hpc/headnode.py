@@ -27,6 +27,7 @@ from .protocol import (
     WaitRequest,
     class_setting,
 )
+from .runner import START_ERROR_SUFFIX
 from .schedulers import (
     RunnerInfo,
     SchedulerUnavailable,
@@ -93,6 +94,7 @@ def cycle(request, sched=None):
                         runner["runner"], runner["sched_id"], RunnerState.PENDING, settings.get("time_limit"))
         else:
             runners = with_recent_submissions(store, runners, listing_ok=False)
+    answer.errors += start_errors(store)
     if answer.requeued or answer.refused:
         states = store.states()
 
@@ -116,6 +118,21 @@ def workspace_lock(store):
         yield
     finally:
         os.close(fd)
+
+
+def start_errors(store):
+    """Why runners could not start (a GPU class with no GPU to be found), each told once."""
+    errors = []
+    for name in listdir(store.runners_dir()):
+        if name.endswith(START_ERROR_SUFFIX):
+            path = os.path.join(store.runners_dir(), name)
+            try:
+                with open(path) as handle:
+                    errors.append(handle.read(4096))
+                os.unlink(path)
+            except OSError:
+                pass
+    return errors
 
 
 def remove_collected(store, states, submitter, in_flight):
@@ -144,9 +161,32 @@ def status(request, sched=None):
                                       listed_at_once=sched.lists_at_submission, forget=False)
     return {
         "scheduler_ok": scheduler_ok,
-        "runners": [describe_runner(store, info) for info in sorted(runners.values())],
+        "runners": [with_node_use(store, describe_runner(store, info)) for info in sorted(runners.values())],
         "counts": count_states(store.states()),
     }
+
+
+def with_node_use(store, described):
+    nodes = node_use(store, described["runner"])
+    if nodes:
+        described["nodes"] = nodes
+    return described
+
+
+def node_use(store, runner_id):
+    """What each node of a running runner holds and what its jobs booked there, from the
+    nodes it recorded at its start and the claims of its jobs (read for status only)."""
+    alive = read_json(os.path.join(store.runners_dir(), runner_id + ".alive.json"), {})
+    nodes = dict((node["node"], dict(node)) for node in alive.get("nodes") or [])
+    for job_id in store.claimed_jobs(runner_id):
+        claim = read_json(os.path.join(store.job_dir(job_id), "claim.json"), {})
+        node, request = nodes.get(claim.get("node")), claim.get("request") or {}
+        if claim.get("runner") != runner_id or node is None:
+            continue
+        node["jobs"] += 1
+        for key, asked in (("cpus", "cpus"), ("memory_mb", "memory_mb"), ("gpus", "gpus")):
+            node[key] = [node[key][0] + int(request.get(asked) or 0), node[key][1]]
+    return list(nodes.values())
 
 
 def wait(request):

@@ -193,6 +193,9 @@ class FinishedRecord(object):
     host: Optional[str] = None
     runner: Optional[str] = None
     sched_id: Optional[str] = None
+    node: Optional[str] = None                   # where it ran (multi-node runners)
+    resources: Optional[Dict[str, Any]] = None   # the CPUs, memory and GPUs it was given
+    step_id: Optional[str] = None                # its Slurm job step, when run as one
 
     from_json = classmethod(_from_json)
 

@@ -1,10 +1,11 @@
 """The batched runner: one allocation that drains every ready job of its class.
 
-It claims jobs with a rename (see ``jobstore``), runs up to ``slots`` of them at once,
-each in its own process group with its own share of the allocation's GPUs, and keeps
-taking jobs that arrive while it runs.  It never starts a job that expects more time than
-the allocation has left, and when told to stop (the scheduler's early warning, SIGTERM,
-Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
+It claims jobs with a rename (see ``jobstore``), runs as many at once as the allocation's
+CPUs, memory and GPUs hold (see ``resources``: each job takes what it asked for, or one
+``slots``-th of a node), each in its own process group, or as a Slurm job step that Slurm
+confines to what the job asked for, and keeps taking jobs that arrive while it runs.  It
+never starts a job that expects more time than the allocation has left, and when told to
+stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import collections
 import os
@@ -12,15 +13,20 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 
 from .files import read_json, write_json
+from .gpus import NoGpus
 from .jobstore import JobStore
 from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
+from .resources import Ledger, job_request
 from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
+START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
+STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
 # A job that dies by a signal may have been hit by the same signal that is about to stop
 # the runner (scancel signals every process of the allocation at once).  Its end is held
@@ -30,11 +36,12 @@ TERMINATE_WAIT_SECONDS = 3.0
 
 
 class RunningJob(object):
-    def __init__(self, job_id, process, start, gpus, attempt):
+    def __init__(self, job_id, process, start, request, placement, attempt):
         self.job_id = job_id
         self.process = process
         self.start = start
-        self.gpus = gpus
+        self.request = request
+        self.placement = placement
         self.attempt = attempt
         self.exit = None          # (returncode, end time) once reaped
         self.cancelled = False
@@ -59,7 +66,6 @@ class Runner(object):
         self.job_class = spec["class"]
         self.store = JobStore(spec["root"])
         self.sched = connector(spec["scheduler"], self.store)
-        self.slots = int(spec.get("slots", 1))
         self.host = socket.gethostname()
         self.sched_id = self.sched.allocation_id() or str(os.getpid())
         # The allocation's time, read once; the runner stops taking work and hands its
@@ -69,7 +75,7 @@ class Runner(object):
         # The warning as sbatch was told it (from the class's limit), else from what the
         # allocation turned out to have (a partition's default limit).
         self.warn = effective_warn_seconds(spec.get("time_limit") or seconds,
-                                          spec.get("warn_seconds", DEFAULT_WARN_SECONDS))
+                                           spec.get("warn_seconds", DEFAULT_WARN_SECONDS))
         self.deadline = None if seconds is None else time.time() + seconds
         # Jobs must be done by ``usable_until``; at ``stop_at`` the runner hands back what
         # is still running.  With no warning wanted (warn_seconds: 0) it runs until the
@@ -79,11 +85,12 @@ class Runner(object):
         # What the allocation offered at its start: a job expecting more could never run
         # in any runner like this one, so it ends with an error instead of waiting.
         self.fresh_usable = None if seconds is None else seconds - self.warn
-        gpus = self.sched.allocation_gpus()
-        if gpus and len(gpus) < self.slots:
-            self.slots = len(gpus)    # every job gets a GPU of its own, none shares one
-        self.gpus_per_job = len(gpus) // self.slots if gpus else 0
-        self.free_gpus = list(gpus)
+        self.resources = dict(spec.get("resources") or {}, slots=spec.get("slots", 1))
+        # Every node of the allocation with its CPUs, memory and GPUs; a GPU class on a
+        # machine with no GPU to be found stops here, with the reason (ValueError).
+        self.ledger = Ledger(self.sched.allocation_nodes(self.resources))
+        self.gpus_per_node = max(len(node.gpus) for node in self.ledger.nodes)
+        self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
         self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
         self.unfit_seen = set()
@@ -93,9 +100,11 @@ class Runner(object):
 
     def run(self):
         write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
-                                     "started": time.time(), "deadline": self.deadline})
-        log("runner %s up on %s: %d slot(s), gpus %s, %s" % (
-            self.runner_id, self.host, self.slots, self.free_gpus or "none", self._left_text()))
+                                     "started": time.time(), "deadline": self.deadline,
+                                     "nodes": self.ledger.describe()})
+        log("runner %s up on %s: %s; jobs as %s; %s" % (
+            self.runner_id, self.host, "; ".join(_node_text(node) for node in self.ledger.nodes),
+            "job steps" if self.steps else "processes", self._left_text()))
         idle_since = last_beat = time.time()
         try:
             while True:
@@ -129,8 +138,9 @@ class Runner(object):
 
     # -- claiming and starting ----------------------------------------------------------
     def _fill_slots(self):
-        """Start ready jobs while slots are free; return how many could not fit in time."""
-        if len(self.jobs) >= self.slots or (self.one_job and self.started):
+        """Start ready jobs while the allocation has room; return how many could not fit
+        in time."""
+        if self.one_job and self.started:
             return 0
         unfit = 0
         if not self.queue:
@@ -138,15 +148,27 @@ class Runner(object):
             # time a slot frees made draining N jobs cost N^2.  A listed job another runner
             # took since, or one cancelled, fails its claim and is skipped.
             self.queue = collections.deque(self.store.ready_jobs(self.job_class))
+        later = []      # not started for now (no room yet, not enough time): first next pass
         while self.queue:
-            if len(self.jobs) >= self.slots or self.stop_reason:
+            if self.stop_reason or (self.one_job and self.started) or self.ledger.full():
                 break
             job_id = self.queue.popleft()
-            expected = self.store.job_meta(job_id).get("expected_seconds") or 0
+            meta = self.store.job_meta(job_id)
+            expected = meta.get("expected_seconds") or 0
             if self.fresh_usable is not None and expected > self.fresh_usable:
-                self._refuse(job_id, expected)
+                self._refuse(job_id, self._too_long(expected))
                 continue
+            request = job_request(meta, self.resources, self.gpus_per_node)
+            if not self.ledger.fits_anywhere(request):
+                self._refuse(job_id, self._too_big(request))
+                continue
+            placement = self.ledger.place(request)
+            if placement is None:
+                later.append(job_id)
+                continue     # not now: it waits for a running job to end
             if self.usable_until is not None and expected > self.usable_until - time.time():
+                self.ledger.release(request, placement)
+                later.append(job_id)
                 unfit += 1
                 if job_id not in self.unfit_seen:
                     self.unfit_seen.add(job_id)
@@ -154,53 +176,75 @@ class Runner(object):
                         % (job_id, expected, self.usable_until - time.time()))
                 continue
             if not self.store.claim(self.job_class, job_id, self.runner_id):
+                self.ledger.release(request, placement)
                 continue
             if os.path.exists(self.store.finished_path(job_id)):
                 # Ran to completion before (its runner died before moving the marker):
                 # never again.
+                self.ledger.release(request, placement)
                 self.store.finish_marker(self.runner_id, job_id)
                 continue
-            self._start(job_id)
+            self._start(job_id, request, placement)
+        self.queue.extendleft(reversed(later))
         return unfit
 
-    def _refuse(self, job_id, expected):
+    def _too_long(self, expected):
+        return too_long_message(expected, self.job_class, self.fresh_usable + self.warn,
+                                self.fresh_usable) + "; the job was not run"
+
+    def _too_big(self, request):
+        return ("the job asks for %d CPU(s), %dM memory and %d GPU(s), more than any node of "
+                "this runner of class %s holds (%s); the job was not run"
+                % (request.cpus, request.memory_mb, request.gpus, self.job_class,
+                   "; ".join(_node_text(node) for node in self.ledger.nodes)))
+
+    def _refuse(self, job_id, message):
         if not self.store.claim(self.job_class, job_id, self.runner_id):
             return
-        message = too_long_message(expected, self.job_class, self.fresh_usable + self.warn,
-                                   self.fresh_usable) + "; the job was not run"
         self.store.finish(self.runner_id, job_id, FinishedRecord(
             error=message, start=time.time(), runner=self.runner_id, sched_id=self.sched_id, host=self.host))
         log("refused %s: %s" % (job_id, message))
 
-    def _start(self, job_id):
+    def _start(self, job_id, request, placement):
         self.started += 1
         job_dir = self.store.job_dir(job_id)
         attempt = self.store.attempts_before(job_id) + 1
         output = os.path.join(job_dir, "output")
         _empty_folder(output)
-        gpus = [self.free_gpus.pop(0) for _ in range(self.gpus_per_job)]
         env = dict(os.environ, DBR_JOB_ID=job_id, DBR_ATTEMPT=str(attempt))
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        script = os.path.join(job_dir, "job.sh")
+        if self.steps:
+            # Slurm binds the step's own GPUs; the allocation's list must not leak in.
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+            _remove(os.path.join(job_dir, STEP_ID_FILE))
+            argv = self.sched.step_argv(_script_argv(os.path.join(job_dir, "job.sh")), job_id, request,
+                                        placement, STEP_ID_FILE)
+        else:
+            if placement.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus)
+            argv = _script_argv(os.path.join(job_dir, "job.sh"))
         start = time.time()
         try:
             with open(os.path.join(job_dir, "stdout"), "wb") as out, \
                     open(os.path.join(job_dir, "stderr"), "wb") as err:
-                process = self.sched.launch(_script_argv(script), cwd=job_dir, env=env, stdout=out, stderr=err)
+                process = subprocess.Popen(
+                    argv, cwd=job_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True)
         except OSError as error:
             with open(os.path.join(job_dir, "stderr"), "ab") as err:
                 err.write(("dropbox-runner: cannot start job.sh: %s\n" % error).encode())
-            self.free_gpus.extend(gpus)
+            self.ledger.release(request, placement)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
         # Not fsynced: after a crash of the node the job's processes are gone with it, and
         # a lost claim.json only means nothing is left to kill (the requeue reads none).
         write_json(os.path.join(job_dir, "claim.json"), {
             "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
-            "attempt": attempt, "start": start, "pgid": process.pid, "gpus": gpus}, durable=False)
-        self.jobs[job_id] = RunningJob(job_id, process, start, gpus, attempt)
-        log("started %s (attempt %d, gpus %s)" % (job_id, attempt, gpus or "none"))
+            "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
+            "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps}, durable=False)
+        self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt)
+        log("started %s (attempt %d, %d cpu, %dM, %d gpu on %s%s)" % (
+            job_id, attempt, request.cpus, request.memory_mb, request.gpus, placement.node,
+            " as a job step" if self.steps else ", gpus %s" % (",".join(placement.gpus) or "none")))
 
     # -- ending ---------------------------------------------------------------------------
     def _reap(self):
@@ -208,7 +252,7 @@ class Runner(object):
         for job in list(self.jobs.values()):
             if job.exit is None and not job.cancelled and self.store.cancel_requested(job.job_id):
                 job.cancelled = True
-                _end_group(job.process)
+                self._end(job)
                 log("cancelled %s" % job.job_id)
             if job.exit is None:
                 code = job.process.poll()
@@ -227,21 +271,38 @@ class Runner(object):
 
     def _finish(self, job, code, end):
         del self.jobs[job.job_id]
-        self.free_gpus.extend(job.gpus)
+        self.ledger.release(job.request, job.placement)
         self.store.finish(self.runner_id, job.job_id,
-                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled))
+                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job))
         log("finished %s rc=%s" % (job.job_id, code))
 
-    def _record(self, job_id, attempt, start, code, end, cancelled=False):
+    def _end(self, job):
+        """SIGTERM to the job's process group (srun passes it on to its step), SIGKILL if
+        it is still there moments later; a job step is then cancelled through Slurm, which
+        also reaches what the job started outside its process group."""
+        _end_group(job.process)
+        if self.steps:
+            self.sched.cancel_steps([_step_id(self.store.job_dir(job.job_id), self.sched_id)])
+
+    def _record(self, job_id, attempt, start, code, end, cancelled=False, job=None):
         signal_name = None
         if code < 0:
             signal_name = _signal_name(-code)
             code = 128 - code
-        details = dict(signal=signal_name, start=start, end=end or time.time(), host=self.host,
-                       runner=self.runner_id, sched_id=self.sched_id, attempt=attempt)
+        record = FinishedRecord(rc=code, signal=signal_name, start=start, end=end or time.time(), host=self.host,
+                                runner=self.runner_id, sched_id=self.sched_id, attempt=attempt)
+        if job is not None:
+            record.node = job.placement.node
+            record.resources = dict(job.request._asdict())
+            if self.steps:
+                record.step_id = _step_id(self.store.job_dir(job_id), self.sched_id)
+                if code and _out_of_memory(os.path.join(self.store.job_dir(job_id), "stderr")):
+                    record.error = ("killed by Slurm for using more than the %dM memory it asked for "
+                                    "(srun: Out Of Memory)" % job.request.memory_mb)
         if cancelled:
-            return cancelled_record(rc=code, **details)
-        return FinishedRecord(rc=code, **details)
+            cancelled_copy = cancelled_record(rc=code)
+            record.error, record.cancelled = cancelled_copy.error, cancelled_copy.cancelled
+        return record
 
     def _shutdown(self):
         log("stopping (%s): ending %d job(s)" % (self.stop_reason, len(self.jobs)))
@@ -251,6 +312,8 @@ class Runner(object):
         waited_until = time.time() + TERMINATE_WAIT_SECONDS
         while time.time() < waited_until and any(j.process.poll() is None for j in self.jobs.values()):
             time.sleep(0.1)
+        if self.steps:
+            self.sched.cancel_steps([_step_id(self.store.job_dir(job_id), self.sched_id) for job_id in self.jobs])
         for job in list(self.jobs.values()):
             _signal_group(job.process.pid, signal.SIGKILL)
             job.process.wait()
@@ -260,6 +323,7 @@ class Runner(object):
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
                                          self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)
             del self.jobs[job.job_id]
+            self.ledger.release(job.request, job.placement)
             log("released %s: %s" % (job.job_id, outcome))
 
     def _nap(self, seconds):
@@ -278,6 +342,42 @@ class Runner(object):
         if self.deadline is None:
             return "no time limit"
         return "%ds left (stops %ds before the end)" % (self.deadline - time.time(), self.warn)
+
+
+def _node_text(node):
+    memory = "memory not counted" if node.memory_mb is None else "%dM" % node.memory_mb
+    return "%s: %d cpu, %s, gpus %s" % (node.name, node.cpus, memory, ",".join(node.gpus) or "none")
+
+
+def _step_id(job_dir, sched_id):
+    """``<job>.<step>`` as the job's step wrote it at its start, when it is one of this
+    allocation's (the file is in the job's folder, which the job could write); else None."""
+    try:
+        with open(os.path.join(job_dir, STEP_ID_FILE)) as handle:
+            text = handle.read(64).strip()
+    except OSError:
+        return None
+    job, _, step = text.partition(".")
+    return text if job == str(sched_id) and step.isdigit() else None
+
+
+def _out_of_memory(stderr_path):
+    """srun's own report, at the end of the job's stderr, that the step's memory cgroup
+    killed it."""
+    try:
+        with open(stderr_path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 4096))
+            return b"Out Of Memory" in handle.read()
+    except OSError:
+        return False
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _script_argv(script):
@@ -332,4 +432,13 @@ def main(spec_path):
     spec = read_json(spec_path)
     if not spec:
         raise SystemExit("runner spec %s is missing or unreadable" % spec_path)
-    Runner(spec).run()
+    try:
+        runner = Runner(spec)
+    except NoGpus as error:
+        # The environment's fault: the jobs wait, and the next cycle tells the operator.
+        message = "runner %s of class %s cannot start: %s" % (spec["id"], spec["class"], error)
+        log(message)
+        with open(os.path.join(os.path.dirname(spec_path), spec["id"] + START_ERROR_SUFFIX), "w") as handle:
+            handle.write(message)
+        raise SystemExit(2) from None
+    runner.run()

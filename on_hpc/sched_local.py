@@ -5,11 +5,14 @@ queue code as Slurm does, so it is also how the pipeline is tested quickly.
 """
 import os
 import signal
+import socket
 import subprocess
 import time
 
 from .files import listdir, read_json
+from .gpus import local_gpus
 from .protocol import RunnerState
+from .resources import Node, memory_mb, node_cpus, wants_gpus
 from .schedulers import Connector, RunnerInfo, kill_job_group
 
 
@@ -54,8 +57,14 @@ class LocalConnector(Connector):
         kill_job_group(claim.get("pgid"), job_id)
 
     def allocation_gpus(self):
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        return [gpu for gpu in visible.split(",") if gpu]
+        return local_gpus(None, False)
+
+    def allocation_nodes(self, resources):
+        """This machine, with the class's CPUs (or its slots) and memory, and its GPUs
+        (``gpus``: NoGpus when a GPU class finds none)."""
+        gpus = local_gpus(resources.get("gpus"), wants_gpus(resources))
+        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")), gpus)]
+
 
 
 def _is_runner_process(pid, runner_id):

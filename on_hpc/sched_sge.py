@@ -17,6 +17,7 @@ from . import commands
 from .durations import parse_clock
 from .files import read_json, write_json
 from .protocol import RunnerState
+from .resources import class_gpus, memory_mb
 from .sched_slurm import JOB_NAME_PREFIX, job_name
 from .schedulers import (
     Connector,
@@ -34,7 +35,6 @@ QSTAT_TIMEOUT_SECONDS = 60
 QSUB_TIMEOUT_SECONDS = 120
 # qstat prints times in the head node's local time, to the second.
 QSTAT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
-MEMORY_UNITS = {"K": 1.0 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 
 
 def runner_state(code):
@@ -87,30 +87,16 @@ def qsub_argv(name, log_path, workdir, resources, command):
             # Past s_rt Grid Engine sends SIGUSR1, the runner's cue to hand its jobs back.
             limits.append("s_rt=%d" % (int(time_limit) - warn))
     if resources.get("memory"):
-        per_slot = memory_megabytes(resources["memory"]) / (cpus if resources.get("pe") else 1)
+        per_slot = memory_mb(resources["memory"]) / (cpus if resources.get("pe") else 1)
         limits.append("%s=%dM" % (resources.get("memory_resource") or "h_vmem", -(-per_slot // 1)))
-    if resources.get("gpus"):
-        limits.append("%s=%d" % (resources.get("gpu_resource") or "gpu", int(resources["gpus"])))
+    gpus = class_gpus(resources)
+    if gpus:
+        limits.append("%s=%d" % (resources.get("gpu_resource") or "gpu", gpus))
     if limits:
         argv += ["-l", ",".join(limits)]
     argv.extend(str(arg) for arg in resources.get("extra_args") or [])
     argv.extend(str(part) for part in command)
     return argv
-
-
-def memory_megabytes(text):
-    """Megabytes from a memory size as Slurm's ``--mem`` takes it: ``4096``, ``500M``,
-    ``32G``, ``1T`` (no unit: megabytes)."""
-    text = str(text).strip().upper().rstrip("B")
-    unit = text[-1:] if text[-1:] in MEMORY_UNITS else "M"
-    number = text[:-1] if text[-1:] in MEMORY_UNITS else text
-    try:
-        value = float(number) * MEMORY_UNITS[unit]
-    except ValueError:
-        raise ValueError("not a memory size: %r" % text) from None
-    if value <= 0:
-        raise ValueError("not a memory size: %r" % text)
-    return value
 
 
 def parse_qsub(stdout):

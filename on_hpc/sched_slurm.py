@@ -13,6 +13,7 @@ from . import commands
 from .durations import parse_clock
 from .files import read_json, write_json
 from .protocol import RunnerState
+from .resources import Node, gres_gpus, memory_mb, node_cpus, parse_cpus_per_node
 from .schedulers import (
     Connector,
     RunnerInfo,
@@ -52,8 +53,10 @@ def job_name(tag, runner_id):
 def sbatch_argv(name, log_path, workdir, resources, command):
     """The sbatch call for one runner; ``command`` is the argv the allocation runs.
 
-    ``resources`` are the class's settings; they describe the whole runner allocation,
-    which its ``slots`` jobs share.
+    ``resources`` are the class's settings; they describe what one node of the runner's
+    allocation holds (``nodes`` of them), which its jobs share.  Jobs started as job
+    steps need their CPUs in the allocation: a class that names no ``cpus`` gets one per
+    slot.
     """
     argv = ["sbatch", "--parsable", "--job-name=" + name, "--output=" + log_path,
             "--open-mode=append", "--chdir=" + workdir,
@@ -65,8 +68,14 @@ def sbatch_argv(name, log_path, workdir, resources, command):
         argv.append("--partition=" + resources["partition"])
     if resources.get("gres"):
         argv.append("--gres=" + resources["gres"])
+    nodes = int(resources.get("nodes") or 1)
+    if nodes > 1:
+        # One task per node, so --cpus-per-task, --mem and --gres are each node's.
+        argv += ["--nodes=%d" % nodes, "--ntasks-per-node=1"]
     if resources.get("cpus"):
         argv.append("--cpus-per-task=%d" % int(resources["cpus"]))
+    elif launches_steps(resources) and int(resources.get("slots") or 1) > 1:
+        argv.append("--cpus-per-task=%d" % int(resources["slots"]))
     if resources.get("memory"):
         argv.append("--mem=" + str(resources["memory"]))
     if resources.get("time_limit"):
@@ -79,6 +88,72 @@ def sbatch_argv(name, log_path, workdir, resources, command):
     argv.extend(str(arg) for arg in resources.get("extra_args") or [])
     argv.append("--wrap=exec " + " ".join(shlex.quote(part) for part in command))
     return argv
+
+
+def launches_steps(resources):
+    """Jobs run as job steps unless the class says ``launch: process``."""
+    return resources.get("launch") != "process"
+
+
+def srun_argv(argv, job_id, request, node, step_file):
+    """One job as a step of the runner's allocation, confined to what it asked for.
+
+    ``--exact``: only the CPUs asked (Slurm 21.08 and later otherwise give a step the
+    whole allocation); ``--gres=none`` keeps a job that asked for no GPU from taking all
+    of them.  The step writes ``<job id>.<step id>`` to ``step_file`` before the job
+    starts, so the runner can cancel it through Slurm and name it in the result.
+    """
+    call = ["srun", "--exact", "--nodes=1", "--ntasks=1", "--cpus-per-task=%d" % request.cpus,
+            "--nodelist=" + node, "--job-name=" + job_id, "--quiet",
+            "--gres=gpu:%d" % request.gpus if request.gpus else "--gres=none"]
+    if request.memory_mb:
+        call.append("--mem=%dM" % request.memory_mb)
+    record = 'echo "$SLURM_JOB_ID.$SLURM_STEP_ID" > %s && exec "$@"' % shlex.quote(step_file)
+    return call + ["/bin/sh", "-c", record, "dbr-step"] + list(argv)
+
+
+def scancel_steps_argv(step_ids):
+    return ["scancel", "--quiet"] + [str(step) for step in step_ids]
+
+
+def allocation_layout(environ, resources, hostnames=None):
+    """The nodes of this allocation, each with its CPUs, memory and GPUs.
+
+    Names from ``SLURM_JOB_NODELIST`` (``hostnames`` expands a compressed list), CPUs from
+    ``SLURM_JOB_CPUS_PER_NODE`` when jobs run as steps (what Slurm will let them use),
+    memory from ``SLURM_MEM_PER_NODE`` or the class.  Plain processes can only run on the
+    batch node, with the class's CPUs (or its slots) and the GPUs Slurm gave that node.
+    """
+    batch_node = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    gpus = allocated_gpus(environ)
+    memory = memory_mb(environ.get("SLURM_MEM_PER_NODE")) or memory_mb(resources.get("memory"))
+    if not launches_steps(resources):
+        return [Node(batch_node, node_cpus(resources), memory, gpus)]
+    listed = environ.get("SLURM_JOB_NODELIST") or batch_node
+    names = (hostnames or _plain_hostnames)(listed) or [batch_node]
+    cpus = parse_cpus_per_node(environ.get("SLURM_JOB_CPUS_PER_NODE"))
+    if len(cpus) != len(names):
+        cpus = [node_cpus(resources)] * len(names)
+    per_node_gpus = len(gpus) or gres_gpus(resources.get("gres"))
+    return [Node(name, cpus[index], memory,
+                 gpus if name == batch_node and gpus else [str(n) for n in range(per_node_gpus)])
+            for index, name in enumerate(names)]
+
+
+def _plain_hostnames(listed):
+    """A node list with no ranges in it (``a,b``); None when it has some (``a[1-2]``)."""
+    return None if "[" in listed else [name for name in listed.split(",") if name]
+
+
+def scontrol_hostnames(listed):
+    """``scontrol show hostnames`` expands Slurm's compressed node lists."""
+    plain = _plain_hostnames(listed)
+    if plain is not None:
+        return plain
+    try:
+        return commands.run(["scontrol", "show", "hostnames", listed], SQUEUE_TIMEOUT_SECONDS).split()
+    except (commands.CommandUnavailable, commands.CommandFailed):
+        return None
 
 
 def slurm_minutes(seconds):
@@ -230,6 +305,24 @@ class SlurmConnector(Connector):
 
     def allocation_id(self):
         return os.environ.get("SLURM_JOB_ID")
+
+    def allocation_nodes(self, resources):
+        return allocation_layout(os.environ, resources, scontrol_hostnames)
+
+    def launches_steps(self, resources):
+        return launches_steps(resources)
+
+    def step_argv(self, argv, job_id, request, placement, step_file):
+        return srun_argv(argv, job_id, request, placement.node, step_file)
+
+    def cancel_steps(self, step_ids):
+        """End job steps through Slurm (what their process group does not hold too)."""
+        step_ids = [step for step in step_ids if step]
+        if step_ids:
+            try:
+                commands.run(scancel_steps_argv(step_ids), SQUEUE_TIMEOUT_SECONDS)
+            except (commands.CommandUnavailable, commands.CommandFailed):
+                pass    # the step ends with the allocation at the latest
 
     def _limits(self):
         """Time limits of the runners this workspace recorded, by runner id."""

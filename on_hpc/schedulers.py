@@ -10,9 +10,10 @@ import hashlib
 import importlib
 import os
 import signal
-import subprocess
+import socket
 
 from .durations import format_duration
+from .resources import Node, memory_mb, node_cpus
 
 # One line of the scheduler's view of a runner.  ``state`` is a RunnerState; ``time_left``
 # is seconds, or None when the allocation has no limit.
@@ -46,10 +47,11 @@ class Connector(object):
     """A batch scheduler as the queue logic needs it.
 
     The head node calls ``submit``, ``list_runners`` (once per cycle), ``cancel`` and
-    ``kill_leftovers``; a runner calls ``allocation_seconds``, ``allocation_gpus`` and
-    ``launch`` from inside its allocation.  Listing failures raise SchedulerUnavailable
-    and the head node falls back on ``last_known_runners``: a scheduler's hiccup never
-    fails or requeues a job.
+    ``kill_leftovers``; a runner calls the ``allocation_*`` methods from inside its
+    allocation to learn its id, time, nodes and GPUs, and, where the scheduler runs jobs as
+    steps of the allocation (``launches_steps``), ``step_argv`` and ``cancel_steps``.
+    Listing failures raise SchedulerUnavailable and the head node falls back on
+    ``last_known_runners``: a scheduler's hiccup never fails or requeues a job.
     """
 
     name = ""
@@ -96,11 +98,24 @@ class Connector(object):
         pid is the only id (local processes)."""
         return None
 
-    def launch(self, argv, cwd, env, stdout, stderr):
-        """Inside a runner: start one job; return its Popen.  The job gets a process group
-        of its own, which is what the runner signals to stop or cancel it."""
-        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, start_new_session=True)
+    def allocation_nodes(self, resources):
+        """Inside a runner: the nodes of its allocation (``resources.Node``), which the
+        runner's ledger packs jobs onto.  By default one: this host, with the class's CPUs
+        and memory and the allocation's GPUs."""
+        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")),
+                     self.allocation_gpus())]
+
+    def launches_steps(self, resources):
+        """Whether jobs run as the scheduler's own steps (``step_argv``) rather than as
+        plain process groups of the runner."""
+        return False
+
+    def step_argv(self, argv, job_id, request, placement, step_file):
+        """The command that runs ``argv`` as a step with the job's resources on its node."""
+        raise NotImplementedError
+
+    def cancel_steps(self, step_ids):
+        """End job steps through the scheduler; nothing to do where there are none."""
 
 
 def connector(name, store):

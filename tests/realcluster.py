@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
+import re
 import shutil
 import signal
 import socket
@@ -282,6 +284,7 @@ class Slurm:
     gpus: int = 2
     ctld_port: int = 0
     slurmd_port: int = 0
+    nodes: list[str] = field(default_factory=list)  # every node's name (one slurmd each)
 
     # paths inside root
     @property
@@ -316,8 +319,8 @@ class Slurm:
             return []
         return proc.stdout.split()
 
-    def node_state(self) -> str:
-        proc = self.run("sinfo", "-h", "-n", self.node, "-o", "%t", timeout=15)
+    def node_state(self, name: str | None = None) -> str:
+        proc = self.run("sinfo", "-h", "-n", name or self.node, "-o", "%t", timeout=15)
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     def wait_idle(self, timeout: float = 30) -> None:
@@ -386,8 +389,9 @@ AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
 MailProg=/bin/true
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+ProctrackType={proctrack}
+TaskPlugin={task}
+FirstJobId={first_job_id}
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
@@ -413,30 +417,35 @@ SlurmdLogFile={root}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 GresTypes=gpu
-NodeName={node} NodeAddr=127.0.0.1 NodeHostname={node} CPUs={cpus} RealMemory={mem}{gres} State=UNKNOWN
-PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+{node_lines}
+PartitionName=debug Nodes={nodes} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
 
-def start_slurm(gpus: int = 2, cpus: int | None = None) -> Slurm:
+def start_slurm(gpus: int = 2, cpus: int | None = None, *, cgroup: bool = False, nodes: int = 1) -> Slurm:
     """Start slurmctld + slurmd (one node, `gpus` fake GPUs) and wait until the node is idle.
 
     cpus defaults to max(8, nproc): config_overrides lets the node run that many 1-CPU jobs at
-    once even on a 2-core machine.
+    once even on a 2-core machine.  ``cgroup``: Slurm enforces each job step's CPUs and memory
+    (proctrack/cgroup, task/cgroup on the machine's cgroup v1 hierarchy, task/affinity binding
+    CPUs), so cpus must then not exceed the real CPUs; the first job id is random, so two such
+    clusters on one machine never share a cgroup folder.  ``nodes`` > 1 starts one slurmd per
+    node name on this machine, each on its own port (see ``Slurm.nodes``).
     """
     if os.geteuid() != 0:
         raise ClusterError("start_slurm needs root (SlurmUser=root, jobs run as other users)")
     ensure_system_deps()
     ensure_munge()
     if cpus is None:
-        cpus = max(8, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1 if cgroup else max(8, os.cpu_count() or 1)
     root = _mkdtemp("dbr-slurm-")
     for d in ("state", "spool", "run", "log"):
         (root / d).mkdir()
         (root / d).chmod(0o755)
-    node = "dbrnode"
-    ctld_port, slurmd_port = _free_ports(2)
+    names = ["dbrnode"] + ["dbrnode%d" % (i + 1) for i in range(1, nodes)]
+    ctld_port, slurmd_port, *node_ports = _free_ports(2 + nodes)
     gres = ""
+    gres_lines = ["AutoDetect=off"]
     if gpus > 0:
         gres = f" Gres=gpu:{gpus}"
         dev = root / "dev"
@@ -445,30 +454,39 @@ def start_slurm(gpus: int = 2, cpus: int | None = None) -> Slurm:
         for i in range(gpus):
             os.mknod(dev / f"fakegpu{i}", stat.S_IFCHR | 0o666, os.makedev(1, 3))
         files = f"{dev}/fakegpu[0-{gpus - 1}]" if gpus > 1 else f"{dev}/fakegpu0"
-        (root / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName={node} Name=gpu File={files}\n"
-        )
-    else:
-        (root / "gres.conf").write_text("AutoDetect=off\n")
-    conf = root / "slurm.conf"
-    conf.write_text(
-        SLURM_CONF_TEMPLATE.format(
-            cluster="dbr" + root.name.rsplit("-", 1)[-1].lower().replace("_", ""),
-            ctld_port=ctld_port,
-            slurmd_port=slurmd_port,
-            def_mem=DEF_MEM_PER_CPU_MB,
-            root=root,
-            node=node,
-            cpus=cpus,
-            mem=REAL_MEMORY_MB,
-            gres=gres,
-        )
+        gres_lines += [f"NodeName={name} Name=gpu File={files}" for name in names]
+    (root / "gres.conf").write_text("\n".join(gres_lines) + "\n")
+    node_lines = []
+    for index, name in enumerate(names):
+        port = f" Port={node_ports[index]}" if nodes > 1 else ""
+        node_lines.append(f"NodeName={name} NodeAddr=127.0.0.1 NodeHostname={name}{port} CPUs={cpus} "
+                          f"RealMemory={REAL_MEMORY_MB}{gres} State=UNKNOWN")
+    text = SLURM_CONF_TEMPLATE.format(
+        cluster="dbr" + root.name.rsplit("-", 1)[-1].lower().replace("_", ""),
+        ctld_port=ctld_port,
+        slurmd_port=slurmd_port,
+        def_mem=DEF_MEM_PER_CPU_MB,
+        root=root,
+        proctrack="proctrack/cgroup" if cgroup else "proctrack/pgid",
+        task="task/cgroup,task/affinity" if cgroup else "task/none",
+        first_job_id=random.randrange(10_000, 50_000_000) if cgroup else 1,
+        node_lines="\n".join(node_lines),
+        nodes=",".join(names),
     )
-    for f in (conf, root / "gres.conf"):
+    if nodes > 1:
+        # One pid file, log and spool folder per slurmd (%n: the node name).
+        for key in ("SlurmdPidFile", "SlurmdLogFile", "SlurmdSpoolDir"):
+            text = re.sub(rf"^{key}=(.*?)(\.pid|\.log)?$", lambda m, key=key: f"{key}={m[1]}-%n{m[2] or ''}", text,
+                          flags=re.MULTILINE)
+    conf = root / "slurm.conf"
+    conf.write_text(text)
+    if cgroup:
+        (root / "cgroup.conf").write_text(CGROUP_CONF)
+    for f in root.glob("*.conf"):
         f.chmod(0o644)
     slurm = Slurm(
-        conf=conf, node=node, root=root, cpus=cpus, gpus=gpus,
-        ctld_port=ctld_port, slurmd_port=slurmd_port,
+        conf=conf, node=names[0], root=root, cpus=cpus, gpus=gpus,
+        ctld_port=ctld_port, slurmd_port=slurmd_port, nodes=names,
     )
     try:
         proc = _run([_prog("slurmctld"), "-c", "-f", conf], env=slurm.env())
@@ -476,16 +494,31 @@ def start_slurm(gpus: int = 2, cpus: int | None = None) -> Slurm:
             raise ClusterError(f"slurmctld exited {proc.returncode}: {proc.stdout}{proc.stderr}")
         if not _wait_for(lambda: slurm.run("sinfo", "-h", timeout=10).returncode == 0, 20):
             raise ClusterError("slurmctld does not answer sinfo")
-        proc = _run([_prog("slurmd"), "-N", node, "-f", conf], env=slurm.env())
-        if proc.returncode != 0:
-            raise ClusterError(f"slurmd exited {proc.returncode}: {proc.stdout}{proc.stderr}")
-        if not _wait_for(lambda: slurm.node_state() == "idle", 30, 0.25):
-            raise ClusterError(f"node {node} not idle (state {slurm.node_state()!r})")
+        for name in names:
+            proc = _run([_prog("slurmd"), "-N", name, "-f", conf], env=slurm.env())
+            if proc.returncode != 0:
+                raise ClusterError(f"slurmd -N {name} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
+        if not _wait_for(lambda: all(slurm.node_state(name) == "idle" for name in names), 30, 0.25):
+            raise ClusterError("nodes not idle: " + ", ".join(f"{n} {slurm.node_state(n)!r}" for n in names))
     except (ClusterError, subprocess.TimeoutExpired, OSError) as e:
         logs = slurm.logs()
         slurm.stop()
         raise ClusterError(f"Slurm test cluster in {root} failed to start: {e}\n{logs}") from e
     return slurm
+
+
+CGROUP_CONF = """\
+# Written by tests/realcluster.py: Slurm confines each step to its CPUs and memory.
+CgroupPlugin=cgroup/v1
+CgroupAutomount=no
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+AllowedRAMSpace=100
+ConstrainSwapSpace=no
+# The fake GPUs are /dev/null's device numbers: confining devices would take /dev/null away.
+ConstrainDevices=no
+"""
 
 
 # --------------------------------------------------------------------------- sshd

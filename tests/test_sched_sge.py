@@ -14,7 +14,6 @@ from dropbox_runner.on_hpc.sched_sge import (
     allocated_gpus,
     error_reasons,
     jobs_in_error,
-    memory_megabytes,
     parse_qstat,
     parse_qsub,
     qdel_argv,
@@ -117,18 +116,6 @@ def test_qsub_argv_warning_and_site_resource_names():
     assert "h_rt=60,s_rt=30" in qsub_argv("n", "/l", "/w", {"time_limit": 60, "warn_seconds": 600}, ["x"])
     # Memory without a parallel environment is the one slot's.
     assert "h_vmem=2048M" in qsub_argv("n", "/l", "/w", {"cpus": 4, "memory": "2G"}, ["x"])
-
-
-@pytest.mark.parametrize("text, megabytes", [("4096", 4096), ("500M", 500), ("32G", 32768), ("1t", 1048576),
-                                             ("512K", 0.5), ("2GB", 2048)])
-def test_memory_megabytes(text, megabytes):
-    assert memory_megabytes(text) == megabytes
-
-
-@pytest.mark.parametrize("text", ["", "lots", "-1G", "0"])
-def test_memory_megabytes_refuses_nonsense(text):
-    with pytest.raises(ValueError):
-        memory_megabytes(text)
 
 
 def test_parse_qsub():
