@@ -148,3 +148,38 @@ def test_the_local_backend_collects_done_jobs_where_they_are_without_an_inbox_co
     assert {r["job"]["status"] for r in results.values()} == {"ok"}
     assert [(tmp_path / "outputs" / f"o{n}.txt").read_text() for n in range(3)] == ["done\n"] * 3
     assert not (config.state_dir / "inbox").exists()
+
+
+def test_a_runner_lists_the_ready_folder_once_for_many_jobs_not_once_per_free_slot(tmp_path, monkeypatch):
+    import signal
+
+    from dropbox_runner.on_hpc.files import write_json
+    from dropbox_runner.on_hpc.jobstore import JobStore
+    from dropbox_runner.on_hpc.runner import Runner
+
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    jobs = 40
+    for n in range(jobs):
+        folder = store.job_dir(f"sub.j{n:03d}")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "job.sh"), "w") as handle:
+            handle.write("true\n")
+        write_json(os.path.join(folder, "job.json"), {"id": f"sub.j{n:03d}", "class": "default"})
+        store.make_ready(f"sub.j{n:03d}", {})
+    listed = []
+    real = JobStore.ready_jobs
+    monkeypatch.setattr(JobStore, "ready_jobs", lambda self, job_class: listed.append(real(self, job_class))
+                        or listed[-1])
+    handlers = {signum: signal.getsignal(signum) for signum in
+                (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGCHLD)}
+    try:
+        Runner({"id": "default-20250101T000000-abcdef", "class": "default", "root": store.root,
+                "scheduler": "local", "slots": 4, "idle_timeout": 0.5, "time_limit": None, "warn_seconds": 60,
+                "max_attempts": 3, "resources": {}}).run()
+    finally:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert len(os.listdir(store.done_dir())) == jobs
+    assert sum(len(listing) for listing in listed) == jobs     # was ~jobs^2/8: every ready job per free slot
