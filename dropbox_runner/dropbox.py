@@ -78,6 +78,7 @@ class Dropbox:
     def __init__(self, folder: Path):
         self.folder = folder
         self._batch: DurableBatch | None = None
+        self._held_documents: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     @contextmanager
     def durable_batch(self) -> Iterator[None]:
@@ -126,6 +127,8 @@ class Dropbox:
                     finished.add(name[: -len(".finished")])
                 elif name.endswith(CANCEL):
                     cancel.add(name[: -len(".cancel")])
+        held = set(submitted)       # what read_held remembers: only files still there
+        self._held_documents = {name: known for name, known in self._held_documents.items() if name in held}
         return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, leftovers)
 
     def digest(self, name: str, suffix: str = "") -> str:
@@ -144,13 +147,25 @@ class Dropbox:
         self._write(self.path(job.name, ".submitted"), dump_yaml(job.to_document()))
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one."""
+        """The raw ``.submitted`` document; ValueError when it cannot be read as one.
+
+        Remembered while the file stays the same one (inode, size, mtime): the watch
+        daemon's cycles would otherwise parse every held job's file again each time.  The
+        document is shared, not copied: callers only read it.
+        """
+        path = self.path(name, ".submitted")
         try:
-            data = load_yaml(self.path(name, ".submitted").read_text(encoding="utf-8"))
+            stat = os.stat(path)
+            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            known = self._held_documents.get(name)
+            if known is not None and known[0] == identity:
+                return known[1]
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
+        self._held_documents[name] = (identity, data)
         return data
 
     def read_result(self, name: str) -> dict[str, Any] | None:

@@ -183,3 +183,23 @@ def test_a_runner_lists_the_ready_folder_once_for_many_jobs_not_once_per_free_sl
             signal.signal(signum, handler)
     assert len(os.listdir(store.done_dir())) == jobs
     assert sum(len(listing) for listing in listed) == jobs     # was ~jobs^2/8: every ready job per free slot
+
+
+def test_held_jobs_are_parsed_once_across_cycles_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
+    from dropbox_runner import dropbox as dropbox_module
+
+    (tmp_path / "a.job.submitted").write_text("id: one\n")
+    box = Dropbox(tmp_path)
+    parsed = []
+    real = dropbox_module.load_yaml
+    monkeypatch.setattr(dropbox_module, "load_yaml", lambda text: parsed.append(text) or real(text))
+    for _ in range(3):
+        box.scan()
+        assert box.read_held("a.job") == {"id": "one"}
+    assert len(parsed) == 1
+    (tmp_path / "a.job.submitted").write_text("id: two\n")      # same size, same inode, new mtime
+    os.utime(tmp_path / "a.job.submitted", ns=(1, 1))
+    assert box.read_held("a.job") == {"id": "two"}
+    (tmp_path / "a.job.submitted").unlink()
+    box.scan()
+    assert box._held_documents == {}
