@@ -100,7 +100,7 @@ def floor(root: Path, jobs: int, slots: int) -> Run:
 
 
 # -- dropbox-runner --------------------------------------------------------------------------
-def write_config(root: Path, scheduler: str, slots: int) -> Path:
+def write_config(root: Path, scheduler: str, slots: int, launch: str = "step") -> Path:
     templates = root / "templates"
     templates.mkdir()
     (templates / "trivial.template").write_text(TEMPLATE)
@@ -111,7 +111,8 @@ def write_config(root: Path, scheduler: str, slots: int) -> Path:
         "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": scheduler,
         "cluster_root": str(root / "cluster"), "templates": str(templates), "grace_seconds": 0,
         "cache_max_bytes": 0, "tick": "1h",
-        "classes": {"default": {"slots": slots, "idle_timeout": 5}}}))
+        "classes": {"default": {"slots": slots, "idle_timeout": 5, **({"launch": "process"} if launch == "process"
+                                                                      and scheduler == "slurm" else {})}}}))
     return path
 
 
@@ -223,14 +224,16 @@ def stop(pid: int, target: int):
 
 
 def dropbox_runner(root: Path, scheduler: str, mode: str, jobs: int, slots: int, period: float,
-                   strace_out: Path | None = None) -> Run:
-    config = write_config(root, scheduler, slots)
+                   strace_out: Path | None = None, launch: str = "step") -> Run:
+    config = write_config(root, scheduler, slots, launch)
     wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o"] if strace_out else []
     if mode == "once":
         wall, cpu, cycles = once_loop(root, config, jobs, period, wrap and wrap + [str(strace_out)])
     else:
         wall, cpu, cycles = watch_daemon(root, config, jobs, wrap and wrap + [f"{strace_out}.watch"])
-    label = f"dropbox-runner {mode}, {scheduler} runners" + (f" (every {period:g} s)" if mode == "once" else "")
+    label = (f"dropbox-runner {mode}, {scheduler} runners" + (" (jobs as processes)" if scheduler == "slurm"
+                                                                and launch == "process" else "")
+             + (f" (every {period:g} s)" if mode == "once" else ""))
     return Run(label, jobs, round(wall, 3), round(cpu, 3), dispatch_rate(root / "out"),
                count_ok(root / "dropbox"), cycles)
 
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=0.3, help="seconds between `once` cycles")
     parser.add_argument("--backends", nargs="+", default=["local", "slurm"], choices=["local", "slurm"])
     parser.add_argument("--modes", nargs="+", default=["once", "watch"], choices=["once", "watch"])
+    parser.add_argument("--launch", choices=["step", "process"], default="step",
+                        help="Slurm runners: jobs as job steps (srun, the default) or as processes")
     parser.add_argument("--hq", action="store_true", help="run HyperQueue in one Slurm allocation too")
     parser.add_argument("--fsync-jobs", type=int, default=200, help="jobs in the strace run (0: none)")
     parser.add_argument("--start-cluster", action="store_true",
@@ -347,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(within(hyperqueue, jobs, options.slots))
             for backend in options.backends:
                 for mode in options.modes:
-                    runs.append(within(dropbox_runner, backend, mode, jobs, options.slots, options.period))
+                    runs.append(within(dropbox_runner, backend, mode, jobs, options.slots, options.period, None,
+                                       options.launch))
                     print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         if options.fsync_jobs and "local" in options.backends and shutil.which("strace"):
             for mode in options.modes:
