@@ -123,20 +123,31 @@ def test_killed_mid_batch_at_intake_or_collection_every_job_still_finishes_exact
     assert not [p for p in config.dropbox.iterdir() if p.name.startswith((BATCH_PREFIX, ".tmp-"))]
 
 
-def test_the_local_transport_links_staged_files_and_copies_what_symlinks_point_at(tmp_path):
+def test_the_local_transport_moves_new_entries_and_copies_what_symlinks_point_at(tmp_path):
     source, workspace = tmp_path / "outbox" / "job1", tmp_path / "workspace"
     (source / "input").mkdir(parents=True)
     (source / "job.sh").write_text("echo hi\n")
     user_input = tmp_path / "user-input.txt"
     user_input.write_text("precious\n")
     (source / "input" / "in.txt").symlink_to(user_input)
+    inode = (source / "job.sh").stat().st_ino
     LocalTransport().push(tmp_path / "outbox", str(workspace))
-    assert (workspace / "job1" / "job.sh").stat().st_ino == (source / "job.sh").stat().st_ino
+    assert not source.exists() and (workspace / "job1" / "job.sh").stat().st_ino == inode     # moved
     staged_input = workspace / "job1" / "input" / "in.txt"
     assert not staged_input.is_symlink() and staged_input.stat().st_ino != user_input.stat().st_ino
     staged_input.write_text("changed by the job\n")
     assert user_input.read_text() == "precious\n"
     assert sorted(p.name for p in (workspace / "job1").iterdir()) == ["input", "job.sh"]
+
+
+def test_the_local_transport_links_files_into_a_folder_already_there(tmp_path):
+    source, workspace = tmp_path / "outbox" / "job1", tmp_path / "workspace"
+    source.mkdir(parents=True)
+    (source / "job.sh").write_text("echo hi\n")
+    (workspace / "job1").mkdir(parents=True)
+    LocalTransport().push(tmp_path / "outbox", str(workspace))
+    assert (workspace / "job1" / "job.sh").stat().st_ino == (source / "job.sh").stat().st_ino
+    assert sorted(p.name for p in (workspace / "job1").iterdir()) == ["job.sh"]
 
 
 def test_the_local_backend_collects_done_jobs_where_they_are_without_an_inbox_copy(tmp_path):
