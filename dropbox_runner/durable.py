@@ -9,33 +9,18 @@ commit per file: with a thousand jobs a cycle, most of the cycle.
 
 A batch keeps the order and pays once: its writes go to temporary files, its removals
 wait; at the end of the batch one ``syncfs`` per filesystem makes every written byte
-durable, the renames are done, one ``fsync`` per folder makes them durable, and only then
+durable, the renames are done, one more ``syncfs`` makes them durable, and only then
 are the removals made.  Killed before the end, the batch has renamed nothing and removed
 nothing: the next cycle finds the state before it, which every step already handles.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
 import os
 import tempfile
 from pathlib import Path
 
 from .faults import fault_point
-
-log = logging.getLogger(__name__)
-
-
-def _syncfs_call():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-_SYNCFS = _syncfs_call()
+from .on_hpc.files import sync_files, sync_folders
 
 
 class DurableBatch:
@@ -78,44 +63,6 @@ class DurableBatch:
         for temporary, _ in self.writes:
             _unlink(temporary)
         self.writes, self.removals = [], []
-
-
-def sync_files(paths: list[str]) -> None:
-    """Make the files' data durable: one ``syncfs`` per filesystem where Linux has it,
-    else one ``fsync`` per file."""
-    if _SYNCFS is not None:
-        devices: dict[int, str] = {}
-        for path in paths:
-            devices.setdefault(os.stat(path).st_dev, path)
-        if all(_syncfs(path) for path in devices.values()):
-            return
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def sync_folders(folders: set[str]) -> None:
-    """Make renames into these folders durable (one ``fsync`` of each folder)."""
-    for folder in sorted(folders):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _syncfs(path: str) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _SYNCFS(fd) == 0:
-            return True
-        log.debug("syncfs failed on %s (errno %d); falling back to fsync", path, ctypes.get_errno())
-        return False
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str | Path) -> None:

@@ -93,6 +93,7 @@ class Runner(object):
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
         self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
+        self.ended = []                     # (job id, record) of jobs ended, to be recorded
         self.unfit_seen = set()
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
@@ -248,6 +249,12 @@ class Runner(object):
 
     # -- ending ---------------------------------------------------------------------------
     def _reap(self):
+        try:
+            self._reap_ended()
+        finally:
+            self._record_ended()
+
+    def _reap_ended(self):
         now = time.time()
         for job in list(self.jobs.values()):
             if job.exit is None and not job.cancelled and self.store.cancel_requested(job.job_id):
@@ -272,9 +279,16 @@ class Runner(object):
     def _finish(self, job, code, end):
         del self.jobs[job.job_id]
         self.ledger.release(job.request, job.placement)
-        self.store.finish(self.runner_id, job.job_id,
-                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job))
+        self.ended.append((job.job_id, self._record(job.job_id, job.attempt, job.start, code, end,
+                                                    job.cancelled, job)))
         log("finished %s rc=%s" % (job.job_id, code))
+
+    def _record_ended(self):
+        """The jobs that ended in one pass are recorded together: one sync for all their
+        finished.json files instead of one each (see ``JobStore.finish_many``)."""
+        if self.ended:
+            ended, self.ended = self.ended, []
+            self.store.finish_many(self.runner_id, ended)
 
     def _end(self, job):
         """SIGTERM to the job's process group (srun passes it on to its step), SIGKILL if
@@ -319,6 +333,7 @@ class Runner(object):
             job.process.wait()
             if job.exit is not None and not _looks_signalled(job.exit[0]):
                 self._finish(job, *job.exit)
+                self._record_ended()
                 continue
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
                                          self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)

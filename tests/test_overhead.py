@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config, write_config
 
 from dropbox_runner import durable
@@ -21,7 +22,7 @@ def ledger_job(tmp_path, n):
 class SyncCounter:
     def __init__(self, monkeypatch):
         self.fsyncs = self.syncfs = 0
-        real_fsync, real_syncfs = os.fsync, durable._SYNCFS
+        real_fsync, real_syncfs = os.fsync, files._SYNCFS
 
         def fsync(fd):
             self.fsyncs += 1
@@ -33,7 +34,7 @@ class SyncCounter:
 
         monkeypatch.setattr(os, "fsync", fsync)
         if real_syncfs is not None:
-            monkeypatch.setattr(durable, "_SYNCFS", syncfs)
+            monkeypatch.setattr(files, "_SYNCFS", syncfs)
 
     @property
     def total(self):
@@ -55,7 +56,7 @@ def test_a_cycle_makes_its_files_durable_in_a_few_calls_not_one_per_job(tmp_path
 
 
 def test_without_syncfs_every_file_is_still_fsynced_before_it_is_renamed(tmp_path, monkeypatch):
-    monkeypatch.setattr(durable, "_SYNCFS", lambda fd: -1)     # a filesystem refusing syncfs
+    monkeypatch.setattr(files, "_SYNCFS", lambda fd: -1)     # a filesystem refusing syncfs
     counter = SyncCounter(monkeypatch)
     batch = durable.DurableBatch()
     for n in range(5):
@@ -214,3 +215,24 @@ def test_held_jobs_are_parsed_once_across_cycles_and_a_changed_file_is_read_agai
     (tmp_path / "a.job.submitted").unlink()
     box.scan()
     assert box._held_documents == {}
+
+
+def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path, monkeypatch):
+    from dropbox_runner.on_hpc.jobstore import JobStore
+    from dropbox_runner.on_hpc.protocol import FinishedRecord
+
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    ended = []
+    for n in range(6):
+        job_id = f"sub.j{n}"
+        os.makedirs(store.job_dir(job_id))
+        os.makedirs(store.claimed_dir("r1"), exist_ok=True)
+        open(os.path.join(store.claimed_dir("r1"), job_id), "w").close()
+        ended.append((job_id, FinishedRecord(rc=n, runner="r1")))
+    counter = SyncCounter(monkeypatch)
+    store.finish_many("r1", ended)
+    assert counter.total <= 2, (counter.fsyncs, counter.syncfs)      # was 6: one fsync per finished.json
+    assert sorted(os.listdir(store.done_dir())) == [job_id for job_id, _ in ended]
+    assert [files.read_json(store.finished_path(job_id))["rc"] for job_id, _ in ended] == list(range(6))
+    assert not [name for job_id, _ in ended for name in os.listdir(store.job_dir(job_id)) if name.startswith(".")]
