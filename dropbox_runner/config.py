@@ -46,6 +46,12 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    # The runner policy (on_hpc/policy.py; README "Runner policy"); defaults from bench/simulate.py.
+    user_limit: int = protocol.DEFAULT_USER_LIMIT       # the site's per-user job limit, all classes; 0: none
+    speculate: int = protocol.DEFAULT_SPECULATE         # runners kept pending for any backlog at all
+    submit_cap: int = protocol.DEFAULT_SUBMIT_CAP       # most runner submissions per class per cycle
+    submit_per_hour: int = protocol.DEFAULT_SUBMIT_PER_HOUR   # ... and in any hour
+    adaptive_linger: bool = protocol.DEFAULT_ADAPTIVE_LINGER  # linger only while arrivals pay for it
     nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
     # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
     # N found), a list of ids (local), "none", or None/"auto" (local: find them)
@@ -98,6 +104,7 @@ class Config:
     default_class: str = "default"
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
+    settle_seconds: int = 2              # a .job is taken once unchanged this long (or closed/renamed: watch)
     heartbeat_timeout: int = protocol.DEFAULT_HEARTBEAT_TIMEOUT
     python: str = ""                     # the cluster's interpreter for on_hpc
     cache_dir: Path | None = None        # default: <state_dir>/cache
@@ -118,12 +125,15 @@ class Config:
         return self.hpc_env["scripts"]
 
 
-_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout", "tick"}
+_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "settle_seconds",
+                    "heartbeat_timeout", "tick"}
 _PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file", "cache_dir",
                 "key_file", "known_hosts", "ssh_config"}
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], check_folders: bool = True) -> Config:
+    """Read and check a config.  ``check_folders`` (off only to parse a config meant for
+    another machine) also requires the folders and the key it names to exist here."""
     source = Path(path).expanduser().resolve()
     try:
         text = source.read_text(encoding="utf-8")
@@ -138,10 +148,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             raise ConfigError(f"{source}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values")
-    return build_config(data, source)
+    return build_config(data, source, check_folders)
 
 
-def build_config(data: dict[str, Any], source: Path) -> Config:
+def build_config(data: dict[str, Any], source: Path, check_folders: bool = False) -> Config:
     problems: list[str] = []
     values = _convert(Config, data, problems, "", source.parent)
     if "dropbox" not in values:
@@ -150,6 +160,9 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     config = Config(source=source, **values)
     _fill_defaults(config, problems)
+    _check_extra_args(config, problems)
+    if check_folders:
+        _check_places(config, problems)
     if problems:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     return config
@@ -174,9 +187,11 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners", "nodes"):
+        for key in ("slots", "max_runners", "nodes", "speculate", "submit_cap", "submit_per_hour"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        if settings.user_limit < 0:
+            problems.append(f"classes.{name}.user_limit: must not be negative (0: no limit stated)")
         problems += _resource_problems(config, name, settings)
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"
@@ -233,6 +248,51 @@ def _resource_problems(config: Config, name: str, settings: ResourceClass) -> li
         except ValueError as error:
             problems.append(f"classes.{name}.memory: {error}")
     return problems
+
+
+# What a runner's submission relies on (sched_slurm.sbatch_argv, sched_sge.qsub_argv): a
+# class's extra_args must not override them, or runners go unrecognised, restart on their
+# own or log elsewhere.  Slurm's: long option -> its short form (which may take its value glued).
+RUNNER_OPTIONS = {"--parsable": None, "--job-name": "-J", "--output": "-o", "--error": "-e", "--open-mode": None,
+                  "--chdir": "-D", "--requeue": None, "--no-requeue": None, "--signal": None, "--wrap": None}
+SGE_RUNNER_OPTIONS = {"-terse", "-N", "-o", "-e", "-j", "-wd", "-cwd", "-r", "-b", "-shell"}
+# Folders that are never a dropbox: a typo there would have the submitter write into them.
+SYSTEM_FOLDERS = {Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
+                                    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                                    "/var/tmp", "/var/lib", "/usr/local")}
+
+
+def _check_extra_args(config: Config, problems: list[str]) -> None:
+    for name, settings in config.classes.items():
+        for arg in settings.extra_args:
+            if config.scheduler == "sge":
+                clashes = [arg] if arg in SGE_RUNNER_OPTIONS else []
+            else:
+                clashes = [long for long, short in RUNNER_OPTIONS.items()
+                           if arg == long or arg.startswith(long + "=") or (short and arg.startswith(short))]
+            for option in clashes:
+                problems.append(f"classes.{name}.extra_args: {arg!r} would override {option}, "
+                                f"which the runner's submission sets itself")
+
+
+def _check_places(config: Config, problems: list[str]) -> None:
+    """Folders and files that must already exist: created silently, a typo would go unseen."""
+    dropbox = config.dropbox
+    if dropbox in SYSTEM_FOLDERS or dropbox == Path.home():
+        problems.append(f"dropbox: {dropbox} is a system folder; give the dropbox a folder of its own")
+    elif not dropbox.is_dir():
+        problems.append(f"dropbox: {dropbox} is not a folder (create it, writable by tools and this account)")
+    if config.templates != PACKAGED_TEMPLATES and not config.templates.is_dir():
+        problems.append(f"templates: {config.templates} is not a folder")
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        problems.append(f"metrics_file: the folder {config.metrics_file.parent} does not exist "
+                        f"(node_exporter's textfile folder)")
+    key = config.remote.key_file if config.remote else None
+    if key is not None:
+        if not key.is_file():
+            problems.append(f"remote.key_file: {key} does not exist")
+        elif not os.access(key, os.R_OK):
+            problems.append(f"remote.key_file: {key} is not readable by this account")
 
 
 def default_submitter_id(dropbox: Path) -> str:

@@ -21,13 +21,17 @@ from typing import Any, Iterator
 
 import yaml
 
+from .boundary import is_environment
 from .durable import DurableBatch
+from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
 from .faults import on_fault
-from .jobs import dump_yaml, load_yaml
+from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
 from .on_hpc.files import write_atomic
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
 BATCH_PREFIX = ".dbr-batch-"       # a durable batch's temporary files (see durable.py)
+LONGEST_SUFFIX = len(".submitted")   # what a job file's name must leave room for
+MAX_RESULT_BYTES = 16 << 20          # a result holds at most a MiB each of stdout and stderr
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Listing:
     submitted: list[str]
     finished: set[str]
     cancel: set[str]
+    unusable: dict[str, str] = field(default_factory=dict)   # entry name -> why no result can be written
     batch_leftovers: list[str] = field(default_factory=list)   # temporary files of a killed batch
 
 
@@ -110,33 +115,55 @@ class Dropbox:
         return self.folder / (name + suffix)
 
     def scan(self) -> Listing:
-        """Read the folder once; cost grows with its size, never with reads per job."""
+        """Read the folder once; cost grows with its size, never with reads per job.
+
+        Entries no result can be written for (a folder, a FIFO, a socket, a device, a name
+        too long for the suffixes, a name that is not UTF-8) go to ``unusable``, with the job whose
+        ``.submitted`` or ``.finished`` place such an entry blocks."""
         new, submitted, finished, cancel, leftovers = [], [], set(), set(), []
+        unusable: dict[str, str] = {}
+        name_max = _name_max(self.folder)
         with os.scandir(self.folder) as entries:
             for entry in entries:
                 name = entry.name
-                if name.startswith("."):
-                    if name.startswith(BATCH_PREFIX):
-                        leftovers.append(name)
+                if name.startswith(BATCH_PREFIX):
+                    leftovers.append(name)
                     continue
-                if name.endswith(JOB):
-                    new.append((entry.stat().st_mtime, name))
+                if name.startswith(".") or not name.endswith((JOB, SUBMITTED, FINISHED, CANCEL)):
+                    continue
+                why = _unusable(entry, name_max)
+                if why:
+                    unusable[name] = why
+                elif name.endswith(JOB):
+                    try:
+                        new.append((entry.stat(follow_symlinks=False).st_mtime, name))
+                    except FileNotFoundError:
+                        continue    # taken back by its tool
                 elif name.endswith(SUBMITTED):
                     submitted.append(name[: -len(".submitted")])
                 elif name.endswith(FINISHED):
                     finished.add(name[: -len(".finished")])
-                elif name.endswith(CANCEL):
+                else:
                     cancel.add(name[: -len(".cancel")])
+        for blocker in [name for name in unusable if name.endswith((SUBMITTED, FINISHED))]:
+            job = blocker[: blocker.rindex(JOB) + len(JOB)]
+            if any(name == job for _, name in new):
+                unusable[job] = f"{blocker} is in the way of its result"
+        new = [(mtime, name) for mtime, name in new if name not in unusable]
         held = set(submitted)       # what read_held remembers: only files still there
         self._held_documents = {name: known for name, known in self._held_documents.items() if name in held}
-        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, leftovers)
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, unusable, leftovers)
+
+    def read(self, name: str, suffix: str = "", limit: int = MAX_JOB_FILE_BYTES) -> bytes:
+        """A dropbox file's bytes (regular files only, never through a link, never blocking)."""
+        return read_regular(self.path(name, suffix), limit)
 
     def digest(self, name: str, suffix: str = "") -> str:
-        return hashlib.sha256(self.path(name, suffix).read_bytes()).hexdigest()
+        return hashlib.sha256(self.read(name, suffix)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
         try:
-            return self.path(name, suffix).stat().st_mtime
+            return os.lstat(self.path(name, suffix)).st_mtime
         except FileNotFoundError:
             return 0.0
 
@@ -147,21 +174,25 @@ class Dropbox:
         self._write(self.path(job.name, ".submitted"), dump_yaml(job.to_document()))
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one.
+        """The raw ``.submitted`` document; ValueError when it cannot be read as one,
+        OSError for a fault of the filesystem (EIO, ESTALE) that may pass.
 
-        Remembered while the file stays the same one (inode, size, mtime): the watch
-        daemon's cycles would otherwise parse every held job's file again each time.  The
-        document is shared, not copied: callers only read it.
+        Remembered while the entry stays the same one (inode, size, mtime, not followed
+        through a link): the watch daemon's cycles would otherwise parse every held job's
+        file again each time.  The document is shared, not copied: callers only read it.
         """
-        path = self.path(name, ".submitted")
         try:
-            stat = os.stat(path)
+            stat = os.stat(self.path(name, ".submitted"), follow_symlinks=False)
             identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
             known = self._held_documents.get(name)
             if known is not None and known[0] == identity:
                 return known[1]
-            data = load_yaml(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
+        except OSError as error:
+            if is_environment(error):
+                raise               # a read that may work next time: the job waits
+            raise ValueError(str(error)) from None
+        except (UnicodeDecodeError, yaml.YAMLError, UnusableEntry) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
@@ -170,8 +201,8 @@ class Dropbox:
 
     def read_result(self, name: str) -> dict[str, Any] | None:
         try:
-            data = load_yaml(self.path(name, ".finished").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = load_bounded_yaml(self.read(name, ".finished", MAX_RESULT_BYTES).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, UnusableEntry):
             return None
         return data if isinstance(data, dict) else None
 
@@ -190,3 +221,27 @@ class Dropbox:
             self.path(name, suffix).unlink()
         except FileNotFoundError:
             pass
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _unusable(entry: os.DirEntry, name_max: int) -> str | None:
+    """Why no result can be written for this entry, or None."""
+    name = entry.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if name.endswith(JOB) and len(os.fsencode(name)) + LONGEST_SUFFIX > name_max:
+        return f"its name is too long to add {LONGEST_SUFFIX} characters ({name_max} bytes at most)"
+    if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+        return None     # a link is usable: it is removed, never followed, and a job gets a result
+    try:
+        return f"it is {kind_of(entry.stat(follow_symlinks=False).st_mode)}"
+    except FileNotFoundError:
+        return None

@@ -16,23 +16,38 @@ from typing import Any
 
 import yaml
 
+from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
 from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED_VARIABLES = {"workspace", "scripts", "containers"}
-KNOWN_KEYS = {"script", "args", "input_map", "output_map", "class", "expected_time", "cache", "cpus", "memory",
-              "gpus"}
+# Every key a .job may hold, and what it means: the validation below and the JSON Schema
+# (schema.py, `dropbox-runner schema`) are both built on this table.
+JOB_FIELDS = {
+    "script": "the template to run: <script>.template in the templates folder",
+    "args": "template variables, single values only",
+    "input_map": "absolute paths of input files, by template variable",
+    "output_map": "absolute paths where outputs must end up, by template variable",
+    "class": "the resource class (overrides the template's)",
+    "expected_time": "run time to reserve: 90, 90s, 30m, 2h, 1d or 1-02:00:00",
+    "cache": "false for a tool that is not deterministic (never answered from the result cache)",
+    "cpus": "CPUs the job needs (default: one slots-th of a node of its class)",
+    "memory": "memory the job needs: 500M, 4G, or a bare number of MiB (default: one slots-th of a node's)",
+    "gpus": "GPUs the job needs (default: one slots-th of a node's GPUs, at least one in a GPU class)",
+}
+KNOWN_KEYS = set(JOB_FIELDS)
 MAX_JOB_FILE_BYTES = 1 << 20
 
 
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], incomplete: bool = False):
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.incomplete = incomplete    # does not parse: may still be being written
 
 
 @dataclass
@@ -50,19 +65,29 @@ class JobDescription:
 
 def read_job_file(path: Path) -> dict[str, Any]:
     """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
-    size = path.stat().st_size
-    if size > MAX_JOB_FILE_BYTES:
-        raise JobInvalid([f"the job file is {size} bytes; job descriptions are limited to {MAX_JOB_FILE_BYTES}"])
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    if not text.strip():
-        raise JobInvalid(["the job file is empty"])
     try:
-        data = load_yaml(text)
+        data = read_regular(path, MAX_JOB_FILE_BYTES)
+    except UnusableEntry as error:
+        raise JobInvalid([str(error)]) from None
+    return parse_job_document(data)
+
+
+def parse_job_document(data: bytes) -> dict[str, Any]:
+    """The YAML mapping in a job file's bytes; JobInvalid when it is not one (or is
+    beyond the bounds of ``entries.load_bounded_yaml``)."""
+    text = data.decode("utf-8", errors="replace")
+    if not text.strip():
+        raise JobInvalid(["the job file is empty"], incomplete=True)
+    try:
+        data = load_bounded_yaml(text)
     except yaml.YAMLError as error:
-        raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"]) from None
+        raise JobInvalid([bounded_message(f"the job file is not valid YAML: {' '.join(str(error).split())}",
+                                          500)], incomplete=True) from None
+    except UnusableEntry as error:
+        raise JobInvalid([f"the job file cannot be read: {error}"]) from None
     if not isinstance(data, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(data).__name__}"])
+                          f"not {type(data).__name__}"], incomplete=True)
     return data
 
 
@@ -86,6 +111,8 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
         for key, value in paths.items():
             if not isinstance(value, str) or not os.path.isabs(value):
                 problems.append(f"{section}.{key}: must be an absolute path, got {value!r}")
+            elif "\0" in value:
+                problems.append(f"{section}.{key}: contains a NUL byte")
             elif ".." in Path(value).parts:
                 problems.append(f"{section}.{key}: {value!r} contains '..'")
     names = [*args, *inputs, *outputs]
@@ -106,7 +133,7 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
     if data.get("expected_time") is not None:
         try:
             expected = parse_duration(data["expected_time"])
-        except ValueError as error:
+        except (ValueError, TypeError, OverflowError) as error:
             problems.append(f"expected_time: {error}")
     cache = data.get("cache")
     if cache is not None and not isinstance(cache, bool):
@@ -135,7 +162,10 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
             resources[key] = int(value)
     if data.get("memory") is not None:
         try:
-            resources["memory_mb"] = memory_mb(data["memory"])
+            megabytes = memory_mb(data["memory"])
+            if megabytes is None or megabytes < 0:
+                raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
+            resources["memory_mb"] = megabytes
         except ValueError as error:
             problems.append(f"memory: {error}")
     return resources
@@ -144,6 +174,18 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
 def check_files(job: JobDescription, input_roots: list[Path], output_roots: list[Path]) -> list[str]:
     """Inputs readable files and outputs writable places, inside the allowed roots."""
     problems = []
+    for section, paths in (("input_map", job.input_map), ("output_map", job.output_map)):
+        for key, value in paths.items():
+            try:
+                os.lstat(value)
+                Path(value).resolve()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, RuntimeError) as error:   # too long, a link loop, a NUL
+                detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+                problems.append(f"{section}.{key}: {value} cannot be used: {detail}")
+    if problems:
+        return problems
     for key, value in job.input_map.items():
         path = Path(value)
         real = path.resolve()

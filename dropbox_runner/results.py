@@ -116,6 +116,6 @@ def place_outputs(produced: dict[str, Path], destinations: dict[str, str], tag: 
         for temporary, _ in staged:
             try:
                 temporary.unlink()
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass    # never made, or the folder turned read-only: nothing of ours is there
         raise OutputProblem(f"could not place outputs: {error}") from None

@@ -6,16 +6,20 @@ import os
 import tempfile
 
 
-def write_atomic(path, data, durable=True):
+def write_atomic(path, data, mode=None, durable=True):
     """Write bytes or text next to ``path`` and rename over it (atomic on POSIX).
 
-    ``durable=False`` skips the fsync: the file is still whole or absent after a crash of
-    the writer, but may be lost (or empty) after a crash of the machine; for records
-    whose loss is harmless, as each fsync costs a journal commit.
+    The file is 0600 unless ``mode`` says otherwise (set before the rename, so no reader
+    ever finds it with the wrong one).  ``durable=False`` skips the fsync: the file is
+    still whole or absent after a crash of the writer, but may be lost (or empty) after a
+    crash of the machine; for records whose loss is harmless, as each fsync costs a
+    journal commit.
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             if durable:
@@ -28,29 +32,7 @@ def write_atomic(path, data, durable=True):
 
 
 def write_json(path, value, durable=True):
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable)
-
-
-def write_json_together(items):
-    """Write several JSON files (``(path, value)`` pairs), each atomically, made durable
-    together: every file's data with one ``syncfs`` (one fsync each where there is none),
-    then the renames, then one more ``syncfs`` for them (one fsync per folder).  What depends on them comes after; a
-    crash before the renames leaves none of them, only hidden temporary files."""
-    written = []
-    try:
-        for path, value in items:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-            written.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
-        sync_files([tmp for tmp, _ in written])
-        for tmp, path in written:
-            os.replace(tmp, path)
-        sync_folders(set(os.path.dirname(path) or "." for _, path in written))
-    except BaseException:
-        for tmp, _ in written:
-            _remove_quietly(tmp)
-        raise
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable=durable)
 
 
 def _syncfs_function():

@@ -38,7 +38,7 @@ STATE_MAP = {
     "DEADLINE": ENDING, "OUT_OF_MEMORY": ENDING, "SPECIAL_EXIT": ENDING, "REVOKED": ENDING,
 }
 JOB_NAME_PREFIX = "dbr."
-SQUEUE_FORMAT = "%i|%j|%T|%L"
+SQUEUE_FORMAT = "%i|%j|%T|%L|%r"   # %r: why a pending job waits (Priority, Resources...)
 SQUEUE_TIMEOUT_SECONDS = 60
 SBATCH_TIMEOUT_SECONDS = 120
 
@@ -191,15 +191,16 @@ def parse_squeue(stdout, tag, limits=None):
     found = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 4 or not parts[1].startswith(prefix):
+        if len(parts) not in (4, 5) or not parts[1].startswith(prefix):
             continue
-        sched_id, name, state, left = (part.strip() for part in parts)
+        sched_id, name, state, left = (part.strip() for part in parts[:4])
+        reason = parts[4].strip() if len(parts) == 5 and state == "PENDING" else ""
         runner_id = name[len(prefix):]
         try:
             seconds = parse_time_left(left)
         except ValueError:
             seconds = limits.get(runner_id)
-        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING), seconds)
+        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING), seconds, reason)
     return found
 
 
@@ -223,6 +224,12 @@ def parse_time_left(text):
 
 def scancel_argv(sched_ids):
     return ["scancel"] + [str(sched_id) for sched_id in sched_ids]
+
+
+def scancel_pending_argv(sched_ids):
+    """Cancel only those of the jobs that are still pending: Slurm checks the state as it
+    cancels, so a runner that starts meanwhile is left running."""
+    return ["scancel", "--state=PENDING"] + [str(sched_id) for sched_id in sched_ids]
 
 
 def allocated_gpus(environ):
@@ -282,6 +289,21 @@ class SlurmConnector(Connector):
                 commands.run(scancel_argv(sched_ids), SQUEUE_TIMEOUT_SECONDS)
             except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
+
+    def cancel_pending(self, sched_ids):
+        """Cancel runners that are still pending; returns the ids Slurm was asked to cancel
+        (none when scancel could not be run: a later cycle decides again).  scancel exits
+        non-zero when one of them was no longer pending; the others are cancelled all the
+        same, and the next listing says which."""
+        if not sched_ids:
+            return []
+        try:
+            commands.run(scancel_pending_argv(sched_ids), SQUEUE_TIMEOUT_SECONDS)
+        except commands.CommandUnavailable:
+            return []
+        except commands.CommandFailed:
+            pass
+        return list(sched_ids)
 
     def kill_leftovers(self, job_id, claim):
         """Slurm ends what a lost allocation left running, except processes it does not

@@ -24,7 +24,7 @@ def test_the_ini_hpc_section_is_the_default_class(tmp_path):
                    "[hpc]\ngres = gpu:v100:1\npartition = gpu\nmemory = 32G\ngpuram = 16\n"
                    "[cronjob]\ndropbox = %s\n"
                    "[hpc_env]\nworkspace = /scratch/amp/ws\nscripts = /home/amp/scripts\n" % (tmp_path / "box"))
-    config = load_config(ini)
+    config = load_config(ini, check_folders=False)
     assert config.scheduler == "slurm" and config.backend == "ssh"
     assert list(config.classes) == ["default"] and config.default_class == "default"
     default = config.classes["default"]
@@ -44,6 +44,8 @@ def test_every_class_setting_reaches_sbatch(tmp_path):
     assert gpu == {"partition": "gpu", "gres": "gpu:2", "cpus": 8, "memory": "64G", "time_limit": 7200,
                    "slots": 2, "max_runners": 3, "idle_timeout": 300, "warn_seconds": 90,
                    "extra_args": ["--account=lab", "--qos=normal"], "runner_per_job": False,
+                   "user_limit": 0, "speculate": 1, "submit_cap": 8, "submit_per_hour": 24,
+                   "adaptive_linger": False,
                    "queue": None, "pe": None, "gpus": None, "gpu_resource": "gpu", "memory_resource": "h_vmem",
                    "nodes": 1, "launch": None}
     assert _flags(gpu) == ["--no-requeue", "--partition=gpu", "--gres=gpu:2", "--cpus-per-task=8",

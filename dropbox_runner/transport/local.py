@@ -93,11 +93,16 @@ def _place(source: Path, destination: Path, regular: bool | None = None) -> None
     if regular:
         try:
             os.link(source, partial, follow_symlinks=False)
+            os.replace(partial, destination)
+            return
         except FileExistsError:
             os.unlink(partial)
             return _place(source, destination, regular)
-        except OSError:         # another filesystem, or links not allowed: copy
-            shutil.copy2(source, partial)
-    else:
+        except OSError:
+            pass                # another filesystem, or links not allowed: copy
+    try:
         shutil.copy2(source, partial)
+    except OSError:
+        partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
+        raise
     os.replace(partial, destination)
