@@ -35,6 +35,29 @@ def write_json(path, value, durable=True):
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable=durable)
 
 
+def write_json_together(items):
+    """Write several JSON files (``(path, value)`` pairs), each atomically, made durable
+    together: every file's data with one ``syncfs`` (one fsync each where there is none),
+    then the renames, then one more ``syncfs`` for them (one fsync per folder).  What
+    depends on them comes after; a crash before the renames leaves none of them, only
+    hidden temporary files."""
+    written = []
+    try:
+        for path, value in items:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+            written.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
+        sync_files([tmp for tmp, _ in written])
+        for tmp, path in written:
+            os.replace(tmp, path)
+        sync_folders(set(os.path.dirname(path) or "." for _, path in written))
+    except BaseException:
+        for tmp, _ in written:
+            _remove_quietly(tmp)
+        raise
+
+
 def _syncfs_function():
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).syncfs

@@ -102,6 +102,8 @@ class Runner(object):
         self.jobs = {}
         self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
         self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
+        self.ending = None        # (job id, record) ending in this pass of _reap, recorded at its end
+        self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.unfit_seen = set()
         self._linger_read = None      # (when, seconds): the adaptive linger last read
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
@@ -277,6 +279,26 @@ class Runner(object):
 
     # -- ending ---------------------------------------------------------------------------
     def _reap(self):
+        """End what has ended.  The jobs that ended in one pass are recorded together at
+        its end: one sync for all their finished.json files instead of one each."""
+        self.ending, self.ending_jobs = [], {}
+        try:
+            self._reap_pass()
+        finally:
+            self._record_pass()
+
+    def _record_pass(self):
+        ending, jobs = self.ending, self.ending_jobs
+        self.ending, self.ending_jobs = None, {}
+        if not ending:
+            return
+        try:
+            self.store.finish_many(self.runner_id, ending)
+        except OSError:
+            for job_id, _ in ending:     # one by one, with the full disk's handling
+                self._finish(*jobs[job_id])
+
+    def _reap_pass(self):
         now = time.time()
         for job in list(self.jobs.values()):
             if job.exit is None and not job.cancelled and self.store.cancel_requested(job.job_id):
@@ -290,12 +312,14 @@ class Runner(object):
                 job.exit = (code, now)
             code, end = job.exit
             if job.cancelled:
+                self.ending_jobs[job.job_id] = (job, code, end)
                 self._finish(job, code, end)
                 continue
             if _looks_signalled(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
                 continue
             if _looks_signalled(code) and self.stop_reason:
                 continue   # handed back by _shutdown
+            self.ending_jobs[job.job_id] = (job, code, end)
             self._finish(job, code, end)
 
     def _finish(self, job, code, end):
@@ -332,6 +356,9 @@ class Runner(object):
     def _record_end(self, job_id, record):
         """finished.json; when even that small file does not fit, the job's own output is
         what fills the disk: it is removed and the record says so."""
+        if self.ending is not None:
+            self.ending.append((job_id, record))     # with the others ending in this pass
+            return
         try:
             self.store.finish(self.runner_id, job_id, record)
         except OSError as error:
