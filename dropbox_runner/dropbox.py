@@ -26,7 +26,8 @@ from .durable import DurableBatch
 from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
 from .faults import on_fault
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
-from .on_hpc.files import write_atomic
+from .safefs import write_atomic
+from .seal import SEAL, HoldSeal
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
 BATCH_PREFIX = ".dbr-batch-"       # a durable batch's temporary files (see durable.py)
@@ -105,11 +106,11 @@ class Dropbox:
         for name in listing.batch_leftovers:
             self.discard(name, "")
 
-    def _write(self, path: Path, text: str) -> None:
+    def _write(self, path: Path, data: bytes) -> None:
         if self._batch is not None:
-            self._batch.write(str(path), text)
+            self._batch.write(path, data)
         else:
-            write_atomic(str(path), text)
+            write_atomic(path, data)
 
     def path(self, name: str, suffix: str = "") -> Path:
         return self.folder / (name + suffix)
@@ -159,6 +160,7 @@ class Dropbox:
         return read_regular(self.path(name, suffix), limit)
 
     def digest(self, name: str, suffix: str = "") -> str:
+        """sha256 of a dropbox file; UnusableEntry for a link or a non-file (never followed)."""
         return hashlib.sha256(self.read(name, suffix)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
@@ -170,12 +172,15 @@ class Dropbox:
     def age(self, name: str) -> float:
         return time.time() - (self.mtime(name) or time.time())
 
-    def hold(self, job: HeldJob) -> None:
-        self._write(self.path(job.name, ".submitted"), dump_yaml(job.to_document()))
+    def hold(self, job: HeldJob, seal: HoldSeal) -> None:
+        document = job.to_document()
+        document[SEAL] = seal.sign(document)
+        self._write(self.path(job.name, ".submitted"), dump_yaml(document).encode())
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one,
-        OSError for a fault of the filesystem (EIO, ESTALE) that may pass.
+        """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
+        ValueError when it cannot be read as one, OSError for a fault of the filesystem
+        (EIO, ESTALE) that may pass.
 
         Remembered while the entry stays the same one (inode, size, mtime, not followed
         through a link): the watch daemon's cycles would otherwise parse every held job's
@@ -211,7 +216,7 @@ class Dropbox:
         document = dict(description or {})
         document.pop("job", None)
         document["job"] = block
-        self._write(self.path(name, ".finished"), dump_yaml(document))
+        self._write(self.path(name, ".finished"), dump_yaml(document).encode())
 
     def discard(self, name: str, suffix: str) -> None:
         if self._batch is not None:

@@ -16,31 +16,46 @@ nothing: the next cycle finds the state before it, which every step already hand
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .faults import fault_point
 from .on_hpc.files import sync_files, sync_folders
+from .safefs import CREATE_FLAGS
 
 
 class DurableBatch:
-    """Writes and removals of one step of a cycle, made durable in one go by ``commit``."""
+    """Writes and removals of one step of a cycle, made durable in one go by ``commit``.
+
+    Written as ``safefs.write_atomic`` writes (a fresh unguessable temporary created with
+    ``O_EXCL|O_NOFOLLOW`` inside the opened folder, renamed there, ``mode`` masked by the
+    umask), less the fsync of each file."""
 
     def __init__(self, prefix: str = ".tmp-") -> None:
         self.prefix = prefix
-        self.writes: list[tuple[str, str]] = []      # (temporary file, final path), in order
+        self.writes: list[tuple[Path, str, str]] = []      # (folder, temporary name, final name), in order
         self.removals: list[Path] = []
 
-    def write(self, path: str, data: str | bytes) -> None:
+    def write(self, path: Path, data: bytes, mode: int = 0o666) -> None:
         """Write ``data`` beside ``path`` under a hidden temporary name; renamed at commit."""
-        fd, temporary = tempfile.mkstemp(prefix=self.prefix, dir=os.path.dirname(path) or ".")
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        except BaseException:
-            _unlink(temporary)
-            raise
-        self.writes.append((temporary, path))
+            while True:
+                temporary = f"{self.prefix}{path.name[:64]}.{secrets.token_hex(8)}"
+                try:
+                    fd = os.open(temporary, CREATE_FLAGS, mode, dir_fd=folder)
+                    break
+                except FileExistsError:
+                    continue
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+            except BaseException:
+                _unlink(temporary, folder)
+                raise
+        finally:
+            os.close(folder)
+        self.writes.append((path.parent, temporary, path.name))
 
     def remove(self, path: Path) -> None:
         """Remove ``path`` once everything written before it is durable."""
@@ -50,23 +65,21 @@ class DurableBatch:
         writes, removals = self.writes, self.removals
         self.writes, self.removals = [], []
         if writes:
-            sync_files([temporary for temporary, _ in writes])
+            sync_files([str(folder / temporary) for folder, temporary, _ in writes])
             fault_point("in_batch")
-            for temporary, path in writes:
-                os.replace(temporary, path)
-            sync_folders({os.path.dirname(path) or "." for _, path in writes})
+            for folder, temporary, name in writes:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.rename(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
+                finally:
+                    os.close(fd)
+            sync_folders({str(folder) for folder, _, _ in writes})
         for path in removals:
             _unlink(path)
 
-    def abandon(self) -> None:
-        """Drop what was written and not committed (the state before the batch stays)."""
-        for temporary, _ in self.writes:
-            _unlink(temporary)
-        self.writes, self.removals = [], []
 
-
-def _unlink(path: str | Path) -> None:
+def _unlink(path: str | Path, folder: int | None = None) -> None:
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=folder)
     except FileNotFoundError:
         pass

@@ -16,50 +16,49 @@ class LocalTransport:
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
         """Like rsync: ``local_dir``'s content ends up in ``remote_dir``.  A folder not there
-        yet is moved, not copied (a job's outbox entry: two folders and two files fewer to
-        make and remove per job); what its symlinks point at is copied into it first, so
-        the cluster side never holds a link to a file of the submitter's side."""
+        yet is moved, not copied: a job's outbox entry (the submitter's own files, its
+        inputs already copies) costs two folders and two files fewer to make and remove."""
         target = Path(remote_dir)
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         for entry in os.scandir(local_dir):
             destination = target / entry.name
             if entry.is_dir(follow_symlinks=False) and not os.path.lexists(destination):
                 try:
-                    _resolve_links(Path(entry.path))
                     os.rename(entry.path, destination)
                     continue
                 except OSError:
-                    pass        # another filesystem, or a race: copy as below
+                    pass        # another filesystem, or a race: copied below
             if entry.is_dir():
                 _copy_tree(Path(entry.path), destination)
-            else:
-                _place(Path(entry.path), destination)
+            elif entry.is_file():
+                shutil.copy2(entry.path, destination)
 
     def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
+        """As the rsync pull: links a job left (a tar it unpacked, say) are never followed
+        back, and only regular files come (a FIFO would block the cycle)."""
         for relative in relative_paths:
             source = Path(remote_dir) / relative
             target = local_dir / relative
-            if source.is_dir():
-                _copy_tree(source, target)
-            elif source.exists():
+            if source.is_dir() and not source.is_symlink():
+                _copy_tree(source, target, follow=False)
+            elif source.is_file() and not source.is_symlink():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _place(source, target)
-
-    def local_folder(self, remote_dir: str) -> Path:
-        """The cluster's folder is this machine's: collection reads done jobs in place."""
-        return Path(remote_dir)
+                shutil.copy2(source, target, follow_symlinks=False)
 
     def close(self) -> None:
         pass
 
 
-def _copy_tree(source: Path, target: Path) -> None:
-    """Like ``rsync -rL``: follow symlinks, skip files already there unchanged."""
+def _copy_tree(source: Path, target: Path, follow: bool = True) -> None:
+    """Like ``rsync -rL`` (``follow``) or ``rsync -r`` (links and other non-files skipped);
+    files already there unchanged are skipped."""
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     for entry in os.scandir(source):
         destination = target / entry.name
-        if entry.is_dir():
-            _copy_tree(Path(entry.path), destination)
+        if entry.is_dir(follow_symlinks=follow):
+            _copy_tree(Path(entry.path), destination, follow)
+            continue
+        if not entry.is_file(follow_symlinks=follow):
             continue
         stat = os.stat(entry.path)
         try:
@@ -68,41 +67,10 @@ def _copy_tree(source: Path, target: Path) -> None:
                 continue
         except FileNotFoundError:
             pass
-        _place(Path(entry.path), destination, regular=entry.is_file(follow_symlinks=False))
-
-
-def _resolve_links(folder: Path) -> None:
-    """Replace every symlink under ``folder`` by a copy of what it points at."""
-    for parent, folders, files in os.walk(folder):
-        for name in folders + files:
-            path = Path(parent, name)
-            if path.is_symlink():
-                _place(path, path, regular=False)
-
-
-def _place(source: Path, destination: Path, regular: bool | None = None) -> None:
-    """Put a copy of ``source`` at ``destination`` atomically.  A regular file on the same
-    filesystem is hard-linked: one metadata operation instead of a create, a copy, a
-    ``utime``, a ``chmod`` and a rename, per file and twice per job (staged, collected).
-    Neither side rewrites such a file in place (a job's output folder is made anew for
-    each run), so sharing the inode is safe; a symlink (a job's input) is followed and
-    copied, as ``rsync -L`` would."""
-    partial = destination.with_name(f".{destination.name}.partial")
-    if regular is None:
-        regular = source.is_file() and not source.is_symlink()
-    if regular:
+        partial = destination.with_name(f".{entry.name}.partial")
         try:
-            os.link(source, partial, follow_symlinks=False)
-            os.replace(partial, destination)
-            return
-        except FileExistsError:
-            os.unlink(partial)
-            return _place(source, destination, regular)
+            shutil.copy2(entry.path, partial)
         except OSError:
-            pass                # another filesystem, or links not allowed: copy
-    try:
-        shutil.copy2(source, partial)
-    except OSError:
-        partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
-        raise
-    os.replace(partial, destination)
+            partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
+            raise
+        os.replace(partial, destination)
