@@ -22,7 +22,8 @@ from .boundaries import startup_warnings
 from .cluster import ClusterSide
 from .config import Config, load_config
 from .lock import cycle_lock
-from .submitter import CycleReport, Submitter, run_cycle
+from .report import CycleReport
+from .submitter import Submitter, run_cycle
 from .transport import TransportError, open_transport
 
 log = logging.getLogger(__name__)

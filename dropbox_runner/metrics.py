@@ -14,14 +14,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import Config
 from .on_hpc.files import write_atomic
 from .on_hpc.protocol import JobState, RunnerState
-
-if TYPE_CHECKING:
-    from .submitter import CycleReport
+from .report import CycleReport
 
 DROPBOX_STATES = (JobState.WAITING, JobState.SUBMITTED, JobState.FINISHED)
 CLUSTER_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)

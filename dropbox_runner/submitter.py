@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .boundaries import boundaries_for
 from .boundary import Boundary
@@ -39,6 +37,7 @@ from .metrics import record_cycle
 from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
+from .report import CycleReport
 from .results import error_block
 from .seal import SEAL, HoldSeal
 from .space import (
@@ -55,31 +54,6 @@ from .transport import Transport, TransportError
 from .unusable import note_unusable
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CycleReport:
-    taken: int = 0
-    rejected: int = 0
-    cached: int = 0
-    cancelled: int = 0
-    sent: int = 0
-    finished_ok: int = 0
-    finished_error: int = 0
-    requeued: int = 0
-    runners_submitted: int = 0
-    runners_cancelled: int = 0
-    held: int = 0
-    held_ids: list[str] = field(default_factory=list)
-    collected_ids: list[str] = field(default_factory=list)
-    dropbox_counts: dict[str, int] = field(default_factory=dict)
-    cluster_errors: list[str] = field(default_factory=list)
-    environment_errors: list[str] = field(default_factory=list)   # jobs that wait for this machine's fault
-    abandoned: list[str] = field(default_factory=list)   # failed here; the cluster drops what it has of them
-    unsent: list[str] = field(default_factory=list)      # their push ran out of space; sent again later
-    states: dict[str, int] = field(default_factory=dict)
-    runners: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 class Submitter:

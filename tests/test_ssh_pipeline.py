@@ -21,7 +21,8 @@ from dropbox_runner import cli
 from dropbox_runner.client import submit
 from dropbox_runner.config import Config, load_config
 from dropbox_runner.dropbox import Dropbox
-from dropbox_runner.submitter import CycleReport, run_once
+from dropbox_runner.report import CycleReport
+from dropbox_runner.submitter import run_once
 from dropbox_runner.transport import TransportError, open_transport
 
 BURST = int(os.environ.get("DBR_SSH_BURST", "20"))
