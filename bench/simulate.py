@@ -9,10 +9,12 @@ under three policies:
 * ``1:1``: one scheduler job per dropped job, each waiting its own queue wait;
 * ``hpc_batch``: the original, one sequential runner for every job, kept in the queue while
   jobs wait and gone as soon as none remain;
-* ``dropbox-runner``: this project's policy, as ``on_hpc/headnode.py:ensure_runner`` and
-  ``on_hpc/runner.py`` implement it: a runner per resource class with slots, extra runners
-  only for a backlog larger than the free slots, at most one submission per class per cycle,
-  no job started that would outlast the walltime, and an idle linger.
+* ``dropbox-runner``: this project's runners, submitted and cancelled by the head node's own
+  decision function (``on_hpc/policy.py``, called here, not copied): a runner per resource
+  class with slots, enough runners pending to cover the backlog (the first to start takes
+  the work), surplus pending runners cancelled when the backlog is gone, caps per cycle and
+  per hour, no job started that would outlast the walltime, and an idle linger (fixed, or
+  only while recent arrivals pay for it).
 
 All three face the same cluster, which limits one user's allocations roughly as real sites
 do (``Cluster``):
@@ -42,14 +44,15 @@ modelled: it would only make ``1:1`` worse.
 Which term matters: on the default trace the running limit alone hardly slows ``1:1`` (its
 median turnaround goes from 4.3 h to 4.7 h), because the spread of queue waits already
 staggers a burst's allocations (without a limit at most 26 ran at once).  The fairshare term
-is what makes ``1:1`` pay for asking for hundreds of allocations at once, so the comparison
-of ``1:1`` with batching depends on its weight: at 0.05 h ``1:1``'s median is about 9.8 h
-against the runners' 6.7 h, at 0.02 h they are about level (6.9 h and 6.7 h), at 0 ``1:1``
-wins (4.3 h).  Runner policies keep a few allocations pending at most, so neither term
-changes them much.
+is what makes ``1:1`` pay for asking for hundreds of allocations at once.  The first runner
+policy (one submission per class per cycle, two runners at most) lost to ``1:1`` at fairshare
+0; the backlog-proportional one beats it at every percentile, fairshare 0 included, as long
+as the running limit holds (``--sweep``, README "The queue-wait simulation").
 
 It prints turnaround percentiles, scheduler submissions, the most allocations that ran at once
-and allocation-hours per policy, and draws the turnaround distributions.  Times are in hours
+and allocation-hours per policy, and draws the turnaround distributions; ``--sweep`` does so
+over a grid of fairshare terms, queue waits and running limits, and says at each point
+whether ours met the bar against ``1:1``.  Times are in hours
 throughout.  Only the plot needs a package outside the standard library (matplotlib, imported
 when the plot is drawn).
 """
@@ -66,6 +69,9 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from on_hpc import policy as runner_policy  # noqa: E402  (the head node's own decision function)
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
 HOURS_PER_SECOND = 1 / 3600
@@ -120,13 +126,25 @@ class UserLimits:
 
 @dataclass(frozen=True)
 class RunnerClass:
-    """A resource class as the config declares it (``config.ResourceClass``), in hours."""
+    """A resource class as the config declares it (``config.ResourceClass``), in hours.
+
+    The submission settings (``speculate`` and after) default to ``on_hpc/policy.py``'s."""
 
     slots: int
     max_runners: int
     idle_timeout: float
     walltime: float
     gpu: bool          # each slot holds one GPU; otherwise one CPU core
+    adaptive_linger: bool = True
+    user_limit: int = 0
+    speculate: int = runner_policy.SPECULATE
+    submit_cap: int = runner_policy.SUBMIT_CAP
+    submit_per_hour: int = runner_policy.SUBMIT_PER_HOUR
+
+    def settings(self) -> runner_policy.Settings:
+        """What ``on_hpc/policy.py`` reads, in its seconds."""
+        return runner_policy.Settings(self.slots, self.max_runners, self.user_limit, self.speculate, self.submit_cap,
+                               self.submit_per_hour, self.idle_timeout * 3600, self.adaptive_linger)
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class Outcome:
     gpu_hours: float          # GPUs held by allocations x hours, from start to end
     core_hours: float
     allocations: list[tuple[float, float]]   # (start, end) of every allocation, in start order
+    cancelled: int = 0        # allocations cancelled while still pending
 
 
 def cycle_index(hour: float, tick: float) -> int:
@@ -202,6 +221,15 @@ class EventLoop:
             action(now, *args)
 
 
+class Ticket:
+    """One submitted allocation until it starts: what ``Cluster.cancel`` takes back."""
+
+    def __init__(self, on_start: Callable[[float, int], None]):
+        self.on_start = on_start
+        self.cancelled = False
+        self.started = False
+
+
 class Cluster:
     """The batch scheduler as one user sees it: queue waits, the fairshare term, the running limit.
 
@@ -209,35 +237,51 @@ class Cluster:
     allocations pending at that moment, and calls ``on_start(hour, token)`` once the wait has
     passed and a place under the running limit is free; the owner hands ``token`` back to
     ``end`` when the allocation leaves.  Allocations held by the limit start first come (first
-    eligible) first served.
+    eligible) first served.  ``cancel`` takes back one that has not started (``scancel`` of a
+    pending job), which then no longer counts as pending.
     """
 
     def __init__(self, loop: EventLoop, queue: QueueWait, limits: UserLimits, rng: random.Random):
         self.loop, self.queue, self.limits, self.rng = loop, queue, limits, rng
         self.pending = 0      # submitted and not started, whether still waiting or held by the limit
         self.running = 0
-        self.held: deque[Callable[[float, int], None]] = deque()
+        self.held: deque[Ticket] = deque()
         self.allocations: list[list[float]] = []   # [start, end] per started allocation
+        self.cancelled = 0
 
-    def submit(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def submit(self, now: float, on_start: Callable[[float, int], None]) -> Ticket:
         wait = self.queue.draw(self.rng) + self.limits.fairshare_hours_per_pending * self.pending
         self.pending += 1
-        self.loop._at(now + wait, self._eligible, on_start)
+        ticket = Ticket(on_start)
+        self.loop._at(now + wait, self._eligible, ticket)
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        if ticket.started or ticket.cancelled:
+            raise ValueError("only a pending allocation can be cancelled")
+        ticket.cancelled = True
+        self.pending -= 1
+        self.cancelled += 1
+        if ticket in self.held:
+            self.held.remove(ticket)
 
     def _room(self) -> bool:
         return not self.limits.max_running or self.running < self.limits.max_running
 
-    def _eligible(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def _eligible(self, now: float, ticket: Ticket) -> None:
+        if ticket.cancelled:
+            return
         if self._room() and not self.held:
-            self._start(now, on_start)
+            self._start(now, ticket)
         else:
-            self.held.append(on_start)
+            self.held.append(ticket)
 
-    def _start(self, now: float, on_start: Callable[[float, int], None]) -> None:
+    def _start(self, now: float, ticket: Ticket) -> None:
         self.pending -= 1
         self.running += 1
+        ticket.started = True
         self.allocations.append([now, math.nan])
-        on_start(now, len(self.allocations) - 1)
+        ticket.on_start(now, len(self.allocations) - 1)
 
     def end(self, now: float, token: int) -> None:
         self.running -= 1
@@ -302,11 +346,13 @@ class Runner:
 
     class_name: str
     settings: RunnerClass
+    submitted: float = 0.0
     start: float | None = None     # None while it waits in the queue
     deadline: float = math.inf
     running: int = 0
     idle_since: float | None = None
     token: int = -1                # the cluster's handle on the allocation, once started
+    ticket: Ticket | None = None
 
     def free_slots(self) -> int:
         return self.settings.slots - self.running
@@ -315,13 +361,21 @@ class Runner:
         """A pending runner will have its whole walltime, as headnode counts it."""
         return self.settings.walltime if self.start is None else self.deadline - now
 
+    def view(self, now: float) -> runner_policy.Runner:
+        """The runner as ``on_hpc/policy.py`` sees it, in seconds."""
+        state = runner_policy.PENDING if self.start is None else "running"
+        return runner_policy.Runner(id(self), state, self.running, self.time_left(now) * 3600)
+
 
 class RunnerSimulation(EventLoop):
     """The event loop of a runner policy: submitter cycles, runner starts, job ends, idle exits.
 
     Within a cycle the submitter decides before runners claim what it just staged, as in
     headnode's ``cycle``; runners claim the moment a job is ready or a slot frees, since the
-    real runner polls every fraction of a second.
+    real runner polls every fraction of a second.  What to submit and cancel, and how long
+    an idle runner lingers, is ``on_hpc/policy.py``'s decision, fed what the head node
+    would know: ready jobs, live runners, recent arrivals and submissions, and queue waits
+    seen so far.
     """
 
     def __init__(self, jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tick: float,
@@ -340,6 +394,9 @@ class RunnerSimulation(EventLoop):
         self.done: dict[int, float] = {}
         self.submissions = 0
         self.held: dict[bool, list[float]] = {True: [], False: []}   # gpu? -> unit-hours per allocation
+        self.arrivals: dict[str, deque[float]] = {name: deque() for name in policy.classes}   # seconds
+        self.submitted: dict[str, deque[float]] = {name: deque() for name in policy.classes}  # seconds
+        self.queue_wait: dict[str, float | None] = dict.fromkeys(policy.classes)            # seconds
 
     def run(self) -> Outcome:
         if self.by_drop:
@@ -347,59 +404,76 @@ class RunnerSimulation(EventLoop):
         self._drain()
         return Outcome(self.policy.name, self.jobs, [self.done[job.id] - job.drop for job in self.jobs],
                        self.submissions, math.fsum(self.held[True]), math.fsum(self.held[False]),
-                       self.cluster.intervals())
+                       self.cluster.intervals(), self.cluster.cancelled)
 
     def _cycle_at(self, index: int) -> None:
         self._at(index * self.tick, self._cycle, index)
 
     # -- the submitter ---------------------------------------------------------------------
     def _cycle(self, now: float, index: int) -> None:
-        self._stage(index)
+        self._stage(index, now)
         for name in sorted(self.policy.classes):
-            if self._needs_runner(name, now):
-                self._submit(name, now)
+            self._ensure(name, now)
         for name in sorted(self.policy.classes):
             for runner in list(self.live[name]):
                 if runner.start is not None:
                     self._claim_and_settle(runner, now)
-        # Cycles that would find nothing to stage and no waiting job change nothing: skip them.
-        if any(self.ready.values()):
+        # Cycles that would find nothing to stage, no waiting job and no pending runner to
+        # cancel change nothing: skip them.
+        if any(self.ready.values()) or self._surplus_pending():
             self._cycle_at(index + 1)
         elif self.staged < len(self.by_drop):
             self._cycle_at(cycle_index(self.by_drop[self.staged].drop, self.tick))
 
-    def _stage(self, index: int) -> None:
+    def _surplus_pending(self) -> bool:
+        return any(runner.start is None for runners in self.live.values() for runner in runners)
+
+    def _stage(self, index: int, now: float) -> None:
         """Make ready every job dropped since the last cycle, in drop order."""
         while self.staged < len(self.by_drop):
             job = self.by_drop[self.staged]
             if cycle_index(job.drop, self.tick) > index:
                 return
-            self.ready[self.policy.route[job.job_class]].append(job)
+            name = self.policy.route[job.job_class]
+            self.ready[name].append(job)
+            self.arrivals[name].append(now * 3600)
             self.staged += 1
 
-    def _needs_runner(self, name: str, now: float) -> bool:
-        """headnode's ensure_runner: a runner for ready work, more only for a larger backlog."""
-        ready, live = self.ready[name], self.live[name]
-        if not ready:
-            return False
-        if not live:
-            return True
-        if len(live) >= self.policy.classes[name].max_runners:
-            return False
-        if len(ready) > sum(runner.free_slots() for runner in live):
-            return True
-        longest_left = max(runner.time_left(now) for runner in live)
-        return any(job.run > longest_left for job in ready)
+    def _ensure(self, name: str, now: float) -> None:
+        """headnode's ensure step: ``runner_policy.decide``, then the cancels and the submissions."""
+        live = self.live[name]
+        if not any(runner.start is None for runner in live) and (
+                not self.ready[name] or len(live) >= self.policy.classes[name].max_runners):
+            return     # what decide would say (nothing to submit, none pending to cancel), sooner
+        seconds = now * 3600
+        settings = self.policy.classes[name].settings()
+        submitted = self.submitted[name]
+        while submitted and seconds - submitted[0] >= runner_policy.HOUR:
+            submitted.popleft()
+        others = sum(len(runners) for other, runners in self.live.items() if other != name)
+        decision = runner_policy.decide(settings, [job.run * 3600 for job in self.ready[name]],
+                                        [runner.view(now) for runner in live], others, len(submitted),
+                                        self.queue_wait[name])
+        cancel = set(decision.cancel)
+        for runner in [runner for runner in self.live[name] if id(runner) in cancel]:
+            self.cluster.cancel(runner.ticket)
+            self.live[name].remove(runner)
+        for _ in range(decision.submit):
+            self._submit(name, now)
+            submitted.append(seconds)
 
     def _submit(self, name: str, now: float) -> None:
-        runner = Runner(name, self.policy.classes[name])
+        runner = Runner(name, self.policy.classes[name], submitted=now)
         self.live[name].append(runner)
         self.submissions += 1
-        self.cluster.submit(now, lambda start, token: self._start(start, runner, token))
+        runner.ticket = self.cluster.submit(now, lambda start, token: self._start(start, runner, token))
 
     # -- the runner ------------------------------------------------------------------------
     def _start(self, now: float, runner: Runner, token: int) -> None:
         runner.start, runner.deadline, runner.token = now, now + runner.settings.walltime, token
+        name = runner.class_name
+        waited = (now - runner.submitted) * 3600
+        self.queue_wait[name] = runner_policy.queue_wait_estimate(self.queue_wait[name], waited)
         self._claim_and_settle(runner, now)
 
     def _end_job(self, now: float, runner: Runner, job: Job) -> None:
@@ -416,7 +490,29 @@ class RunnerSimulation(EventLoop):
             self._leave(now, runner)
         elif runner.idle_since is None:
             runner.idle_since = now
-            self._at(min(now + runner.settings.idle_timeout, runner.deadline), self._idle_expired, runner, now)
+            self._idle_check(now, runner, now)
+
+    def _linger(self, runner: Runner, now: float) -> float:
+        """``runner_policy.linger_seconds`` with the class's recent arrival rate, in hours."""
+        name, seconds = runner.class_name, now * 3600
+        arrivals = self.arrivals[name]
+        while arrivals and seconds - arrivals[0] >= runner_policy.ARRIVAL_WINDOW:
+            arrivals.popleft()
+        wait = self.queue_wait[name]
+        rate = runner_policy.arrival_rate(arrivals, seconds)
+        return runner_policy.linger_seconds(runner.settings.settings(), rate,
+                                     runner_policy.QUEUE_WAIT_GUESS if wait is None else wait) / 3600
+
+    def _idle_check(self, now: float, runner: Runner, idle_since: float) -> None:
+        """Leave once idle as long as the linger the policy gives now; else look again then
+        (a real idle runner re-reads it every poll)."""
+        if runner not in self.live[runner.class_name] or runner.idle_since != idle_since:
+            return
+        until = min(idle_since + self._linger(runner, now), runner.deadline)
+        if now >= until - 1e-12:
+            self._leave(now, runner)
+        else:
+            self._at(until, self._idle_check, runner, idle_since)
 
     def _claim(self, runner: Runner, now: float) -> bool:
         """Claim ready jobs oldest first, skipping those that would outlast the walltime."""
@@ -431,10 +527,6 @@ class RunnerSimulation(EventLoop):
             self._at(now + job.run, self._end_job, runner, job)
         waiting.extendleft(reversed(skipped))
         return bool(skipped)
-
-    def _idle_expired(self, now: float, runner: Runner, idle_since: float) -> None:
-        if runner in self.live[runner.class_name] and runner.idle_since == idle_since:
-            self._leave(now, runner)
 
     def _leave(self, now: float, runner: Runner) -> None:
         self.live[runner.class_name].remove(runner)
@@ -451,7 +543,8 @@ def run_runners(jobs: Sequence[Job], policy: RunnerPolicy, queue: QueueWait, tic
 
 def policies(classes: dict[str, RunnerClass]) -> list[RunnerPolicy]:
     """hpc_batch and ours; hpc_batch had one GPU runner for every job and no linger."""
-    hpc_batch = RunnerClass(slots=1, max_runners=1, idle_timeout=0.0, walltime=classes[GPU].walltime, gpu=True)
+    hpc_batch = RunnerClass(slots=1, max_runners=1, idle_timeout=0.0, walltime=classes[GPU].walltime, gpu=True,
+                            adaptive_linger=False)
     return [RunnerPolicy("hpc_batch", {GPU: hpc_batch}, {GPU: GPU, CPU: GPU}),
             RunnerPolicy("dropbox-runner", classes, {GPU: GPU, CPU: CPU})]
 
@@ -490,7 +583,7 @@ def summarize(outcome: Outcome) -> dict[str, Any]:
         "submissions": outcome.submissions,
         "peak_running": peak_running(outcome.allocations),
         "gpu_hours_held": round(outcome.gpu_hours, 2),
-        "gpu_hours_idle": round(outcome.gpu_hours - gpu_busy, 2),
+        "gpu_hours_idle": round(outcome.gpu_hours - gpu_busy, 2) + 0.0,   # never -0.0
         "core_hours_held": round(outcome.core_hours, 2),
     }
 
@@ -549,6 +642,97 @@ def plot(outcomes: Sequence[Outcome], summaries: Sequence[dict[str, Any]], path:
     plt.close(figure)
 
 
+# -- the sweep -----------------------------------------------------------------------------
+
+SWEEP_FAIRSHARE = (0.0, 0.02, 0.05, 0.1)
+SWEEP_QUEUE_MEDIAN = (0.5, 1.0, 2.0, 4.0, 8.0, 12.0)
+SWEEP_USER_LIMIT = (10, 0)
+
+
+def sweep(jobs: Sequence[Job], args: argparse.Namespace, fairshares: Sequence[float] = SWEEP_FAIRSHARE,
+          medians: Sequence[float] = SWEEP_QUEUE_MEDIAN,
+          user_limits: Sequence[int] = SWEEP_USER_LIMIT) -> list[dict[str, Any]]:
+    """The three policies at every grid point; each row says whether ours met the bar (p50, p90
+    and p99 at or below 1:1's, GPU-hours at most 1:1's + 10%, at most a fifth of its submissions)."""
+    rows = []
+    for limit, fairshare, median in itertools.product(user_limits, fairshares, medians):
+        point = argparse.Namespace(**dict(vars(args), max_running_per_user=limit))
+        queue = QueueWait(median, args.queue_sigma, args.queue_max_hours)
+        outcomes = compare(jobs, runner_classes(point), queue, args.tick * HOURS_PER_SECOND, args.seed,
+                           UserLimits(limit, fairshare))
+        summaries = {outcome.policy: summarize(outcome) for outcome in outcomes}
+        rows.append({"user_limit": limit, "fairshare": fairshare, "queue_median": median,
+                     "results": summaries, "misses": misses(summaries["dropbox-runner"], summaries["1:1"])})
+    return rows
+
+
+def misses(ours: dict[str, Any], one_to_one: dict[str, Any]) -> list[str]:
+    """Where ours falls short of the bar against 1:1 (empty: it meets it)."""
+    missed = [name for name in ("p50", "p90", "p99")
+              if ours["turnaround_hours"][name] > one_to_one["turnaround_hours"][name]]
+    if ours["gpu_hours_held"] > 1.1 * one_to_one["gpu_hours_held"]:
+        missed.append("GPU-h")
+    if 5 * ours["submissions"] > one_to_one["submissions"]:
+        missed.append("submissions")
+    return missed
+
+
+def format_sweep(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["limit  fairshare  queue  | ours p50/p90/p99 h    GPU-h  subm | 1:1 p50/p90/p99 h     GPU-h  subm"
+             " | hpc_batch p50 h | misses"]
+    for row in rows:
+        ours, one, batch = (row["results"][name] for name in ("dropbox-runner", "1:1", "hpc_batch"))
+        lines.append(("%5s  %9.2f  %5.1f  | %5.2f %5.2f %6.2f  %6.0f  %4d | %5.2f %5.2f %6.2f  %6.0f  %4d"
+                      " | %15.1f | %s") % (
+            row["user_limit"] or "none", row["fairshare"], row["queue_median"],
+            *(ours["turnaround_hours"][name] for name in ("p50", "p90", "p99")), ours["gpu_hours_held"],
+            ours["submissions"], *(one["turnaround_hours"][name] for name in ("p50", "p90", "p99")),
+            one["gpu_hours_held"], one["submissions"], batch["turnaround_hours"]["p50"],
+            ", ".join(row["misses"]) or "-"))
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Top: turnaround percentiles against GPU-hours held, one point per policy and grid point.
+    Bottom: the same percentiles against the queue-wait median at fairshare 0, the hardest case
+    for batching, with the per-user limit (solid) and without (dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = (("1:1", "o"), ("hpc_batch", "s"), ("dropbox-runner", "^"))
+    figure, panels = plt.subplots(2, 3, figsize=(15, 8.5))
+    for column, percentile_name in enumerate(("p50", "p90", "p99")):
+        top, bottom = panels[0][column], panels[1][column]
+        for number, (policy_name, marker) in enumerate(names):
+            colour = "C%d" % number
+            top.scatter([row["results"][policy_name]["gpu_hours_held"] for row in rows],
+                        [row["results"][policy_name]["turnaround_hours"][percentile_name] for row in rows],
+                        marker=marker, color=colour, label=policy_name, alpha=0.7)
+            for limit, style in sorted({(row["user_limit"], "-" if row["user_limit"] else "--") for row in rows}):
+                line = sorted((row["queue_median"], row["results"][policy_name]["turnaround_hours"][percentile_name])
+                              for row in rows if row["fairshare"] == 0 and row["user_limit"] == limit)
+                bottom.plot([x for x, _ in line], [y for _, y in line], style, marker=marker, color=colour,
+                            label="%s, limit %s" % (policy_name, limit or "none"))
+        top.set_xlabel("GPU-hours held")
+        top.set_ylabel("turnaround %s (hours, log)" % percentile_name)
+        bottom.set_xlabel("queue-wait median (hours, log), fairshare 0")
+        bottom.set_ylabel("turnaround %s (hours, log)" % percentile_name)
+        bottom.set_xscale("log")
+        for panel in (top, bottom):
+            panel.set_yscale("log")
+            panel.grid(True, which="both", alpha=0.3)
+    panels[0][0].legend(loc="center right", fontsize=8)
+    panels[1][0].legend(loc="upper left", fontsize=7)
+    figure.suptitle("sweep: fairshare %s h, queue-wait median %s h, per-user limit %s"
+                    % (sorted({row["fairshare"] for row in rows}), sorted({row["queue_median"] for row in rows}),
+                       sorted({row["user_limit"] or "none" for row in rows}, key=str)), fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 # -- the command ---------------------------------------------------------------------------
 
 def per_class(cast: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
@@ -583,19 +767,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=UserLimits.fairshare_hours_per_pending,
                         help="hours added to an allocation's queue wait per allocation of the user already "
                              "pending when it is submitted; 0: none (default %(default)s)")
-    parser.add_argument("--slots", type=per_class(int), default="gpu=2,cpu=4", help="jobs at once per runner")
-    parser.add_argument("--max-runners", type=per_class(int), default="2")
-    parser.add_argument("--idle-timeout", type=per_class(float), default="gpu=5,cpu=1",
-                        help="idle linger, minutes")
+    parser.add_argument("--slots", type=per_class(int), default="gpu=1,cpu=4", help="jobs at once per runner")
+    parser.add_argument("--max-runners", type=per_class(int), default="gpu=14,cpu=3")
+    parser.add_argument("--user-limit", type=int, default=0,
+                        help="the classes' user_limit: the most runners pending and running at once, all "
+                             "classes together (default %(default)s: none stated)")
+    parser.add_argument("--idle-timeout", type=per_class(float), default="30",
+                        help="idle linger, minutes: the most, or with --fixed-linger always")
+    parser.add_argument("--speculate", type=int, default=runner_policy.SPECULATE,
+                        help="runners kept pending for any backlog at all (default %(default)s)")
+    parser.add_argument("--submit-cap", type=int, default=runner_policy.SUBMIT_CAP,
+                        help="most submissions per class per cycle (default %(default)s)")
+    parser.add_argument("--fixed-linger", action="store_true",
+                        help="an idle runner always lingers --idle-timeout, instead of only while recent "
+                             "arrivals pay for it")
     parser.add_argument("--walltime", type=per_class(float), default="8", help="runner time limit, hours")
     parser.add_argument("--tick", type=float, default=60.0, help="seconds between submitter cycles (cron: 60)")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT, help="PNG to write (default %(default)s)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot (no matplotlib needed)")
     parser.add_argument("--json", action="store_true", help="print the parameters and results as JSON")
+    parser.add_argument("--sweep", action="store_true",
+                        help="every fairshare %s h x queue-wait median %s h x per-user limit %s (0: none), "
+                             "instead of the one cluster" % (SWEEP_FAIRSHARE, SWEEP_QUEUE_MEDIAN, SWEEP_USER_LIMIT))
     args = parser.parse_args(argv)
     longest = Workload().run_max_hours
-    if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1:
-        parser.error("--slots and --max-runners must be at least 1")
+    if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1 or min(args.speculate,
+                                                                                  args.submit_cap) < 1:
+        parser.error("--slots, --max-runners, --speculate and --submit-cap must be at least 1")
     if min(args.walltime.values()) < longest:
         parser.error("--walltime must be at least the longest job, %g h" % longest)
     if args.tick <= 0 or args.days <= 0:
@@ -608,7 +806,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def runner_classes(args: argparse.Namespace) -> dict[str, RunnerClass]:
     return {name: RunnerClass(slots=args.slots[name], max_runners=args.max_runners[name],
                               idle_timeout=args.idle_timeout[name] / 60, walltime=args.walltime[name],
-                              gpu=name == GPU)
+                              gpu=name == GPU, adaptive_linger=not args.fixed_linger, user_limit=args.user_limit,
+                              speculate=args.speculate, submit_cap=args.submit_cap)
             for name in CLASSES}
 
 
@@ -620,6 +819,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     classes = runner_classes(args)
     tick = args.tick * HOURS_PER_SECOND
     jobs = make_trace(workload, random.Random("%d/trace" % args.seed))
+    if args.sweep:
+        rows = sweep(jobs, args)
+        if args.json:
+            json.dump(rows, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            print("%d jobs over %g days, seed %d; runners: slots %s, max runners %s, %s"
+                  % (len(jobs), args.days, args.seed, _per_class_text(args.slots),
+                     _per_class_text(args.max_runners), _linger_text(args)))
+            print(format_sweep(rows))
+        if not args.no_plot:
+            path = args.plot.with_name(args.plot.stem + "-sweep.png")
+            plot_sweep(rows, path)
+            print("plot: %s" % path, file=sys.stderr)
+        return 0
     outcomes = compare(jobs, classes, queue, tick, args.seed, limits)
     summaries = [summarize(outcome) for outcome in outcomes]
     if args.json:
@@ -635,9 +849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("queue wait: lognormal, median %g h, sigma %g, max %g h, plus %s"
               % (queue.median_hours, queue.sigma, queue.max_hours, _fairshare_text(limits)))
         print("per user, for every policy: %s" % _limit_text(limits))
-        print("runners: slots %s, max runners %s, walltime %s h, idle linger %s min; cycle %g s"
+        print("runners: slots %s, max runners %s, walltime %s h, %s; cycle %g s"
               % (_per_class_text(args.slots), _per_class_text(args.max_runners),
-                 _per_class_text(args.walltime), _per_class_text(args.idle_timeout), args.tick))
+                 _per_class_text(args.walltime), _linger_text(args), args.tick))
         print(format_table(summaries))
     if not args.no_plot:
         title = ("%d jobs over %g days, queue wait median %g h (sigma %g, max %g h), seed %d\n"
@@ -653,6 +867,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _per_class_text(values: dict[str, Any]) -> str:
     return ",".join("%s=%g" % (name, values[name]) for name in CLASSES)
+
+
+def _linger_text(args: argparse.Namespace) -> str:
+    kind = "fixed" if args.fixed_linger else "adaptive, at most"
+    return "idle linger %s %s min" % (kind, _per_class_text(args.idle_timeout))
 
 
 def _limit_text(limits: UserLimits) -> str:

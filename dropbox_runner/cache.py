@@ -59,12 +59,16 @@ class ResultCache:
             return
         partial = self.folder / f".partial-{key}-{os.getpid()}"
         shutil.rmtree(partial, ignore_errors=True)
-        (partial / "outputs").mkdir(parents=True)
         size = 0
-        for key_name, source in produced.items():
-            shutil.copyfile(source, partial / "outputs" / key_name)
-            size += source.stat().st_size
-        (partial / "entry.json").write_text(json.dumps({"block": block}))
+        try:
+            (partial / "outputs").mkdir(parents=True)
+            for key_name, source in produced.items():
+                shutil.copyfile(source, partial / "outputs" / key_name)
+                size += source.stat().st_size
+            (partial / "entry.json").write_text(json.dumps({"block": block}))
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)    # a full cache disk keeps nothing half-made
+            raise
         entry.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(partial, entry)

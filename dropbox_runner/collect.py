@@ -7,62 +7,62 @@ job, outputs are placed all or nothing, then ``x.job.finished`` is written, then
 from __future__ import annotations
 
 import logging
-import shutil
-from dataclasses import dataclass, field
 from typing import Any
 
-from .boundaries import boundaries_for
-from .cache import ResultCache
+from .boundary import Boundary
 from .config import Config
 from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
-from .results import OutputProblem, place_outputs, read_stream, resource_provenance, run_block
+from .outcome import RAN, Finisher, Outcome
+from .results import error_block, read_stream, resource_provenance, run_block
 from .staging import JOBS_FOLDER
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Collected:
-    ok: int = 0
-    error: int = 0
-    job_ids: list[str] = field(default_factory=list)
-
-
 class Collector:
     def __init__(self, config: Config, transport: Transport, dropbox: Dropbox, history: History,
-                 cache: ResultCache):
+                 finisher: Finisher, boundary: Boundary):
         self.config = config
         self.transport = transport
         self.dropbox = dropbox
         self.history = history
-        self.cache = cache
+        self.finisher = finisher
+        self.boundary = boundary
         self.inbox = config.state_dir / "inbox"
-        self.boundaries = boundaries_for(config)
 
-    def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> Collected:
-        collected = Collected()
+    def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> list[str]:
+        """Finish every done job that is ours; the ids finished (a job that met a fault of
+        this machine is not: it stays held and is collected again next cycle)."""
         done = [item for item in finished if item["id"] in held]
         if not done:
-            return collected
+            return []
         self.inbox.mkdir(parents=True, exist_ok=True)
         wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
         self.transport.pull(f"{self.config.workspace}/{JOBS_FOLDER}", wanted, self.inbox)
         fault_point("after_pull")
+        finished_ids = []
         for item in done:
             job = held[item["id"]]
-            if self._finish(job, FinishedRecord.from_json(item["record"])):
-                collected.ok += 1
-            else:
-                collected.error += 1
-            collected.job_ids.append(job.job_id)
-        return collected
+            if self.boundary.contain(
+                    job.name, "collecting its run",
+                    lambda job=job, item=item: self._finish(job, FinishedRecord.from_json(item["record"])),
+                    lambda message, job=job: self._fail(job, message)):
+                finished_ids.append(job.job_id)
+            elif not self.dropbox.path(job.name, ".submitted").exists():
+                finished_ids.append(job.job_id)     # ended by its error result
+        return finished_ids
 
-    def _finish(self, job: HeldJob, record: FinishedRecord) -> bool:
+    def _fail(self, job: HeldJob, message: str) -> None:
+        self.finisher.finish(Outcome(job.name, job.description,
+                                     error_block(message, job.job_id, job_digest=job.job_digest),
+                                     scratch=[self.inbox / job.job_id], log_level=logging.WARNING))
+
+    def _finish(self, job: HeldJob, record: FinishedRecord) -> None:
         pulled = self.inbox / job.job_id
         block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
                           read_stream(pulled / "stderr"), job.submitted_at)
@@ -70,28 +70,10 @@ class Collector:
         block["provenance"] = dict(job.provenance, scheduler_job_id=block["scheduler_job_id"],
                                    host=block["host"], runner=block["runner"])
         block["provenance"].update(resource_provenance(record))
-        earlier = self.history.earlier_runs(job.name)
-        if earlier:
-            block["earlier_runs"] = earlier
-        if block["status"] == "ok":
-            outputs = job.description.get("output_map") or {}
-            names = workspace_names(outputs)
-            produced = {key: pulled / "output" / names[key] for key in outputs}
-            try:
-                place_outputs(produced, outputs, self.boundaries)
-            except OutputProblem as problem:
-                block.update(status="error", message=str(problem))
-            else:
-                if job.cache_key:
-                    self.cache.store(job.cache_key, produced, block)
-            fault_point("after_outputs")
-        self.dropbox.write_result(job.name, job.description, block)
-        fault_point("after_result")
-        self.dropbox.discard(job.name, ".submitted")
-        self.dropbox.discard(job.name, ".cancel")
-        shutil.rmtree(pulled, ignore_errors=True)
-        self.history.forget_earlier_runs(job.name)
-        self.history.record(job.name, "finished", job.job_id, detail=block["message"], status=block["status"],
-                            message=block["message"], attempts=block["attempts"], runner=block["runner"])
-        log.info("%s: finished %s: %s", job.name, block["status"], block["message"])
-        return block["status"] == "ok"
+        outputs = job.description.get("output_map") or {}
+        names = workspace_names(outputs)
+        self.finisher.finish(Outcome(
+            job.name, job.description, block, kind=RAN,
+            produced={key: pulled / "output" / names[key] for key in outputs},
+            cache_key=job.cache_key, scratch=[pulled],
+            record={"attempts": block["attempts"], "runner": block["runner"]}))

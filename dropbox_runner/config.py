@@ -46,6 +46,12 @@ class ResourceClass:
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
+    # The runner policy (on_hpc/policy.py; README "Runner policy"); defaults from bench/simulate.py.
+    user_limit: int = protocol.DEFAULT_USER_LIMIT       # the site's per-user job limit, all classes; 0: none
+    speculate: int = protocol.DEFAULT_SPECULATE         # runners kept pending for any backlog at all
+    submit_cap: int = protocol.DEFAULT_SUBMIT_CAP       # most runner submissions per class per cycle
+    submit_per_hour: int = protocol.DEFAULT_SUBMIT_PER_HOUR   # ... and in any hour
+    adaptive_linger: bool = protocol.DEFAULT_ADAPTIVE_LINGER  # linger only while arrivals pay for it
     nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
     # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
     # N found), a list of ids (local), "none", or None/"auto" (local: find them)
@@ -98,6 +104,7 @@ class Config:
     default_class: str = "default"
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     grace_seconds: int = 30              # how long a .job that does not parse may still be written
+    settle_seconds: int = 2              # a .job is taken once unchanged this long (or closed/renamed: watch)
     heartbeat_timeout: int = protocol.DEFAULT_HEARTBEAT_TIMEOUT
     python: str = ""                     # the cluster's interpreter for on_hpc
     cache_dir: Path | None = None        # default: <state_dir>/cache
@@ -118,7 +125,8 @@ class Config:
         return self.hpc_env["scripts"]
 
 
-_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "heartbeat_timeout", "tick"}
+_DURATION_FIELDS = {"time_limit", "idle_timeout", "warn_seconds", "grace_seconds", "settle_seconds",
+                    "heartbeat_timeout", "tick"}
 _PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile", "metrics_file", "cache_dir",
                 "key_file", "known_hosts", "ssh_config"}
 
@@ -179,9 +187,11 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
-        for key in ("slots", "max_runners", "nodes"):
+        for key in ("slots", "max_runners", "nodes", "speculate", "submit_cap", "submit_per_hour"):
             if getattr(settings, key) < 1:
                 problems.append(f"classes.{name}.{key}: must be at least 1")
+        if settings.user_limit < 0:
+            problems.append(f"classes.{name}.user_limit: must not be negative (0: no limit stated)")
         problems += _resource_problems(config, name, settings)
     if config.backend == "local":
         root = config.cluster_root or config.dropbox.parent / "cluster"

@@ -58,19 +58,25 @@ class DropHandler(FileSystemEventHandler):
     """Runs on watchdog's dispatch thread: it only wakes the loop (an exception here would
     silently stop all later events)."""
 
-    def __init__(self, wake: Wake):
+    def __init__(self, wake: Wake, closed: set[str] | None = None):
         self.wake = wake
+        self.closed = closed if closed is not None else set()   # job files complete: closed or renamed in
 
     def on_created(self, event: FileSystemEvent) -> None:
         self._maybe_wake(event.src_path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._maybe_wake(event.dest_path)
+        self._maybe_wake(event.dest_path, complete=True)
 
-    def _maybe_wake(self, path: str | bytes) -> None:
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self._maybe_wake(event.src_path, complete=True)
+
+    def _maybe_wake(self, path: str | bytes, complete: bool = False) -> None:
         try:
             name = Path(path.decode() if isinstance(path, bytes) else path).name
             if name.endswith((".job", ".job.cancel")) and not name.startswith("."):
+                if complete and name.endswith(".job"):
+                    self.closed.add(name)
                 self.wake.set()
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("dropbox event handler failed")
@@ -136,6 +142,7 @@ class Daemon:
         self.wake = Wake()
         self.stopping = False
         self.reload_requested = False
+        self.closed: set[str] = set()   # shared by the event handler and the cycle's intake
 
     def run(self) -> int:
         with cycle_lock(Path(self.config.lockfile)) as locked:
@@ -184,11 +191,12 @@ class Daemon:
     def _start(self) -> tuple:
         config = self.config
         observer = (PollingObserver(timeout=1) if _wants_polling(config) else Observer())
-        observer.schedule(DropHandler(self.wake), str(config.dropbox), recursive=False)
+        observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False)
         observer.start()
         waiter = FinishWaiter(config, self.wake)
         waiter.start()
         submitter = Submitter(config, open_transport(config))
+        submitter.intake.closed = self.closed
         for warning in startup_warnings(config):
             log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)

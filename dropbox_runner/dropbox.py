@@ -14,19 +14,21 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .jobs import MAX_JOB_FILE_BYTES, dump_yaml, load_yaml
-from .safefs import FileRefused, read_regular, write_atomic
+from .boundary import is_environment
+from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
+from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
+from .safefs import write_atomic
 from .seal import SEAL, HoldSeal
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
-MAX_HELD_BYTES = 4 * MAX_JOB_FILE_BYTES       # the description plus what intake recorded
-MAX_RESULT_BYTES = 64 * MAX_JOB_FILE_BYTES    # results carry up to a MiB each of stdout and stderr
+LONGEST_SUFFIX = len(".submitted")   # what a job file's name must leave room for
+MAX_RESULT_BYTES = 16 << 20          # a result holds at most a MiB each of stdout and stderr
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Listing:
     submitted: list[str]
     finished: set[str]
     cancel: set[str]
+    unusable: dict[str, str] = field(default_factory=dict)   # entry name -> why no result can be written
 
 
 @dataclass
@@ -80,30 +83,50 @@ class Dropbox:
         return self.folder / (name + suffix)
 
     def scan(self) -> Listing:
-        """Read the folder once; cost grows with its size, never with reads per job."""
+        """Read the folder once; cost grows with its size, never with reads per job.
+
+        Entries no result can be written for (a folder, a FIFO, a socket, a device, a name
+        too long for the suffixes, a name that is not UTF-8) go to ``unusable``, with the job whose
+        ``.submitted`` or ``.finished`` place such an entry blocks."""
         new, submitted, finished, cancel = [], [], set(), set()
+        unusable: dict[str, str] = {}
+        name_max = _name_max(self.folder)
         with os.scandir(self.folder) as entries:
             for entry in entries:
                 name = entry.name
-                if name.startswith("."):
+                if name.startswith(".") or not name.endswith((JOB, SUBMITTED, FINISHED, CANCEL)):
                     continue
-                if name.endswith(JOB):
-                    new.append((entry.stat().st_mtime, name))
+                why = _unusable(entry, name_max)
+                if why:
+                    unusable[name] = why
+                elif name.endswith(JOB):
+                    try:
+                        new.append((entry.stat(follow_symlinks=False).st_mtime, name))
+                    except FileNotFoundError:
+                        continue    # taken back by its tool
                 elif name.endswith(SUBMITTED):
                     submitted.append(name[: -len(".submitted")])
                 elif name.endswith(FINISHED):
                     finished.add(name[: -len(".finished")])
-                elif name.endswith(CANCEL):
+                else:
                     cancel.add(name[: -len(".cancel")])
-        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel)
+        for blocker in [name for name in unusable if name.endswith((SUBMITTED, FINISHED))]:
+            job = blocker[: blocker.rindex(JOB) + len(JOB)]
+            if any(name == job for _, name in new):
+                unusable[job] = f"{blocker} is in the way of its result"
+        new = [(mtime, name) for mtime, name in new if name not in unusable]
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, unusable)
+
+    def read(self, name: str, suffix: str = "", limit: int = MAX_JOB_FILE_BYTES) -> bytes:
+        """A dropbox file's bytes (regular files only, never through a link, never blocking)."""
+        return read_regular(self.path(name, suffix), limit)
 
     def digest(self, name: str, suffix: str = "") -> str:
-        """sha256 of a dropbox file; FileRefused for a link or a non-file (never followed)."""
-        return hashlib.sha256(read_regular(self.path(name, suffix), MAX_HELD_BYTES)).hexdigest()
+        return hashlib.sha256(self.read(name, suffix)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
         try:
-            return self.path(name, suffix).stat().st_mtime
+            return os.lstat(self.path(name, suffix)).st_mtime
         except FileNotFoundError:
             return 0.0
 
@@ -117,10 +140,15 @@ class Dropbox:
 
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
-        ValueError when it cannot be read as one."""
+        ValueError when it cannot be read as one,
+        OSError for a fault of the filesystem (EIO, ESTALE) that may pass."""
         try:
-            data = load_yaml(read_regular(self.path(name, ".submitted"), MAX_HELD_BYTES).decode("utf-8"))
-        except (OSError, FileRefused, UnicodeDecodeError, yaml.YAMLError) as error:
+            data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
+        except OSError as error:
+            if is_environment(error):
+                raise               # a read that may work next time: the job waits
+            raise ValueError(str(error)) from None
+        except (UnicodeDecodeError, yaml.YAMLError, UnusableEntry) as error:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
@@ -128,8 +156,8 @@ class Dropbox:
 
     def read_result(self, name: str) -> dict[str, Any] | None:
         try:
-            data = load_yaml(read_regular(self.path(name, ".finished"), MAX_RESULT_BYTES).decode("utf-8"))
-        except (OSError, FileRefused, UnicodeDecodeError, yaml.YAMLError):
+            data = load_bounded_yaml(self.read(name, ".finished", MAX_RESULT_BYTES).decode("utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, UnusableEntry):
             return None
         return data if isinstance(data, dict) else None
 
@@ -145,3 +173,27 @@ class Dropbox:
             self.path(name, suffix).unlink()
         except FileNotFoundError:
             pass
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _unusable(entry: os.DirEntry, name_max: int) -> str | None:
+    """Why no result can be written for this entry, or None."""
+    name = entry.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if name.endswith(JOB) and len(os.fsencode(name)) + LONGEST_SUFFIX > name_max:
+        return f"its name is too long to add {LONGEST_SUFFIX} characters ({name_max} bytes at most)"
+    if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+        return None     # a link is usable: it is removed, never followed, and a job gets a result
+    try:
+        return f"it is {kind_of(entry.stat(follow_symlinks=False).st_mode)}"
+    except FileNotFoundError:
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO, Iterator
 
 import yaml
 
-from .jobs import load_yaml
+from .entries import UnusableEntry, load_bounded_yaml, read_regular
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 CREATE TABLE IF NOT EXISTS earlier_runs (name TEXT NOT NULL, block TEXT NOT NULL, at REAL);
 """
 DIGEST_CHUNK = 1 << 20
+LOCK_WAIT_SECONDS = 30
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,12 +56,41 @@ class JobRow:
 
 
 class History:
-    def __init__(self, path: Path):
+    """The store; ``dropbox`` given, a corrupt database is moved aside and rebuilt from it.
+
+    A database locked by another process is waited for (``LOCK_WAIT_SECONDS``, SQLite's
+    busy timeout) before the cycle gives up and tries again at the next one."""
+
+    def __init__(self, path: Path, dropbox: Path | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = self._open(path)
+        except sqlite3.DatabaseError as error:
+            if dropbox is None or not _is_corrupt(error):
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+                except FileNotFoundError:
+                    pass
+            self.db = self._open(path)
+            rows = self.rebuild(dropbox)
+            log.warning("%s was corrupt (%s): moved aside to %s and rebuilt from the dropbox (%d jobs); "
+                        "timestamps and input digests before now are lost", path, error, aside.name, rows)
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), timeout=LOCK_WAIT_SECONDS, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            db.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -110,10 +142,12 @@ class History:
         with self.batch():
             self.db.execute("DELETE FROM jobs")
             for entry in os.scandir(dropbox):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
                 name, state, fields = _state_of_file(Path(entry.path))
                 if state is None:
                     continue
-                mtime = entry.stat().st_mtime
+                mtime = entry.stat(follow_symlinks=False).st_mtime
                 self.db.execute(
                     "INSERT OR REPLACE INTO jobs (name, job_id, state, status, message, first_seen, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -158,9 +192,17 @@ def _state_of_file(path: Path) -> tuple[str, str | None, dict[str, Any]]:
     for suffix, state in ((".submitted", "submitted"), (".finished", "finished")):
         if name.endswith(".job" + suffix):
             try:
-                document = load_yaml(path.read_text(encoding="utf-8")) or {}
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                document = load_bounded_yaml(read_regular(path, 16 << 20).decode("utf-8")) or {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, UnusableEntry):
+                document = {}
+            if not isinstance(document, dict):
                 document = {}
             fields = document.get("job", {}) if state == "finished" else document
             return name[: -len(suffix)], state, fields if isinstance(fields, dict) else {}
     return name, None, {}
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    """Garbage or a damaged file, not a lock or a full disk (those are waited out)."""
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text

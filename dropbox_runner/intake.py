@@ -10,98 +10,153 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
 from .boundaries import boundaries_for
+from .boundary import Boundary
 from .cache import ResultCache, cache_key
 from .config import Config
 from .dropbox import Dropbox, HeldJob, Listing
+from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
-from .jobs import JobInvalid, echoable, read_job
+from .jobs import JobInvalid, echoable, parse_job_document
+from .on_hpc.protocol import JobState
+from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
-from .results import OutputProblem, error_block, place_outputs
+from .results import error_block
 from .safefs import FileRefused, open_checked
 from .seal import HoldSeal
 from .staging import PreparedJob, prepare, write_outbox_entry
 
 log = logging.getLogger(__name__)
 
-CANCELLED = "cancelled"
+SETTLE_POLL_SECONDS = 0.1
 
 
 @dataclass
 class IntakeCounts:
-    names: list[str] = field(default_factory=list)   # the jobs taken this cycle
-    rejected: int = 0
-    cached: int = 0
-    cancelled: int = 0
+    names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
+                                                     # counted by the Finisher)
 
 
 class Intake:
-    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache, seal: HoldSeal):
+    def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache,
+                 finisher: Finisher, boundary: Boundary, seal: HoldSeal):
         self.config = config
         self.seal = seal
         self.boundaries = boundaries_for(config)
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
+        self.finisher = finisher
+        self.boundary = boundary
+        self.closed: set[str] = set()    # known complete: seen closed or renamed in (watch), or stable
         self.outbox = config.state_dir / "outbox"
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
+        """Take every new job; files changed in the last ``settle_seconds`` are waited
+        for once, within this cycle (at most that long), so a job dropped just before a
+        cron cycle does not wait for the next one."""
         counts = IntakeCounts()
         held_names = set(listing.submitted)
-        for name in listing.new:
-            if name in held_names or name in listing.finished:
-                self._settle_duplicate(name, name in held_names)
-                continue
-            if name in listing.cancel:
-                self._finish_untaken(name, CANCELLED, "cancelled before it was sent to the cluster")
-                counts.cancelled += 1
-                continue
-            raw = digest = None
-            try:
-                raw, digest = read_job(self.dropbox.path(name))
-                job = prepare(self.config, name, raw)
-                provenance = self._provenance(job)
-            except FileNotFoundError:
-                continue            # taken back by its tool
-            except (JobInvalid, TemplateProblem) as problem:
-                problems = getattr(problem, "problems", [str(problem)])
-                digest = digest or getattr(problem, "digest", None)
-                if self.dropbox.age(name) < self.config.grace_seconds:
-                    log.debug("%s: not valid yet, may still be being written: %s", name, problems)
-                    continue
-                self._reject(name, raw, problems, digest)
-                counts.rejected += 1
-                continue
-            key = provenance.get("cache_key")
-            if key and self._serve_from_cache(name, raw, key, digest, provenance):
-                counts.cached += 1
-                continue
-            if key and key in keys_in_flight:
-                log.debug("%s: an identical job is running; waiting for its result", name)
-                continue
-            try:
-                provenance = self._take(name, raw, job, digest, provenance)
-            except JobInvalid as problem:
-                self._reject(name, raw, problem.problems, digest)
-                counts.rejected += 1
-                continue
-            except OSError as error:        # the state folder's disk, not the job: it waits
-                shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
-                log.error("%s: could not copy its inputs into %s (%s); it waits for the next cycle",
-                          name, self.outbox, error)
-                continue
-            key = provenance.get("cache_key")
-            if key:
-                keys_in_flight.add(key)
-            counts.names.append(name)
+        unsettled: list[str] = []
+        self._take_all(listing.new, listing, held_names, keys_in_flight, counts, unsettled)
+        if unsettled:
+            self._wait_to_settle(unsettled)
+            self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
         return counts
+
+    def _take_all(self, names: list[str], listing: Listing, held_names: set[str], keys_in_flight: set[str],
+                  counts: IntakeCounts, unsettled: list[str] | None) -> None:
+        for name in names:
+            self.boundary.contain(
+                name, "taking in the job",
+                lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts, unsettled),
+                None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
+
+    def _wait_to_settle(self, names: list[str]) -> None:
+        """Until every name has settled (or was seen closed), at most ``settle_seconds``.
+        A file whose size and mtime did not move during the whole wait has settled too,
+        whatever its mtime says (a file server whose clock runs ahead)."""
+        seen = {name: self._stamp(name) for name in names}
+        deadline = time.monotonic() + self.config.settle_seconds
+        while True:
+            pending = [name for name in names
+                       if name not in self.closed and self.dropbox.age(name) < self.config.settle_seconds]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                self.closed.update(name for name in pending if seen[name] and self._stamp(name) == seen[name])
+                return
+            time.sleep(SETTLE_POLL_SECONDS)
+
+    def _stamp(self, name: str) -> tuple[int, int] | None:
+        try:
+            info = os.lstat(self.dropbox.path(name))
+        except OSError:
+            return None
+        return info.st_size, info.st_mtime_ns
+
+    def _take_one(self, name: str, listing: Listing, held_names: set[str], keys_in_flight: set[str],
+                  counts: IntakeCounts, unsettled: list[str] | None) -> None:
+        if name in held_names or name in listing.finished:
+            self._settle_duplicate(name, name in held_names)
+            return
+        if name in listing.cancel:
+            self._finish_untaken(name, "cancelled", "cancelled before it was sent to the cluster")
+            return
+        if not self._settled(name):
+            log.debug("%s: changed in the last %ss; taken once it settles", name, self.config.settle_seconds)
+            if unsettled is not None:
+                unsettled.append(name)
+            return
+        raw, digest = None, None
+        try:
+            data = self.dropbox.read(name)
+            digest = hashlib.sha256(data).hexdigest()
+            raw = parse_job_document(data)
+            job = prepare(self.config, name, raw)
+            provenance = self._provenance(job)
+        except FileNotFoundError:
+            return              # taken back by its tool
+        except UnusableEntry as problem:
+            self._reject(name, None, [str(problem)], digest)
+            return
+        except (JobInvalid, TemplateProblem) as problem:
+            problems = getattr(problem, "problems", [str(problem)])
+            if getattr(problem, "incomplete", False) and self.dropbox.age(name) < self.config.grace_seconds:
+                log.debug("%s: does not parse yet, may still be being written: %s", name, problems)
+                return
+            self._reject(name, raw, problems, digest)
+            return
+        key = provenance.get("cache_key")
+        if key and self._serve_from_cache(name, raw, key, digest, provenance):
+            return
+        if key and key in keys_in_flight:
+            log.debug("%s: an identical job is running; waiting for its result", name)
+            return
+        try:
+            provenance = self._take(name, raw, job, digest, provenance)
+        except JobInvalid as problem:           # an input could not be taken as checked
+            self._reject(name, raw, problem.problems, digest)
+            return
+        key = provenance.get("cache_key")
+        if key:
+            keys_in_flight.add(key)
+        counts.names.append(name)
+
+    def _settled(self, name: str) -> bool:
+        """A job file written in place (not renamed) must not be taken half-written: it is
+        taken once closed or renamed in (watch mode sees those events), or once its mtime,
+        which every write moves, is ``settle_seconds`` old."""
+        if name in self.closed:
+            self.closed.discard(name)
+            return True
+        return self.dropbox.age(name) >= self.config.settle_seconds
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
         inputs = {key: {"path": path, "sha256": self._input_digest(key, path)}
@@ -123,6 +178,8 @@ class Intake:
                 return self.history.file_digest(path, handle)
         except FileRefused as refused:
             raise JobInvalid([f"input_map.{key}: {path} {refused}"]) from None
+        except OSError as error:     # the job's input, whatever the errno: its fault
+            raise JobInvalid([f"input_map.{key}: {path} cannot be read: {error.strerror or error}"]) from None
 
     def _keyed(self, job: PreparedJob, provenance: dict[str, Any]) -> dict[str, Any]:
         provenance.pop("cache_key", None)
@@ -147,7 +204,7 @@ class Intake:
                                   digest, provenance), self.seal)
         fault_point("after_hold")
         self.dropbox.discard(name, "")
-        self.history.record(name, "submitted", job.job_id, detail=f"class {job.job_class}",
+        self.history.record(name, JobState.SUBMITTED, job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
         return provenance
@@ -157,21 +214,13 @@ class Intake:
         entry = self.cache.lookup(key)
         if entry is None:
             return False
-        outputs = raw.get("output_map") or {}
-        try:
-            place_outputs({k: entry["outputs"] / k for k in outputs}, outputs, self.boundaries)
-        except OutputProblem as problem:
-            log.warning("%s: cache entry %s unusable (%s); running the job", name, key[:12], problem)
-            return False
         original = entry["block"]
         block = dict(original, cached=True, message="processed OK (from cache)", job_digest=digest,
                      provenance=dict(provenance, original_run=original.get("provenance")))
-        self.dropbox.write_result(name, raw, block)
-        self.dropbox.discard(name, "")
-        self.history.record(name, "finished", original.get("id"), detail="from cache", status="ok",
-                            message=block["message"])
-        log.info("%s: finished ok from cache (key %s)", name, key[:12])
-        return True
+        outputs = raw.get("output_map") or {}
+        return self.finisher.finish(Outcome(
+            name, raw, block, kind=CACHED, held=False, produced={k: entry["outputs"] / k for k in outputs},
+            cache_key=key, detail="from cache"))
 
     def _settle_duplicate(self, name: str, is_held: bool) -> None:
         """A ``.job`` beside the ``.submitted`` or ``.finished`` made from it (same bytes,
@@ -181,7 +230,7 @@ class Intake:
             digest = self.dropbox.digest(name)
         except FileNotFoundError:
             return
-        except FileRefused:
+        except UnusableEntry:
             digest = None           # a link or a non-file is never one of ours
         sibling = ".submitted" if is_held else ".finished"
         if is_held:
@@ -200,21 +249,20 @@ class Intake:
 
     def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         message = "invalid job: " + "; ".join(problems)
-        self.dropbox.write_result(name, echoable(raw), error_block(message, job_digest=digest))
-        fault_point("after_reject_result")
-        self.dropbox.discard(name, "")
-        self.history.record(name, "finished", detail=message, status="error", message=message)
-        log.warning("%s: rejected: %s", name, "; ".join(problems))
+        self.finisher.finish(Outcome(name, echoable(raw), error_block(message, job_digest=digest), kind=REJECTED,
+                                     held=False, log_level=logging.WARNING))
 
-    def _finish_untaken(self, name: str, message: str, detail: str) -> None:
+    def _fail_untaken(self, name: str, message: str) -> None:
+        """An error result for a job whose intake raised; a hold this intake may already
+        have written goes too (no other hold of this name existed, or it would not be here)."""
+        self.dropbox.discard(name, ".submitted")
+        self._finish_untaken(name, message, message, kind=FAILED)
+
+    def _finish_untaken(self, name: str, message: str, detail: str, kind: str = CANCELLED) -> None:
         try:
-            raw, digest = read_job(self.dropbox.path(name))
-        except JobInvalid as problem:
-            raw, digest = None, problem.digest
-        except OSError:
+            data = self.dropbox.read(name)
+            raw, digest = parse_job_document(data), hashlib.sha256(data).hexdigest()
+        except (OSError, JobInvalid, UnusableEntry):
             raw, digest = None, None
-        self.dropbox.write_result(name, echoable(raw), error_block(message, job_digest=digest))
-        self.dropbox.discard(name, "")
-        self.dropbox.discard(name, ".cancel")
-        self.history.record(name, "finished", detail=detail, status="error", message=message)
-        log.info("%s: %s", name, detail)
+        self.finisher.finish(Outcome(name, echoable(raw), error_block(message, job_digest=digest), kind=kind,
+                                     held=False, detail=detail))

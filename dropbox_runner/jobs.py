@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
+from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
 from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
-from .safefs import Boundaries, FileRefused, read_regular
+from .safefs import Boundaries
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -44,10 +45,10 @@ MAX_JOB_FILE_BYTES = 1 << 20
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str], digest: str | None = None):
+    def __init__(self, problems: list[str], incomplete: bool = False):
         super().__init__("; ".join(problems))
         self.problems = problems
-        self.digest = digest     # sha256 of the job file's bytes, when they were read
+        self.incomplete = incomplete    # does not parse: may still be being written
 
 
 @dataclass
@@ -63,32 +64,37 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def read_job(path: Path) -> tuple[dict[str, Any], str]:
-    """The YAML mapping in a ``.job`` file and the sha256 of the bytes it was parsed from
-    (read once, so the digest names what was parsed); JobInvalid when it is not one.
-
-    A ``.job`` that is a symbolic link or not a regular file is refused without being
-    read: its content could be any file this account can read."""
+def read_job_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
     try:
         data = read_regular(path, MAX_JOB_FILE_BYTES)
-    except FileRefused as refused:
-        raise JobInvalid([f"the job file {refused}"]) from None
-    digest = hashlib.sha256(data).hexdigest()
+    except UnusableEntry as error:
+        raise JobInvalid([str(error)]) from None
+    return parse_job_document(data)
+
+
+def parse_job_document(data: bytes) -> dict[str, Any]:
+    """The YAML mapping in a job file's bytes; JobInvalid when it is not one (or is
+    beyond the bounds of ``entries.load_bounded_yaml``)."""
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
+    except UnicodeDecodeError as error:     # never run on text with replacement characters
         raise JobInvalid([f"the job file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
-                          f"{error.start}); nothing was run"], digest) from None
+                          f"{error.start}); nothing was run"],
+                         incomplete=error.reason == "unexpected end of data") from None
     if not text.strip():
-        raise JobInvalid(["the job file is empty"], digest)
+        raise JobInvalid(["the job file is empty"], incomplete=True)
     try:
-        loaded = load_yaml(text)
+        data = load_bounded_yaml(text)
     except yaml.YAMLError as error:
-        raise JobInvalid([f"the job file is not valid YAML: {' '.join(str(error).split())}"], digest) from None
-    if not isinstance(loaded, dict):
+        raise JobInvalid([bounded_message(f"the job file is not valid YAML: {' '.join(str(error).split())}",
+                                          500)], incomplete=True) from None
+    except UnusableEntry as error:
+        raise JobInvalid([f"the job file cannot be read: {error}"]) from None
+    if not isinstance(data, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(loaded).__name__}"], digest)
-    return loaded, digest
+                          f"not {type(data).__name__}"], incomplete=True)
+    return data
 
 
 def parse_job(data: dict[str, Any]) -> JobDescription:
@@ -111,6 +117,8 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
         for key, value in paths.items():
             if not isinstance(value, str) or not os.path.isabs(value):
                 problems.append(f"{section}.{key}: must be an absolute path, got {value!r}")
+            elif "\0" in value:
+                continue        # said once, by unsafe_text, as for any value
             elif ".." in Path(value).parts:
                 problems.append(f"{section}.{key}: {value!r} contains '..'")
     names = [*args, *inputs, *outputs]
@@ -131,7 +139,7 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
     if data.get("expected_time") is not None:
         try:
             expected = parse_duration(data["expected_time"])
-        except ValueError as error:
+        except (ValueError, TypeError, OverflowError) as error:
             problems.append(f"expected_time: {error}")
     cache = data.get("cache")
     if cache is not None and not isinstance(cache, bool):
@@ -173,6 +181,18 @@ def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
     """Inputs readable files and outputs writable places, inside the boundaries (on the
     resolved paths).  Staging and placing check again at the moment they use a path."""
     problems = []
+    for section, paths in (("input_map", job.input_map), ("output_map", job.output_map)):
+        for key, value in paths.items():
+            try:
+                os.lstat(value)
+                Path(value).resolve()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, RuntimeError) as error:   # too long, a link loop, a NUL
+                detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+                problems.append(f"{section}.{key}: {value} cannot be used: {detail}")
+    if problems:
+        return problems
     for key, value in job.input_map.items():
         path = Path(value)
         why = boundaries.problem(Path(os.path.realpath(value)), output=False)

@@ -1,30 +1,25 @@
 """One cycle at a time per dropbox, whoever starts it (cron, the daemon, a person).
 
 ``flock`` is released by the kernel when its holder dies, so a killed submitter never
-leaves a stale lock behind that blocks every later run.
+leaves a stale lock behind that blocks every later run.  On a filesystem that refuses
+``flock`` (Lustre, some NFS) ``on_hpc.locks`` falls back to a lock folder whose dead
+owner's lock is taken over.
 """
 from __future__ import annotations
 
-import fcntl
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from .on_hpc.locks import FileLock
 
 
 @contextmanager
 def cycle_lock(path: Path) -> Iterator[bool]:
     """Yield True while holding the lock, or False at once if another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(str(path))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield True
+        yield lock.acquire(blocking=False)
     finally:
-        os.close(fd)
+        lock.release()

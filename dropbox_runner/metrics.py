@@ -28,7 +28,7 @@ CLUSTER_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
 RUNNER_STATES = (RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING)
 log = logging.getLogger(__name__)
 COUNTERS = ("results_ok", "results_error", "runner_submissions", "requeues", "cycles_ok",
-            "cycles_failed", "cycle_seconds_sum")
+            "cycles_failed", "cycle_seconds_sum", "runner_cancels")
 
 
 def record_cycle(config: Config, report: CycleReport | None) -> None:
@@ -48,6 +48,7 @@ def record_cycle(config: Config, report: CycleReport | None) -> None:
         totals["results_ok"] += report.finished_ok
         totals["results_error"] += report.finished_error + report.rejected
         totals["runner_submissions"] += report.runners_submitted
+        totals["runner_cancels"] += report.runners_cancelled
         totals["requeues"] += report.requeued
         totals["cycles_ok"] += 1
         totals["cycle_seconds_sum"] += report.seconds
@@ -94,6 +95,8 @@ def render(totals: dict[str, Any], classes: list[str] = ()) -> str:
            [('{status="ok"}', totals["results_ok"]), ('{status="error"}', totals["results_error"])])
     metric("runner_submissions_total", "counter", "Runners submitted to the scheduler.",
            [("", totals["runner_submissions"])])
+    metric("runner_cancels_total", "counter", "Pending runners cancelled once the backlog no longer needed them.",
+           [("", totals["runner_cancels"])])
     metric("requeues_total", "counter", "Jobs put back in the queue after their runner was lost.",
            [("", totals["requeues"])])
     metric("cycles_total", "counter", "Submitter cycles, by outcome.",

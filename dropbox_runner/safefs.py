@@ -144,29 +144,6 @@ def _clone_or_copy(source: int, destination: int) -> str:
         digest.update(chunk)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of a file a job author wrote: refused unread when it is a symbolic link
-    or not a regular file, or when it is bigger than ``limit``.  FileNotFoundError passes."""
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise FileRefused("is a symbolic link; refused without being read") from None
-        raise
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise FileRefused("is not a regular file; refused without being read")
-    if info.st_size > limit:
-        os.close(fd)
-        raise FileRefused(f"is {info.st_size} bytes; such files are limited to {limit}")
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise FileRefused(f"grew while being read; such files are limited to {limit} bytes")
-    return data
-
-
 def _temporary(folder: int, name: str, mode: int) -> tuple[int, str]:
     """A new file beside ``name`` under a name nobody can guess or have prepared."""
     while True:

@@ -22,6 +22,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
         "jobs": {"waiting": len(listing.new), "submitted": len(listing.submitted),
                  "finished": len(listing.finished)},
         "oldest_waiting_seconds": round(max(ages), 1) if ages else None,
+        "unusable": listing.unusable,
         "checked_at": time.time(),
     }
     try:
@@ -42,6 +43,8 @@ def format_status(status: dict[str, Any]) -> str:
              f"  waiting {jobs['waiting']}, on the cluster {jobs['submitted']}, finished {jobs['finished']}"]
     if status["oldest_waiting_seconds"] is not None:
         lines.append(f"  oldest waiting job: {status['oldest_waiting_seconds']:.0f}s")
+    for name, why in sorted(status.get("unusable", {}).items()):
+        lines.append(f"  unusable entry {name!r}: {why}")
     if "cluster_error" in status:
         lines.append(f"cluster: unreachable: {status['cluster_error']}")
         return "\n".join(lines)

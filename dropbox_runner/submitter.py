@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .boundaries import boundaries_for
+from .boundary import Boundary
 from .cache import ResultCache
 from .cluster import ClusterSide
 from .collect import Collector
@@ -36,11 +37,22 @@ from .jobs import JobInvalid, echoable
 from .lock import cycle_lock
 from .metrics import record_cycle
 from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
+from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
 from .seal import SEAL, HoldSeal
+from .space import (
+    entry_bytes,
+    format_size,
+    is_out_of_space,
+    known_free,
+    remember_free,
+    split_by_room,
+    too_big_message,
+)
 from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .transport import Transport, TransportError
+from .unusable import note_unusable
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +68,15 @@ class CycleReport:
     finished_error: int = 0
     requeued: int = 0
     runners_submitted: int = 0
+    runners_cancelled: int = 0
     held: int = 0
     held_ids: list[str] = field(default_factory=list)
     collected_ids: list[str] = field(default_factory=list)
     dropbox_counts: dict[str, int] = field(default_factory=dict)
     cluster_errors: list[str] = field(default_factory=list)
+    environment_errors: list[str] = field(default_factory=list)   # jobs that wait for this machine's fault
+    abandoned: list[str] = field(default_factory=list)   # failed here; the cluster drops what it has of them
+    unsent: list[str] = field(default_factory=list)      # their push ran out of space; sent again later
     states: dict[str, int] = field(default_factory=dict)
     runners: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -75,10 +91,13 @@ class Submitter:
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
         self.seal = HoldSeal(config.state_dir)     # first: it makes the state folder, private
-        self.history = History(config.state_dir / "history.sqlite")
+        self.history = History(config.state_dir / "history.sqlite", config.dropbox)
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
-        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.seal)
-        self.collector = Collector(config, transport, self.dropbox, self.history, self.cache)
+        self.finisher = Finisher(self.dropbox, self.history, self.cache, boundaries_for(config))
+        self.boundary = Boundary()
+        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher, self.boundary,
+                             self.seal)
+        self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
 
     def close(self) -> None:
         self.history.close()
@@ -87,91 +106,131 @@ class Submitter:
         """Run one cycle; the caller holds the dropbox lock."""
         started = time.monotonic()
         report = CycleReport()
+        self.finisher.tally.clear()
+        self.boundary.environment_errors = report.environment_errors
+        self.unread_holds = 0      # holds this cycle could not read: their jobs are not in_flight
         listing = self.dropbox.scan()
-        held = self._held_jobs(listing.submitted, report)
+        note_unusable(self.config.state_dir, listing.unusable)
+        held = self._held_jobs(listing.submitted)
         with self.history.batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
+        tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
-            len(taken.names), taken.rejected, taken.cached, taken.cancelled)
-        held.update(self._held_jobs(taken.names, report))
+            len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
+        held.update(self._held_jobs(taken.names))
         report.held = len(held)
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = prune_outbox(self.outbox, set(held))
+        waiting = self._fitting(prune_outbox(self.outbox, set(held)), held, report)
         if waiting:
-            self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
-            report.sent = len(waiting)
+            try:
+                self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
+                report.sent = len(waiting)
+            except (TransportError, OSError) as error:
+                if not is_out_of_space(error):
+                    raise
+                report.environment_errors.append(f"the push ran out of space: {error}")
+                log.warning("the push ran out of space on the cluster; %d job(s) wait: %s", len(waiting), error)
+                report.unsent, waiting = waiting, []
             fault_point("after_push")
 
-        if not held and not waiting and not self.cleanup_pending.exists():
+        if not held and not waiting and not report.abandoned and not self.cleanup_pending.exists():
+            report.finished_error = tally[FAILED]
             report.dropbox_counts = _dropbox_counts(listing, report, collected=0)   # idle cycles count too
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.cycle(CycleRequest(
             root=self.config.workspace, scheduler=self.config.scheduler, submitter=self.config.submitter_id,
             in_flight=sorted(held),
-            cancel=sorted(job.job_id for job in held.values() if job.name in listing.cancel),
+            cancel=sorted([job.job_id for job in held.values() if job.name in listing.cancel] + report.abandoned),
+            unsent=report.unsent,
+            # A hold that could not be read names a job the cluster must not forget: nothing
+            # collected is removed in such a cycle.
+            remove_collected=not self.unread_holds,
             classes={name: cls.to_request() for name, cls in self.config.classes.items()},
             max_attempts=self.config.max_attempts, heartbeat_timeout=self.config.heartbeat_timeout))
         fault_point("after_queue")
+        remember_free(self.config.state_dir, answer.workspace_free_bytes)
         with self.history.batch():
             self._note_queue_states(held, answer, waiting, report)
-        self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
+        if not self.unread_holds:
+            self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
         with self.history.batch():
             if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
             collected = self.collector.collect(held, answer.finished)
-        report.finished_ok += collected.ok
-        report.finished_error += collected.error
-        report.collected_ids = collected.job_ids
-        report.held_ids = sorted(set(held) - set(collected.job_ids))
-        report.dropbox_counts = _dropbox_counts(listing, report, len(collected.job_ids))
+        report.finished_ok = tally["ran_ok"]
+        report.finished_error = tally[FAILED] + tally["ran_error"]
+        report.collected_ids = collected
+        report.held_ids = sorted(set(held) - set(collected))
+        report.dropbox_counts = _dropbox_counts(listing, report, len(collected))
         report.seconds = time.monotonic() - started
         return report
 
+    def _fitting(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
+        """Only what fits in the cluster's free space (as last reported) is sent; a job
+        that alone exceeds it fails, so it cannot fail every other job's push."""
+        free = known_free(self.config.state_dir)
+        if free is None or not waiting:
+            return waiting
+        sizes = {job_id_: entry_bytes(self.outbox / job_id_) for job_id_ in waiting}
+        send, wait, never = split_by_room(sizes, free)
+        for job_id_ in never:
+            report.abandoned.append(job_id_)     # what a push may have left of it goes too
+            job = held.pop(job_id_)
+            self._fail(job, too_big_message(sizes[job_id_], free), scratch=[self.outbox / job_id_])
+        if wait:
+            report.environment_errors.append(f"{len(wait)} job(s) wait for room in the cluster workspace")
+            log.warning("the cluster workspace has %s free: %d job(s) wait for room", format_size(free), len(wait))
+        return send
+
     # -- what the submitter holds ----------------------------------------------------------
-    def _held_jobs(self, names: list[str], report: CycleReport) -> dict[str, HeldJob]:
+    def _held_jobs(self, names: list[str]) -> dict[str, HeldJob]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
         for name in names:
-            try:
-                document = self.dropbox.read_held(name)
-                job = HeldJob.from_document(name, document)
-            except (ValueError, KeyError, TypeError) as error:
-                self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})", report)
-                continue
-            if not self.seal.verify(document):
-                self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not "
-                                       "match)" if SEAL in document else ".submitted has no seal (edited, or "
-                                       "written by a version before seals): resubmit the job", report)
-                continue
-            finished = self.dropbox.read_result(name)
-            if finished and (finished.get("job") or {}).get("id") == job.job_id:
-                self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
-                continue
-            held[job.job_id] = job
+            if not self.boundary.contain(name, "reading its .submitted file",
+                                         lambda name=name: self._read_hold(name, held),
+                                         lambda message, name=name: self._drop_broken_hold(name, message)):
+                self.unread_holds += 1
         return held
 
-    def _drop_broken_hold(self, name: str, why: str, report: CycleReport) -> None:
+    def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:
+        try:
+            document = self.dropbox.read_held(name)
+            job = HeldJob.from_document(name, document)
+        except (ValueError, KeyError, TypeError) as error:
+            self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})")
+            return
+        if not self.seal.verify(document):
+            self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not match)"
+                                   if SEAL in document else ".submitted has no seal (edited, or written by a "
+                                   "version before seals): resubmit the job")
+            return
+        finished = self.dropbox.read_result(name)
+        if finished and (finished.get("job") or {}).get("id") == job.job_id:
+            self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
+            return
+        held[job.job_id] = job
+
+    def _drop_broken_hold(self, name: str, why: str) -> None:
         try:
             document = self.dropbox.read_held(name)
         except ValueError:
             document = {}
         digest = document.get("job_digest")
-        self.dropbox.write_result(name, echoable(document.get("description")),
-                                  error_block(f"cannot continue this job: {why}",
-                                              job_digest=digest if isinstance(digest, str) else None))
-        self.dropbox.discard(name, ".submitted")
-        self.history.record(name, "finished", detail=why, status="error", message=why)
-        report.finished_error += 1
-        log.error("%s: %s; wrote an error result", name, why)
+        self.finisher.finish(Outcome(name, echoable(document.get("description")),
+                                     error_block(f"cannot continue this job: {why}",
+                                                 job_digest=digest if isinstance(digest, str) else None),
+                                     detail=why, log_level=logging.ERROR))
 
     def _drop_stray_cancels(self, listing, held: dict[str, HeldJob]) -> None:
         held_names = {job.name for job in held.values()}
         for name in listing.cancel - held_names - set(listing.new):
             log.info("%s: nothing to cancel (no such job waiting or running)", name)
-            self.dropbox.discard(name, ".cancel")
+            self.boundary.contain(name, "removing its .cancel", lambda name=name: self.dropbox.discard(name, ".cancel"),
+                                  None)
 
     # -- 3. queue states ----------------------------------------------------------------------
     def _note_queue_states(self, held: dict[str, HeldJob], answer: CycleAnswer,
@@ -180,23 +239,11 @@ class Submitter:
                                                              limit=len(held) + 1000)}
         for job_id_, state in answer.states.items():
             job = held.get(job_id_)
-            if job is None:
-                continue
-            last = known.get(job.name)
-            runner = answer.claimed_by.get(job_id_)
-            if state == JobState.ABSENT:
-                log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job_id_)
-                self._rebuild_outbox_entry(job, report)
-                continue
-            if job_id_ in sent:
-                shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-            if state == JobState.QUEUED and (last is None or last.state != JobState.QUEUED):
-                self.history.record(job.name, JobState.QUEUED, job_id_)
-                log.info("%s: staged and queued as %s", job.name, job_id_)
-            elif state == JobState.RUNNING and (last is None or last.state != JobState.RUNNING
-                                                or last.runner != runner):
-                self.history.record(job.name, JobState.RUNNING, job_id_, detail=runner, runner=runner)
-                log.info("%s: running on runner %s", job.name, runner)
+            if job is not None and job_id_ not in report.unsent:
+                self.boundary.contain(
+                    job.name, "noting its state on the cluster",
+                    lambda job=job, state=state: self._note_state(job, state, answer, sent, known.get(job.name)),
+                    None)
         names = {job_id_: job.name for job_id_, job in held.items()}
         for item in answer.requeued:
             report.requeued += 1
@@ -212,10 +259,30 @@ class Submitter:
             report.runners_submitted += 1
             log.info("runner %s submitted for class %s (scheduler id %s)",
                      runner["runner"], runner["class"], runner["sched_id"])
+        for runner in answer.cancelled_runners:
+            report.runners_cancelled += 1
+            log.info("runner %s cancelled while pending: no work left for it (scheduler id %s)",
+                     runner["runner"], runner["sched_id"])
         report.states = answer.counts
         report.runners = answer.runners
 
-    def _rebuild_outbox_entry(self, job: HeldJob, report: CycleReport) -> None:
+    def _note_state(self, job: HeldJob, state: str, answer: CycleAnswer, sent: list[str], last) -> None:
+        runner = answer.claimed_by.get(job.job_id)
+        if state == JobState.ABSENT:
+            log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job.job_id)
+            self._rebuild_outbox_entry(job)
+            return
+        if job.job_id in sent:
+            shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+        if state == JobState.QUEUED and (last is None or last.state != JobState.QUEUED):
+            self.history.record(job.name, JobState.QUEUED, job.job_id)
+            log.info("%s: staged and queued as %s", job.name, job.job_id)
+        elif state == JobState.RUNNING and (last is None or last.state != JobState.RUNNING
+                                            or last.runner != runner):
+            self.history.record(job.name, JobState.RUNNING, job.job_id, detail=runner, runner=runner)
+            log.info("%s: running on runner %s", job.name, runner)
+
+    def _rebuild_outbox_entry(self, job: HeldJob) -> None:
         try:
             try:
                 prepared = prepare(self.config, job.name, job.description, job.fingerprint)
@@ -227,12 +294,13 @@ class Submitter:
                 shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
                 raise JobInvalid([f"input(s) changed since the job was taken: {', '.join(changed)}"])
         except (JobInvalid, TemplateProblem) as problem:
-            message = f"the job was lost on the cluster and cannot be sent again: {problem}"
-            self.dropbox.write_result(job.name, job.description, error_block(
-                message, job.job_id, job_digest=job.job_digest))
-            self.dropbox.discard(job.name, ".submitted")
-            self.history.record(job.name, "finished", job.job_id, detail=message, status="error", message=message)
-            report.finished_error += 1
+            self._fail(job, f"the job was lost on the cluster and cannot be sent again: {problem}")
+
+    def _fail(self, job: HeldJob, message: str, scratch: list[Path] | None = None) -> None:
+        """End a held job with an error result (its script did not run)."""
+        self.finisher.finish(Outcome(job.name, job.description,
+                                     error_block(message, job.job_id, job_digest=job.job_digest),
+                                     scratch=scratch or [], log_level=logging.WARNING))
 
 
 def _dropbox_counts(listing, report: CycleReport, collected: int) -> dict[str, int]:

@@ -9,14 +9,17 @@ truth about which runners exist; when it does not answer, the last listing is ke
 nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
-import fcntl
+import json
 import os
+import shutil
 import sys
 import time
 import uuid
 
+from . import policy, policy_state
 from .files import listdir, read_json, write_json
 from .jobstore import JobStore
+from .locks import FileLock
 from .protocol import (
     CycleAnswer,
     CycleRequest,
@@ -59,9 +62,18 @@ def cycle(request, sched=None):
     states = store.states()
     for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
+    known = set(states)
+    unsent = set(request.unsent)
     for job_id in in_flight:
+        if job_id in unsent and job_id not in states:
+            # Its push failed half-way (a full disk): what arrived is removed, not queued;
+            # the submitter sends it again when there is room.
+            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            states[job_id] = JobState.SUBMITTED
+            continue
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
+    arrived = [job_id for job_id in in_flight if job_id not in known and states[job_id] == JobState.QUEUED]
 
     answer = CycleAnswer()
     # Submitters sharing a workspace take turns here, so two of them never both decide
@@ -83,12 +95,15 @@ def cycle(request, sched=None):
                 answer.refused += refuse_hopeless(store, job_class, settings)
                 ensure = ensure_runner_per_job if settings.get("runner_per_job") else ensure_runner
                 try:
-                    new = ensure(store, sched, runners, job_class, settings, request)
+                    new, dropped = ensure(store, sched, runners, job_class, settings, request, arrived)
                 except SubmitFailed as error:
                     answer.errors.append("class %s: cannot submit a runner: %s" % (job_class, error))
                     sys.stderr.write(answer.errors[-1] + "\n")
-                    continue
+                    new, dropped = getattr(error, "submitted", []), getattr(error, "cancelled", [])
                 answer.submitted.extend(new)
+                answer.cancelled_runners.extend(dropped)
+                for runner in dropped:
+                    runners.pop(runner["runner"], None)
                 for runner in new:
                     runners[runner["runner"]] = RunnerInfo(
                         runner["runner"], runner["sched_id"], RunnerState.PENDING, settings.get("time_limit"))
@@ -99,25 +114,68 @@ def cycle(request, sched=None):
         states = store.states()
 
     held = set(in_flight)
-    answer.finished = [{"id": job_id, "record": read_json(store.finished_path(job_id), {})}
-                       for job_id in in_flight if states.get(job_id) == JobState.DONE]
-    answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    answer.finished = []
+    for job_id in in_flight:
+        if states.get(job_id) == JobState.DONE:
+            record = read_finished_record(store, job_id, answer.errors)
+            if record is not None:
+                answer.finished.append({"id": job_id, "record": record})
+    if request.remove_collected:
+        answer.removed = remove_collected(store, states, request.submitter, in_flight)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
     answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
                          for job_id in store.claimed_jobs(runner_id) if job_id in held}
     answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
     answer.counts = count_states(states)
+    answer.workspace_free_bytes = free_bytes(store.root)
     return answer.to_json()
+
+
+def read_finished_record(store, job_id, errors):
+    """A done job's record; None (and an error line) when it cannot be read just now.
+
+    A read that fails (NFS EIO, ESTALE, a permission glitch) is the filesystem's fault,
+    not the job's: the job stays done and is reported again next cycle.  A record that
+    reads but is not JSON was spoiled where the job could write: the job's fault."""
+    path = store.finished_path(job_id)
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return {"rc": -1, "error": "the run left no finished record"}
+    except (OSError, UnicodeDecodeError) as error:
+        errors.append("%s: cannot read its finished record just now (%s); it is collected later" % (job_id, error))
+        sys.stderr.write(errors[-1] + "\n")
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError as error:
+        record = None
+        why = str(error)
+    else:
+        why = "not a JSON object"
+    if not isinstance(record, dict):
+        return {"rc": -1, "error": "its finished record is unreadable (%s)" % why}
+    return record
+
+
+def free_bytes(path):
+    """Space left on the workspace's filesystem (None when it cannot be asked)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
 
 
 @contextlib.contextmanager
 def workspace_lock(store):
-    fd = os.open(os.path.join(store.runners_dir(), ".cycle.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    lock = FileLock(os.path.join(store.runners_dir(), ".cycle.lock"))
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock.acquire(blocking=True)
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def start_errors(store):
@@ -287,29 +345,102 @@ def refuse_hopeless(store, job_class, settings):
     return refused
 
 
-def ensure_runner(store, sched, runners, job_class, settings, request):
-    """Submit at most one runner for a class, and only when ready work needs it.
+def ensure_runner(store, sched, runners, job_class, settings, request, arrived=()):
+    """The class's runners as ``policy.decide`` wants them: submit what the backlog calls
+    for, cancel pending runners it no longer needs.  ``arrived``: the jobs this cycle made
+    ready (of any class).  Returns (submitted, cancelled)."""
+    now = time.time()
+    rules = policy.settings_from(settings)
+    state = policy_state.load(store, job_class, now)
+    state["arrivals"] += [now for job_id in arrived if store.job_meta(job_id).get("class") == job_class]
+    mine = {runner_id: info for runner_id, info in runners.items()
+            if _runner_class(store, runner_id) == job_class}
+    _observe_queue_waits(store, mine, state)
+    usable = policy_runner_usable(settings)
+    views = [policy.Runner(runner_id, info.state, len(store.claimed_jobs(runner_id)), usable(info))
+             for runner_id, info in sorted(mine.items())]
+    others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != RunnerState.ENDING)
+    ready = [_expected_seconds(store.job_meta(job_id)) for job_id in store.ready_jobs(job_class)]
+    decision = policy.decide(rules, ready, views, others, len(state["submitted"]), state["queue_wait"])
+    cancelled = cancel_pending(store, sched, mine, decision.cancel)
+    state["cancelled"] += len(cancelled)
+    submitted = []
+    try:
+        for _ in range(decision.submit):
+            submitted.append(submit_runner(store, sched, job_class, settings, request))
+            state["submitted"].append(time.time())
+    except SubmitFailed as error:
+        error.submitted, error.cancelled = submitted, cancelled
+        raise
+    finally:
+        rate = policy.arrival_rate(state["arrivals"], now)
+        wait = policy.QUEUE_WAIT_GUESS if state["queue_wait"] is None else state["queue_wait"]
+        try:
+            policy_state.save(store, job_class, state)
+            policy_state.write_linger(store, job_class, policy.linger_seconds(rules, rate, wait), now)
+        except OSError as error:
+            # The policy's memory is a help, not a need: without it the per-cycle cap and
+            # max_runners still bound the submissions, and idle runners use idle_timeout.
+            sys.stderr.write("class %s: cannot keep the runner policy's state: %s\n" % (job_class, error))
+    return submitted, cancelled
 
-    None pending or running: submit one.  Otherwise submit another (up to max_runners)
-    only when the ready backlog is larger than the live runners' free slots, or when a
-    ready job expects more time than any live runner has left.
+
+def cancel_pending(store, sched, runners, runner_ids):
+    """Cancel runners the policy no longer needs, if they are still pending.
+
+    Checked again right before: a runner that holds a claim or has written its heartbeat
+    (it started) is left alone, and the scheduler is asked to cancel only jobs still
+    pending (``scancel --state=PENDING``), so one that starts meanwhile keeps running.
     """
-    ready = store.ready_jobs(job_class)
-    if not ready:
+    chosen = []
+    for runner_id in runner_ids:
+        info = runners.get(runner_id)
+        alive = os.path.join(store.runners_dir(), runner_id + ".alive.json")
+        if (info is None or info.state != RunnerState.PENDING or not info.sched_id or store.claimed_jobs(runner_id)
+                or os.path.exists(alive)):
+            continue
+        chosen.append(info)
+    if not chosen:
         return []
-    live = [info for info in runners.values()
-            if _runner_class(store, info.runner_id) == job_class and info.state != RunnerState.ENDING]
-    if live:
-        if len(live) >= int(class_setting(settings, "max_runners")):
-            return []
-        slots = int(class_setting(settings, "slots"))
-        free = sum(max(0, slots - len(store.claimed_jobs(info.runner_id))) for info in live)
-        if len(ready) <= free and not _needs_fresh_runner(store, ready, live, settings):
-            return []
-    return [submit_runner(store, sched, job_class, settings, request)]
+    asked = set(sched.cancel_pending([info.sched_id for info in chosen]))
+    return [{"runner": info.runner_id, "sched_id": info.sched_id} for info in chosen if info.sched_id in asked]
 
 
-def ensure_runner_per_job(store, sched, runners, job_class, settings, request):
+def policy_runner_usable(settings):
+    """Seconds a live runner can still give a job, as ``policy.Runner.usable`` wants it: a
+    running one keeps back its warning time; None when there is no limit."""
+    def usable(info):
+        if info.time_left is None:
+            return None
+        return info.time_left - effective_warn_seconds(settings.get("time_limit") or info.time_left,
+                                                       class_setting(settings, "warn_seconds"))
+    return usable
+
+
+def _expected_seconds(meta):
+    """A job's expected run time as the policy counts it; 0 (not stated) for anything that
+    is not a number."""
+    value = meta.get("expected_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return 0
+    return value
+
+
+def _observe_queue_waits(store, runners, state):
+    """Count once, for each runner newly seen running, how long it waited in the queue."""
+    for runner_id, info in sorted(runners.items()):
+        if info.state != RunnerState.RUNNING or runner_id in state["seen"]:
+            continue
+        spec = read_json(os.path.join(store.runners_dir(), runner_id + ".json"), {})
+        alive = read_json(os.path.join(store.runners_dir(), runner_id + ".alive.json"), {})
+        submitted_at, started = spec.get("submitted_at"), alive.get("started")
+        if not isinstance(submitted_at, (int, float)) or not isinstance(started, (int, float)):
+            continue
+        state["seen"] = (state["seen"] + [runner_id])[-policy_state.SEEN_KEPT:]
+        state["queue_wait"] = policy.queue_wait_estimate(state["queue_wait"], max(0.0, started - submitted_at))
+
+
+def ensure_runner_per_job(store, sched, runners, job_class, settings, request, arrived=()):
     """The 1:1 mode (``runner_per_job``): a scheduler job for every ready job, as a site
     that must account each job separately needs, and the baseline batching is measured
     against.  Each such runner runs one job and leaves."""
@@ -317,7 +448,7 @@ def ensure_runner_per_job(store, sched, runners, job_class, settings, request):
                if _runner_class(store, info.runner_id) == job_class and info.state != RunnerState.ENDING
                and not store.claimed_jobs(info.runner_id)]
     missing = len(store.ready_jobs(job_class)) - len(waiting)
-    return [submit_runner(store, sched, job_class, dict(settings, slots=1), request) for _ in range(missing)]
+    return [submit_runner(store, sched, job_class, dict(settings, slots=1), request) for _ in range(missing)], []
 
 
 def submit_runner(store, sched, job_class, settings, request):
@@ -364,20 +495,6 @@ def count_states(states):
     for state in states.values():
         counts[state] = counts.get(state, 0) + 1
     return counts
-
-
-def _needs_fresh_runner(store, ready, live, settings):
-    """True when some ready job expects more time than any live runner can still give."""
-    best = 0
-    for info in live:
-        if info.time_left is None:
-            return False
-        # A pending runner will start with its whole limit; a running one keeps back its
-        # warning time.
-        warn = effective_warn_seconds(settings.get("time_limit") or info.time_left,
-                                      class_setting(settings, "warn_seconds"))
-        best = max(best, info.time_left - warn)
-    return any((store.job_meta(job_id).get("expected_seconds") or 0) > best for job_id in ready)
 
 
 def _runner_class(store, runner_id):

@@ -75,12 +75,23 @@ DEFAULT_IDLE_TIMEOUT = 60        # seconds a runner waits for work before leavin
 DEFAULT_WARN_SECONDS = 60        # how long before its limit a runner stops and hands back
 DEFAULT_MAX_ATTEMPTS = 3         # runs a job may start before an interruption fails it
 DEFAULT_HEARTBEAT_TIMEOUT = 300  # a runner silent this long is taken for lost
+# The runner policy (on_hpc/policy.py), chosen with bench/simulate.py (README, "Runner policy").
+DEFAULT_USER_LIMIT = 0           # the site's per-user job limit, all classes together; 0: none stated
+DEFAULT_SPECULATE = 1            # runners kept pending for any backlog at all
+DEFAULT_SUBMIT_CAP = 8           # most runner submissions per class per cycle
+DEFAULT_SUBMIT_PER_HOUR = 24     # most runner submissions per class in any hour
+DEFAULT_ADAPTIVE_LINGER = False  # linger only while recent arrivals pay for it (idle_timeout: the most)
 
 CLASS_DEFAULTS = {
     "slots": DEFAULT_SLOTS,
     "max_runners": DEFAULT_MAX_RUNNERS,
     "idle_timeout": DEFAULT_IDLE_TIMEOUT,
     "warn_seconds": DEFAULT_WARN_SECONDS,
+    "user_limit": DEFAULT_USER_LIMIT,
+    "speculate": DEFAULT_SPECULATE,
+    "submit_cap": DEFAULT_SUBMIT_CAP,
+    "submit_per_hour": DEFAULT_SUBMIT_PER_HOUR,
+    "adaptive_linger": DEFAULT_ADAPTIVE_LINGER,
 }
 
 
@@ -111,6 +122,8 @@ class CycleRequest(object):
     python: str = ""                            # the interpreter runners start with
     in_flight: List[str] = field(default_factory=list)   # every job id the submitter holds
     cancel: List[str] = field(default_factory=list)
+    unsent: List[str] = field(default_factory=list)      # held, but their push failed: not to be queued
+    remove_collected: bool = True      # False when the submitter could not read all its holds
     classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
@@ -132,10 +145,12 @@ class CycleAnswer(object):
     requeued: List[Dict[str, Any]] = field(default_factory=list)   # {"id", "outcome", "reason"}
     refused: List[Dict[str, Any]] = field(default_factory=list)    # {"id", "reason"}
     submitted: List[Dict[str, Any]] = field(default_factory=list)  # {"runner", "class", "sched_id"}
+    cancelled_runners: List[Dict[str, Any]] = field(default_factory=list)  # {"runner", "sched_id"}, were pending
     scheduler_ok: bool = True
     errors: List[str] = field(default_factory=list)
     runners: List[Dict[str, Any]] = field(default_factory=list)    # headnode.describe_runner rows
     counts: Dict[str, int] = field(default_factory=dict)       # JobState -> jobs on the cluster
+    workspace_free_bytes: Optional[int] = None                 # room left where jobs are sent
 
     from_json = classmethod(_from_json)
 

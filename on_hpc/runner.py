@@ -7,6 +7,7 @@ confines to what the job asked for, and keeps taking jobs that arrive while it r
 never starts a job that expects more time than the allocation has left, and when told to
 stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
+import errno
 import os
 import select
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 
+from . import policy_state
 from .files import read_json, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -27,16 +29,22 @@ POLL_SECONDS = 0.2
 START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
+LINGER_READ_SECONDS = 5
 # A job that dies by a signal may have been hit by the same signal that is about to stop
 # the runner (scancel signals every process of the allocation at once).  Its end is held
 # back this long so a stop that follows turns it into an interruption, not a failure.
 SIGNAL_GRACE_SECONDS = 2.0
 TERMINATE_WAIT_SECONDS = 3.0
+# A failed job that leaves less than this free on its disk is taken to have failed for
+# want of space (its own output filled it).
+FULL_BYTES = 64 * 1024
 
 
 class RunningJob(object):
-    def __init__(self, job_id, process, start, request, placement, attempt):
+    def __init__(self, job_id, process, start, request, placement, attempt, free_at_start=0):
         self.job_id = job_id
+        self.free_at_start = free_at_start    # bytes free on its disk when it started
+        self.disk_full = None                 # why its disk was full when it ended ("" if it was not)
         self.process = process
         self.start = start
         self.request = request
@@ -91,15 +99,17 @@ class Runner(object):
         self.gpus_per_node = max(len(node.gpus) for node in self.ledger.nodes)
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
+        self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
         self.unfit_seen = set()
+        self._linger_read = None      # (when, seconds): the adaptive linger last read
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
 
     def run(self):
-        write_json(self.alive_path, {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
-                                     "started": time.time(), "deadline": self.deadline,
-                                     "nodes": self.ledger.describe()})
+        self.alive = {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
+                      "started": time.time(), "deadline": self.deadline, "nodes": self.ledger.describe()}
+        write_json(self.alive_path, self.alive)
         log("runner %s up on %s: %s; jobs as %s; %s" % (
             self.runner_id, self.host, "; ".join(_node_text(node) for node in self.ledger.nodes),
             "job steps" if self.steps else "processes", self._left_text()))
@@ -107,6 +117,8 @@ class Runner(object):
         try:
             while True:
                 self._reap()
+                for job, code, end in list(self.unrecorded.values()):
+                    self._finish(job, code, end)
                 if not self.stop_reason and self.stop_at is not None and time.time() >= self.stop_at:
                     self.stop_reason = "runner %s reached its time limit less %ds" % (
                         self.runner_id, self.warn)
@@ -116,7 +128,7 @@ class Runner(object):
                 unfit = self._fill_slots()
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_SECONDS:
-                    os.utime(self.alive_path, None)
+                    self._heartbeat()
                     last_beat = now
                 if self.jobs:
                     idle_since = now
@@ -127,12 +139,26 @@ class Runner(object):
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
                     break
-                elif now - idle_since >= self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT):
+                elif now - idle_since >= self._linger(now):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
                 self._nap(POLL_SECONDS)
         finally:
             self.store.forget_runner(self.runner_id)
+
+    def _heartbeat(self):
+        """Touch the heartbeat; recreate it when someone removed it (a cleanup script, a
+        full disk's victim), so the head node does not take a live runner for lost."""
+        try:
+            os.utime(self.alive_path, None)
+        except FileNotFoundError:
+            log("heartbeat file %s vanished; writing it again" % self.alive_path)
+            try:
+                write_json(self.alive_path, self.alive)
+            except OSError as error:
+                log("cannot write the heartbeat file: %s" % error)
+        except OSError as error:
+            log("cannot touch the heartbeat file: %s" % error)
 
     # -- claiming and starting ----------------------------------------------------------
     def _fill_slots(self):
@@ -222,11 +248,14 @@ class Runner(object):
             self.ledger.release(request, placement)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
-        write_json(os.path.join(job_dir, "claim.json"), {
-            "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
-            "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
-            "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps})
-        self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt)
+        try:
+            write_json(os.path.join(job_dir, "claim.json"), {
+                "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
+                "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
+                "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps})
+        except OSError as error:    # a full disk: the job runs; only its leftovers' cleanup needs this
+            log("cannot write claim.json of %s: %s" % (job_id, error))
+        self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt, free_bytes(job_dir) or 0)
         log("started %s (attempt %d, %d cpu, %dM, %d gpu on %s%s)" % (
             job_id, attempt, request.cpus, request.memory_mb, request.gpus, placement.node,
             " as a job step" if self.steps else ", gpus %s" % (",".join(placement.gpus) or "none")))
@@ -255,11 +284,46 @@ class Runner(object):
             self._finish(job, code, end)
 
     def _finish(self, job, code, end):
-        del self.jobs[job.job_id]
-        self.ledger.release(job.request, job.placement)
-        self.store.finish(self.runner_id, job.job_id,
-                          self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job))
-        log("finished %s rc=%s" % (job.job_id, code))
+        if self.jobs.pop(job.job_id, None) is not None:
+            self.ledger.release(job.request, job.placement)
+        record = self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job)
+        job_dir = self.store.job_dir(job.job_id)
+        if job.disk_full is None:     # as it was when the job ended, not when recorded
+            job.disk_full = (disk_full(job_dir) if code != 0 and not job.cancelled else None) or ""
+        full = job.disk_full
+        try:
+            if full and job_bytes(job_dir) < job.free_at_start // 2:
+                # Someone else filled the disk: not this job's fault.  It runs again,
+                # counted, so a disk that stays full ends it after max_attempts.
+                outcome = self.store.release(self.runner_id, job.job_id, "the cluster's disk filled up (%s), "
+                                             "not by this job" % full,
+                                             self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)
+                log("released %s: %s (disk full, not its doing)" % (job.job_id, outcome))
+                self.unrecorded.pop(job.job_id, None)
+                return
+            if full:
+                record.error = free_space_of_failed_job(job_dir, full)
+            self._record_end(job.job_id, record)
+        except OSError as error:
+            # The filesystem refused even that (a full disk): the runner goes on and tries
+            # again each turn of its loop; if it leaves first, the head node hands the job back.
+            if job.job_id not in self.unrecorded:
+                log("cannot record the end of %s (%s); trying again" % (job.job_id, error))
+            self.unrecorded[job.job_id] = (job, code, end)
+            return
+        self.unrecorded.pop(job.job_id, None)
+        log("finished %s rc=%s%s" % (job.job_id, code, " (%s)" % record.error if full else ""))
+
+    def _record_end(self, job_id, record):
+        """finished.json; when even that small file does not fit, the job's own output is
+        what fills the disk: it is removed and the record says so."""
+        try:
+            self.store.finish(self.runner_id, job_id, record)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT) or record.error:
+                raise
+            record.error = free_space_of_failed_job(self.store.job_dir(job_id), error.strerror)
+            self.store.finish(self.runner_id, job_id, record)
 
     def _end(self, job):
         """SIGTERM to the job's process group (srun passes it on to its step), SIGKILL if
@@ -310,6 +374,19 @@ class Runner(object):
             del self.jobs[job.job_id]
             self.ledger.release(job.request, job.placement)
             log("released %s: %s" % (job.job_id, outcome))
+
+    def _linger(self, now):
+        """How long to wait idle: the class's fixed ``idle_timeout``, or with
+        ``adaptive_linger`` what the last cycle worked out from recent arrivals (see
+        ``policy.linger_seconds``), never longer than ``idle_timeout``."""
+        fixed = float(self.spec.get("idle_timeout", DEFAULT_IDLE_TIMEOUT) or 0)
+        if not self.spec.get("resources", {}).get("adaptive_linger"):
+            return fixed
+        # Read at most every LINGER_READ_SECONDS: the figure changes once a cycle, and the
+        # file is on the shared filesystem.
+        if self._linger_read is None or now - self._linger_read[0] >= LINGER_READ_SECONDS:
+            self._linger_read = (now, policy_state.read_linger(self.store, self.job_class, fixed, now))
+        return self._linger_read[1]
 
     def _nap(self, seconds):
         """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""
@@ -408,9 +485,59 @@ def _empty_folder(path):
     os.makedirs(path, mode=0o700)
 
 
+def free_bytes(path):
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def disk_full(path):
+    """Why the disk holding ``path`` counts as full (free space under FULL_BYTES), or None."""
+    free = free_bytes(path)
+    return "No space left on device (%d bytes free)" % free if free is not None and free < FULL_BYTES else None
+
+
+def job_bytes(job_dir):
+    """What a job wrote: its output folder, stdout and stderr."""
+    total = _tree_bytes(os.path.join(job_dir, "output"))
+    for name in ("stdout", "stderr"):
+        try:
+            total += os.lstat(os.path.join(job_dir, name)).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _tree_bytes(folder):
+    size = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                size += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return size
+
+
+def free_space_of_failed_job(job_dir, why):
+    """A job that failed on a full disk: its partial output is removed so the disk is free
+    for the others, and its record says so (the job's fault, not a reason to run it again)."""
+    output = os.path.join(job_dir, "output")
+    size = _tree_bytes(output)
+    shutil.rmtree(output, ignore_errors=True)
+    return ("the cluster's disk was full when the job ended (%s): its output was removed "
+            "(%d bytes) to free the disk for other jobs" % (why, size))
+
+
 def log(message):
-    sys.stdout.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
-    sys.stdout.flush()
+    """The runner's log line; a full disk under the log file must not end the runner."""
+    try:
+        sys.stdout.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message))
+        sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def main(spec_path):

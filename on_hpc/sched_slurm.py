@@ -226,6 +226,12 @@ def scancel_argv(sched_ids):
     return ["scancel"] + [str(sched_id) for sched_id in sched_ids]
 
 
+def scancel_pending_argv(sched_ids):
+    """Cancel only those of the jobs that are still pending: Slurm checks the state as it
+    cancels, so a runner that starts meanwhile is left running."""
+    return ["scancel", "--state=PENDING"] + [str(sched_id) for sched_id in sched_ids]
+
+
 def allocated_gpus(environ):
     """The GPUs of this allocation, as the jobs started in it must name them.
 
@@ -283,6 +289,21 @@ class SlurmConnector(Connector):
                 commands.run(scancel_argv(sched_ids), SQUEUE_TIMEOUT_SECONDS)
             except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
+
+    def cancel_pending(self, sched_ids):
+        """Cancel runners that are still pending; returns the ids Slurm was asked to cancel
+        (none when scancel could not be run: a later cycle decides again).  scancel exits
+        non-zero when one of them was no longer pending; the others are cancelled all the
+        same, and the next listing says which."""
+        if not sched_ids:
+            return []
+        try:
+            commands.run(scancel_pending_argv(sched_ids), SQUEUE_TIMEOUT_SECONDS)
+        except commands.CommandUnavailable:
+            return []
+        except commands.CommandFailed:
+            pass
+        return list(sched_ids)
 
     def kill_leftovers(self, job_id, claim):
         """Slurm ends what a lost allocation left running, except processes it does not

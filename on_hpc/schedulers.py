@@ -47,8 +47,8 @@ class SubmitFailed(Exception):
 class Connector(object):
     """A batch scheduler as the queue logic needs it.
 
-    The head node calls ``submit``, ``list_runners`` (once per cycle), ``cancel`` and
-    ``kill_leftovers``; a runner calls the ``allocation_*`` methods from inside its
+    The head node calls ``submit``, ``list_runners`` (once per cycle), ``cancel``,
+    ``cancel_pending`` and ``kill_leftovers``; a runner calls the ``allocation_*`` methods from inside its
     allocation to learn its id, time, nodes and GPUs, and, where the scheduler runs jobs as
     steps of the allocation (``launches_steps``), ``step_argv`` and ``cancel_steps``.
     Listing failures raise SchedulerUnavailable and the head node falls back on
@@ -81,6 +81,14 @@ class Connector(object):
     def cancel(self, sched_ids):
         """Ask the scheduler to end these runners; a failure is left to a later cycle."""
         raise NotImplementedError
+
+    def cancel_pending(self, sched_ids):
+        """Cancel those of these runners that are still waiting in the scheduler's queue,
+        leaving any that has started; return the ids the scheduler was asked to cancel.
+        By default nothing: local runners never wait in a queue (one counted as pending is
+        a process still starting), and a scheduler that cannot cancel by state keeps its
+        surplus runners until they start and leave idle."""
+        return []
 
     def kill_leftovers(self, job_id, claim):
         """End what a runner that died outright left of a job (``claim`` is the job's

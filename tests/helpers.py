@@ -32,6 +32,7 @@ def write_config(root: Path, **overrides: Any) -> Path:
         "classes": {"default": {"slots": 4, "idle_timeout": 2},
                     "gpu": {"slots": 2, "idle_timeout": 2}},
         "grace_seconds": 0,
+        "settle_seconds": 0,
         "hpc_env": {"ledger": str(root / "ledger")},
     }
     data.update(overrides)

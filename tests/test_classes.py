@@ -45,6 +45,8 @@ def test_every_class_setting_reaches_sbatch(tmp_path):
     assert gpu == {"partition": "gpu", "gres": "gpu:2", "cpus": 8, "memory": "64G", "time_limit": 7200,
                    "slots": 2, "max_runners": 3, "idle_timeout": 300, "warn_seconds": 90,
                    "extra_args": ["--account=lab", "--qos=normal"], "runner_per_job": False,
+                   "user_limit": 0, "speculate": 1, "submit_cap": 8, "submit_per_hour": 24,
+                   "adaptive_linger": False,
                    "queue": None, "pe": None, "gpus": None, "gpu_resource": "gpu", "memory_resource": "h_vmem",
                    "nodes": 1, "launch": None}
     assert _flags(gpu) == ["--no-requeue", "--partition=gpu", "--gres=gpu:2", "--cpus-per-task=8",

@@ -100,19 +100,18 @@ def test_a_burst_gets_one_runner_and_one_listing_per_cycle(store):
     assert sched.list_calls == 4
 
 
-def test_more_runners_only_for_a_backlog_beyond_free_slots_one_per_cycle(store):
+def test_a_backlog_gets_runners_in_proportion_several_per_cycle_up_to_max_runners(store):
     sched = FakeScheduler(store)
-    classes = {"default": {"slots": 4, "max_runners": 3}}
+    classes = {"default": {"slots": 4, "max_runners": 3, "speculate": 2}}
     jobs = [stage(store, "sub.j%d" % n) for n in range(4)]
     cycle(store, sched, jobs, classes=classes)
     cycle(store, sched, jobs, classes=classes)
-    assert len(sched.submitted) == 1     # 4 ready jobs fit the pending runner's 4 slots
+    assert len(sched.submitted) == 2     # 4 jobs fit one runner; a second pending races it (speculate: 2)
     jobs += [stage(store, "sub.k%d" % n) for n in range(20)]
     cycle(store, sched, jobs, classes=classes)
-    assert len(sched.submitted) == 2     # one more per cycle, never two at once
+    assert len(sched.submitted) == 3     # 24 jobs want 6 runners: max_runners
     cycle(store, sched, jobs, classes=classes)
-    cycle(store, sched, jobs, classes=classes)
-    assert len(sched.submitted) == 3     # max_runners
+    assert len(sched.submitted) == 3
 
 
 def test_runners_of_a_class_are_counted_by_claims(store):
@@ -309,3 +308,21 @@ def test_jobs_expecting_more_than_a_fresh_runner_has_end_with_an_error(store):
     error = answer["finished"][0]["record"]["error"]
     assert "expected_time 2m exceeds" in error and "class 'default'" in error
     assert len(sched.submitted) == 1            # for the short job only
+
+
+# -- the runner policy's own failures ----------------------------------------------------------
+def test_a_policy_state_that_cannot_be_written_costs_no_submission(store):
+    """A failing disk under runners/policy: the cycle still answers and submits, bounded as ever."""
+    with open(os.path.join(store.runners_dir(), "policy"), "w") as handle:
+        handle.write("not a folder")
+    sched = FakeScheduler(store)
+    answer = cycle(store, sched, [stage(store, "sub.j")])
+    assert len(sched.submitted) == 1 and len(answer["submitted"]) == 1
+
+
+def test_an_expected_time_that_is_not_a_number_counts_as_not_stated(store):
+    sched = FakeScheduler(store)
+    jobs = [stage(store, "sub.a", expected="1h"), stage(store, "sub.b", expected=float("nan")),
+            stage(store, "sub.c", expected=-5)]
+    answer = cycle(store, sched, jobs, classes={"default": {"slots": 1, "max_runners": 5}})
+    assert not answer["errors"] and len(sched.submitted) == 3

@@ -108,14 +108,14 @@ def run_cycle(tmp_path, connector, classes, monkeypatch, in_flight=()):
                            "in_flight": list(in_flight), "classes": classes, "pythonpath": "/x"})
 
 
-def test_one_runner_for_a_burst_and_at_most_one_submission_per_class_per_cycle(tmp_path, monkeypatch):
+def test_a_burst_gets_at_most_submit_cap_runners_in_a_cycle(tmp_path, monkeypatch):
     staged_store(tmp_path, [f"s.j{i}" for i in range(50)])
     fake = FakeConnector()
-    answer = run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 3}}, monkeypatch)
-    assert fake.submitted == ["default"] and len(answer["submitted"]) == 1
+    answer = run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 10, "submit_cap": 3}}, monkeypatch)
+    assert fake.submitted == ["default"] * 3 and len(answer["submitted"]) == 3
     # The submission is recorded: the next cycle counts it even before the scheduler lists it.
-    run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 1}}, monkeypatch)
-    assert fake.submitted == ["default"]
+    run_cycle(tmp_path, fake, {"default": {"slots": 4, "max_runners": 3}}, monkeypatch)
+    assert fake.submitted == ["default"] * 3
 
 
 def test_more_runners_only_when_the_backlog_exceeds_free_slots(tmp_path, monkeypatch):

@@ -119,10 +119,19 @@ def test_inputs_with_the_same_base_name_do_not_overwrite_each_other(config):
     assert out.read_text() == "from a\nfrom b\n"
 
 
-def test_a_job_still_being_written_is_not_failed_during_the_grace_period(config_factory):
-    config = config_factory(grace_seconds=30)
-    (config.dropbox / "slow.job").write_text("script: copy\ninput_map:\n  src: /tm")
-    run_once(config, LocalTransport())
+def test_a_job_still_being_written_is_not_taken_before_it_settles(config_factory):
+    import threading
+    config = config_factory(grace_seconds=30, settle_seconds=1)
+    path = config.dropbox / "slow.job"
+    path.write_text("script: copy\ninput_map:\n  src: /tm")
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: [os.utime(path) for _ in iter(lambda: done.wait(0.2), True)])
+    writer.start()                   # a slow writer: the file keeps changing through the cycle
+    try:
+        run_once(config, LocalTransport())
+    finally:
+        done.set()
+        writer.join()
     assert (config.dropbox / "slow.job").exists()
     assert result(config, "slow.job") is None
     job = copy_job(config, 7)

@@ -386,14 +386,6 @@ def test_a_job_file_that_is_a_link_is_refused_without_being_read(config, tmp_pat
     assert block.get("job_digest") is None       # not even a hash of the file
 
 
-def test_a_job_file_that_is_a_fifo_is_refused_without_waiting_on_it(config):
-    os.mkfifo(config.dropbox / "fifo.job")        # reading it would block the cycle forever
-    done = run_cli("once", "--config", str(config.source), timeout=60)
-    assert done.returncode == 0, done.stderr
-    block = result(config, "fifo.job")["job"]
-    assert block["status"] == "error" and "not a regular file" in block["message"], block
-
-
 def test_a_rejected_result_repeats_validated_keys_only_and_is_bounded(config, tmp_path):
     (config.dropbox / "shadow.job").write_text(f"root: '$6${SECRET}'\ndaemon: '*'\nscript: [x]\n")
     big = {"script": "copy", "args": {"blob": "A" * 600_000}, "bogus": {"nested": SECRET},

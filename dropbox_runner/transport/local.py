@@ -52,5 +52,9 @@ def _copy_tree(source: Path, target: Path, follow: bool = True) -> None:
         except FileNotFoundError:
             pass
         partial = destination.with_name(f".{entry.name}.partial")
-        shutil.copy2(entry.path, partial)
+        try:
+            shutil.copy2(entry.path, partial)
+        except OSError:
+            partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
+            raise
         os.replace(partial, destination)

@@ -1,0 +1,119 @@
+"""Reading what tools put in the dropbox, at a bounded cost whatever they put there.
+
+Anything in the dropbox may be hostile or half-made: a folder named ``x.job``, a FIFO that
+would block a plain ``open`` forever, a symbolic link to somewhere else, a YAML file that
+expands to gigabytes through aliases or nests deeper than the parser's stack.  Files are
+opened without following links and without blocking, checked with ``fstat`` to be regular
+files of a bounded size, and parsed with a bounded depth, event count and expansion, so
+one entry's cost cannot stall the cycle for the others.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_DEPTH = 64            # nesting of mappings and sequences
+MAX_EVENTS = 200_000      # YAML events (scalars, starts, ends, aliases) in one document
+MAX_NODES = 200_000       # values after aliases are expanded
+MAX_MESSAGE_CHARS = 4000  # what an error message may hold (results, logs)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class UnusableEntry(ValueError):
+    """A dropbox entry that is not a regular file of a bounded size, or YAML beyond the bounds."""
+
+
+def kind_of(mode: int) -> str:
+    """Words for a file type, for messages."""
+    for test, words in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file, opened without following a link or blocking.
+
+    UnusableEntry for a link, a folder, a FIFO or anything over ``limit`` bytes;
+    FileNotFoundError when it is gone; other OSErrors as they come.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if os.path.islink(path):
+            raise UnusableEntry(f"{path.name} is a symbolic link") from None
+        if os.path.isdir(path):
+            raise UnusableEntry(f"{path.name} is a folder") from None
+        raise error
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnusableEntry(f"{path.name} is {kind_of(info.st_mode)}")
+        if info.st_size > limit:
+            raise UnusableEntry(f"{path.name} is {info.st_size} bytes; files here are limited to {limit}")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise UnusableEntry(f"{path.name} grew past {limit} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def load_bounded_yaml(text: str) -> Any:
+    """``load_yaml`` for untrusted text: UnusableEntry when it nests deeper than MAX_DEPTH,
+    has more than MAX_EVENTS events, or expands (through aliases) past MAX_NODES values.
+    yaml.YAMLError for text that is not YAML.
+
+    The event pass runs first because building deeply nested values recurses (in C with
+    libyaml, where no RecursionError saves the process); events are a flat stream."""
+    depth = events = 0
+    for event in yaml.parse(text, Loader=_LOADER):
+        events += 1
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise UnusableEntry(f"the YAML nests deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+        if events > MAX_EVENTS:
+            raise UnusableEntry(f"the YAML has more than {MAX_EVENTS} parts")
+    data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    _check_expansion(data)
+    return data
+
+
+def _check_expansion(data: Any) -> None:
+    """Count values as a reader that expands aliases would see them (a shared value counts
+    each time), stopping at MAX_NODES: an alias bomb is small in memory until something
+    (a JSON dump, a job id) walks it."""
+    seen, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise UnusableEntry(f"the YAML expands to more than {MAX_NODES} values (aliases)")
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def bounded_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """An error message cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [... {len(text) - limit} more characters cut]"
