@@ -122,6 +122,7 @@ class Dropbox:
         return read_regular(self.path(name, suffix), limit)
 
     def digest(self, name: str, suffix: str = "") -> str:
+        """sha256 of a dropbox file; UnusableEntry for a link or a non-file (never followed)."""
         return hashlib.sha256(self.read(name, suffix)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
@@ -140,8 +141,8 @@ class Dropbox:
 
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
-        ValueError when it cannot be read as one,
-        OSError for a fault of the filesystem (EIO, ESTALE) that may pass."""
+        ValueError when it cannot be read as one, OSError for a fault of the filesystem
+        (EIO, ESTALE) that may pass."""
         try:
             data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
         except OSError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from .dropbox import Dropbox, HeldJob, Listing
 from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
-from .jobs import JobInvalid, echoable, parse_job_document
+from .jobs import JobInvalid, echoable, read_job
 from .on_hpc.protocol import JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
@@ -116,18 +117,14 @@ class Intake:
             return
         raw, digest = None, None
         try:
-            data = self.dropbox.read(name)
-            digest = hashlib.sha256(data).hexdigest()
-            raw = parse_job_document(data)
+            raw, digest = read_job(self.dropbox.path(name))
             job = prepare(self.config, name, raw)
             provenance = self._provenance(job)
         except FileNotFoundError:
             return              # taken back by its tool
-        except UnusableEntry as problem:
-            self._reject(name, None, [str(problem)], digest)
-            return
         except (JobInvalid, TemplateProblem) as problem:
             problems = getattr(problem, "problems", [str(problem)])
+            digest = digest or getattr(problem, "digest", None)
             if getattr(problem, "incomplete", False) and self.dropbox.age(name) < self.config.grace_seconds:
                 log.debug("%s: does not parse yet, may still be being written: %s", name, problems)
                 return
@@ -141,9 +138,12 @@ class Intake:
             return
         try:
             provenance = self._take(name, raw, job, digest, provenance)
-        except JobInvalid as problem:           # an input could not be taken as checked
+        except JobInvalid as problem:
             self._reject(name, raw, problem.problems, digest)
             return
+        except OSError:     # the state folder's disk, not the job: it waits, and the boundary says so
+            shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+            raise
         key = provenance.get("cache_key")
         if key:
             keys_in_flight.add(key)
@@ -172,13 +172,14 @@ class Intake:
 
     def _input_digest(self, key: str, path: str) -> str:
         """Read through a checked descriptor: a FIFO or a file out of bounds swapped in
-        since the check is refused, never read (nor waited on)."""
+        since the check is refused, never read (nor waited on).  A read error is the
+        job's input's, whatever the errno: its fault."""
         try:
             with os.fdopen(open_checked(path, self.boundaries), "rb") as handle:
                 return self.history.file_digest(path, handle)
         except FileRefused as refused:
             raise JobInvalid([f"input_map.{key}: {path} {refused}"]) from None
-        except OSError as error:     # the job's input, whatever the errno: its fault
+        except OSError as error:
             raise JobInvalid([f"input_map.{key}: {path} cannot be read: {error.strerror or error}"]) from None
 
     def _keyed(self, job: PreparedJob, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -249,8 +250,9 @@ class Intake:
 
     def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         message = "invalid job: " + "; ".join(problems)
-        self.finisher.finish(Outcome(name, echoable(raw), error_block(message, job_digest=digest), kind=REJECTED,
-                                     held=False, log_level=logging.WARNING))
+        self.finisher.finish(Outcome(name, echoable(raw),
+                                     error_block(message, job_digest=digest), kind=REJECTED, held=False,
+                                     log_level=logging.WARNING))
 
     def _fail_untaken(self, name: str, message: str) -> None:
         """An error result for a job whose intake raised; a hold this intake may already
@@ -260,9 +262,10 @@ class Intake:
 
     def _finish_untaken(self, name: str, message: str, detail: str, kind: str = CANCELLED) -> None:
         try:
-            data = self.dropbox.read(name)
-            raw, digest = parse_job_document(data), hashlib.sha256(data).hexdigest()
-        except (OSError, JobInvalid, UnusableEntry):
+            raw, digest = read_job(self.dropbox.path(name))
+        except JobInvalid as problem:
+            raw, digest = None, problem.digest
+        except OSError:
             raw, digest = None, None
         self.finisher.finish(Outcome(name, echoable(raw), error_block(message, job_digest=digest), kind=kind,
                                      held=False, detail=detail))

@@ -45,10 +45,11 @@ MAX_JOB_FILE_BYTES = 1 << 20
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str], incomplete: bool = False):
+    def __init__(self, problems: list[str], incomplete: bool = False, digest: str | None = None):
         super().__init__("; ".join(problems))
         self.problems = problems
         self.incomplete = incomplete    # does not parse: may still be being written
+        self.digest = digest            # sha256 of the job file's bytes, when they were read
 
 
 @dataclass
@@ -64,37 +65,42 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def read_job_file(path: Path) -> dict[str, Any]:
-    """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
+def read_job(path: Path) -> tuple[dict[str, Any], str]:
+    """The YAML mapping in a ``.job`` file and the sha256 of the bytes it was parsed from
+    (read once, so the digest names what was parsed); JobInvalid when it is not one.
+
+    A ``.job`` that is a symbolic link or not a regular file is refused without being
+    read (``entries.read_regular``): its content could be any file this account can read."""
     try:
         data = read_regular(path, MAX_JOB_FILE_BYTES)
     except UnusableEntry as error:
-        raise JobInvalid([str(error)]) from None
-    return parse_job_document(data)
+        raise JobInvalid([f"the job file cannot be used: {error}; refused without being read"]) from None
+    digest = hashlib.sha256(data).hexdigest()
+    return parse_job_document(data, digest), digest
 
 
-def parse_job_document(data: bytes) -> dict[str, Any]:
+def parse_job_document(data: bytes, digest: str | None = None) -> dict[str, Any]:
     """The YAML mapping in a job file's bytes; JobInvalid when it is not one (or is
-    beyond the bounds of ``entries.load_bounded_yaml``)."""
+    beyond the bounds of ``entries.load_bounded_yaml``).  Only a file that may still be
+    being written (empty, not YAML yet, not yet a mapping) is ``incomplete``."""
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as error:     # never run on text with replacement characters
+    except UnicodeDecodeError as error:
         raise JobInvalid([f"the job file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
-                          f"{error.start}); nothing was run"],
-                         incomplete=error.reason == "unexpected end of data") from None
+                          f"{error.start}); nothing was run"], digest=digest) from None
     if not text.strip():
-        raise JobInvalid(["the job file is empty"], incomplete=True)
+        raise JobInvalid(["the job file is empty"], incomplete=True, digest=digest)
     try:
-        data = load_bounded_yaml(text)
+        loaded = load_bounded_yaml(text)
     except yaml.YAMLError as error:
         raise JobInvalid([bounded_message(f"the job file is not valid YAML: {' '.join(str(error).split())}",
-                                          500)], incomplete=True) from None
+                                          500)], incomplete=True, digest=digest) from None
     except UnusableEntry as error:
-        raise JobInvalid([f"the job file cannot be read: {error}"]) from None
-    if not isinstance(data, dict):
+        raise JobInvalid([f"the job file cannot be read: {error}"], digest=digest) from None
+    if not isinstance(loaded, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(data).__name__}"], incomplete=True)
-    return data
+                          f"not {type(loaded).__name__}"], incomplete=True, digest=digest)
+    return loaded
 
 
 def parse_job(data: dict[str, Any]) -> JobDescription:
@@ -118,7 +124,7 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
             if not isinstance(value, str) or not os.path.isabs(value):
                 problems.append(f"{section}.{key}: must be an absolute path, got {value!r}")
             elif "\0" in value:
-                continue        # said once, by unsafe_text, as for any value
+                problems.append(f"{section}.{key}: contains a NUL byte")
             elif ".." in Path(value).parts:
                 problems.append(f"{section}.{key}: {value!r} contains '..'")
     names = [*args, *inputs, *outputs]

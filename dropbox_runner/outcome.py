@@ -66,9 +66,9 @@ class Finisher:
 
     def __init__(self, dropbox: Dropbox, history: History, cache: ResultCache, boundaries: Boundaries):
         self.dropbox = dropbox
-        self.boundaries = boundaries      # checked again on each destination as it is placed
         self.history = history
         self.cache = cache
+        self.boundaries = boundaries     # where outputs may go, checked again as each is placed
         self.tally: Counter[str] = Counter()
 
     def finish(self, outcome: Outcome) -> bool:
@@ -106,7 +106,6 @@ class Finisher:
         self.tally[outcome.kind if outcome.kind != RAN else f"ran_{block.get('status')}"] += 1
         log.log(outcome.log_level, "%s: %s: %s", outcome.name, _verb(outcome), message)
         return True
-
 
     def _keep_in_cache(self, outcome: Outcome) -> None:
         """The cache only saves later work: a cache that cannot take the outputs (its disk

@@ -158,9 +158,6 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
             problems.append(f"input_map.{key}: {value} {refused}")
         except FileNotFoundError:
             problems.append(f"input_map.{key}: {value} was removed before it could be taken")
-        except OSError:
-            shutil.rmtree(entry, ignore_errors=True)    # a full disk here: no half copy left to fill it
-            raise
     if problems:
         shutil.rmtree(entry, ignore_errors=True)
         raise JobInvalid(problems)

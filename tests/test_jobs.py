@@ -2,7 +2,7 @@
 
 import pytest
 
-from dropbox_runner.jobs import JobInvalid, check_files, job_id, parse_job, read_job_file, workspace_names
+from dropbox_runner.jobs import JobInvalid, check_files, job_id, parse_job, read_job, workspace_names
 from dropbox_runner.safefs import Boundaries
 
 
@@ -88,7 +88,7 @@ def test_unreadable_job_files_say_why(tmp_path, content, expected):
     path = tmp_path / "x.job"
     path.write_text(content)
     with pytest.raises(JobInvalid) as caught:
-        read_job_file(path)
+        read_job(path)
     assert expected in str(caught.value)
 
 
@@ -96,4 +96,4 @@ def test_a_huge_job_file_is_refused_without_parsing(tmp_path):
     path = tmp_path / "x.job"
     path.write_text("script: s\n" + "#" * (2 << 20))
     with pytest.raises(JobInvalid, match="limited to"):
-        read_job_file(path)
+        read_job(path)

@@ -386,6 +386,14 @@ def test_a_job_file_that_is_a_link_is_refused_without_being_read(config, tmp_pat
     assert block.get("job_digest") is None       # not even a hash of the file
 
 
+def test_a_job_file_that_is_a_fifo_is_refused_without_waiting_on_it(config):
+    os.mkfifo(config.dropbox / "fifo.job")        # reading it would block the cycle forever
+    done = run_cli("once", "--config", str(config.source), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert result(config, "fifo.job") is None     # never opened: listed as an unusable entry instead
+    assert "it is a FIFO" in run_cli("status", "--config", str(config.source)).stdout
+
+
 def test_a_rejected_result_repeats_validated_keys_only_and_is_bounded(config, tmp_path):
     (config.dropbox / "shadow.job").write_text(f"root: '$6${SECRET}'\ndaemon: '*'\nscript: [x]\n")
     big = {"script": "copy", "args": {"blob": "A" * 600_000}, "bogus": {"nested": SECRET},
