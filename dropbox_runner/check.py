@@ -70,6 +70,7 @@ if request["scheduler"] == "slurm":
     out["sinfo"] = run(["sinfo", "--noheader", "--format=%P|%G"])
 elif request["scheduler"] == "sge":
     import pwd
+    out["qsub"] = run(["qsub", "-help"])
     out["qstat"] = run(["qstat", "-xml", "-u", pwd.getpwuid(os.getuid()).pw_name])
     out["queues"] = run(["qconf", "-sql"])
     out["pes"] = run(["qconf", "-spl"])
@@ -334,13 +335,16 @@ def _class_fits(name: str, partition: str | None, gres: str | None, partitions: 
 
 
 def _grid_engine(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
-    """qstat answers, and each class's queue, parallel environment and resources exist."""
-    qstat = answer.get("qstat") or {}
-    if qstat.get("rc") != 0:
-        return [CheckResult("qstat", False, f"qstat failed: {(qstat.get('stderr') or '').strip()}",
-                            "make Grid Engine's commands work for this account on the cluster (PATH, SGE_ROOT, "
-                            "SGE_CELL, SGE_QMASTER_PORT); try it in an ssh session")]
-    results = [CheckResult("qstat", True, "answers")]
+    """qsub and qstat answer, and each class's queue, parallel environment and complexes exist."""
+    results = []
+    for program in ("qsub", "qstat"):
+        done = answer.get(program) or {}
+        if done.get("rc") != 0:
+            results.append(CheckResult(program, False, f"{program} failed: {(done.get('stderr') or '').strip()}",
+                                       "make Grid Engine's commands work for this account on the cluster (PATH, "
+                                       "SGE_ROOT, SGE_CELL, SGE_QMASTER_PORT); try it in an ssh session"))
+            return results
+        results.append(CheckResult(program, True, (done["stdout"].strip().splitlines() or ["answers"])[0]))
     offered = {}
     for key in ("queues", "pes", "complexes"):
         done = answer.get(key) or {}
@@ -351,16 +355,16 @@ def _grid_engine(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
         offered[key] = {word for row in rows for word in (row[:2] if key == "complexes" else row[:1])}
     for name, settings in sorted(config.classes.items()):
         gpus = class_gpus(settings.to_request())
-        wanted = [("queues", "queue", settings.queue, "queue"), ("pes", "parallel environment", settings.pe, "pe"),
-                  ("complexes", "GPU complex", settings.gpu_resource if gpus else None, "gpu_resource"),
-                  ("complexes", "memory complex", settings.memory_resource if settings.memory else None,
-                   "memory_resource")]
-        missing = [row for row in wanted if row[2] and row[2] not in offered[row[0]]]
-        if missing:
-            key, what, value, field = missing[0]
-            results.append(CheckResult(f"class {name}", False, f"no {what} {value!r} (qconf lists "
-                                       f"{', '.join(sorted(offered[key])) or 'none'})",
-                                       f"set classes.{name}.{field} to what the cluster has"))
+        wanted = [("queues", "queue", settings.queue), ("pes", "pe", settings.pe),
+                  ("complexes", "gpu_resource", settings.gpu_resource if gpus else None),
+                  ("complexes", "memory_resource", settings.memory_resource if settings.memory else None)]
+        problems = [(field, f"{field} {value!r} is not a complex" if key == "complexes" else
+                     f"{field} {value!r} does not exist (qconf lists {', '.join(sorted(offered[key])) or 'none'})")
+                    for key, field, value in wanted if value and value not in offered[key]]
+        if problems:
+            results.append(CheckResult(f"class {name}", False, "; ".join(text for _, text in problems),
+                                       f"set classes.{name}.{', '.join(field for field, _ in problems)} "
+                                       f"to what the cluster has"))
         else:
             results.append(CheckResult(f"class {name}", True, f"queue {settings.queue or '(any)'}, "
                                        f"pe {settings.pe or 'none'}, gpus {gpus or 'none'}"))
