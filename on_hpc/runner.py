@@ -192,12 +192,7 @@ class Runner(object):
             if not self.ledger.fits_anywhere(request):
                 self._refuse(job_id, self._too_big(request))
                 continue
-            placement = self.ledger.place(request)
-            if placement is None:
-                later.append(job_id)
-                continue     # not now: it waits for a running job to end
             if self.usable_until is not None and expected > self.usable_until - time.time():
-                self.ledger.release(request, placement)
                 later.append(job_id)
                 unfit += 1
                 if job_id not in self.unfit_seen:
@@ -205,6 +200,10 @@ class Runner(object):
                     log("not starting %s here: it expects %ds, this runner has %ds left"
                         % (job_id, expected, self.usable_until - time.time()))
                 continue
+            placement = self.ledger.place(request)
+            if placement is None:
+                later.append(job_id)
+                continue     # not now: it waits for a running job to end
             if not self.store.claim(self.job_class, job_id, self.runner_id):
                 self.ledger.release(request, placement)
                 continue
