@@ -235,6 +235,9 @@ def _grid_engine_problems(classes: dict[str, ResourceClass]) -> list[str]:
 
 def _resource_problems(config: Config, name: str, settings: ResourceClass) -> list[str]:
     problems = []
+    if config.scheduler != "local" and isinstance(settings.gpus, list):
+        problems.append(f"classes.{name}.gpus: a list of GPU ids is for scheduler: local; "
+                        f"{config.scheduler} is asked for a number of GPUs")
     if settings.launch not in (None, "step", "process"):
         problems.append(f"classes.{name}.launch: {settings.launch!r} is not one of step, process")
     elif settings.launch == "step" and config.scheduler != "slurm":
@@ -348,8 +351,10 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
             return None if raw == "auto" else raw
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             return raw
+        # Ids as CUDA_VISIBLE_DEVICES takes them: indexes, or GPU-/MIG- UUIDs.
         if isinstance(raw, list) and all(isinstance(item, int) and not isinstance(item, bool) or
-                                         isinstance(item, str) and item.isdigit() for item in raw):
+                                         isinstance(item, str) and re.fullmatch(r"[A-Za-z0-9_.:/-]+", item)
+                                         for item in raw):
             return [str(item) for item in raw]
         raise TypeError(f"expected a GPU count, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
     if kind == "bool":

@@ -168,18 +168,24 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
         value = data.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not str(value).strip().isdigit() or int(value) < least:
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if isinstance(value, bool) or not re.fullmatch(r"\s*[0-9]+\s*", str(value)) or int(value) < least:
             problems.append(f"{key}: must be a whole number of at least {least}, got {value!r}")
         else:
             resources[key] = int(value)
     if data.get("memory") is not None:
         try:
-            megabytes = memory_mb(data["memory"])
-            if megabytes is None or megabytes < 0:
+            memory = memory_mb(data["memory"])
+            if memory is None:
                 raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
-            resources["memory_mb"] = megabytes
         except ValueError as error:
             problems.append(f"memory: {error}")
+        else:
+            if memory < 1:
+                # 0 would leave srun to give the step the whole allocation's memory.
+                problems.append(f"memory: must be at least 1M, got {data['memory']!r}")
+            else:
+                resources["memory_mb"] = memory
     return resources
 
 

@@ -125,11 +125,15 @@ def resource_problems(config: Config, job_class: str, asked: dict[str, int]) -> 
 
 def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
     """GPUs per node of a class, when known before a runner starts: Slurm's come from
-    ``gres``; a local class finds its own unless it lists them or says ``none``."""
-    if settings.get("gpus") == "none":
+    ``gres``, Grid Engine's from ``gpus``; a local class finds its own unless it lists
+    them or says ``none``."""
+    gpus = settings.get("gpus")
+    if gpus == "none":
         return 0
-    if isinstance(settings.get("gpus"), list):
-        return len(settings["gpus"])
+    if isinstance(gpus, list):
+        return len(gpus)
+    if isinstance(gpus, int) and not (config.scheduler == "slurm" and settings.get("gres")):
+        return gpus      # Slurm asks --gres=gpu:N for it when the class names no gres
     if config.scheduler == "slurm" or gres_gpus(settings.get("gres")):
         return gres_gpus(settings.get("gres"))
     return None

@@ -9,6 +9,7 @@ stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands
 """
 import errno
 import os
+import re
 import select
 import shutil
 import signal
@@ -27,6 +28,7 @@ from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
 START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
+SRUN_OUT_OF_MEMORY = re.compile(rb"^srun: error: \S+: task \d+: Out Of Memory", re.MULTILINE)
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
 LINGER_READ_SECONDS = 5
@@ -179,9 +181,6 @@ class Runner(object):
             if not self.ledger.fits_anywhere(request):
                 self._refuse(job_id, self._too_big(request))
                 continue
-            placement = self.ledger.place(request)
-            if placement is None:
-                continue     # not now: it waits for a running job to end
             if self.usable_until is not None and expected > self.usable_until - time.time():
                 unfit += 1
                 if job_id not in self.unfit_seen:
@@ -189,6 +188,9 @@ class Runner(object):
                     log("not starting %s here: it expects %ds, this runner has %ds left"
                         % (job_id, expected, self.usable_until - time.time()))
                 continue
+            placement = self.ledger.place(request)
+            if placement is None:
+                continue     # not now: it waits for a running job to end
             if not self.store.claim(self.job_class, job_id, self.runner_id):
                 self.ledger.release(request, placement)
                 continue
@@ -413,7 +415,9 @@ def _node_text(node):
 
 def _step_id(job_dir, sched_id):
     """``<job>.<step>`` as the job's step wrote it at its start, when it is one of this
-    allocation's (the file is in the job's folder, which the job could write); else None."""
+    allocation's; else None.  The job could rewrite the file, but a job of the same account
+    can end its neighbours' steps with ``scancel`` anyway: the check keeps a mistake from
+    reaching another allocation."""
     try:
         with open(os.path.join(job_dir, STEP_ID_FILE)) as handle:
             text = handle.read(64).strip()
@@ -425,12 +429,12 @@ def _step_id(job_dir, sched_id):
 
 def _out_of_memory(stderr_path):
     """srun's own report, at the end of the job's stderr, that the step's memory cgroup
-    killed it."""
+    killed it (``srun: error: node7: task 0: Out Of Memory``), not a tool's own words."""
     try:
         with open(stderr_path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 4096))
-            return b"Out Of Memory" in handle.read()
+            return SRUN_OUT_OF_MEMORY.search(handle.read()) is not None
     except OSError:
         return False
 

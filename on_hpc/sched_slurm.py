@@ -68,6 +68,8 @@ def sbatch_argv(name, log_path, workdir, resources, command):
         argv.append("--partition=" + resources["partition"])
     if resources.get("gres"):
         argv.append("--gres=" + resources["gres"])
+    elif isinstance(resources.get("gpus"), int) and resources["gpus"] > 0:
+        argv.append("--gres=gpu:%d" % resources["gpus"])
     nodes = int(resources.get("nodes") or 1)
     if nodes > 1:
         # One task per node, so --cpus-per-task, --mem and --gres are each node's.

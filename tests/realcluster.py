@@ -429,8 +429,9 @@ def start_slurm(gpus: int = 2, cpus: int | None = None, *, cgroup: bool = False,
     once even on a 2-core machine.  ``cgroup``: Slurm enforces each job step's CPUs and memory
     (proctrack/cgroup, task/cgroup on the machine's cgroup v1 hierarchy, task/affinity binding
     CPUs), so cpus must then not exceed the real CPUs; the first job id is random, so two such
-    clusters on one machine never share a cgroup folder.  ``nodes`` > 1 starts one slurmd per
-    node name on this machine, each on its own port (see ``Slurm.nodes``).
+    clusters on one machine never share a cgroup folder (and each has node names of its
+    own).  ``nodes`` > 1 starts one slurmd per node name on this machine, each on its own
+    port (see ``Slurm.nodes``).
     """
     if os.geteuid() != 0:
         raise ClusterError("start_slurm needs root (SlurmUser=root, jobs run as other users)")
@@ -443,6 +444,10 @@ def start_slurm(gpus: int = 2, cpus: int | None = None, *, cgroup: bool = False,
         (root / d).mkdir()
         (root / d).chmod(0o755)
     names = ["dbrnode"] + ["dbrnode%d" % (i + 1) for i in range(1, nodes)]
+    if cgroup:
+        # slurmd names its cgroup folders after the node (slurm_<node>/uid_<uid>/job_<id>):
+        # a name of its own keeps two such clusters on one machine apart.
+        names = [f"{name}c{root.name.rsplit('-', 1)[-1].lower()}" for name in names]
     ctld_port, slurmd_port, *node_ports = _free_ports(2 + nodes)
     gres = ""
     gres_lines = ["AutoDetect=off"]

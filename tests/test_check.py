@@ -170,8 +170,8 @@ def test_a_refused_login_is_one_log_line_without_paramikos_traceback(setup):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     path = variant(remote={"key_file": str(other)}, grace_seconds=0)
     (root / "out").mkdir()
-    source = root / "input.txt"
-    source.write_text("data\n")
+    source = root / "in.txt"         # not the config file: that is a zone no job may read
+    source.write_text("x\n")
     from dropbox_runner.client import submit
     submit(root / "dropbox", {"script": "copy", "input_map": {"src": str(source)},
                               "output_map": {"dst": str(root / "out" / "o")}})

@@ -5,6 +5,7 @@ test_slurm_steps.py)."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json, write_json
@@ -21,6 +22,7 @@ from dropbox_runner.on_hpc.resources import (
     never_fits,
     parse_cpus_per_node,
 )
+from dropbox_runner.on_hpc.runner import STEP_ID_FILE, _step_id
 from dropbox_runner.on_hpc.sched_slurm import allocation_layout, sbatch_argv, srun_argv
 from helpers import drain, drop, make_config
 from test_runner_limits import finish, stage, start_runner
@@ -218,6 +220,14 @@ def test_status_shows_what_each_node_holds(store_root):
 
 
 # ------------------------------------------------------------------ srun and sbatch
+@pytest.mark.parametrize("text, expected", [("4242.7\n", "4242.7"), ("999.0", None), ("4242.", None),
+                                            ("4242.x", None), ("", None), ("4242.7 ; scancel 1", None)])
+def test_a_step_id_is_taken_only_when_it_is_of_this_allocation(tmp_path, text, expected):
+    (tmp_path / STEP_ID_FILE).write_text(text)
+    assert _step_id(str(tmp_path), "4242") == expected
+    assert _step_id(str(tmp_path / "absent"), "4242") is None
+
+
 def test_a_job_step_asks_for_exactly_what_the_job_asked_for():
     argv = srun_argv(["/bin/bash", "job.sh"], "sub.x.1a2b", Request(2, 512, 1), "node7", "step.id")
     assert argv[:argv.index("/bin/sh")] == [
@@ -258,8 +268,9 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     drop(config, "big.job", dict(base, cpus=8, memory="2G"))
     drop(config, "greedy.job", dict(base, gpus=2, **{"class": "gpu"}))
     drop(config, "bad.job", dict(base, cpus=0, memory="lots", gpus="two"))
+    drop(config, "odd.job", dict(base, cpus="²", memory="0", gpus=-1))
     drop(config, "fits.job", dict(base, cpus=4, memory="1G", output_map={"o": str(out / "o")}))
-    results = drain(config, ["big.job", "greedy.job", "bad.job", "fits.job"], timeout=60)
+    results = drain(config, ["big.job", "greedy.job", "bad.job", "odd.job", "fits.job"], timeout=60)
     big = results["big.job"]["job"]["message"]
     assert "cpus 8 exceeds the 4 CPU(s) a node of class default holds" in big
     assert "memory 2048M exceeds the 1024M a node of class default holds" in big
@@ -267,6 +278,9 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     bad = results["bad.job"]["job"]["message"]
     assert "cpus: must be a whole number of at least 1" in bad and "memory: 'lots' is not a memory size" in bad
     assert "gpus: must be a whole number of at least 0" in bad
+    odd = results["odd.job"]["job"]["message"]
+    assert "cpus: must be a whole number of at least 1, got '²'" in odd and "memory: must be at least 1M" in odd
+    assert "gpus: must be a whole number of at least 0, got -1" in odd
     # The one that fits ran (and failed on its own terms: the template writes no output).
     fits = results["fits.job"]["job"]
     assert fits["rc"] == 0 and fits["provenance"]["resources"] == {"cpus": 4, "memory_mb": 1024, "gpus": 0}
@@ -293,6 +307,8 @@ def test_a_template_header_asks_for_resources_a_job_may_override(config_factory,
     ({"default": {"nodes": 2}}, "local", "nodes: more than one node needs scheduler: slurm"),
     ({"default": {"nodes": 0}}, "slurm", "nodes: must be at least 1"),
     ({"default": {"gpus": "some"}}, "local", "expected a GPU count, a list of GPU ids like [0, 1], none or auto"),
+    ({"default": {"gpus": [0, 1]}}, "slurm", "gpus: a list of GPU ids is for scheduler: local"),
+    ({"default": {"gpus": ["0,1"]}}, "local", "expected a GPU count, a list of GPU ids"),
     ({"default": {"memory": "plenty"}}, "slurm", "memory: 'plenty' is not a memory size"),
 ])
 def test_resource_settings_are_checked_when_the_config_loads(tmp_path, classes, scheduler, expected):
@@ -303,6 +319,72 @@ def test_resource_settings_are_checked_when_the_config_loads(tmp_path, classes, 
 
 def test_gpu_lists_and_none_in_the_config(tmp_path):
     config = make_config(tmp_path, classes={"default": {"gpus": [0, 1]}, "cpu": {"gpus": "none"},
-                                            "found": {"gpus": "auto"}})
-    assert config.classes["default"].gpus == ["0", "1"]
+                                            "found": {"gpus": "auto"}, "mig": {"gpus": ["MIG-5a1b-77c0"]}})
+    assert config.classes["default"].gpus == ["0", "1"] and config.classes["mig"].gpus == ["MIG-5a1b-77c0"]
     assert config.classes["cpu"].gpus == "none" and config.classes["found"].gpus is None
+    counted = make_config(tmp_path, scheduler="slurm", classes={"default": {"gpus": 2}})
+    assert "--gres=gpu:2" in sbatch_argv("n", "log", "/w", counted.classes["default"].to_request(), ["x"])
+
+
+def test_a_multi_node_runner_counts_slots_on_every_node(tmp_path):
+    """Eight ready jobs fit one pending 2-node runner of 4 slots a node: no second runner."""
+    from test_ensure_runners import FakeScheduler, cycle
+    from test_ensure_runners import stage as stage_job
+
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    sched = FakeScheduler(store)
+    jobs = [stage_job(store, "sub.j%d" % n) for n in range(8)]
+    wide = {"default": {"slots": 4, "nodes": 2, "max_runners": 3}}
+    cycle(store, sched, jobs, classes=wide)
+    cycle(store, sched, jobs, classes=wide)
+    assert len(sched.submitted) == 1
+    jobs.append(stage_job(store, "sub.extra"))
+    cycle(store, sched, jobs, classes=wide)
+    assert len(sched.submitted) == 2                     # the ninth is beyond both nodes' slots
+
+
+@pytest.mark.parametrize("scheduler, settings, known", [
+    ("slurm", {"gres": "gpu:a100:2"}, 2), ("slurm", {}, 0), ("slurm", {"gpus": 3}, 3),
+    ("slurm", {"gpus": 3, "gres": "gpu:1"}, 1), ("sge", {"gpus": 2}, 2), ("local", {}, None),
+    ("local", {"gpus": "none"}, 0), ("local", {"gpus": ["0", "1"]}, 2), ("local", {"gres": "gpu:1"}, 1)])
+def test_the_gpus_intake_judges_a_class_by(tmp_path, scheduler, settings, known):
+    from dropbox_runner.staging import known_gpus
+    config = make_config(tmp_path, scheduler=scheduler, classes={"default": {}})
+    assert known_gpus(config, settings) == known
+
+
+def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
+    """A ready job that no longer fits the runner's time left is passed over on every
+    wake; the job behind it, which fits, still starts beside the one running."""
+    import time
+
+    from helpers import wait_until
+    store = store_root
+    running = stage(store, "sub.a", "sleep 8")
+    runner = start_runner(store, slots=2, time_limit=20, warn_seconds=2, resources={"cpus": 2})
+    wait_until(lambda: os.path.exists(os.path.join(store.job_dir(running), "claim.json")), 15, what="sub.a to start")
+    time.sleep(1.5)                                           # the runner now has < 18 s left
+    too_long = stage(store, "sub.c", "true", expected=18)
+    short = stage(store, "sub.d", "true")
+    os.utime(os.path.join(store.ready_dir("default"), short), (time.time() + 60,) * 2)   # after sub.c
+    try:
+        wait_until(lambda: os.path.exists(store.finished_path(short)), 5, what="sub.d to run beside sub.a")
+        assert not os.path.exists(store.finished_path(running))   # it ran beside the long one
+        assert store.ready_jobs("default") == [too_long]
+    finally:
+        runner.kill()
+        runner.wait()
+        os.killpg(read_json(os.path.join(store.job_dir(running), "claim.json"))["pgid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stderr, killed", [
+    (b"started\nsrun: error: dbrnode: task 0: Out Of Memory\n", True),
+    (b"slurmstepd: error: Detected 1 oom-kill event(s)\nsrun: error: node7: task 0: Out Of Memory\n", True),
+    (b"my tool: Out Of Memory while decoding\n", False),
+    (b"", False)])
+def test_a_step_killed_for_its_memory_is_told_by_srun_s_own_line(tmp_path, stderr, killed):
+    from dropbox_runner.on_hpc.runner import _out_of_memory
+    (tmp_path / "stderr").write_bytes(stderr)
+    assert _out_of_memory(str(tmp_path / "stderr")) is killed
+    assert _out_of_memory(str(tmp_path / "absent")) is False

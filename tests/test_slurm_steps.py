@@ -202,3 +202,19 @@ def test_a_2_node_runner_places_jobs_on_both_nodes(pipeline2, two_nodes):
     # One allocation of both nodes: its runner saw them at its start.
     [log] = p.runner_logs().values()
     assert "dbrnode: 2 cpu" in log and "dbrnode2: 2 cpu" in log, log
+
+
+def test_the_walltime_warning_ends_the_running_steps_and_requeues_their_jobs(pipeline, cgroup_cluster):
+    p = pipeline({"default": {"cpus": 2, "slots": 2, "idle_timeout": 3, "time_limit": "10m"}})
+    path = p.drop("probe", "warned", args={"seconds": 300}, cpus=1)
+    p.run_until(lambda: _probed(p, path, "warned"), 60, "the job started")
+    probe = _probe(p, "warned", path)
+    runner_job = p.claim(p.job_id(path))["sched_id"]
+    # What Slurm does warn_seconds before the limit (--signal=B:USR1@...), now.
+    cgroup_cluster.run("scancel", "--batch", "--signal=USR1", runner_job, check=True)
+    wait_until(lambda: probe["step"] not in cgroup_cluster.run("squeue", "-s", "-h", "-o", "%i").stdout.split(),
+               timeout=30, what=f"step {probe['step']} to end")
+    wait_until(lambda: not Path(f"/proc/{probe['pid']}").exists(), timeout=30, what="the job's process to end")
+    interruptions = p.workspace / "jobs" / p.job_id(path) / "interruptions.json"
+    wait_until(interruptions.exists, timeout=30, what="the job to be handed back")
+    assert "USR1" in interruptions.read_text()
