@@ -18,7 +18,7 @@ from typing import Any
 from . import on_hpc
 from .config import Config
 from .on_hpc.protocol import CycleAnswer, CycleRequest, StatusRequest, WaitRequest
-from .transport import Transport, TransportError
+from .transport import NotDeployed, RemoteCommandFailed, Transport
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +49,36 @@ class ClusterSide:
         self.stamp = code_stamp()
         self.deploy_dir = f"{config.scripts}/on_hpc-{self.stamp}"
 
-    def call(self, verb: str, request: dict[str, Any]) -> dict[str, Any]:
+    def call(self, verb: str, request: dict[str, Any], deploy: bool = True) -> dict[str, Any]:
+        """Run an ``on_hpc`` verb; with ``deploy`` False (``status``) a missing version
+        raises NotDeployed instead of being installed."""
         request = dict(request, root=self.config.workspace, scheduler=self.config.scheduler,
                        python=self.config.python, pythonpath=self.deploy_dir)
         payload = json.dumps(request).encode()
         command = remote_command(self.deploy_dir, self.config.python, verb)
         result = self.transport.run(command, payload)
         if result.returncode == DEPLOY_NEEDED:
+            if not deploy:
+                raise NotDeployed(f"on_hpc {self.stamp} is not deployed in {self.config.scripts} yet "
+                                  f"(the first cycle, or dropbox-runner deploy, installs it)")
             self.deploy()
             result = self.transport.run(command, payload)
         if result.returncode != 0:
-            raise TransportError(f"on_hpc {verb} failed on the cluster (exit {result.returncode}): "
+            raise RemoteCommandFailed(f"on_hpc {verb} failed on the cluster (exit {result.returncode}): "
                                  f"{_tail(result.stderr)}")
         try:
             return json.loads(result.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
-            raise TransportError(f"on_hpc {verb} printed no answer: {_tail(result.stdout + result.stderr)}") from None
+            raise RemoteCommandFailed(
+                f"on_hpc {verb} printed no answer: {_tail(result.stdout + result.stderr)}") from None
 
     def cycle(self, request: CycleRequest) -> CycleAnswer:
         return CycleAnswer.from_json(self.call("cycle", request.to_json()))
 
     def status(self) -> dict[str, Any]:
-        return self.call("status", StatusRequest(root=self.config.workspace, scheduler=self.config.scheduler).to_json())
+        """Never deploys: a cluster without this version raises NotDeployed."""
+        return self.call("status", StatusRequest(root=self.config.workspace, scheduler=self.config.scheduler).to_json(),
+                         deploy=False)
 
     def wait(self, ignore: list[str], timeout: float) -> list[str]:
         """Block until one of this submitter's jobs is done (or ``timeout``); the done ids."""

@@ -129,7 +129,9 @@ _PATH_FIELDS = {"dropbox", "cluster_root", "templates", "state_dir", "lockfile",
                 "key_file", "known_hosts", "ssh_config"}
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], check_folders: bool = True) -> Config:
+    """Read and check a config.  ``check_folders`` (off only to parse a config meant for
+    another machine) also requires the folders and the key it names to exist here."""
     source = Path(path).expanduser().resolve()
     try:
         text = source.read_text(encoding="utf-8")
@@ -144,10 +146,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             raise ConfigError(f"{source}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys to values")
-    return build_config(data, source)
+    return build_config(data, source, check_folders)
 
 
-def build_config(data: dict[str, Any], source: Path) -> Config:
+def build_config(data: dict[str, Any], source: Path, check_folders: bool = False) -> Config:
     problems: list[str] = []
     values = _convert(Config, data, problems, "", source.parent)
     if "dropbox" not in values:
@@ -156,6 +158,9 @@ def build_config(data: dict[str, Any], source: Path) -> Config:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     config = Config(source=source, **values)
     _fill_defaults(config, problems)
+    _check_extra_args(config, problems)
+    if check_folders:
+        _check_places(config, problems)
     if problems:
         raise ConfigError(f"{source}:\n  " + "\n  ".join(problems))
     return config
@@ -241,6 +246,51 @@ def _resource_problems(config: Config, name: str, settings: ResourceClass) -> li
         except ValueError as error:
             problems.append(f"classes.{name}.memory: {error}")
     return problems
+
+
+# What a runner's submission relies on (sched_slurm.sbatch_argv, sched_sge.qsub_argv): a
+# class's extra_args must not override them, or runners go unrecognised, restart on their
+# own or log elsewhere.  Slurm's: long option -> its short form (which may take its value glued).
+RUNNER_OPTIONS = {"--parsable": None, "--job-name": "-J", "--output": "-o", "--error": "-e", "--open-mode": None,
+                  "--chdir": "-D", "--requeue": None, "--no-requeue": None, "--signal": None, "--wrap": None}
+SGE_RUNNER_OPTIONS = {"-terse", "-N", "-o", "-e", "-j", "-wd", "-cwd", "-r", "-b", "-shell"}
+# Folders that are never a dropbox: a typo there would have the submitter write into them.
+SYSTEM_FOLDERS = {Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt",
+                                    "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                                    "/var/tmp", "/var/lib", "/usr/local")}
+
+
+def _check_extra_args(config: Config, problems: list[str]) -> None:
+    for name, settings in config.classes.items():
+        for arg in settings.extra_args:
+            if config.scheduler == "sge":
+                clashes = [arg] if arg in SGE_RUNNER_OPTIONS else []
+            else:
+                clashes = [long for long, short in RUNNER_OPTIONS.items()
+                           if arg == long or arg.startswith(long + "=") or (short and arg.startswith(short))]
+            for option in clashes:
+                problems.append(f"classes.{name}.extra_args: {arg!r} would override {option}, "
+                                f"which the runner's submission sets itself")
+
+
+def _check_places(config: Config, problems: list[str]) -> None:
+    """Folders and files that must already exist: created silently, a typo would go unseen."""
+    dropbox = config.dropbox
+    if dropbox in SYSTEM_FOLDERS or dropbox == Path.home():
+        problems.append(f"dropbox: {dropbox} is a system folder; give the dropbox a folder of its own")
+    elif not dropbox.is_dir():
+        problems.append(f"dropbox: {dropbox} is not a folder (create it, writable by tools and this account)")
+    if config.templates != PACKAGED_TEMPLATES and not config.templates.is_dir():
+        problems.append(f"templates: {config.templates} is not a folder")
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        problems.append(f"metrics_file: the folder {config.metrics_file.parent} does not exist "
+                        f"(node_exporter's textfile folder)")
+    key = config.remote.key_file if config.remote else None
+    if key is not None:
+        if not key.is_file():
+            problems.append(f"remote.key_file: {key} does not exist")
+        elif not os.access(key, os.R_OK):
+            problems.append(f"remote.key_file: {key} is not readable by this account")
 
 
 def default_submitter_id(dropbox: Path) -> str:

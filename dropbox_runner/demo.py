@@ -7,6 +7,7 @@ table of the results.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -35,17 +36,28 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
     job_files = [submit(config.dropbox, job) for job in _demo_jobs(root, count)]
     transport = LocalTransport()
     started = time.monotonic()
+    # The cycles' own log lines would break the progress line (the table says what they say); -v shows them.
+    quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
+    terminal = sys.stdout.isatty() and quiet
+    if quiet:
+        logging.getLogger("dropbox_runner").setLevel(logging.ERROR)   # the table shows the rejection
+    last = ""
     while True:
         run_once(config, transport)
         listing = Dropbox(config.dropbox).scan()
         done = sum(1 for path in job_files if path.name in listing.finished)
         elapsed = time.monotonic() - started
-        print(f"\r{done}/{len(job_files)} finished, {len(listing.submitted)} on the cluster, "
-              f"{len(listing.new)} waiting, {elapsed:.1f}s", end="", flush=True)
+        line = (f"{done}/{len(job_files)} finished, {len(listing.submitted)} on the cluster, "
+                f"{len(listing.new)} waiting")
+        if terminal:
+            print(f"\r{line}, {elapsed:.1f}s\033[K", end="", flush=True)
+        elif line != last:                 # a log file or a pipe gets whole lines, once each
+            print(f"{line}, {elapsed:.1f}s", flush=True)
+        last = line
         if done == len(job_files) or elapsed > TIMEOUT_SECONDS:
             break
         time.sleep(0.5)
-    print("\n")
+    print("\n" if terminal else "")
     rows = [("JOB", "SCRIPT", "STATUS", "RC", "RUNNER", "MESSAGE / OUTPUT")]
     for path in job_files:
         result = Dropbox(config.dropbox).read_result(path.name)
@@ -56,7 +68,7 @@ def run_demo(folder: Path | None, count: int, scheduler: str = "local") -> int:
         outputs = result.get("output_map") or {}
         detail = job["message"] if job["status"] != "ok" else _first_output(outputs)
         rows.append((path.name[:8], str(result.get("script", "?")), job["status"], str(job["rc"]),
-                     str(job.get("runner") or "-")[:24], detail[:90]))
+                     str(job.get("runner") or "-"), _abridge(detail)))
     print("\n".join(table(rows)))
     missing = sum(1 for row in rows[1:] if row[2] == "missing")
     print(f"\nresults and outputs are in {config.dropbox} and {root / 'outputs'}")
@@ -96,6 +108,20 @@ def _demo_jobs(root: Path, count: int) -> list[dict]:
             jobs.append({"script": "wordcount", "args": {"label": label},
                          "input_map": {"text": str(text)}, "output_map": {"counts": output}})
     return jobs
+
+
+def _abridge(text: str, width: int = 80) -> str:
+    """Whole words from both ends: an error's beginning says what, its end says why."""
+    words = text.split()
+    if len(" ".join(words)) <= width:
+        return " ".join(words)
+    head: list[str] = []
+    tail: list[str] = []
+    while words and len(" ".join(head + words[:1])) <= width // 2:
+        head.append(words.pop(0))
+    while words and len(" ".join(words[-1:] + tail)) <= width // 2 - 4:
+        tail.insert(0, words.pop())
+    return " ".join(head + ["..."] + tail)
 
 
 def _first_output(outputs: dict) -> str:

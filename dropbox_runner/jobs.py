@@ -22,8 +22,21 @@ from .on_hpc.resources import memory_mb
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED_VARIABLES = {"workspace", "scripts", "containers"}
-KNOWN_KEYS = {"script", "args", "input_map", "output_map", "class", "expected_time", "cache", "cpus", "memory",
-              "gpus"}
+# Every key a .job may hold, and what it means: the validation below and the JSON Schema
+# (schema.py, `dropbox-runner schema`) are both built on this table.
+JOB_FIELDS = {
+    "script": "the template to run: <script>.template in the templates folder",
+    "args": "template variables, single values only",
+    "input_map": "absolute paths of input files, by template variable",
+    "output_map": "absolute paths where outputs must end up, by template variable",
+    "class": "the resource class (overrides the template's)",
+    "expected_time": "run time to reserve: 90, 90s, 30m, 2h, 1d or 1-02:00:00",
+    "cache": "false for a tool that is not deterministic (never answered from the result cache)",
+    "cpus": "CPUs the job needs (default: one slots-th of a node of its class)",
+    "memory": "memory the job needs: 500M, 4G, or a bare number of MiB (default: one slots-th of a node's)",
+    "gpus": "GPUs the job needs (default: one slots-th of a node's GPUs, at least one in a GPU class)",
+}
+KNOWN_KEYS = set(JOB_FIELDS)
 MAX_JOB_FILE_BYTES = 1 << 20
 
 
@@ -135,7 +148,10 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
             resources[key] = int(value)
     if data.get("memory") is not None:
         try:
-            resources["memory_mb"] = memory_mb(data["memory"])
+            megabytes = memory_mb(data["memory"])
+            if megabytes is None or megabytes < 0:
+                raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
+            resources["memory_mb"] = megabytes
         except ValueError as error:
             problems.append(f"memory: {error}")
     return resources

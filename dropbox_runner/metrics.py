@@ -2,21 +2,31 @@
 
 Counters must survive between cron runs, so their totals live in a small JSON file in the
 state folder; the ``.prom`` file is rewritten whole and renamed into place, so the
-collector never reads half of it.
+collector never reads half of it, and it is 0644, for a node_exporter running as another
+user.  Every gauge series is written on every cycle, idle ones included, with explicit
+zeros: a missing series reads as "no data" in alerting, not as "none".  A cycle that did
+not contact the cluster (nothing of ours is there) reports its jobs and runners as 0.
+Values keep full precision (a Unix time in ``%g`` would lose its last four digits).
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .on_hpc.files import write_atomic
+from .on_hpc.protocol import JobState, RunnerState
 
 if TYPE_CHECKING:
     from .submitter import CycleReport
 
+DROPBOX_STATES = (JobState.WAITING, JobState.SUBMITTED, JobState.FINISHED)
+CLUSTER_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.DONE)
+RUNNER_STATES = (RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING)
+log = logging.getLogger(__name__)
 COUNTERS = ("results_ok", "results_error", "runner_submissions", "requeues", "cycles_ok",
             "cycles_failed", "cycle_seconds_sum", "runner_cancels")
 
@@ -45,25 +55,37 @@ def record_cycle(config: Config, report: CycleReport | None) -> None:
         totals["last_success"] = time.time()
         totals["last"] = {"seconds": report.seconds, "dropbox": report.dropbox_counts,
                           "cluster": report.states, "runners": report.runners}
-    totals_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(totals_path), json.dumps(totals))
-    write_atomic(str(config.metrics_file), render(totals))
+    try:
+        totals_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(str(totals_path), json.dumps(totals))
+        write_atomic(str(config.metrics_file), render(totals, list(config.classes)), mode=0o644)
+    except OSError as error:   # the work is done; a metrics folder gone or full must not fail the cycle
+        log.warning("metrics not written to %s: %s", config.metrics_file, error.strerror or error)
 
 
-def render(totals: dict[str, Any]) -> str:
+def _number(value: float) -> str:
+    """Prometheus' text format: integers as such, floats with every digit (repr)."""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _with_zeros(counts: dict[str, int], states: tuple[str, ...]) -> list[tuple[str, int]]:
+    return sorted({**dict.fromkeys(states, 0), **counts}.items())
+
+
+def render(totals: dict[str, Any], classes: list[str] = ()) -> str:
     last = totals["last"]
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP dropbox_runner_{name} {help_text}")
         lines.append(f"# TYPE dropbox_runner_{name} {kind}")
-        lines.extend(f"dropbox_runner_{name}{suffix} {value:g}" for suffix, value in samples)
+        lines.extend(f"dropbox_runner_{name}{suffix} {_number(value)}" for suffix, value in samples)
 
     metric("dropbox_jobs", "gauge", "Jobs in the dropbox by state.",
-           [(f'{{state="{state}"}}', count) for state, count in sorted(last.get("dropbox", {}).items())])
+           [(f'{{state="{state}"}}', count) for state, count in _with_zeros(last.get("dropbox", {}), DROPBOX_STATES)])
     metric("cluster_jobs", "gauge", "Jobs in the cluster workspace by state.",
-           [(f'{{state="{state}"}}', count) for state, count in sorted(last.get("cluster", {}).items())])
-    runners: dict[tuple[str, str], int] = {}
+           [(f'{{state="{state}"}}', count) for state, count in _with_zeros(last.get("cluster", {}), CLUSTER_STATES)])
+    runners: dict[tuple[str, str], int] = {(cls, state): 0 for cls in classes for state in RUNNER_STATES}
     for runner in last.get("runners", []):
         key = (runner.get("class") or "", runner.get("state") or "")
         runners[key] = runners.get(key, 0) + 1

@@ -4,11 +4,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import __version__
 from .cluster import ClusterSide
 from .config import Config
 from .dropbox import Dropbox
 from .on_hpc.durations import format_clock
-from .transport import Transport, TransportError
+from .transport import NotDeployed, RemoteCommandFailed, Transport, TransportError
 
 
 def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
@@ -16,6 +17,7 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
     listing = dropbox.scan()
     ages = [dropbox.age(name) for name in listing.new]
     status: dict[str, Any] = {
+        "version": __version__,
         "dropbox": str(config.dropbox),
         "jobs": {"waiting": len(listing.new), "submitted": len(listing.submitted),
                  "finished": len(listing.finished)},
@@ -25,6 +27,10 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
     try:
         cluster = ClusterSide(config, transport).status()
         status["cluster"] = cluster
+    except NotDeployed as error:          # reached, but no cycle has run yet: nothing to report
+        status["cluster_note"] = str(error)
+    except RemoteCommandFailed as error:
+        status["cluster_failed"] = str(error)
     except TransportError as error:
         status["cluster_error"] = str(error)
     return status
@@ -32,12 +38,18 @@ def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
 
 def format_status(status: dict[str, Any]) -> str:
     jobs = status["jobs"]
-    lines = [f"dropbox {status['dropbox']}",
+    lines = [f"dropbox-runner {status['version']}, dropbox {status['dropbox']}",
              f"  waiting {jobs['waiting']}, on the cluster {jobs['submitted']}, finished {jobs['finished']}"]
     if status["oldest_waiting_seconds"] is not None:
         lines.append(f"  oldest waiting job: {status['oldest_waiting_seconds']:.0f}s")
     if "cluster_error" in status:
         lines.append(f"cluster: unreachable: {status['cluster_error']}")
+        return "\n".join(lines)
+    if "cluster_failed" in status:
+        lines.append(f"cluster: reached, but the status command failed: {status['cluster_failed']}")
+        return "\n".join(lines)
+    if "cluster_note" in status:
+        lines.append(f"cluster: {status['cluster_note']}")
         return "\n".join(lines)
     cluster = status["cluster"]
     counts = ", ".join(f"{state} {count}" for state, count in sorted(cluster["counts"].items())) or "empty"
@@ -48,11 +60,13 @@ def format_status(status: dict[str, Any]) -> str:
     if not runners:
         lines.append("runners: none")
         return "\n".join(lines)
-    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS")]
+    reasons = any(runner.get("reason") for runner in runners)    # squeue's, for pending runners only
+    rows = [("RUNNER", "CLASS", "SCHEDULER ID", "STATE", "TIME LEFT", "JOBS") + (("REASON",) if reasons else ())]
     for runner in runners:
         left = runner["time_left"]
         rows.append((runner["runner"], runner["class"], runner["sched_id"] or "-", runner["state"],
-                     "unlimited" if left is None else format_clock(left), str(runner["jobs"])))
+                     "unlimited" if left is None else format_clock(left), str(runner["jobs"]))
+                    + ((runner.get("reason") or "-",) if reasons else ()))
     lines.append("runners:")
     lines += ["  " + line for line in table(rows)]
     for runner in runners:

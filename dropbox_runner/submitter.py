@@ -103,6 +103,7 @@ class Submitter:
             fault_point("after_push")
 
         if not held and not waiting and not self.cleanup_pending.exists():
+            report.dropbox_counts = _dropbox_counts(listing, report, collected=0)   # idle cycles count too
             report.seconds = time.monotonic() - started
             return report      # nothing on the cluster is ours: no connection at all
         answer = self.cluster.cycle(CycleRequest(
@@ -123,11 +124,7 @@ class Submitter:
         report.finished_error += collected.error
         report.collected_ids = collected.job_ids
         report.held_ids = sorted(set(held) - set(collected.job_ids))
-        report.dropbox_counts = {
-            "waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
-            "submitted": len(report.held_ids),
-            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled
-            + len(collected.job_ids)}
+        report.dropbox_counts = _dropbox_counts(listing, report, len(collected.job_ids))
         report.seconds = time.monotonic() - started
         return report
 
@@ -248,6 +245,13 @@ class Submitter:
             report.finished_error += 1
             return
         write_outbox_entry(self.outbox, prepared, self.config.submitter_id)
+
+
+def _dropbox_counts(listing, report: CycleReport, collected: int) -> dict[str, int]:
+    """Jobs in the dropbox by state at the end of the cycle (the metrics' gauges)."""
+    return {"waiting": len(listing.new) - report.taken - report.rejected - report.cached - report.cancelled,
+            "submitted": len(report.held_ids),
+            "finished": len(listing.finished) + report.rejected + report.cached + report.cancelled + collected}
 
 
 def run_once(config: Config, transport: Transport, submitter: Submitter | None = None) -> CycleReport | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config
 from .dropbox import Dropbox
@@ -27,39 +27,49 @@ def job_name(name: str) -> str:
     return name if name.endswith(".job") else name + ".job"
 
 
-def request_cancel(config: Config, names: list[str]) -> list[str]:
+class Said(NamedTuple):
+    """What a verb did with one name; ``known`` is False for a job that does not exist
+    (the command then exits non-zero, so a script notices a typo)."""
+
+    line: str
+    known: bool = True
+
+
+def request_cancel(config: Config, names: list[str]) -> list[Said]:
     """Drop ``x.job.cancel`` for each job still waiting or running; say what was done."""
     dropbox = Dropbox(config.dropbox)
     said = []
     for name in map(job_name, names):
         if dropbox.path(name).exists() or dropbox.path(name, ".submitted").exists():
             write_atomic(str(dropbox.path(name, ".cancel")), f"requested at {time.time():.0f}\n")
-            said.append(f"{name}: cancel requested")
+            said.append(Said(f"{name}: cancel requested"))
         elif dropbox.path(name, ".finished").exists():
-            said.append(f"{name}: already finished; nothing to cancel")
+            said.append(Said(f"{name}: already finished; nothing to cancel"))
         else:
-            said.append(f"{name}: no such job")
+            said.append(Said(f"{name}: no such job", known=False))
     return said
 
 
-def resubmit(config: Config, history: History, names: list[str], force: bool = False) -> list[str]:
+def resubmit(config: Config, history: History, names: list[str], force: bool = False) -> list[Said]:
     """Put failed jobs back as new; their earlier result blocks go into the next result."""
     dropbox = Dropbox(config.dropbox)
     said = []
     for name in map(job_name, names):
         result = dropbox.read_result(name)
         if result is None:
-            said.append(f"{name}: no result to resubmit")
+            known = dropbox.path(name).exists() or dropbox.path(name, ".submitted").exists()
+            said.append(Said(f"{name}: {'not finished yet' if known else 'no such job'}; nothing to resubmit",
+                             known=known))
             continue
         block = result.pop("job", {})
         if block.get("status") == "ok" and not force:
-            said.append(f"{name}: finished ok; use --force to run it again")
+            said.append(Said(f"{name}: finished ok; use --force to run it again"))
             continue
         history.remember_earlier_run(name, block)
         write_atomic(str(dropbox.path(name)), dump_yaml(result))
         dropbox.discard(name, ".finished")
         history.record(name, "waiting", detail="resubmitted")
-        said.append(f"{name}: resubmitted")
+        said.append(Said(f"{name}: resubmitted"))
     return said
 
 

@@ -5,10 +5,14 @@ Configs, templates and job files say ``90``, ``90s``, ``30m``, ``2h``, ``1d`` or
 ``[days-]hours:minutes:seconds`` as ``squeue`` does.  Standard library only, Python 3.8:
 the cluster side parses squeue's time left with the same code.
 """
+import math
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_CLOCK = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)")
+# The two written forms (lower-cased, stripped); the job's JSON Schema is built from them too.
+DURATION_SUFFIXED = r"(\d+(?:\.\d+)?)\s*([smhd]?)"
+DURATION_CLOCK = r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)"
+_CLOCK = re.compile(DURATION_CLOCK)
 
 
 def parse_duration(value):
@@ -16,9 +20,11 @@ def parse_duration(value):
     if isinstance(value, bool):
         raise ValueError("%r is not a duration" % (value,))
     if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:   # .inf in YAML; a negative time means nothing
+            raise ValueError("%r is not a duration (a number of seconds, 0 or more)" % (value,))
         return int(value)
     text = str(value).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    match = re.fullmatch(DURATION_SUFFIXED, text)
     if match:
         return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
     seconds = parse_clock(text)

@@ -4,11 +4,16 @@ import os
 import tempfile
 
 
-def write_atomic(path, data):
-    """Write bytes or text next to ``path`` and rename over it (atomic on POSIX)."""
+def write_atomic(path, data, mode=None):
+    """Write bytes or text next to ``path`` and rename over it (atomic on POSIX).
+
+    The file is 0600 unless ``mode`` says otherwise (set before the rename, so no reader
+    ever finds it with the wrong one)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()

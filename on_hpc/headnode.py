@@ -435,7 +435,7 @@ def submit_runner(store, sched, job_class, settings, request):
 def describe_runner(store, info):
     return {"runner": info.runner_id, "sched_id": info.sched_id, "state": info.state,
             "time_left": info.time_left, "class": _runner_class(store, info.runner_id),
-            "jobs": len(store.claimed_jobs(info.runner_id))}
+            "jobs": len(store.claimed_jobs(info.runner_id)), "reason": info.reason}
 
 
 def count_states(states):

@@ -38,7 +38,7 @@ STATE_MAP = {
     "DEADLINE": ENDING, "OUT_OF_MEMORY": ENDING, "SPECIAL_EXIT": ENDING, "REVOKED": ENDING,
 }
 JOB_NAME_PREFIX = "dbr."
-SQUEUE_FORMAT = "%i|%j|%T|%L"
+SQUEUE_FORMAT = "%i|%j|%T|%L|%r"   # %r: why a pending job waits (Priority, Resources...)
 SQUEUE_TIMEOUT_SECONDS = 60
 SBATCH_TIMEOUT_SECONDS = 120
 
@@ -191,15 +191,16 @@ def parse_squeue(stdout, tag, limits=None):
     found = {}
     for line in stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) != 4 or not parts[1].startswith(prefix):
+        if len(parts) not in (4, 5) or not parts[1].startswith(prefix):
             continue
-        sched_id, name, state, left = (part.strip() for part in parts)
+        sched_id, name, state, left = (part.strip() for part in parts[:4])
+        reason = parts[4].strip() if len(parts) == 5 and state == "PENDING" else ""
         runner_id = name[len(prefix):]
         try:
             seconds = parse_time_left(left)
         except ValueError:
             seconds = limits.get(runner_id)
-        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING), seconds)
+        found[runner_id] = RunnerInfo(runner_id, sched_id, STATE_MAP.get(state, ENDING), seconds, reason)
     return found
 
 

@@ -16,8 +16,9 @@ from .durations import format_duration
 from .resources import Node, memory_mb, node_cpus
 
 # One line of the scheduler's view of a runner.  ``state`` is a RunnerState; ``time_left``
-# is seconds, or None when the allocation has no limit.
-RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left")
+# is seconds, or None when the allocation has no limit; ``reason`` is why the scheduler
+# keeps a pending runner waiting (squeue's %r), shown by status.
+RunnerInfo = collections.namedtuple("RunnerInfo", "runner_id sched_id state time_left reason", defaults=("",))
 
 # Connector classes by scheduler name, imported only when chosen.
 CONNECTORS = {

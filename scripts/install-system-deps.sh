@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install the system programs the real-cluster tests run (Debian 12, as root):
 # Slurm (slurmctld, slurmd, sbatch), munge, Grid Engine (sge_qmaster, sge_execd, qsub), OpenSSH
-# server and rsync.
+# server and rsync; systemd's systemd-analyze, which checks the shipped unit file.
 # Idempotent: when every binary is already present it exits at once (apt is slow).
 set -euo pipefail
 
-needed=(sshd rsync slurmctld slurmd sbatch munged sge_qmaster sge_execd qsub)
+needed=(sshd rsync slurmctld slurmd sbatch munged sge_qmaster sge_execd qsub systemd-analyze)
 missing=()
 for prog in "${needed[@]}"; do
     if ! command -v "$prog" >/dev/null 2>&1 \
@@ -33,4 +33,4 @@ gridengine-common shared/gridenginecell string default
 gridengine-common shared/gridenginesqmaster string localhost
 SELECTIONS
 apt-get update
-apt-get install -y slurm-wlm munge openssh-server rsync gridengine-master gridengine-exec gridengine-client
+apt-get install -y slurm-wlm munge openssh-server rsync gridengine-master gridengine-exec gridengine-client systemd

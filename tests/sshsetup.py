@@ -82,9 +82,11 @@ class CountingTransport:
 
 
 def ssh_client_processes(port: int) -> list[int]:
-    """OpenSSH clients still running: rsync's, for this sshd's port, and the multiplexing
-    masters of any dropbox-runner transport (a master retitles itself
-    ``ssh: <ControlPath> [mux]``, so it is known by its private folder's name)."""
+    """OpenSSH clients still running for this sshd's port: rsync's, and the multiplexing
+    masters of dropbox-runner transports (a master retitles itself ``ssh: <ControlPath>
+    [mux]``, so it is known by its private folder's name and by its TCP connection to the
+    port: another dropbox-runner on this machine, with masters of its own, is not counted)."""
+    connected = _sockets_to_port(port)
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -97,9 +99,38 @@ def ssh_client_processes(port: int) -> list[int]:
         argv = cmdline.split(b"\0")
         client = argv[0].endswith(b"ssh") and str(port).encode() in argv and b"ControlMaster=auto" in argv
         master = cmdline.startswith(b"ssh: ") and b"/dbr-ssh-" in cmdline and b"[mux]" in cmdline
-        if client or master:
+        if client or (master and _process_sockets(name) & connected):
             found.append(int(name))
     return found
+
+
+def _sockets_to_port(port: int) -> set[str]:
+    """Inodes of the TCP sockets (IPv4 and IPv6) whose remote end is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _process_sockets(pid: str) -> set[str]:
+    """Inodes of the sockets a process holds open."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
 
 
 def modes_below(root: Path, top: Path) -> dict[str, int]:

@@ -24,7 +24,7 @@ def test_the_ini_hpc_section_is_the_default_class(tmp_path):
                    "[hpc]\ngres = gpu:v100:1\npartition = gpu\nmemory = 32G\ngpuram = 16\n"
                    "[cronjob]\ndropbox = %s\n"
                    "[hpc_env]\nworkspace = /scratch/amp/ws\nscripts = /home/amp/scripts\n" % (tmp_path / "box"))
-    config = load_config(ini)
+    config = load_config(ini, check_folders=False)
     assert config.scheduler == "slurm" and config.backend == "ssh"
     assert list(config.classes) == ["default"] and config.default_class == "default"
     default = config.classes["default"]

@@ -223,7 +223,7 @@ def test_status_lists_runners_with_ids_and_time_left(store):
     sched.listing[runner] = RunnerInfo(runner, "101", RunnerState.RUNNING, 599)
     answer = headnode.status(request(store), sched=sched)
     assert answer["runners"] == [{"runner": runner, "sched_id": "101", "state": RunnerState.RUNNING,
-                                  "time_left": 599, "class": "default", "jobs": 0}]
+                                  "time_left": 599, "class": "default", "jobs": 0, "reason": ""}]
     sched.listing = SchedulerUnavailable("down")
     answer = headnode.status(request(store), sched=sched)
     assert answer["scheduler_ok"] is False and answer["runners"][0]["time_left"] == 599

@@ -178,7 +178,7 @@ def test_cluster_command_failure_is_reported_and_jobs_wait(config, tmp_path):
     drop(config, "waits.job", copy_job(config, 9))
     broken = write_config(tmp_path, python="/nonexistent/python3")
     done = run_cli("once", "--config", str(broken))
-    assert done.returncode == 1 and "jobs wait for the next cycle" in done.stderr
+    assert done.returncode == 4 and "jobs wait for the next cycle" in done.stderr
     assert not (config.dropbox / "waits.job.finished").exists()
     assert (config.dropbox / "waits.job.submitted").exists()
 

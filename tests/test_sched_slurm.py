@@ -96,7 +96,7 @@ def test_parse_sbatch_refuses_output_without_a_job_id(stdout):
 # -- squeue ------------------------------------------------------------------------------
 def test_squeue_is_one_call_for_this_account():
     argv = squeue_argv(user=1234)
-    assert argv == ["squeue", "--noheader", "--user=1234", "--format=%i|%j|%T|%L"]
+    assert argv == ["squeue", "--noheader", "--user=1234", "--format=%i|%j|%T|%L|%r"]
     assert squeue_argv()[2] == "--user=%d" % os.getuid()
 
 

@@ -239,7 +239,7 @@ def test_the_ini_passphrase_is_read(tmp_path):
     ini = tmp_path / "hpc_batch.ini"
     ini.write_text("[remote]\nhost = hpc\nuser = alice\nkey_file = id_hpc\npassphrase = from-ini\n"
                    "[cronjob]\ndropbox = box\n[hpc_env]\nworkspace = /w/ws\nscripts = /w/scripts\n")
-    config = load_config(ini)
+    config = load_config(ini, check_folders=False)
     assert config.remote.passphrase == "from-ini" and config.remote.key_file == tmp_path / "id_hpc"
     assert "from-ini" not in repr(config)
 

@@ -18,6 +18,16 @@ class TransportError(Exception):
     """
 
 
+class RemoteCommandFailed(TransportError):
+    """The cluster was reached, but the command there failed; the message carries its
+    stderr.  Still the environment's fault (jobs wait), but not a network problem, so the
+    CLI gives it its own exit code."""
+
+
+class NotDeployed(RemoteCommandFailed):
+    """``on_hpc`` of this version is not on the cluster yet (a cycle deploys it)."""
+
+
 @dataclass
 class CommandResult:
     returncode: int
