@@ -125,8 +125,7 @@ def test_cancelled_pending_runners_are_counted_in_the_metrics_file(tmp_path):
 
     from dropbox_runner import metrics
     from dropbox_runner.submitter import CycleReport
-    config = SimpleNamespace(metrics_file=tmp_path / "dbr.prom", state_dir=tmp_path / "state",
-                             classes={"default": None})
+    config = SimpleNamespace(metrics_file=tmp_path / "dbr.prom", state_dir=tmp_path / "state", classes={})
     metrics.record_cycle(config, CycleReport(runners_submitted=3, runners_cancelled=2))
     metrics.record_cycle(config, CycleReport(runners_cancelled=1))
     text = (tmp_path / "dbr.prom").read_text()
