@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SYSTEM_FOLDERS, Config, ConfigError, load_config
+from .on_hpc.resources import class_gpus
 from .rendering import TemplateProblem, load_template, render
 from .transport import Transport, TransportError, open_transport
 
@@ -39,11 +40,11 @@ PROBE = r'''
 import json, os, shutil, subprocess, sys, tempfile
 request = json.loads(sys.stdin.read())
 out = {"python": list(sys.version_info[:3]), "executable": sys.executable}
-def run(argv):
+def run(argv, keep=65536):
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
                               universal_newlines=True)
-        return {"rc": done.returncode, "stdout": done.stdout[-4000:], "stderr": done.stderr[-2000:]}
+        return {"rc": done.returncode, "stdout": done.stdout[-keep:], "stderr": done.stderr[-2000:]}
     except (OSError, subprocess.SubprocessError) as error:
         return {"rc": None, "stdout": "", "stderr": str(error)}
 workspace = request["workspace"]
@@ -67,6 +68,12 @@ if request["scheduler"] == "slurm":
     out["sbatch"] = run(["sbatch", "--version"])
     out["squeue"] = run(["squeue", "--noheader", "--user=%d" % os.getuid(), "--format=%i"])
     out["sinfo"] = run(["sinfo", "--noheader", "--format=%P|%G"])
+elif request["scheduler"] == "sge":
+    import pwd
+    out["qstat"] = run(["qstat", "-xml", "-u", pwd.getpwuid(os.getuid()).pw_name])
+    out["queues"] = run(["qconf", "-sql"])
+    out["pes"] = run(["qconf", "-spl"])
+    out["complexes"] = run(["qconf", "-sc"], keep=100000)     # a site's list is long, and read whole
 print(json.dumps(out))
 '''
 
@@ -254,6 +261,8 @@ def check_cluster(config: Config, transport: Transport) -> list[CheckResult]:
         results.append(_rsync(config, answer.get("rsync")))
     if config.scheduler == "slurm":
         results += _slurm(config, answer)
+    elif config.scheduler == "sge":
+        results += _grid_engine(config, answer)
     return results
 
 
@@ -269,16 +278,20 @@ def _rsync(config: Config, remote_rsync: str | None) -> CheckResult:
     return CheckResult("rsync", True, f"missing {missing}: transfers use SFTP (slower for many files)")
 
 
-def _slurm(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+def _answers(answer: dict[str, Any], programs: tuple[str, ...], fix: str) -> list[CheckResult]:
     results = []
-    for program in ("sbatch", "squeue"):
+    for program in programs:
         done = answer.get(program) or {}
         if done.get("rc") == 0:
             results.append(CheckResult(program, True, (done["stdout"].strip().splitlines() or ["answers"])[0]))
         else:
-            results.append(CheckResult(program, False, f"{program} failed: {(done.get('stderr') or '').strip()}",
-                                       "make Slurm's commands work for this account on the cluster (PATH, "
-                                       "SLURM_CONF, munge); try it in an ssh session"))
+            results.append(CheckResult(program, False, f"{program} failed: {(done.get('stderr') or '').strip()}", fix))
+    return results
+
+
+def _slurm(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+    results = _answers(answer, ("sbatch", "squeue"), "make Slurm's commands work for this account on the cluster "
+                       "(PATH, SLURM_CONF, munge); try it in an ssh session")
     sinfo = answer.get("sinfo") or {}
     if sinfo.get("rc") != 0:
         results.append(CheckResult("partitions", False, f"sinfo failed: {(sinfo.get('stderr') or '').strip()}",
@@ -318,3 +331,37 @@ def _class_fits(name: str, partition: str | None, gres: str | None, partitions: 
                                f"{wanted!r} (offered: {', '.join(sorted(offered)) or 'none'})",
                                f"set classes.{name}.gres to what the cluster has")
     return CheckResult(what, True, f"partition {partition or '(default)'}, gres {gres or 'none'}")
+
+
+def _grid_engine(config: Config, answer: dict[str, Any]) -> list[CheckResult]:
+    """qstat answers, and each class's queue, parallel environment and resources exist."""
+    qstat = answer.get("qstat") or {}
+    if qstat.get("rc") != 0:
+        return [CheckResult("qstat", False, f"qstat failed: {(qstat.get('stderr') or '').strip()}",
+                            "make Grid Engine's commands work for this account on the cluster (PATH, SGE_ROOT, "
+                            "SGE_CELL, SGE_QMASTER_PORT); try it in an ssh session")]
+    results = [CheckResult("qstat", True, "answers")]
+    offered = {}
+    for key in ("queues", "pes", "complexes"):
+        done = answer.get(key) or {}
+        # qconf exits non-zero for an empty list ("no parallel environment defined")
+        rows = [line.split() for line in done.get("stdout", "").splitlines()
+                if line.strip() and not line.startswith("#")] if done.get("rc") == 0 else []
+        # a complex may be asked for by its name or its shortcut
+        offered[key] = {word for row in rows for word in (row[:2] if key == "complexes" else row[:1])}
+    for name, settings in sorted(config.classes.items()):
+        gpus = class_gpus(settings.to_request())
+        wanted = [("queues", "queue", settings.queue, "queue"), ("pes", "parallel environment", settings.pe, "pe"),
+                  ("complexes", "GPU complex", settings.gpu_resource if gpus else None, "gpu_resource"),
+                  ("complexes", "memory complex", settings.memory_resource if settings.memory else None,
+                   "memory_resource")]
+        missing = [row for row in wanted if row[2] and row[2] not in offered[row[0]]]
+        if missing:
+            key, what, value, field = missing[0]
+            results.append(CheckResult(f"class {name}", False, f"no {what} {value!r} (qconf lists "
+                                       f"{', '.join(sorted(offered[key])) or 'none'})",
+                                       f"set classes.{name}.{field} to what the cluster has"))
+        else:
+            results.append(CheckResult(f"class {name}", True, f"queue {settings.queue or '(any)'}, "
+                                       f"pe {settings.pe or 'none'}, gpus {gpus or 'none'}"))
+    return results

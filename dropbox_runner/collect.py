@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .boundary import Boundary
+from .boundary import Boundary, describe
 from .config import Config
 from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
@@ -19,7 +19,7 @@ from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
 from .results import error_block, read_stream, resource_provenance, run_block
 from .staging import JOBS_FOLDER
-from .transport import Transport
+from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,15 @@ class Collector:
         if not done:
             return []
         self.inbox.mkdir(parents=True, exist_ok=True)
-        wanted = [f"{item['id']}/{part}" for item in done for part in ("output", "stdout", "stderr")]
-        self.transport.pull(f"{self.config.workspace}/{JOBS_FOLDER}", wanted, self.inbox)
+        unpulled = self._pull(done)
         fault_point("after_pull")
         finished_ids = []
         for item in done:
             job = held[item["id"]]
+            if item["id"] in unpulled:
+                self._fail(job, f"its output could not be brought back from the cluster: {unpulled[item['id']]}")
+                finished_ids.append(job.job_id)
+                continue
             if self.boundary.contain(
                     job.name, "collecting its run",
                     lambda job=job, item=item: self._finish(job, FinishedRecord.from_json(item["record"])),
@@ -56,6 +59,31 @@ class Collector:
             elif not self.dropbox.path(job.name, ".submitted").exists():
                 finished_ids.append(job.job_id)     # ended by its error result
         return finished_ids
+
+    def _pull(self, done: list[dict[str, Any]]) -> dict[str, str]:
+        """One transfer for every done job.  When it fails, each job is pulled alone: the
+        jobs that fail alone while others come back are at fault (an output the job made
+        unreadable, say), and are returned with why; when every one fails alone, the
+        first failure is the environment's and ends the cycle, as a lost connection does."""
+        source = f"{self.config.workspace}/{JOBS_FOLDER}"
+        try:
+            self.transport.pull(source, [path for item in done for path in _parts(item)], self.inbox)
+            return {}
+        except (TransportError, OSError) as error:
+            if len(done) == 1:
+                raise
+            log.warning("one pull for %d done jobs failed (%s); pulling each alone", len(done), describe(error))
+        failed: dict[str, str] = {}
+        first_error: BaseException | None = None
+        for item in done:
+            try:
+                self.transport.pull(source, _parts(item), self.inbox)
+            except (TransportError, OSError) as error:
+                first_error = first_error or error
+                failed[item["id"]] = describe(error)
+        if len(failed) == len(done) and first_error is not None:
+            raise first_error
+        return failed
 
     def _fail(self, job: HeldJob, message: str) -> None:
         self.finisher.finish(Outcome(job.name, job.description,
@@ -77,3 +105,7 @@ class Collector:
             produced={key: pulled / "output" / names[key] for key in outputs},
             cache_key=job.cache_key, scratch=[pulled],
             record={"attempts": block["attempts"], "runner": block["runner"]}))
+
+
+def _parts(item: dict[str, Any]) -> list[str]:
+    return [f"{item['id']}/{part}" for part in ("output", "stdout", "stderr")]

@@ -18,6 +18,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from .boundaries import startup_warnings
 from .cluster import ClusterSide
 from .config import Config, load_config
 from .lock import cycle_lock
@@ -196,6 +197,8 @@ class Daemon:
         waiter.start()
         submitter = Submitter(config, open_transport(config))
         submitter.intake.closed = self.closed
+        for warning in startup_warnings(config):
+            log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)
         return observer, waiter, submitter
 

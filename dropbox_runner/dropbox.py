@@ -23,7 +23,8 @@ import yaml
 from .boundary import is_environment
 from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
-from .on_hpc.files import write_atomic
+from .safefs import write_atomic
+from .seal import SEAL, HoldSeal
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
 LONGEST_SUFFIX = len(".submitted")   # what a job file's name must leave room for
@@ -121,6 +122,7 @@ class Dropbox:
         return read_regular(self.path(name, suffix), limit)
 
     def digest(self, name: str, suffix: str = "") -> str:
+        """sha256 of a dropbox file; UnusableEntry for a link or a non-file (never followed)."""
         return hashlib.sha256(self.read(name, suffix)).hexdigest()
 
     def mtime(self, name: str, suffix: str = "") -> float:
@@ -132,12 +134,15 @@ class Dropbox:
     def age(self, name: str) -> float:
         return time.time() - (self.mtime(name) or time.time())
 
-    def hold(self, job: HeldJob) -> None:
-        write_atomic(str(self.path(job.name, ".submitted")), dump_yaml(job.to_document()))
+    def hold(self, job: HeldJob, seal: HoldSeal) -> None:
+        document = job.to_document()
+        document[SEAL] = seal.sign(document)
+        write_atomic(self.path(job.name, ".submitted"), dump_yaml(document).encode())
 
     def read_held(self, name: str) -> dict[str, Any]:
-        """The raw ``.submitted`` document; ValueError when it cannot be read as one,
-        OSError for a fault of the filesystem (EIO, ESTALE) that may pass."""
+        """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
+        ValueError when it cannot be read as one, OSError for a fault of the filesystem
+        (EIO, ESTALE) that may pass."""
         try:
             data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
         except OSError as error:
@@ -162,7 +167,7 @@ class Dropbox:
         document = dict(description or {})
         document.pop("job", None)
         document["job"] = block
-        write_atomic(str(self.path(name, ".finished")), dump_yaml(document))
+        write_atomic(self.path(name, ".finished"), dump_yaml(document).encode())
 
     def discard(self, name: str, suffix: str) -> None:
         try:

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import yaml
 
@@ -167,17 +167,17 @@ class History:
         self.db.execute("DELETE FROM earlier_runs WHERE name = ?", (name,))
 
     # -- input digests ------------------------------------------------------------------------
-    def file_digest(self, path: str) -> str:
-        """sha256 of a file, read once and remembered while its size and mtime hold."""
-        stat = os.stat(path)
+    def file_digest(self, path: str, handle: BinaryIO) -> str:
+        """sha256 of a file (open as ``handle``, so the file hashed is the file checked),
+        read once and remembered while its size and mtime hold."""
+        stat = os.fstat(handle.fileno())
         row = self.db.execute("SELECT sha256 FROM file_digests WHERE path = ? AND size = ? AND mtime_ns = ?",
                               (path, stat.st_size, stat.st_mtime_ns)).fetchone()
         if row:
             return row[0]
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(DIGEST_CHUNK), b""):
-                digest.update(chunk)
+        for chunk in iter(lambda: handle.read(DIGEST_CHUNK), b""):
+            digest.update(chunk)
         self.db.execute("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?)",
                         (path, stat.st_size, stat.st_mtime_ns, digest.hexdigest()))
         return digest.hexdigest()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .boundaries import boundaries_for
 from .boundary import Boundary
 from .cache import ResultCache, cache_key
 from .config import Config
@@ -22,11 +24,13 @@ from .dropbox import Dropbox, HeldJob, Listing
 from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
-from .jobs import JobInvalid, parse_job_document
+from .jobs import JobInvalid, echoable, read_job
 from .on_hpc.protocol import JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
+from .safefs import FileRefused, open_checked
+from .seal import HoldSeal
 from .staging import PreparedJob, prepare, write_outbox_entry
 
 log = logging.getLogger(__name__)
@@ -42,8 +46,10 @@ class IntakeCounts:
 
 class Intake:
     def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache,
-                 finisher: Finisher, boundary: Boundary):
+                 finisher: Finisher, boundary: Boundary, seal: HoldSeal):
         self.config = config
+        self.seal = seal
+        self.boundaries = boundaries_for(config)
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
@@ -111,18 +117,14 @@ class Intake:
             return
         raw, digest = None, None
         try:
-            data = self.dropbox.read(name)
-            digest = hashlib.sha256(data).hexdigest()
-            raw = parse_job_document(data)
+            raw, digest = read_job(self.dropbox.path(name))
             job = prepare(self.config, name, raw)
             provenance = self._provenance(job)
         except FileNotFoundError:
             return              # taken back by its tool
-        except UnusableEntry as problem:
-            self._reject(name, None, [str(problem)], digest)
-            return
         except (JobInvalid, TemplateProblem) as problem:
             problems = getattr(problem, "problems", [str(problem)])
+            digest = digest or getattr(problem, "digest", None)
             if getattr(problem, "incomplete", False) and self.dropbox.age(name) < self.config.grace_seconds:
                 log.debug("%s: does not parse yet, may still be being written: %s", name, problems)
                 return
@@ -134,7 +136,15 @@ class Intake:
         if key and key in keys_in_flight:
             log.debug("%s: an identical job is running; waiting for its result", name)
             return
-        self._take(name, raw, job, digest, provenance)
+        try:
+            provenance = self._take(name, raw, job, digest, provenance)
+        except JobInvalid as problem:
+            self._reject(name, raw, problem.problems, digest)
+            return
+        except OSError:     # the state folder's disk, not the job: it waits, and the boundary says so
+            shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+            raise
+        key = provenance.get("cache_key")
         if key:
             keys_in_flight.add(key)
         counts.names.append(name)
@@ -149,12 +159,8 @@ class Intake:
         return self.dropbox.age(name) >= self.config.settle_seconds
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
-        inputs = {}
-        for key, path in sorted(job.description.input_map.items()):
-            try:
-                inputs[key] = {"path": path, "sha256": self.history.file_digest(path)}
-            except OSError as error:     # the job's input, whatever the errno: its fault
-                raise JobInvalid([f"input_map.{key}: {path} cannot be read: {error.strerror or error}"]) from None
+        inputs = {key: {"path": path, "sha256": self._input_digest(key, path)}
+                  for key, path in sorted(job.description.input_map.items())}
         provenance = {
             "inputs": inputs,
             "template": {"name": job.template.name, "sha256": job.template.digest},
@@ -162,22 +168,47 @@ class Intake:
             "submitter": self.config.submitter_id,
             "version": __version__,
         }
+        return self._keyed(job, provenance)
+
+    def _input_digest(self, key: str, path: str) -> str:
+        """Read through a checked descriptor: a FIFO or a file out of bounds swapped in
+        since the check is refused, never read (nor waited on).  A read error is the
+        job's input's, whatever the errno: its fault."""
+        try:
+            with os.fdopen(open_checked(path, self.boundaries), "rb") as handle:
+                return self.history.file_digest(path, handle)
+        except FileRefused as refused:
+            raise JobInvalid([f"input_map.{key}: {path} {refused}"]) from None
+        except OSError as error:
+            raise JobInvalid([f"input_map.{key}: {path} cannot be read: {error.strerror or error}"]) from None
+
+    def _keyed(self, job: PreparedJob, provenance: dict[str, Any]) -> dict[str, Any]:
+        provenance.pop("cache_key", None)
         if self.cache.enabled and job.cacheable:
             provenance["cache_key"] = cache_key(job.template.digest, job.neutral_script, job.description.args,
-                                                {key: value["sha256"] for key, value in inputs.items()})
+                                                {key: value["sha256"] for key, value in provenance["inputs"].items()})
         return provenance
 
     def _take(self, name: str, raw: dict[str, Any], job: PreparedJob, digest: str,
-              provenance: dict[str, Any]) -> None:
-        write_outbox_entry(self.outbox, job, self.config.submitter_id)
+              provenance: dict[str, Any]) -> dict[str, Any]:
+        """Stage the inputs, hold the job, drop its ``.job``; the provenance returned
+        describes the inputs as copied, which is what runs and what the cache key names."""
+        staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries)
+        if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.items()):
+            log.warning("%s: an input changed while the job was being taken; its digests are those of the copy",
+                        name)
+            for key, sha in staged.items():
+                provenance["inputs"][key]["sha256"] = sha
+            provenance = self._keyed(job, provenance)
         fault_point("after_outbox")
         self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(),
-                                  digest, provenance))
+                                  digest, provenance), self.seal)
         fault_point("after_hold")
         self.dropbox.discard(name, "")
         self.history.record(name, JobState.SUBMITTED, job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
+        return provenance
 
     def _serve_from_cache(self, name: str, raw: dict[str, Any], key: str, digest: str,
                           provenance: dict[str, Any]) -> bool:
@@ -200,6 +231,8 @@ class Intake:
             digest = self.dropbox.digest(name)
         except FileNotFoundError:
             return
+        except UnusableEntry:
+            digest = None           # a link or a non-file is never one of ours
         sibling = ".submitted" if is_held else ".finished"
         if is_held:
             try:
@@ -217,7 +250,7 @@ class Intake:
 
     def _reject(self, name: str, raw: Any, problems: list[str], digest: str) -> None:
         message = "invalid job: " + "; ".join(problems)
-        self.finisher.finish(Outcome(name, raw if isinstance(raw, dict) else None,
+        self.finisher.finish(Outcome(name, echoable(raw),
                                      error_block(message, job_digest=digest), kind=REJECTED, held=False,
                                      log_level=logging.WARNING))
 
@@ -229,9 +262,10 @@ class Intake:
 
     def _finish_untaken(self, name: str, message: str, detail: str, kind: str = CANCELLED) -> None:
         try:
-            data = self.dropbox.read(name)
-            raw, digest = parse_job_document(data), hashlib.sha256(data).hexdigest()
-        except (OSError, JobInvalid, UnusableEntry):
+            raw, digest = read_job(self.dropbox.path(name))
+        except JobInvalid as problem:
+            raw, digest = None, problem.digest
+        except OSError:
             raw, digest = None, None
-        self.finisher.finish(Outcome(name, raw, error_block(message, job_digest=digest), kind=kind,
+        self.finisher.finish(Outcome(name, echoable(raw), error_block(message, job_digest=digest), kind=kind,
                                      held=False, detail=detail))

@@ -19,6 +19,7 @@ import yaml
 from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
 from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
+from .safefs import Boundaries
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -44,10 +45,11 @@ MAX_JOB_FILE_BYTES = 1 << 20
 class JobInvalid(Exception):
     """The job cannot run as written; ``problems`` says why, one line each."""
 
-    def __init__(self, problems: list[str], incomplete: bool = False):
+    def __init__(self, problems: list[str], incomplete: bool = False, digest: str | None = None):
         super().__init__("; ".join(problems))
         self.problems = problems
         self.incomplete = incomplete    # does not parse: may still be being written
+        self.digest = digest            # sha256 of the job file's bytes, when they were read
 
 
 @dataclass
@@ -63,37 +65,47 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def read_job_file(path: Path) -> dict[str, Any]:
-    """The YAML mapping in a ``.job`` file; JobInvalid when it is not one."""
+def read_job(path: Path) -> tuple[dict[str, Any], str]:
+    """The YAML mapping in a ``.job`` file and the sha256 of the bytes it was parsed from
+    (read once, so the digest names what was parsed); JobInvalid when it is not one.
+
+    A ``.job`` that is a symbolic link or not a regular file is refused without being
+    read (``entries.read_regular``): its content could be any file this account can read."""
     try:
         data = read_regular(path, MAX_JOB_FILE_BYTES)
     except UnusableEntry as error:
-        raise JobInvalid([str(error)]) from None
-    return parse_job_document(data)
+        raise JobInvalid([f"the job file cannot be used: {error}; refused without being read"]) from None
+    digest = hashlib.sha256(data).hexdigest()
+    return parse_job_document(data, digest), digest
 
 
-def parse_job_document(data: bytes) -> dict[str, Any]:
+def parse_job_document(data: bytes, digest: str | None = None) -> dict[str, Any]:
     """The YAML mapping in a job file's bytes; JobInvalid when it is not one (or is
-    beyond the bounds of ``entries.load_bounded_yaml``)."""
-    text = data.decode("utf-8", errors="replace")
-    if not text.strip():
-        raise JobInvalid(["the job file is empty"], incomplete=True)
+    beyond the bounds of ``entries.load_bounded_yaml``).  Only a file that may still be
+    being written (empty, not YAML yet, not yet a mapping) is ``incomplete``."""
     try:
-        data = load_bounded_yaml(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JobInvalid([f"the job file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start}); nothing was run"], digest=digest) from None
+    if not text.strip():
+        raise JobInvalid(["the job file is empty"], incomplete=True, digest=digest)
+    try:
+        loaded = load_bounded_yaml(text)
     except yaml.YAMLError as error:
         raise JobInvalid([bounded_message(f"the job file is not valid YAML: {' '.join(str(error).split())}",
-                                          500)], incomplete=True) from None
+                                          500)], incomplete=True, digest=digest) from None
     except UnusableEntry as error:
-        raise JobInvalid([f"the job file cannot be read: {error}"]) from None
-    if not isinstance(data, dict):
+        raise JobInvalid([f"the job file cannot be read: {error}"], digest=digest) from None
+    if not isinstance(loaded, dict):
         raise JobInvalid([f"the job file must hold a mapping (script, args, input_map, output_map), "
-                          f"not {type(data).__name__}"], incomplete=True)
-    return data
+                          f"not {type(loaded).__name__}"], incomplete=True, digest=digest)
+    return loaded
 
 
 def parse_job(data: dict[str, Any]) -> JobDescription:
     """Check the shape of a description; files are checked by ``check_files``."""
-    problems: list[str] = []
+    problems: list[str] = list(unsafe_text(data))
     for key in sorted(set(map(str, data)) - KNOWN_KEYS):
         problems.append(f"unknown key {key!r} (known: {', '.join(sorted(KNOWN_KEYS))})")
     script = data.get("script")
@@ -177,8 +189,9 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
     return resources
 
 
-def check_files(job: JobDescription, input_roots: list[Path], output_roots: list[Path]) -> list[str]:
-    """Inputs readable files and outputs writable places, inside the allowed roots."""
+def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
+    """Inputs readable files and outputs writable places, inside the boundaries (on the
+    resolved paths).  Staging and placing check again at the moment they use a path."""
     problems = []
     for section, paths in (("input_map", job.input_map), ("output_map", job.output_map)):
         for key, value in paths.items():
@@ -194,9 +207,9 @@ def check_files(job: JobDescription, input_roots: list[Path], output_roots: list
         return problems
     for key, value in job.input_map.items():
         path = Path(value)
-        real = path.resolve()
-        if input_roots and not _inside(real, input_roots):
-            problems.append(f"input_map.{key}: {value} is outside the allowed input folders")
+        why = boundaries.problem(Path(os.path.realpath(value)), output=False)
+        if why:
+            problems.append(f"input_map.{key}: {value} {why}")
         elif not path.exists():
             problems.append(f"input_map.{key}: {value} does not exist")
         elif not path.is_file():
@@ -205,16 +218,56 @@ def check_files(job: JobDescription, input_roots: list[Path], output_roots: list
             problems.append(f"input_map.{key}: {value} is not readable")
     for key, value in job.output_map.items():
         folder = Path(value).parent
-        real = Path(value).parent.resolve() / Path(value).name
-        if output_roots and not _inside(real, output_roots):
-            problems.append(f"output_map.{key}: {value} is outside the allowed output folders")
+        why = boundaries.problem(Path(os.path.realpath(folder)) / Path(value).name, output=True)
+        if why:
+            problems.append(f"output_map.{key}: {value} {why}")
         elif not folder.is_dir():
             problems.append(f"output_map.{key}: the folder {folder} does not exist")
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"output_map.{key}: the folder {folder} is not writable")
-        elif Path(value).is_dir():
-            problems.append(f"output_map.{key}: {value} is a folder")
+        elif Path(value).is_symlink() or (Path(value).exists() and not Path(value).is_file()):
+            problems.append(f"output_map.{key}: {value} is not a regular file; only a regular file may be replaced")
     return problems
+
+
+def unsafe_text(value: Any, where: str = "") -> list[str]:
+    """NUL bytes and lone surrogates anywhere in a description: a shell or a file system
+    would silently cut or mangle them, so the job would run on something else."""
+    if isinstance(value, dict):
+        return [problem for key, item in value.items()
+                for problem in unsafe_text(key, where) + unsafe_text(item, f"{where}{key}.")]
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value) for problem in unsafe_text(item, f"{where}{index}.")]
+    if not isinstance(value, str):
+        return []
+    place = where.rstrip(".") or "the job file"
+    if "\x00" in value:
+        return [f"{place}: contains a NUL byte, which no argument or path can carry"]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return [f"{place}: contains an unpaired surrogate escape, which is not text"]
+    return []
+
+
+def echoable(data: Any, limit: int = 16 << 10) -> dict[str, Any] | None:
+    """What a rejected job's result may repeat of its file: the known keys whose values
+    have the right shape and are clean text, and nothing when that is over ``limit`` bytes.
+    A result never copies what was not a job description."""
+    if not isinstance(data, dict):
+        return None
+    echo: dict[str, Any] = {}
+    sections = ("args", "input_map", "output_map")
+    for key in sorted(KNOWN_KEYS - set(sections)):
+        if isinstance(data.get(key), (str, int, float, bool)) and not unsafe_text(data[key]):
+            echo[key] = data[key]
+    for key in sections:
+        section = data.get(key)
+        if isinstance(section, dict):
+            echo[key] = {name: value for name, value in section.items()
+                         if isinstance(name, str) and IDENTIFIER.fullmatch(name)
+                         and isinstance(value, (str, int, float, bool)) and not unsafe_text(value)}
+    return echo if len(dump_yaml(echo).encode()) <= limit else None
 
 
 def workspace_names(paths: dict[str, str]) -> dict[str, str]:
@@ -268,6 +321,3 @@ def _section(data: dict[str, Any], key: str, problems: list[str]) -> dict[Any, A
         return {}
     return value
 
-
-def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)

@@ -32,6 +32,7 @@ from .faults import fault_point
 from .history import History
 from .on_hpc.protocol import JobState
 from .results import OutputProblem, place_outputs
+from .safefs import Boundaries
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,11 @@ class Outcome:
 class Finisher:
     """Writes outcomes; ``tally`` counts them by kind (``ran`` split into ok and error)."""
 
-    def __init__(self, dropbox: Dropbox, history: History, cache: ResultCache):
+    def __init__(self, dropbox: Dropbox, history: History, cache: ResultCache, boundaries: Boundaries):
         self.dropbox = dropbox
         self.history = history
         self.cache = cache
+        self.boundaries = boundaries     # where outputs may go, checked again as each is placed
         self.tally: Counter[str] = Counter()
 
     def finish(self, outcome: Outcome) -> bool:
@@ -76,7 +78,7 @@ class Finisher:
         if outcome.ok and outcome.kind in (RAN, CACHED):
             outputs = (outcome.description or {}).get("output_map") or {}
             try:
-                place_outputs(outcome.produced, outputs, _tag(outcome))
+                place_outputs(outcome.produced, outputs, self.boundaries)
             except OutputProblem as problem:
                 if outcome.kind == CACHED:
                     log.warning("%s: cache entry unusable (%s); running the job", outcome.name, problem)
@@ -105,7 +107,6 @@ class Finisher:
         log.log(outcome.log_level, "%s: %s: %s", outcome.name, _verb(outcome), message)
         return True
 
-
     def _keep_in_cache(self, outcome: Outcome) -> None:
         """The cache only saves later work: a cache that cannot take the outputs (its disk
         full) never holds back this job's result."""
@@ -113,13 +114,6 @@ class Finisher:
             self.cache.store(outcome.cache_key, outcome.produced, outcome.block)
         except OSError as error:
             log.warning("%s: not kept in the result cache: %s", outcome.name, error)
-
-
-def _tag(outcome: Outcome) -> str:
-    """The hidden temporary names' tag: unique per job (id) or per cache entry."""
-    if outcome.kind == CACHED and outcome.cache_key:
-        return f"cache-{outcome.cache_key[:12]}"
-    return str(outcome.block.get("id") or "job")[-12:]
 
 
 def _verb(outcome: Outcome) -> str:

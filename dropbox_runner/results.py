@@ -1,14 +1,14 @@
 """Result blocks (the ``job:`` part of ``.job.finished``) and placing outputs.
 
 Outputs are placed all or nothing: each is first copied next to its destination under a
-hidden temporary name, and only when every one is complete are they renamed into place.
+hidden, unpredictable temporary name, and only when every one is complete are they renamed
+into place.
 A tool that sees ``status: ok`` finds every output whole; on error it finds none of them
 half-written.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .on_hpc.protocol import FinishedRecord
+from .safefs import Boundaries, FileRefused, place_files
 
 MAX_STREAM_BYTES = 1 << 20
 
@@ -97,25 +98,16 @@ class OutputProblem(Exception):
     """An output could not be placed; nothing of this job was left at any destination."""
 
 
-def place_outputs(produced: dict[str, Path], destinations: dict[str, str], tag: str) -> None:
-    """Copy every produced file to its destination, all or nothing."""
+def place_outputs(produced: dict[str, Path], destinations: dict[str, str], boundaries: Boundaries) -> None:
+    """Copy every produced file to its destination, all or nothing, with the boundaries
+    checked again on each resolved destination as it is placed (``safefs.place_files``)."""
     missing = [key for key, path in produced.items() if not path.is_file()]
     if missing:
         raise OutputProblem("the script did not write " + ", ".join(
             f"{key} (expected at output/{produced[key].name})" for key in sorted(missing)))
-    staged: list[tuple[Path, Path]] = []
     try:
-        for key, source in produced.items():
-            target = Path(destinations[key])
-            temporary = target.with_name(f".{target.name}.{tag}.partial")
-            staged.append((temporary, target))
-            shutil.copyfile(source, temporary)
-        for temporary, target in staged:
-            os.replace(temporary, target)
+        place_files([(produced[key], destinations[key]) for key in produced], boundaries)
+    except FileRefused as refused:
+        raise OutputProblem(f"output not placed: {refused}") from None
     except OSError as error:
-        for temporary, _ in staged:
-            try:
-                temporary.unlink()
-            except OSError:
-                pass    # never made, or the folder turned read-only: nothing of ours is there
         raise OutputProblem(f"could not place outputs: {error}") from None

@@ -1,8 +1,9 @@
 """Turning a job description into the folder the runner will find on the cluster.
 
 A prepared job lives in the submitter's outbox as ``<id>/{job.sh, job.json, input/}``,
-with the inputs as symlinks; one transfer then sends the whole outbox (``rsync -L``
-follows the links).  An outbox entry means "still to be sent": it is removed once the
+with a copy of each input (a reflink where the filesystem has them) taken from the file
+that was checked, so what is sent is what was checked, whatever the path names later;
+one transfer then sends the whole outbox.  An outbox entry means "still to be sent": it is removed once the
 cluster has confirmed the job is queued, and rebuilt if the cluster ever loses it.
 """
 from __future__ import annotations
@@ -14,12 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .boundaries import boundaries_for
 from .cache import NEUTRAL_WORKSPACE
 from .config import Config
-from .jobs import JobDescription, JobInvalid, check_files, fingerprint, job_id, parse_job, workspace_names
+from .jobs import (
+    RESERVED_VARIABLES,
+    JobDescription,
+    JobInvalid,
+    check_files,
+    fingerprint,
+    job_id,
+    parse_job,
+    workspace_names,
+)
 from .on_hpc.resources import gres_gpus, job_request, never_fits
 from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
+from .safefs import Boundaries, FileRefused, stage_copy
 
 JOBS_FOLDER = "jobs"
 
@@ -56,7 +68,11 @@ def prepare(config: Config, name: str, raw: dict[str, Any],
     fingerprint recorded when the job was taken; a fresh one is read when not given.
     """
     description = parse_job(raw)
-    problems = check_files(description, config.allowed_input_roots, config.allowed_output_roots)
+    problems = check_files(description, boundaries_for(config))
+    problems += [f"{section}.{key}: names the operator's setting hpc_env.{key}, which a job cannot override"
+                 for section, keys in (("args", description.args), ("input_map", description.input_map),
+                                       ("output_map", description.output_map))
+                 for key in keys if key in config.hpc_env and key not in RESERVED_VARIABLES]
     try:
         template = load_template(config.templates, description.script)
     except TemplateProblem as problem:
@@ -123,8 +139,11 @@ def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
     return None
 
 
-def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> None:
-    """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt."""
+def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, boundaries: Boundaries) -> dict[str, str]:
+    """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt.
+
+    Returns the sha256 of each input as copied.  JobInvalid when an input can no longer be
+    taken (gone, moved out of bounds, no longer a regular file): the job's fault."""
     entry = outbox / job.job_id
     shutil.rmtree(entry, ignore_errors=True)
     (entry / "input").mkdir(parents=True, mode=0o700)
@@ -134,15 +153,19 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str) -> Non
             "expected_seconds": expected, "submitter": submitter_id,
             **job.template.resources, **job.description.resources}
     (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    digests, problems = {}, []
     for key, target in job.input_names.items():
-        os.symlink(os.path.abspath(job.description.input_map[key]), entry / "input" / target)
-
-
-def vanished_inputs(outbox: Path, the_job_id: str) -> list[str]:
-    """Inputs of an outbox entry whose file is gone (a tool removed it after dropping the
-    job); sending such an entry would fail the transfer of every other job too."""
-    folder = outbox / the_job_id / "input"
-    return sorted(entry.name for entry in os.scandir(folder) if not os.path.exists(entry.path))
+        value = job.description.input_map[key]
+        try:
+            digests[key] = stage_copy(value, boundaries, entry / "input" / target)
+        except FileRefused as refused:
+            problems.append(f"input_map.{key}: {value} {refused}")
+        except FileNotFoundError:
+            problems.append(f"input_map.{key}: {value} was removed before it could be taken")
+    if problems:
+        shutil.rmtree(entry, ignore_errors=True)
+        raise JobInvalid(problems)
+    return digests
 
 
 def prune_outbox(outbox: Path, keep: set[str]) -> list[str]:

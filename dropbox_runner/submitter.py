@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .boundaries import boundaries_for
 from .boundary import Boundary
 from .cache import ResultCache
 from .cluster import ClusterSide
@@ -32,13 +33,14 @@ from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
 from .intake import Intake
-from .jobs import JobInvalid, job_id
+from .jobs import JobInvalid, echoable
 from .lock import cycle_lock
 from .metrics import record_cycle
 from .on_hpc.protocol import CycleAnswer, CycleRequest, JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
+from .seal import SEAL, HoldSeal
 from .space import (
     entry_bytes,
     format_size,
@@ -48,7 +50,7 @@ from .space import (
     split_by_room,
     too_big_message,
 )
-from .staging import JOBS_FOLDER, prepare, prune_outbox, vanished_inputs, write_outbox_entry
+from .staging import JOBS_FOLDER, prepare, prune_outbox, write_outbox_entry
 from .transport import Transport, TransportError
 from .unusable import note_unusable
 
@@ -88,11 +90,13 @@ class Submitter:
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
+        self.seal = HoldSeal(config.state_dir)     # first: it makes the state folder, private
         self.history = History(config.state_dir / "history.sqlite", config.dropbox)
         self.cache = ResultCache(Path(config.cache_dir), config.cache_max_bytes, self.history)
-        self.finisher = Finisher(self.dropbox, self.history, self.cache)
+        self.finisher = Finisher(self.dropbox, self.history, self.cache, boundaries_for(config))
         self.boundary = Boundary()
-        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher, self.boundary)
+        self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher, self.boundary,
+                             self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
 
     def close(self) -> None:
@@ -118,7 +122,7 @@ class Submitter:
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 
-        waiting = self._fitting(self._sendable(prune_outbox(self.outbox, set(held)), held), held, report)
+        waiting = self._fitting(prune_outbox(self.outbox, set(held)), held, report)
         if waiting:
             try:
                 self.transport.push(self.outbox, f"{self.config.workspace}/{JOBS_FOLDER}")
@@ -164,20 +168,6 @@ class Submitter:
         report.seconds = time.monotonic() - started
         return report
 
-    def _sendable(self, waiting: list[str], held: dict[str, HeldJob]) -> list[str]:
-        """Fail the jobs whose inputs vanished, so they cannot block the others' transfer."""
-        sendable = []
-        for job_id_ in waiting:
-            job = held[job_id_]
-            if self.boundary.contain(job.name, "checking its inputs before sending",
-                                     lambda job=job: self._check_sendable(job, held, sendable),
-                                     lambda message, job=job: self._fail(job, message, [self.outbox / job.job_id])):
-                continue
-            if not self.dropbox.path(job.name, ".submitted").exists():     # ended by its error result
-                held.pop(job_id_, None)
-                shutil.rmtree(self.outbox / job_id_, ignore_errors=True)
-        return sendable
-
     def _fitting(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
         """Only what fits in the cluster's free space (as last reported) is sent; a job
         that alone exceeds it fails, so it cannot fail every other job's push."""
@@ -195,15 +185,6 @@ class Submitter:
             log.warning("the cluster workspace has %s free: %d job(s) wait for room", format_size(free), len(wait))
         return send
 
-    def _check_sendable(self, job: HeldJob, held: dict[str, HeldJob], sendable: list[str]) -> None:
-        vanished = vanished_inputs(self.outbox, job.job_id)
-        if not vanished:
-            sendable.append(job.job_id)
-            return
-        held.pop(job.job_id)
-        message = f"input file(s) removed before the job could be sent: {', '.join(vanished)}"
-        self._fail(job, message, scratch=[self.outbox / job.job_id])
-
     # -- what the submitter holds ----------------------------------------------------------
     def _held_jobs(self, names: list[str]) -> dict[str, HeldJob]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
@@ -217,16 +198,19 @@ class Submitter:
 
     def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:
         try:
-            job = HeldJob.from_document(name, self.dropbox.read_held(name))
+            document = self.dropbox.read_held(name)
+            job = HeldJob.from_document(name, document)
         except (ValueError, KeyError, TypeError) as error:
             self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})")
+            return
+        if not self.seal.verify(document):
+            self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not match)"
+                                   if SEAL in document else ".submitted has no seal (edited, or written by a "
+                                   "version before seals): resubmit the job")
             return
         finished = self.dropbox.read_result(name)
         if finished and (finished.get("job") or {}).get("id") == job.job_id:
             self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
-            return
-        if job_id(self.config.submitter_id, job.name, job.description, job.fingerprint) != job.job_id:
-            self._drop_broken_hold(name, ".submitted was edited after the job was taken")
             return
         held[job.job_id] = job
 
@@ -235,10 +219,10 @@ class Submitter:
             document = self.dropbox.read_held(name)
         except ValueError:
             document = {}
-        description = document.get("description")
-        self.finisher.finish(Outcome(name, description if isinstance(description, dict) else None,
+        digest = document.get("job_digest")
+        self.finisher.finish(Outcome(name, echoable(document.get("description")),
                                      error_block(f"cannot continue this job: {why}",
-                                                 job_digest=document.get("job_digest")),
+                                                 job_digest=digest if isinstance(digest, str) else None),
                                      detail=why, log_level=logging.ERROR))
 
     def _drop_stray_cancels(self, listing, held: dict[str, HeldJob]) -> None:
@@ -300,11 +284,17 @@ class Submitter:
 
     def _rebuild_outbox_entry(self, job: HeldJob) -> None:
         try:
-            prepared = prepare(self.config, job.name, job.description, job.fingerprint)
-        except (JobInvalid, TemplateProblem, OSError) as problem:
+            try:
+                prepared = prepare(self.config, job.name, job.description, job.fingerprint)
+            except OSError as error:
+                raise JobInvalid([str(error)]) from None
+            staged = write_outbox_entry(self.outbox, prepared, self.config.submitter_id, boundaries_for(self.config))
+            changed = sorted(key for key, sha in staged.items() if job.provenance["inputs"][key]["sha256"] != sha)
+            if changed:
+                shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
+                raise JobInvalid([f"input(s) changed since the job was taken: {', '.join(changed)}"])
+        except (JobInvalid, TemplateProblem) as problem:
             self._fail(job, f"the job was lost on the cluster and cannot be sent again: {problem}")
-            return
-        write_outbox_entry(self.outbox, prepared, self.config.submitter_id)
 
     def _fail(self, job: HeldJob, message: str, scratch: list[Path] | None = None) -> None:
         """End a held job with an error result (its script did not run)."""

@@ -29,4 +29,7 @@ def note_unusable(state_dir: Path, unusable: dict[str, str]) -> None:
             log.warning("%r in the dropbox is unusable: %s; it is left alone (no result can be written)",
                         name, why)
     if unusable != known:
-        write_atomic(str(path), json.dumps(unusable, indent=1, sort_keys=True))
+        try:
+            write_atomic(str(path), json.dumps(unusable, indent=1, sort_keys=True))
+        except OSError as error:     # only costs a repeated log line next cycle
+            log.warning("cannot remember the unusable entries in %s: %s", path, error)

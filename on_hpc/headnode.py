@@ -86,6 +86,7 @@ def cycle(request, sched=None):
             runners = sched.last_known_runners()
             answer.errors.append("scheduler unavailable, keeping the last known state: %s" % error)
             sys.stderr.write(answer.errors[-1] + "\n")
+        answer.errors.extend(sched.problems)
 
         if answer.scheduler_ok:
             answer.requeued = requeue_lost_claims(store, sched, runners, request)

@@ -9,7 +9,6 @@ stdlib); a runner asks nothing at its start, since its time left is its class's 
 import os
 import pwd
 import socket
-import sys
 import time
 import xml.etree.ElementTree as ElementTree
 
@@ -207,8 +206,8 @@ class GridEngineConnector(Connector):
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
-        call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
         try:
+            call = qsub_argv(job_name(self.tag, spec["id"]), log_path, self.store.root, spec["resources"], argv)
             return parse_qsub(commands.run(call, QSUB_TIMEOUT_SECONDS, env=env, cwd=self.store.root))
         except commands.CommandUnavailable as error:
             raise SubmitFailed(str(error), uncertain=error.timed_out) from error
@@ -233,8 +232,8 @@ class GridEngineConnector(Connector):
                 reasons = error_reasons(commands.run(["qstat", "-j", str(sched_id)], QSTAT_TIMEOUT_SECONDS))
             except (commands.CommandUnavailable, commands.CommandFailed):
                 reasons = []
-            sys.stderr.write("Grid Engine job %s of a runner is in error state; deleting it: %s\n"
-                             % (sched_id, "; ".join(reasons) or "no reason given"))
+            self.problems.append("Grid Engine job %s of a runner is in error state; deleted it: %s"
+                                 % (sched_id, "; ".join(reasons) or "no reason given"))
         self.cancel(sched_ids)
 
     def last_known_runners(self):

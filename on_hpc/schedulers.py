@@ -63,6 +63,9 @@ class Connector(object):
 
     def __init__(self, store):
         self.store = store
+        # What the operator should hear of from a listing (a runner the scheduler could not
+        # start and the connector deleted): the head node adds it to the cycle's errors.
+        self.problems = []
 
     def submit(self, spec, spec_path, argv, env):
         """Start or queue a runner that runs ``argv``; return its scheduler id.

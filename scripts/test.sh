@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command that installs what the tests need and runs them (.ci/run calls it too).
-# Debian packages: sshd, rsync, Slurm and munge for the real-cluster tests, python3-venv.
+# Debian packages: sshd, rsync, Slurm, munge and Grid Engine for the real-cluster tests, python3-venv.
 # Python: a virtual environment (.venv-test in the repository, or $DBR_VENV; PEP 668 refuses a
 # bare pip install), the project installed into it the ordinary way (not editable: the
 # tests import the installed package), with its test extras.

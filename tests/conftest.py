@@ -45,7 +45,8 @@ def sshd_server(slurm_cluster):
 @pytest.fixture(scope="session")
 def sge_cluster():
     """A single-node Grid Engine cell (8 slots, queue all.q, PE smp, 2 GPUs as the consumable
-    ``gpu``): gridengine.GridEngine.  Never skips: a cell that cannot start raises with logs."""
+    ``gpu``, bound by queue gpu.q's starter method): gridengine.GridEngine.  Never skips: a
+    cell that cannot start raises with its daemons' logs."""
     import gridengine
     sge = gridengine.start_gridengine()
     try:

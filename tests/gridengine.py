@@ -55,8 +55,15 @@ SGE_BIN = Path("/usr/lib/gridengine")          # Debian: the daemons and the rea
 SGE_SHARE = Path("/var/lib/gridengine")        # Debian's SGE_ROOT: bin, lib, utilbin, util
 SGE_PROGRAMS = (SGE_BIN / "sge_qmaster", SGE_BIN / "sge_execd", Path("/usr/bin/qsub"))
 QUEUE = "all.q"
+GPU_QUEUE = "gpu.q"
 PE = "smp"
 GPU_COMPLEX = "gpu"
+# Grid Engine 8.1 counts GPUs but binds none: sites do it in a prolog or starter method.
+# The cell's gpu.q, the only queue with GPUs, runs one job at a time, which holds them all.
+GPU_STARTER = """#!/bin/sh
+CUDA_VISIBLE_DEVICES={devices}; export CUDA_VISIBLE_DEVICES
+exec "$@"
+"""
 
 
 @dataclass
@@ -69,6 +76,7 @@ class GridEngine:
     gpus: int = 2
     cell: str = "default"
     queue: str = QUEUE
+    gpu_queue: str = GPU_QUEUE
     pe: str = PE
 
     @property
@@ -170,24 +178,11 @@ accounting_summary FALSE
 qsort_args         NONE
 """
 
-EXEC_HOST_CONF = """\
-hostname          {host}
-load_scaling      NONE
-complex_values    {gpu}={gpus}
-user_lists        NONE
-xuser_lists       NONE
-projects          NONE
-xprojects         NONE
-usage_scaling     NONE
-report_variables  NONE
-"""
-
 
 def ensure_gridengine_installed() -> None:
     """Install Grid Engine with scripts/install-system-deps.sh when it is missing."""
     if all(p.exists() for p in SGE_PROGRAMS):
         return
-    realcluster.ensure_system_deps()
     proc = _run(["bash", str(realcluster.INSTALL_SCRIPT)], timeout=900)
     missing = [str(p) for p in SGE_PROGRAMS if not p.exists()]
     if missing:
@@ -196,8 +191,9 @@ def ensure_gridengine_installed() -> None:
 
 
 def start_gridengine(slots: int = 8, gpus: int = 2, user: str = "dbrcluster") -> GridEngine:
-    """Start sge_qmaster + sge_execd (one host, ``slots`` slots, a ``gpu`` consumable of
-    ``gpus``), with queue ``all.q`` and parallel environment ``smp``, and check that the
+    """Start sge_qmaster + sge_execd (one host) with queue ``all.q`` (``slots`` slots),
+    queue ``gpu.q`` (one job at a time, the ``gpus`` GPUs of the forced consumable ``gpu``,
+    bound by a starter method) and parallel environment ``smp``, and check that the
     unprivileged ``user`` can run a job before returning."""
     if os.geteuid() != 0:
         raise ClusterError("start_gridengine needs root (its daemons run jobs as other users)")
@@ -233,8 +229,11 @@ def _make_cell(sge: GridEngine) -> None:
     if sge.host != "localhost":
         (common / "host_aliases").write_text(f"{sge.host} localhost\n")
     defaults = Path("/usr/share/gridengine/default-configuration").read_text()
+    # Grid Engine tracks a job's processes by an extra group id from gid_range and ends
+    # them all with the job: cells on one machine must not share ids (nor its ports).
+    gids = 100000 + 100 * sge.qmaster_port
     overrides = {"execd_spool_dir": str(sge.execd_spool), "min_uid": "0", "min_gid": "0",
-                 "mailer": "/bin/true", "load_report_time": "00:00:05"}
+                 "mailer": "/bin/true", "load_report_time": "00:00:05", "gid_range": f"{gids}-{gids + 99}"}
     for key, value in overrides.items():
         defaults = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", defaults)
     configuration = sge.root / "configuration"
@@ -267,21 +266,33 @@ def _start(sge: GridEngine, user: str) -> None:
     for key, value in {"schedule_interval": "0:0:1", "flush_submit_sec": "1", "flush_finish_sec": "1"}.items():
         sconf = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", sconf)
     _qconf_file(sge, "-Msconf", "sched_configuration", sconf)
-    # GPUs are a per-job consumable (a runner asks for all its jobs' GPUs at once).
+    # GPUs are a per-job consumable (a runner asks for all its jobs' GPUs at once), and a
+    # forced one: only jobs that ask for GPUs go to gpu.q, the queue that has them.
     complexes = sge.run("qconf", "-sc", check=True).stdout.rstrip("\n")
-    _qconf_file(sge, "-Mc", "complexes", complexes + f"\n{GPU_COMPLEX} {GPU_COMPLEX} INT <= YES JOB 0 0\n")
+    _qconf_file(sge, "-Mc", "complexes", complexes + f"\n{GPU_COMPLEX} {GPU_COMPLEX} INT <= FORCED JOB 0 0\n")
     _qconf_file(sge, "-Ap", "pe", PE_CONF.format(pe=sge.pe))
     proc = _run([SGE_BIN / "sge_execd"], env=sge.env())
     if proc.returncode != 0:
         raise ClusterError(f"sge_execd exited {proc.returncode}: {proc.stdout}{proc.stderr}")
     if not _wait_for(lambda: sge.host in sge.run("qconf", "-sel", timeout=10).stdout.split(), 30):
         raise ClusterError(f"sge_execd did not register host {sge.host}")
-    _qconf_file(sge, "-Me", "exec_host", EXEC_HOST_CONF.format(host=sge.host, gpu=GPU_COMPLEX, gpus=sge.gpus))
-    queue = sge.run("qconf", "-sq", check=True).stdout     # the template
-    for key, value in {"qname": sge.queue, "hostlist": sge.host, "slots": str(sge.slots),
-                       "pe_list": sge.pe, "load_thresholds": "NONE", "shell": "/bin/sh"}.items():
-        queue = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", queue)
-    _qconf_file(sge, "-Aq", "queue", queue)
+    template = sge.run("qconf", "-sq", check=True).stdout
+    # Each job's TMPDIR is <tmpdir>/<job>.<task>.<queue>: under /tmp, two cells on one
+    # machine would share (and delete) each other's, as both count jobs from 1.
+    tmpdir = sge.root / "tmp"
+    tmpdir.mkdir()
+    tmpdir.chmod(0o1777)
+    starter = sge.root / "gpu_starter.sh"
+    starter.write_text(GPU_STARTER.format(devices=",".join(str(n) for n in range(sge.gpus))))
+    starter.chmod(0o755)
+    for name, settings in ((sge.queue, {"slots": str(sge.slots)}),
+                           (sge.gpu_queue, {"slots": "1", "starter_method": str(starter),
+                                            "complex_values": f"{GPU_COMPLEX}={sge.gpus}"})):
+        queue = template
+        for key, value in {"qname": name, "hostlist": sge.host, "pe_list": sge.pe, "load_thresholds": "NONE",
+                           "shell": "/bin/sh", "tmpdir": str(tmpdir), **settings}.items():
+            queue = re.sub(rf"(?m)^{key}\s+.*$", f"{key} {value}", queue)
+        _qconf_file(sge, "-Aq", name, queue)
     # The proof the tests need: the unprivileged account submits a job and it runs.
     probe_dir = sge.root / "probe"
     probe_dir.mkdir()

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from dropbox_runner.on_hpc.sched_slurm import sbatch_argv
 
+from dropbox_runner.boundaries import boundaries_for
 from dropbox_runner.config import ConfigError, load_config
 from dropbox_runner.jobs import JobInvalid
 from dropbox_runner.staging import prepare, write_outbox_entry
@@ -80,7 +81,7 @@ def test_templates_declare_class_and_expected_time_and_jobs_may_override(tmp_pat
                                       "output_map": {"out": out}})
     assert plain.job_class == "default"
     for job, expected in ((declared, None), (overridden, 90)):
-        write_outbox_entry(tmp_path / "outbox", job, config.submitter_id)
+        write_outbox_entry(tmp_path / "outbox", job, config.submitter_id, boundaries_for(config))
         meta = json.loads((tmp_path / "outbox" / job.job_id / "job.json").read_text())
         assert (meta["class"], meta["expected_seconds"]) == (job.job_class, expected)
 

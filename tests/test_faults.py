@@ -12,6 +12,7 @@ from helpers import drain, drop, wait_until, write_config
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.jobs import check_files, parse_job
+from dropbox_runner.safefs import Boundaries
 
 
 def ledger_job(root, number):
@@ -89,7 +90,7 @@ def test_unreadable_inputs_and_unwritable_output_folders_are_named(tmp_path, mon
     source.write_text("x")
     monkeypatch.setattr(os, "access", lambda path, mode: False)   # as root, chmod cannot show it
     job = parse_job({"script": "s", "input_map": {"i": str(source)}, "output_map": {"o": str(tmp_path / "o")}})
-    text = "\n".join(check_files(job, [], []))
+    text = "\n".join(check_files(job, Boundaries()))
     assert "is not readable" in text and "is not writable" in text
 
 
@@ -101,7 +102,8 @@ def test_outputs_outside_the_allowed_roots_are_refused(config_factory, tmp_path)
     assert "outside the allowed output folders" in block["message"]
 
 
-def test_an_input_removed_before_sending_fails_only_its_job(config, tmp_path):
+def test_an_input_removed_after_the_job_was_taken_does_not_matter(config, tmp_path):
+    """Inputs are taken once, at intake: the copy that was checked is the one that runs."""
     from dropbox_runner.submitter import Submitter
     from dropbox_runner.transport.local import LocalTransport
 
@@ -110,7 +112,7 @@ def test_an_input_removed_before_sending_fails_only_its_job(config, tmp_path):
             raise AssertionError("not reached in this cycle")
 
     doomed = tmp_path / "inputs" / "doomed.txt"
-    doomed.write_text("x")
+    doomed.write_text("as taken")
     drop(config, "doomed.job", {"script": "copy", "input_map": {"src": str(doomed)}, "cache": False,
                                 "output_map": {"dst": str(tmp_path / "outputs" / "d.txt")}})
     submitter = Submitter(config, NoSend())
@@ -118,5 +120,6 @@ def test_an_input_removed_before_sending_fails_only_its_job(config, tmp_path):
     doomed.unlink()
     drop(config, "fine.job", ledger_job(tmp_path, 1))
     results = drain(config, ["doomed.job", "fine.job"])
-    assert "removed before the job could be sent: doomed.txt" in results["doomed.job"]["job"]["message"]
+    assert results["doomed.job"]["job"]["status"] == "ok"
+    assert (tmp_path / "outputs" / "d.txt").read_text() == "as taken"
     assert results["fine.job"]["job"]["status"] == "ok"

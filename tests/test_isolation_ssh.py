@@ -30,6 +30,14 @@ def small_remote(sshd):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture
+def remote_folder(sshd):
+    folder = new_scratch(sshd)
+    yield folder
+    _stop_runners(folder / "workspace" / "runners")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def free_bytes(path):
     info = os.statvfs(path)
     return info.f_bavail * info.f_frsize
@@ -73,3 +81,33 @@ def test_an_input_too_big_for_the_cluster_fails_alone_over_rsync(tmp_path, sshd,
     assert results["small.job"]["job"]["status"] == "ok"
     assert os.listdir(small_remote / "workspace" / "jobs") == []
     assert free_bytes(small_remote) > 3 << 20
+
+
+def test_an_output_the_job_made_unreadable_fails_only_that_job(tmp_path, sshd, remote_folder):
+    """The job runs as the cluster account and chmods its output to 000: rsync, as that
+    account, cannot read it.  The one pull for all done jobs fails; each is pulled alone."""
+    from helpers import wait_until
+
+    config = load_config(write_config(
+        tmp_path, sshd, remote_folder, remote={"transfer": "rsync"}, templates=str(TEMPLATES),
+        grace_seconds=0, settle_seconds=0, classes={"default": {"slots": 4, "idle_timeout": 5}},
+        hpc_env={"workspace": f"{remote_folder}/workspace", "scripts": f"{remote_folder}/scripts",
+                 "ledger": f"{remote_folder}/ledger"}))
+    (tmp_path / "outputs").mkdir()
+    drop(config, "sealed.job", {"script": "unreadable_output", "cache": False,
+                                "output_map": {"out": str(tmp_path / "outputs" / "sealed.txt")}})
+    drop(config, "fine.job", {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                              "output_map": {"out": str(tmp_path / "outputs" / "fine.txt")}})
+    transport = open_transport(config)
+    try:
+        run_once(config, transport)
+        done = remote_folder / "workspace" / "done"
+        wait_until(lambda: done.is_dir() and len(os.listdir(done)) == 2, timeout=60, what="both jobs done")
+        results = drain(config, ["sealed.job", "fine.job"], cycle=lambda: run_once(config, transport), timeout=120)
+    finally:
+        transport.close()
+    sealed = results["sealed.job"]["job"]
+    assert sealed["status"] == "error" and "could not be brought back" in sealed["message"], sealed
+    assert "Permission denied" in sealed["message"]
+    assert results["fine.job"]["job"]["status"] == "ok"
+    assert not (tmp_path / "outputs" / "sealed.txt").exists()

@@ -2,7 +2,8 @@
 
 import pytest
 
-from dropbox_runner.jobs import JobInvalid, check_files, job_id, parse_job, read_job_file, workspace_names
+from dropbox_runner.jobs import JobInvalid, check_files, job_id, parse_job, read_job, workspace_names
+from dropbox_runner.safefs import Boundaries
 
 
 def problems_of(data):
@@ -59,7 +60,8 @@ def test_files_are_checked_for_existence_kind_and_roots(tmp_path):
     job = parse_job({"script": "s", "input_map": {
         "missing": str(tmp_path / "nope"), "folder": str(tmp_path / "dir"), "escape": str(link)},
         "output_map": {"nowhere": "/no/such/folder/out.txt"}})
-    text = "\n".join(check_files(job, [tmp_path / "allowed", tmp_path / "dir", tmp_path / "nope"], []))
+    roots = (tmp_path / "allowed", tmp_path / "dir", tmp_path / "nope")
+    text = "\n".join(check_files(job, Boundaries(input_roots=roots)))
     assert "does not exist" in text and "is not a regular file" in text
     assert "outside the allowed input folders" in text
     assert "the folder /no/such/folder does not exist" in text
@@ -86,7 +88,7 @@ def test_unreadable_job_files_say_why(tmp_path, content, expected):
     path = tmp_path / "x.job"
     path.write_text(content)
     with pytest.raises(JobInvalid) as caught:
-        read_job_file(path)
+        read_job(path)
     assert expected in str(caught.value)
 
 
@@ -94,4 +96,4 @@ def test_a_huge_job_file_is_refused_without_parsing(tmp_path):
     path = tmp_path / "x.job"
     path.write_text("script: s\n" + "#" * (2 << 20))
     with pytest.raises(JobInvalid, match="limited to"):
-        read_job_file(path)
+        read_job(path)

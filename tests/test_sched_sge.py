@@ -21,7 +21,7 @@ from dropbox_runner.on_hpc.sched_sge import (
     qsub_argv,
     runner_state,
 )
-from dropbox_runner.on_hpc.schedulers import RunnerInfo
+from dropbox_runner.on_hpc.schedulers import RunnerInfo, SubmitFailed
 
 PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
 
@@ -156,6 +156,14 @@ def test_runners_in_error_state_are_found_with_their_reason():
     assert error_reasons("") == []
 
 
+def test_parse_qstat_reads_univa_times_and_clock_limits():
+    # Univa/Altair print milliseconds in times; a limit may be written h:m:s.
+    xml = QSTAT_XML.replace("2026-11-22T12:06:48</JAT_start_time>", "2026-11-22T12:06:48.517</JAT_start_time>")
+    xml = xml.replace(">120</hard_request>", ">0:02:00</hard_request>")
+    started = time.mktime(time.strptime("2026-11-22T12:06:48", "%Y-%m-%dT%H:%M:%S"))
+    assert parse_qstat(xml, "abc123", now=started + 30)["default-20261122T120648-aaaaaa"].time_left == 90
+
+
 def test_parse_qstat_of_an_empty_listing_and_of_garbage():
     empty = "<?xml version='1.0'?>\n<job_info><queue_info></queue_info><job_info></job_info></job_info>\n"
     assert parse_qstat(empty, "abc123") == {}
@@ -197,3 +205,11 @@ def test_the_connector_is_chosen_by_name_and_caches_beside_no_runner_record(tmp_
     assert not sge._cache.endswith(".json")       # runners/*.json are runner records
     assert sge.last_known_runners() == {}
     assert sge.allocation_seconds({"time_limit": 300}) == 300
+
+
+def test_a_class_grid_engine_cannot_be_asked_for_is_a_refused_submission_not_a_crash(tmp_path):
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    sge = schedulers.connector("sge", store)
+    with pytest.raises(SubmitFailed, match="not a memory size"):
+        sge.submit({"id": "default-1", "resources": {"memory": "lots"}}, "/spec", ["true"], {})

@@ -33,6 +33,10 @@ HOSTILE = [
     {"script": "x", "class": "g p u"}, {"script": "x", "class": 3},
     *({"script": "x", "expected_time": value}
       for value in ("2h", "2H", " 90 s ", 90, 1.5, -5, "1-00:00:00", "10:00", "2 hours", True, "1.5h", "")),
+    *({"script": "x", key: value} for key in ("cpus", "gpus")
+      for value in (0, 1, 4, -1, "2", " 3 ", "02", "0", "x", 1.5, True, None, "", [1])),
+    *({"script": "x", "memory": value} for value in ("4G", "4g", "500M", "500mb", "1.5GiB", "2 T", 512, 0.5, "", None,
+                                                     "lots", "4X", True, "-1G", [1], "4Gb ")),
     {"script": "x", "expected_time": None}, {"script": "x", "cache": False}, {"script": "x", "cache": "no"},
     {"script": "x", "cache": None}, {"script": "x", "extra": 1}, {"script": "x", "Script": "y"}, VALID,
 ]
@@ -42,7 +46,7 @@ def _random_jobs(count: int, seed: int = 14) -> list[dict]:
     """Valid jobs with zero to two random changes each: near the boundary, both ways."""
     rng = random.Random(seed)
     values = [None, "", "x", "/abs/path", "rel/path", "/a/../b", 0, -1, 2.5, True, [], {}, {"k": "v"},
-              "2h", "1-02:03:04", "5 m", "abc", "gpu", "a..b", "/tmp/x.txt", "a/b", "30M", "x y"]
+              "2h", "1-02:03:04", "5 m", "abc", "gpu", "a..b", "/tmp/x.txt", "a/b", "30M", "x y", 4, "8", "16G"]
     keys = ["a", "b_1", "1x", "workspace", "a b", "containers", "ok", "Z"]
     jobs = []
     for _ in range(count):

@@ -35,6 +35,7 @@ def test_grid_engine_class_fields_reach_qsub(tmp_path):
     ({"default": {"gres": "gpu:1"}}, "classes.default.gres: Slurm's; with scheduler: sge use gpus"),
     ({"default": {"cpus": 4}}, "classes.default.cpus: with scheduler: sge, cpus are slots of a parallel"),
     ({"default": {"gpus": "two"}}, "classes.default.gpus: expected a GPU count"),
+    ({"default": {"memory": "lots"}}, "classes.default.memory: 'lots' is not a memory size"),
 ])
 def test_settings_grid_engine_cannot_honour_are_config_errors(tmp_path, classes, problem):
     with pytest.raises(ConfigError, match=problem):

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import pytest
 from dropbox_runner.on_hpc.files import read_json
-from dropbox_runner.on_hpc.jobstore import JobStore
-from dropbox_runner.on_hpc.protocol import RunnerState
-from dropbox_runner.on_hpc.sched_slurm import job_name
-from dropbox_runner.on_hpc.schedulers import connector, store_tag
+from helpers import wait_until
 from sshsetup import CountingTransport, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
+from dropbox_runner.status import format_status, gather_status
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport import open_transport
+from dropbox_runner.transport.local import LocalTransport
 
 TEMPLATES = Path(__file__).parent / "templates"
 BURST = int(os.environ.get("DBR_SGE_SSH_BURST", "20"))
@@ -111,6 +110,10 @@ def test_a_runner_lost_mid_job_has_its_job_requeued_and_finished_once(pipeline, 
     assert first["attempt"] == 1
     sched_id = first["sched_id"]
     assert re.search(r"(?m)^job_name:\s+dbr\.", _qstat_of(sge_cluster, sched_id))   # the runner's own job id
+    # status: the runner with its Grid Engine job id, running, its h_rt less the time it ran
+    status = format_status(gather_status(p.config, LocalTransport()))
+    row = next(line for line in status.splitlines() if first["runner"] in line)
+    assert re.search(rf"{first['runner']}\s+default\s+{sched_id}\s+running\s+0:(09|10):\d\d\s+1$", row), status
     if how == "killed":          # the runner dies outright (as with its host): no goodbye
         alive = read_json(str(p.workspace / "runners" / f"{first['runner']}.alive.json"))
         os.kill(alive["pid"], signal.SIGKILL)
@@ -145,10 +148,7 @@ def test_s_rt_warns_the_runner_command_itself_with_sigusr1(sge_cluster, tmp_path
         proc = sge_cluster.run("qsub", "-terse", "-b", "y", "-shell", "n", "-o", out / "log", "-j", "y",
                                "-l", "h_rt=60,s_rt=3", shutil.which("python3"), script)
         assert proc.returncode == 0, proc.stderr
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.25)
-        assert marker.exists(), (out / "log").read_text() if (out / "log").exists() else "no log"
+        wait_until(marker.exists, 60, 0.25, "the job's SIGUSR1 handler, past s_rt")
         assert 3 <= time.monotonic() - started < 60
         sge_cluster.wait_idle(30)
     finally:
@@ -179,6 +179,23 @@ def test_a_runner_past_its_h_rt_warning_hands_its_jobs_back(pipeline, counted, s
     assert "-l h_rt=60,s_rt=30" in qsub
 
 
+def test_h_rt_reached_without_a_warning_requeues_the_job(pipeline, counted):
+    # warn_seconds 0: no s_rt, so Grid Engine kills the runner outright at its 1-minute h_rt.
+    p = pipeline({"default": {"slots": 1, "time_limit": "1m", "warn_seconds": 0, "idle_timeout": 3}})
+    path = p.drop_ledger("o", 600)
+    started = time.monotonic()
+    p.run_until(lambda: p.started(path), 60, "the job started")
+    first = p.claim(p.job_id(path))
+    p.run_until(lambda: p.started(path, attempt=2), 150, "the job requeued and started again")
+    walltime = time.monotonic() - started
+    [interruption] = read_json(str(p.workspace / "jobs" / p.job_id(path) / "interruptions.json"))
+    assert interruption["reason"] == f"runner {first['runner']} is gone"
+    assert 55 < walltime < 130
+    assert not _running(first["pgid"]) and p.ledger_lines() == []
+    qsub = counted("qsub")[0]
+    assert "-l h_rt=60 " in qsub and "s_rt" not in qsub
+
+
 def test_a_failing_qstat_keeps_the_last_known_state(pipeline, counted, sge_cluster, monkeypatch):
     p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m"}})
     path = p.drop_ledger("o", 8)
@@ -198,28 +215,40 @@ def test_a_failing_qstat_keeps_the_last_known_state(pipeline, counted, sge_clust
     assert len(counted("qsub")) == 1
 
 
-def test_a_runner_grid_engine_cannot_start_is_deleted_with_its_reason(sge_cluster, counted, tmp_path, capsys):
+def test_a_runner_grid_engine_cannot_start_is_deleted_and_the_operator_told(pipeline, counted, sge_cluster):
     """A runner in error state (Eqw) would stay queued for ever while every cycle submitted
-    another failing alike: the listing deletes it, saying why."""
-    store = JobStore(str(tmp_path / "ws"))
-    store.ensure_layout()
-    sge = connector("sge", store)
-    name = job_name(store_tag(store.root), "default-20261122T000000-abcdef")
-    proc = sge_cluster.run("qsub", "-terse", "-r", "n", "-b", "y", "-shell", "n", "-N", name, "-o", "/dev/null",
-                           "-j", "y", "-wd", str(tmp_path / "no such folder"), "/bin/true")
-    assert proc.returncode == 0, proc.stderr
-    sched_id = proc.stdout.strip()
-    deadline = time.monotonic() + 60
-    while "Eqw" not in sge_cluster.run("qstat", "-u", "*").stdout:
-        assert time.monotonic() < deadline, sge_cluster.run("qstat", "-u", "*").stdout
-        time.sleep(0.5)
-    runners = sge.list_runners()
-    assert runners["default-20261122T000000-abcdef"].state == RunnerState.ENDING
-    said = capsys.readouterr().err
-    assert f"Grid Engine job {sched_id} of a runner is in error state; deleting it:" in said
-    assert "can't chdir to " + str(tmp_path / "no such folder") in said
-    sge_cluster.wait_idle(30)
-    assert sge.list_runners() == {}
+    another failing alike: each cycle's listing deletes it and says why, and the job waits."""
+    p = pipeline({"default": {"slots": 1, "idle_timeout": 3, "time_limit": "10m",
+                              "extra_args": ["-i", "/nonexistent/dbr-sge-test"]}})   # a stdin file that is not there
+    path = p.drop_ledger("o", 0)
+
+    def reported():
+        return [error for error in p.cycle().cluster_errors if "in error state; deleted it" in error]
+
+    [said] = wait_until(reported, 90, 0.5, "a runner in error state reported")
+    assert "can't open /nonexistent/dbr-sge-test" in said
+    for _ in range(2):          # the next runners fail alike: each deleted, never a pile
+        wait_until(reported, 90, 0.5, "the next runner in error state reported")
+        listed = sge_cluster.run("qstat", "-u", "*").stdout
+        assert listed.count("Eqw") <= 1, listed
+    assert not p.finished(path) and p.cycle().states == {"queued": 1}     # the job waits, not failed
+    assert len(counted("qdel", "-")) >= 3
+
+
+def test_gpu_jobs_share_out_the_gpus_their_runner_was_bound_to(pipeline, counted):
+    # gpu.q's starter method binds both GPUs (CUDA_VISIBLE_DEVICES=0,1), as a site's would.
+    p = pipeline({"default": {"queue": "all.q", "slots": 2, "idle_timeout": 3},
+                  "gpu": {"queue": "gpu.q", "gpus": 2, "slots": 2, "idle_timeout": 3}})
+    gpu = [p.drop("gpu_env", f"g{n}", args={"seconds": 3}) for n in range(2)]
+    cpu = [p.drop("gpu_env", f"c{n}", args={"seconds": 0}, **{"class": "default"}) for n in range(2)]
+    p.run_all(gpu + cpu, timeout=90)
+    one, two = (p.result(path)["job"] for path in gpu)
+    assert one["runner"] == two["runner"] and one["runner"].startswith("gpu-")
+    assert one["start"] < two["end"] and two["start"] < one["end"]          # at once
+    assert sorted((p.root / "out" / f"g{n}").read_text().strip() for n in range(2)) == ["0", "1"]
+    assert {(p.root / "out" / f"c{n}").read_text().strip() for n in range(2)} == {"none"}
+    qsubs = counted("qsub")
+    assert len(qsubs) == 2 and sorted("-l gpu=2" in call for call in qsubs) == [False, True]
 
 
 # ------------------------------------------------------------------------------ through sshd

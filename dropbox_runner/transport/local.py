@@ -18,26 +18,31 @@ class LocalTransport:
         _copy_tree(local_dir, Path(remote_dir))
 
     def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
+        """As the rsync pull: links a job left (a tar it unpacked, say) are never followed
+        back, and only regular files come (a FIFO would block the cycle)."""
         for relative in relative_paths:
             source = Path(remote_dir) / relative
             target = local_dir / relative
-            if source.is_dir():
-                _copy_tree(source, target)
-            elif source.exists():
+            if source.is_dir() and not source.is_symlink():
+                _copy_tree(source, target, follow=False)
+            elif source.is_file() and not source.is_symlink():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)
+                shutil.copy2(source, target, follow_symlinks=False)
 
     def close(self) -> None:
         pass
 
 
-def _copy_tree(source: Path, target: Path) -> None:
-    """Like ``rsync -rL``: follow symlinks, skip files already there unchanged."""
+def _copy_tree(source: Path, target: Path, follow: bool = True) -> None:
+    """Like ``rsync -rL`` (``follow``) or ``rsync -r`` (links and other non-files skipped);
+    files already there unchanged are skipped."""
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     for entry in os.scandir(source):
         destination = target / entry.name
-        if entry.is_dir():
-            _copy_tree(Path(entry.path), destination)
+        if entry.is_dir(follow_symlinks=follow):
+            _copy_tree(Path(entry.path), destination, follow)
+            continue
+        if not entry.is_file(follow_symlinks=follow):
             continue
         stat = os.stat(entry.path)
         try:

@@ -1,0 +1,277 @@
+"""File operations on paths a job author chose, in folders a job author can write.
+
+A job author names its inputs and outputs and can write into the dropbox and the output
+folders, possibly while the submitter works there; the submitter may run as a more
+privileged account.  So, here:
+
+- a file read on a job's word is opened once, without following a final symbolic link,
+  checked through the open descriptor (a regular file, and where it really is), and what
+  is used afterwards comes from that descriptor, never from the path again;
+- a file written where a job author can write is first created under an unpredictable
+  name with ``O_EXCL|O_NOFOLLOW`` (a link planted there is never followed) and then
+  renamed, inside the folder that was opened and checked, over nothing or over a regular
+  file only (never a device, FIFO, folder or symbolic link);
+- where a path may go is decided on the resolved path (``Boundaries``), again at the
+  moment of placing.
+
+Linux only: the real place of an open descriptor is read from ``/proc/self/fd``.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+FICLONE = 0x40049409     # linux/fs.h: share the source's blocks (btrfs, XFS): a copy at no cost
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Never a job's input or output, whatever the roots say: kernel interfaces and devices.
+SYSTEM_ZONES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+class FileRefused(Exception):
+    """The file is not one the submitter may use; the message says why (the job's fault)."""
+
+
+@dataclass(frozen=True)
+class Boundaries:
+    """Where a job's inputs may be read and its outputs written (resolved paths).
+
+    Empty roots allow everything outside the no-go zones; the zones (the submitter's own
+    files, kernel interfaces) are refused whatever the roots say.
+    """
+
+    input_roots: tuple[Path, ...] = ()
+    output_roots: tuple[Path, ...] = ()
+    no_go: tuple[Path, ...] = SYSTEM_ZONES
+    no_go_files: frozenset[tuple[int, int]] = frozenset()   # (device, inode): a hard link elsewhere is no way in
+
+    def problem(self, real: Path, output: bool) -> str | None:
+        """Why ``real`` (a resolved path) is out of bounds, or None."""
+        for zone in self.no_go:
+            if inside(real, (zone,)):
+                return f"is inside {zone}, which jobs may never use"
+        roots = self.output_roots if output else self.input_roots
+        if roots and not inside(real, roots):
+            return f"is outside the allowed {'output' if output else 'input'} folders"
+        return None
+
+
+def inside(path: Path, roots: tuple[Path, ...] | list[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def descriptor_path(fd: int) -> Path:
+    """Where an open file or folder is now (the kernel's view, links resolved)."""
+    return Path(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+def open_checked(path: str, boundaries: Boundaries) -> int:
+    """Open an input for reading: resolved inside the boundaries, a regular file, and
+    really the file that was checked (a link swapped in between is caught by asking the
+    kernel where the descriptor points).  Raises FileRefused, FileNotFoundError."""
+    real = Path(os.path.realpath(path))
+    why = boundaries.problem(real, output=False)
+    if why:
+        raise FileRefused(why)
+    try:
+        fd = os.open(real, READ_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise FileRefused("was replaced by a symbolic link while being checked") from None
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise FileRefused("is not readable") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused("is not a regular file")
+        if (info.st_dev, info.st_ino) in boundaries.no_go_files:
+            raise FileRefused("is a hard link to one of the submitter's own files, which jobs may never use")
+        now = descriptor_path(fd)
+        if now != real or boundaries.problem(now, output=False):
+            raise FileRefused(f"moved while being checked (now {now})")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def stage_copy(path: str, boundaries: Boundaries, target: Path) -> str:
+    """Copy a checked input to ``target`` (a new file in the submitter's own folder) and
+    return the copy's sha256: what is sent and hashed is what was checked, whatever
+    happens at ``path`` afterwards."""
+    source = open_checked(path, boundaries)
+    try:
+        destination = os.open(target, CREATE_FLAGS & ~os.O_WRONLY | os.O_RDWR, 0o600)   # read back after a reflink
+        try:
+            digest = _clone_or_copy(source, destination)
+        finally:
+            os.close(destination)
+    finally:
+        os.close(source)
+    return digest
+
+
+def _clone_or_copy(source: int, destination: int) -> str:
+    """A reflink where the filesystem has them (then the hash reads our private clone),
+    else one pass that copies and hashes."""
+    digest = hashlib.sha256()
+    try:
+        fcntl.ioctl(destination, FICLONE, source)
+    except OSError:
+        while True:
+            chunk = os.read(source, CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(destination, view):]
+        return digest.hexdigest()
+    os.lseek(destination, 0, os.SEEK_SET)
+    while True:
+        chunk = os.read(destination, CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+
+
+def _temporary(folder: int, name: str, mode: int) -> tuple[int, str]:
+    """A new file beside ``name`` under a name nobody can guess or have prepared."""
+    while True:
+        temporary = f".{name[:64]}.{secrets.token_hex(8)}.partial"
+        try:
+            return os.open(temporary, CREATE_FLAGS, mode, dir_fd=folder), temporary
+        except FileExistsError:
+            continue
+
+
+def _target_problem(folder: int, name: str) -> str | None:
+    try:
+        info = os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(info.st_mode):
+        return None
+    kinds = {stat.S_IFLNK: "a symbolic link", stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device",
+             stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+    return f"is {kinds.get(stat.S_IFMT(info.st_mode), 'not a regular file')}; only a regular file may be replaced"
+
+
+@dataclass
+class _Placement:
+    destination: str
+    folder: int
+    name: str
+    temporary: str | None = None
+    file: int | None = None      # kept open until placed, so its inode number cannot be reused
+
+
+def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int = 0o666) -> None:
+    """Copy each source (a file of the submitter's own) to its destination, all or nothing.
+
+    Every destination's folder is opened and checked, every copy made under a temporary
+    name in it; only when all are complete is each renamed into place, after its folder
+    and target are checked once more.  ``mode`` is masked by the umask.  Raises
+    FileRefused (the job's fault) or OSError (a full disk: nothing was left behind).
+    """
+    placements: list[_Placement] = []
+    try:
+        for source, destination in pairs:
+            placement = _Placement(destination, _open_folder(destination), os.path.basename(destination))
+            placements.append(placement)
+            _check_place(placement, boundaries)
+            placement.file, placement.temporary = _temporary(placement.folder, placement.name, mode)
+            with open(source, "rb") as data:
+                _copy(data.fileno(), placement.file)
+        for placement in placements:
+            _check_place(placement, boundaries)
+            _check_ours(placement, placement.temporary)
+            try:
+                os.rename(placement.temporary, placement.name,
+                          src_dir_fd=placement.folder, dst_dir_fd=placement.folder)
+            except FileNotFoundError:
+                _check_ours(placement, placement.temporary)     # raises: it was removed
+                raise
+            placement.temporary = None
+            _check_ours(placement, placement.name)   # swapped between the check and the rename
+    finally:
+        for placement in placements:
+            if placement.temporary:
+                try:
+                    os.unlink(placement.temporary, dir_fd=placement.folder)
+                except OSError:
+                    pass
+            os.close(placement.folder)
+            if placement.file is not None:
+                os.close(placement.file)
+
+
+def _open_folder(destination: str) -> int:
+    try:
+        return os.open(os.path.dirname(destination) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileRefused(f"{destination}: its folder does not exist") from None
+
+
+def _check_place(placement: _Placement, boundaries: Boundaries) -> None:
+    real = descriptor_path(placement.folder) / placement.name
+    why = boundaries.problem(real, output=True) or _target_problem(placement.folder, placement.name)
+    if why:
+        raise FileRefused(f"{placement.destination}: {why}")
+
+
+def _check_ours(placement: _Placement, name: str) -> None:
+    """The file at ``name`` is the one this process wrote; if someone swapped in their own
+    (a link, say), it is removed and the output refused rather than reported placed."""
+    mine = os.fstat(placement.file)
+    try:
+        now = os.lstat(name, dir_fd=placement.folder)
+    except FileNotFoundError:
+        now = None
+    if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+        return
+    if now is not None and name == placement.name:
+        os.unlink(name, dir_fd=placement.folder)
+    raise FileRefused(f"{placement.destination}: its temporary file was replaced or removed by someone else")
+
+
+def _copy(source: int, destination: int) -> None:
+    try:
+        fcntl.ioctl(destination, FICLONE, source)
+        return
+    except OSError:
+        pass
+    while os.sendfile(destination, source, None, CHUNK):
+        pass
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Write a file in a folder others can write (the dropbox): a fresh unguessable
+    temporary, fsynced, renamed over ``path`` (a link there is replaced, never followed).
+    ``mode`` is masked by the umask, so tools of the dropbox's group can read results."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd, temporary = _temporary(folder, path.name, mode)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temporary, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=folder)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(folder)
