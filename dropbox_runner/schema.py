@@ -51,7 +51,7 @@ _FIELD_SCHEMAS: dict[str, dict[str, Any]] = {
     "cache": {"type": ["boolean", "null"]},
     "cpus": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 1},
                        {"type": "string", "pattern": r"^\s*[0-9]*[1-9][0-9]*\s*$"}]},
-    "memory": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 0},
+    "memory": {"anyOf": [{"type": "null"}, {"type": "number", "minimum": 1},
                          {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*[kmgtKMGT]?[iI]?[bB]?\s*$"}]},
     "gpus": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 0},
                        {"type": "string", "pattern": r"^\s*[0-9]+\s*$"}]},
