@@ -176,17 +176,16 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
     if data.get("memory") is not None:
         try:
             memory = memory_mb(data["memory"])
-            if memory is None or memory < 0:
+            if memory is None:
                 raise ValueError(f"{data['memory']!r} is not a memory size (like 500M, 4G)")
         except ValueError as error:
             problems.append(f"memory: {error}")
         else:
-            if memory == 0 and re.search(r"[1-9]", str(data["memory"])):
-                memory = 1      # under 1 MiB ("512K", 0.5): the least Slurm counts
-            if memory > 0:
+            if memory < 1:
+                # 0 would leave srun to give the step the whole allocation's memory.
+                problems.append(f"memory: must be at least 1M, got {data['memory']!r}")
+            else:
                 resources["memory_mb"] = memory
-            # Exactly 0 is no figure of its own: the job gets its slot's share, as with none
-            # (an srun without --mem would give its step the whole allocation's memory).
     return resources
 
 

@@ -268,7 +268,7 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     drop(config, "big.job", dict(base, cpus=8, memory="2G"))
     drop(config, "greedy.job", dict(base, gpus=2, **{"class": "gpu"}))
     drop(config, "bad.job", dict(base, cpus=0, memory="lots", gpus="two"))
-    drop(config, "odd.job", dict(base, cpus="²", memory=-5, gpus=-1))
+    drop(config, "odd.job", dict(base, cpus="²", memory="0", gpus=-1))
     drop(config, "fits.job", dict(base, cpus=4, memory="1G", output_map={"o": str(out / "o")}))
     results = drain(config, ["big.job", "greedy.job", "bad.job", "odd.job", "fits.job"], timeout=60)
     big = results["big.job"]["job"]["message"]
@@ -279,7 +279,7 @@ def test_a_job_that_can_never_fit_its_class_is_refused_at_intake_with_the_figure
     assert "cpus: must be a whole number of at least 1" in bad and "memory: 'lots' is not a memory size" in bad
     assert "gpus: must be a whole number of at least 0" in bad
     odd = results["odd.job"]["job"]["message"]
-    assert "cpus: must be a whole number of at least 1, got '²'" in odd and "memory: -5 is not a memory size" in odd
+    assert "cpus: must be a whole number of at least 1, got '²'" in odd and "memory: must be at least 1M" in odd
     assert "gpus: must be a whole number of at least 0, got -1" in odd
     # The one that fits ran (and failed on its own terms: the template writes no output).
     fits = results["fits.job"]["job"]
@@ -388,10 +388,3 @@ def test_a_step_killed_for_its_memory_is_told_by_srun_s_own_line(tmp_path, stder
     (tmp_path / "stderr").write_bytes(stderr)
     assert _out_of_memory(str(tmp_path / "stderr")) is killed
     assert _out_of_memory(str(tmp_path / "absent")) is False
-
-
-@pytest.mark.parametrize("memory, asked", [("512K", 1), (0.5, 1), ("0", None), (0, None), ("0M", None),
-                                           ("1.5G", 1536), (100, 100)])
-def test_memory_under_a_mebibyte_is_one_and_zero_is_no_figure(memory, asked):
-    from dropbox_runner.jobs import parse_job
-    assert parse_job({"script": "x", "memory": memory}).resources.get("memory_mb") == asked
