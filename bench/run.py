@@ -94,7 +94,24 @@ def table(results: dict) -> str:
         rows.append(f"| simulated 30 days, {policy['policy']} | turnaround p50 {turnaround['p50']:.1f} h, "
                     f"p90 {turnaround['p90']:.1f} h, {policy['submissions']} submissions, "
                     f"{policy['gpu_hours_held']:.0f} GPU-h held |")
+    rows += overhead_rows(results["overhead"])
     return "\n".join(rows)
+
+
+def overhead_rows(overhead: dict) -> list[str]:
+    """bench/overhead.py's runs: wall against the floor (and HyperQueue), CPU, dispatch, fsyncs."""
+    floor = next(run["wall_s"] for run in overhead["runs"] if run["contestant"].startswith("floor"))
+    rows = []
+    for run in overhead["runs"]:
+        figures = [f"{run['wall_s']:.2f} s wall ({run['wall_s'] / floor:.1f}x the floor)"]
+        if run["cpu_ms_per_job"] is not None:
+            figures.append(f"submitter CPU {run['cpu_ms_per_job']:.1f} ms/job")
+        if run["dispatch_per_s"]:
+            figures.append(f"{run['dispatch_per_s']:.0f} starts/s")
+        if run["fsyncs_per_job"] is not None:
+            figures.append(f"{run['fsyncs_per_job']} fsyncs/job")
+        rows.append(f"| {run['jobs']} trivial jobs, {run['contestant']} | {', '.join(figures)} |")
+    return rows
 
 
 def main() -> None:
@@ -114,6 +131,7 @@ def main() -> None:
     results["transfer"] = run("transfer.py")
     results["scale"] = run("scale.py", *(["--old", "20000", "--new", "2000"] if options.quick else []))
     results["simulate"] = run("simulate.py", "--json", "--no-plot")
+    results["overhead"] = run("overhead.py", "--jobs", str(big), "--start-cluster", "--hq", "--json")
     results["steps"] = [run("steps.py"), run("steps.py", "--cgroup")]
     results["seconds"] = round(time.monotonic() - started)
     (HERE / "results").mkdir(exist_ok=True)

@@ -14,19 +14,23 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from .boundary import is_environment
+from .durable import DurableBatch
 from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
+from .faults import on_fault
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
 from .safefs import write_atomic
 from .seal import SEAL, HoldSeal
 
 JOB, SUBMITTED, FINISHED, CANCEL = ".job", ".job.submitted", ".job.finished", ".job.cancel"
+BATCH_PREFIX = ".dbr-batch-"       # a durable batch's temporary files (see durable.py)
 LONGEST_SUFFIX = len(".submitted")   # what a job file's name must leave room for
 MAX_RESULT_BYTES = 16 << 20          # a result holds at most a MiB each of stdout and stderr
 
@@ -40,6 +44,7 @@ class Listing:
     finished: set[str]
     cancel: set[str]
     unusable: dict[str, str] = field(default_factory=dict)   # entry name -> why no result can be written
+    batch_leftovers: list[str] = field(default_factory=list)   # temporary files of a killed batch
 
 
 @dataclass
@@ -78,6 +83,34 @@ class HeldJob:
 class Dropbox:
     def __init__(self, folder: Path):
         self.folder = folder
+        self._batch: DurableBatch | None = None
+        self._held_documents: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    @contextmanager
+    def durable_batch(self) -> Iterator[None]:
+        """Results, holds and removals inside are made durable together when it ends
+        (``durable.py``): a file appears, and a removal happens, only once everything
+        written before it is on disk.  Nothing inside may read back what it wrote."""
+        self._batch = DurableBatch(BATCH_PREFIX)
+        forget = on_fault(self._batch.commit)
+        try:
+            yield
+        finally:
+            forget()
+            batch, self._batch = self._batch, None
+            batch.commit()
+
+    def remove_batch_leftovers(self, listing: Listing) -> None:
+        """Temporary files of a batch killed before its end (only the lock holder may call
+        this: a batch in progress has such files too)."""
+        for name in listing.batch_leftovers:
+            self.discard(name, "")
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if self._batch is not None:
+            self._batch.write(path, data)
+        else:
+            write_atomic(path, data)
 
     def path(self, name: str, suffix: str = "") -> Path:
         return self.folder / (name + suffix)
@@ -88,12 +121,15 @@ class Dropbox:
         Entries no result can be written for (a folder, a FIFO, a socket, a device, a name
         too long for the suffixes, a name that is not UTF-8) go to ``unusable``, with the job whose
         ``.submitted`` or ``.finished`` place such an entry blocks."""
-        new, submitted, finished, cancel = [], [], set(), set()
+        new, submitted, finished, cancel, leftovers = [], [], set(), set(), []
         unusable: dict[str, str] = {}
         name_max = _name_max(self.folder)
         with os.scandir(self.folder) as entries:
             for entry in entries:
                 name = entry.name
+                if name.startswith(BATCH_PREFIX):
+                    leftovers.append(name)
+                    continue
                 if name.startswith(".") or not name.endswith((JOB, SUBMITTED, FINISHED, CANCEL)):
                     continue
                 why = _unusable(entry, name_max)
@@ -115,7 +151,9 @@ class Dropbox:
             if any(name == job for _, name in new):
                 unusable[job] = f"{blocker} is in the way of its result"
         new = [(mtime, name) for mtime, name in new if name not in unusable]
-        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, unusable)
+        held = set(submitted)       # what read_held remembers: only files still there
+        self._held_documents = {name: known for name, known in self._held_documents.items() if name in held}
+        return Listing([name for _, name in sorted(new)], sorted(submitted), finished, cancel, unusable, leftovers)
 
     def read(self, name: str, suffix: str = "", limit: int = MAX_JOB_FILE_BYTES) -> bytes:
         """A dropbox file's bytes (regular files only, never through a link, never blocking)."""
@@ -137,13 +175,23 @@ class Dropbox:
     def hold(self, job: HeldJob, seal: HoldSeal) -> None:
         document = job.to_document()
         document[SEAL] = seal.sign(document)
-        write_atomic(self.path(job.name, ".submitted"), dump_yaml(document).encode())
+        self._write(self.path(job.name, ".submitted"), dump_yaml(document).encode())
 
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
         ValueError when it cannot be read as one, OSError for a fault of the filesystem
-        (EIO, ESTALE) that may pass."""
+        (EIO, ESTALE) that may pass.
+
+        Remembered while the entry stays the same one (inode, size, mtime, not followed
+        through a link): the watch daemon's cycles would otherwise parse every held job's
+        file again each time.  The document is shared, not copied: callers only read it.
+        """
         try:
+            stat = os.stat(self.path(name, ".submitted"), follow_symlinks=False)
+            identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            known = self._held_documents.get(name)
+            if known is not None and known[0] == identity:
+                return known[1]
             data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
         except OSError as error:
             if is_environment(error):
@@ -153,6 +201,7 @@ class Dropbox:
             raise ValueError(str(error)) from None
         if not isinstance(data, dict):
             raise ValueError("not a mapping")
+        self._held_documents[name] = (identity, data)
         return data
 
     def read_result(self, name: str) -> dict[str, Any] | None:
@@ -167,9 +216,12 @@ class Dropbox:
         document = dict(description or {})
         document.pop("job", None)
         document["job"] = block
-        write_atomic(self.path(name, ".finished"), dump_yaml(document).encode())
+        self._write(self.path(name, ".finished"), dump_yaml(document).encode())
 
     def discard(self, name: str, suffix: str) -> None:
+        if self._batch is not None:
+            self._batch.remove(self.path(name, suffix))
+            return
         try:
             self.path(name, suffix).unlink()
         except FileNotFoundError:

@@ -110,9 +110,10 @@ class Submitter:
         self.boundary.environment_errors = report.environment_errors
         self.unread_holds = 0      # holds this cycle could not read: their jobs are not in_flight
         listing = self.dropbox.scan()
+        self.dropbox.remove_batch_leftovers(listing)
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
-        with self.history.batch():
+        with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
@@ -156,7 +157,7 @@ class Submitter:
             self._note_queue_states(held, answer, waiting, report)
         if not self.unread_holds:
             self.cleanup_pending.unlink(missing_ok=True)    # the call removed every collected job
-        with self.history.batch():
+        with self.history.batch(), self.dropbox.durable_batch():
             if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
             collected = self.collector.collect(held, answer.finished)

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 
-from .files import listdir, read_json, touch_new, write_json
+from .files import listdir, read_json, touch_new, write_json, write_json_together
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
 
@@ -144,6 +144,13 @@ class JobStore(object):
         moves to done."""
         write_json(self.finished_path(job_id), record.to_json())
         self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
+
+    def finish_many(self, runner_id, ended):
+        """Record the end of several jobs (``(job id, FinishedRecord)`` pairs) at once: their
+        finished.json files made durable together, then their markers moved to done."""
+        write_json_together([(self.finished_path(job_id), record.to_json()) for job_id, record in ended])
+        for job_id, _ in ended:
+            self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
 
     def finish_marker(self, runner_id, job_id):
         """Move a claim whose job already has its finished.json to done."""

@@ -7,6 +7,7 @@ confines to what the job asked for, and keeps taking jobs that arrive while it r
 never starts a job that expects more time than the allocation has left, and when told to
 stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
+import collections
 import errno
 import os
 import re
@@ -101,7 +102,10 @@ class Runner(object):
         self.gpus_per_node = max(len(node.gpus) for node in self.ledger.nodes)
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
+        self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
         self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
+        self.ending = None        # (job id, record) ending in this pass of _reap, recorded at its end
+        self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.unfit_seen = set()
         self._linger_read = None      # (when, seconds): the adaptive linger last read
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
@@ -169,9 +173,16 @@ class Runner(object):
         if self.one_job and self.started:
             return 0
         unfit = 0
-        for job_id in self.store.ready_jobs(self.job_class):
+        if not self.queue:
+            # One listing serves many passes: listing (and stat-ing) every ready job each
+            # time a slot frees made draining N jobs cost N^2.  A listed job another runner
+            # took since, or one cancelled, fails its claim and is skipped.
+            self.queue = collections.deque(self.store.ready_jobs(self.job_class))
+        later = []      # not started for now (no room yet, not enough time): first next pass
+        while self.queue:
             if self.stop_reason or (self.one_job and self.started) or self.ledger.full():
                 break
+            job_id = self.queue.popleft()
             meta = self.store.job_meta(job_id)
             expected = meta.get("expected_seconds") or 0
             if self.fresh_usable is not None and expected > self.fresh_usable:
@@ -181,16 +192,19 @@ class Runner(object):
             if not self.ledger.fits_anywhere(request):
                 self._refuse(job_id, self._too_big(request))
                 continue
+            placement = self.ledger.place(request)
+            if placement is None:
+                later.append(job_id)
+                continue     # not now: it waits for a running job to end
             if self.usable_until is not None and expected > self.usable_until - time.time():
+                self.ledger.release(request, placement)
+                later.append(job_id)
                 unfit += 1
                 if job_id not in self.unfit_seen:
                     self.unfit_seen.add(job_id)
                     log("not starting %s here: it expects %ds, this runner has %ds left"
                         % (job_id, expected, self.usable_until - time.time()))
                 continue
-            placement = self.ledger.place(request)
-            if placement is None:
-                continue     # not now: it waits for a running job to end
             if not self.store.claim(self.job_class, job_id, self.runner_id):
                 self.ledger.release(request, placement)
                 continue
@@ -201,6 +215,7 @@ class Runner(object):
                 self.store.finish_marker(self.runner_id, job_id)
                 continue
             self._start(job_id, request, placement)
+        self.queue.extendleft(reversed(later))
         return unfit
 
     def _too_long(self, expected):
@@ -250,11 +265,13 @@ class Runner(object):
             self.ledger.release(request, placement)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
+        # claim.json is not fsynced: after a crash of the node the job's processes are gone
+        # with it, and a lost claim.json only means nothing is left to kill.
         try:
             write_json(os.path.join(job_dir, "claim.json"), {
                 "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
                 "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
-                "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps})
+                "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps}, durable=False)
         except OSError as error:    # a full disk: the job runs; only its leftovers' cleanup needs this
             log("cannot write claim.json of %s: %s" % (job_id, error))
         self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt, free_bytes(job_dir) or 0)
@@ -264,6 +281,26 @@ class Runner(object):
 
     # -- ending ---------------------------------------------------------------------------
     def _reap(self):
+        """End what has ended.  The jobs that ended in one pass are recorded together at
+        its end: one sync for all their finished.json files instead of one each."""
+        self.ending, self.ending_jobs = [], {}
+        try:
+            self._reap_pass()
+        finally:
+            self._record_pass()
+
+    def _record_pass(self):
+        ending, jobs = self.ending, self.ending_jobs
+        self.ending, self.ending_jobs = None, {}
+        if not ending:
+            return
+        try:
+            self.store.finish_many(self.runner_id, ending)
+        except OSError:
+            for job_id, _ in ending:     # one by one, with the full disk's handling
+                self._finish(*jobs[job_id])
+
+    def _reap_pass(self):
         now = time.time()
         for job in list(self.jobs.values()):
             if job.exit is None and not job.cancelled and self.store.cancel_requested(job.job_id):
@@ -277,12 +314,14 @@ class Runner(object):
                 job.exit = (code, now)
             code, end = job.exit
             if job.cancelled:
+                self.ending_jobs[job.job_id] = (job, code, end)
                 self._finish(job, code, end)
                 continue
             if _looks_signalled(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
                 continue
             if _looks_signalled(code) and self.stop_reason:
                 continue   # handed back by _shutdown
+            self.ending_jobs[job.job_id] = (job, code, end)
             self._finish(job, code, end)
 
     def _finish(self, job, code, end):
@@ -319,6 +358,9 @@ class Runner(object):
     def _record_end(self, job_id, record):
         """finished.json; when even that small file does not fit, the job's own output is
         what fills the disk: it is removed and the record says so."""
+        if self.ending is not None:
+            self.ending.append((job_id, record))     # with the others ending in this pass
+            return
         try:
             self.store.finish(self.runner_id, job_id, record)
         except OSError as error:

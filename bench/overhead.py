@@ -1,0 +1,391 @@
+"""Per-job overhead: N trivial jobs through dropbox-runner, next to the floor and HyperQueue.
+
+Every contestant runs the same trivial script once per job (bash writing the time it
+started, ``$EPOCHREALTIME``, to one small file), with the same concurrency (``--slots``):
+
+- floor:    the N scripts run directly, ``xargs -P slots bash``: what the jobs themselves cost;
+- local:    dropbox-runner on the embedded backend with local runners;
+- slurm:    dropbox-runner on the local backend with runners as jobs of a real Slurm
+            (the tests' single-node cluster with ``--start-cluster``, else ``SLURM_CONF``);
+- hq:       HyperQueue, server and one worker (``LocalCluster``) inside one ``sbatch -c slots``
+            of the same Slurm, the client submitting from outside (``--hq``, needs the
+            ``hyperqueue`` package: ``pip install '.[bench]'``).
+
+dropbox-runner runs in two modes: ``once``, a cron-style loop of ``dropbox-runner once``
+processes (``--period`` seconds apart), and ``watch``, the daemon, started and idle before
+the jobs arrive.  The jobs are written beforehand and renamed into the dropbox at once; the
+clock runs from that drop to the last ``.job.finished`` (HyperQueue: from its ``sbatch`` to
+``wait_for_jobs`` returning).  Figures:
+
+- wall and its ratio to the floor;
+- submitter CPU per job: the submitter processes and the children they waited for (the
+  ``on_hpc`` commands), as ``wait4`` reports them; not the runners nor the jobs;
+- dispatch rate: jobs started per second while slots were free, from the first to the last
+  start time the jobs wrote (trivial jobs leave slots free almost all the time);
+- fsyncs per job (``--fsync-jobs``, local backend): a separate, smaller run of each mode
+  under ``strace -f -c -e trace=fsync,fdatasync``, so every process of the pipeline (the
+  submitter, ``on_hpc``, runners, SQLite) is counted and the timed runs are not slowed.
+
+    python bench/overhead.py --jobs 1000 --start-cluster --hq          # as root
+    python bench/overhead.py --jobs 200 --backends local --modes once  # a first look
+
+Prints a table, and the whole result as JSON with ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SCRIPT = "printf '%s\\n' \"$EPOCHREALTIME\" > {out}\n"
+TEMPLATE = "# dropbox-runner: class=default\n" + SCRIPT.format(out="<<workspace>>/output/<<out>>")
+POLL_SECONDS = 0.05
+TIMEOUT_SECONDS = 1800
+
+
+@dataclass
+class Run:
+    contestant: str
+    jobs: int
+    wall_s: float
+    submitter_cpu_s: float | None = None
+    dispatch_per_s: float | None = None
+    ok: int | None = None
+    cycles: int | None = None
+    fsyncs_per_job: float | None = None
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def cpu_ms_per_job(self) -> float | None:
+        return None if self.submitter_cpu_s is None else 1000 * self.submitter_cpu_s / self.jobs
+
+
+def dispatch_rate(out_dir: Path) -> float | None:
+    """Jobs started per second, from the start times the trivial jobs wrote."""
+    starts = []
+    for entry in os.scandir(out_dir):
+        try:
+            starts.append(float(Path(entry.path).read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    if len(starts) < 2 or max(starts) == min(starts):
+        return None
+    return (len(starts) - 1) / (max(starts) - min(starts))
+
+
+# -- the floor ------------------------------------------------------------------------------
+def floor(root: Path, jobs: int, slots: int) -> Run:
+    scripts, out = root / "floor-scripts", root / "floor-out"
+    scripts.mkdir()
+    out.mkdir()
+    for n in range(jobs):
+        (scripts / f"j{n}.sh").write_text(SCRIPT.format(out=out / f"o{n}"))
+    names = "\n".join(str(scripts / f"j{n}.sh") for n in range(jobs)).encode()
+    started = time.monotonic()
+    subprocess.run(["xargs", "-P", str(slots), "-n", "1", "bash"], input=names, check=True)
+    wall = time.monotonic() - started
+    return Run("floor (xargs -P)", jobs, round(wall, 3), dispatch_per_s=dispatch_rate(out), ok=len(os.listdir(out)))
+
+
+# -- dropbox-runner --------------------------------------------------------------------------
+def write_config(root: Path, scheduler: str, slots: int, launch: str = "step") -> Path:
+    templates = root / "templates"
+    templates.mkdir()
+    (templates / "trivial.template").write_text(TEMPLATE)
+    for sub in ("dropbox", "out", "pending"):
+        (root / sub).mkdir()
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": scheduler,
+        "cluster_root": str(root / "cluster"), "templates": str(templates), "grace_seconds": 0,
+        "cache_max_bytes": 0, "tick": "1h",
+        "classes": {"default": {"slots": slots, "idle_timeout": 5, **({"launch": "process"} if launch == "process"
+                                                                      and scheduler == "slurm" else {})}}}))
+    return path
+
+
+def prepare_jobs(root: Path, jobs: int) -> list[Path]:
+    """The job files, written beforehand beside the dropbox, to be renamed in at once."""
+    pending = []
+    for n in range(jobs):
+        path = root / "pending" / f"t{n:06d}.job"
+        path.write_text(yaml.safe_dump({"script": "trivial", "output_map": {"out": str(root / "out" / f"o{n}")}}))
+        pending.append(path)
+    return pending
+
+
+def drop(pending: list[Path], dropbox: Path) -> float:
+    started = time.monotonic()
+    for path in pending:
+        os.rename(path, dropbox / path.name)
+    return started
+
+
+def count_finished(dropbox: Path) -> int:
+    with os.scandir(dropbox) as entries:
+        return sum(entry.name.endswith(".job.finished") for entry in entries)
+
+
+def count_ok(dropbox: Path) -> int:
+    ok = 0
+    for entry in os.scandir(dropbox):
+        if entry.name.endswith(".job.finished"):
+            ok += "\n  status: ok\n" in Path(entry.path).read_text()
+    return ok
+
+
+def submitter_argv(verb: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "dropbox_runner.cli", verb, "--config", str(config)]
+
+
+def cpu_of(rusage) -> float:
+    return rusage.ru_utime + rusage.ru_stime
+
+
+def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str]) -> tuple[float, float, int]:
+    dropbox = root / "dropbox"
+    started = drop(prepare_jobs(root, jobs), dropbox)
+    cpu, cycles = 0.0, 0
+    with open(root / "submitter.log", "ab") as log:
+        while True:
+            # under strace: one summary per cycle (``-o`` would overwrite the last one)
+            argv = wrap[:-1] + [f"{wrap[-1]}.{cycles}"] if wrap else []
+            process = subprocess.Popen(argv + submitter_argv("once", config), stdout=log, stderr=log)
+            _, status, rusage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            cpu += cpu_of(rusage)
+            cycles += 1
+            if process.returncode != 0:
+                raise SystemExit(f"dropbox-runner once failed; see {root / 'submitter.log'}")
+            if count_finished(dropbox) >= jobs:
+                return time.monotonic() - started, cpu, cycles
+            if time.monotonic() - started > TIMEOUT_SECONDS:
+                raise SystemExit(f"once loop: not done after {TIMEOUT_SECONDS} s")
+            time.sleep(period)
+
+
+def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str]) -> tuple[float, float, None]:
+    dropbox = root / "dropbox"
+    pending = prepare_jobs(root, jobs)
+    log_path = root / "submitter.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(wrap + submitter_argv("watch", config), stdout=log, stderr=log)
+    target = process.pid
+    try:
+        deadline = time.monotonic() + 60
+        while b"watching " not in log_path.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the watch daemon did not start; see {log_path}")
+            time.sleep(POLL_SECONDS)
+        if wrap:        # under strace: the daemon is strace's child
+            target = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+        started = drop(pending, dropbox)
+        while count_finished(dropbox) < jobs:
+            if process.poll() is not None:
+                raise SystemExit(f"the watch daemon died; see {log_path}")
+            if time.monotonic() - started > TIMEOUT_SECONDS:
+                raise SystemExit(f"watch: not done after {TIMEOUT_SECONDS} s")
+            time.sleep(POLL_SECONDS)
+        wall = time.monotonic() - started
+    finally:
+        rusage = stop(process.pid, target)
+    process.returncode = 0
+    return wall, cpu_of(rusage), None
+
+
+def stop(pid: int, target: int):
+    """SIGTERM the daemon (again every few seconds: under strace one can be lost) and
+    return the rusage of ``pid`` and what it waited for."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(target, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(40):
+            done, _, rusage = os.wait4(pid, os.WNOHANG)
+            if done:
+                return rusage
+            time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return os.wait4(pid, 0)[2]
+
+
+def dropbox_runner(root: Path, scheduler: str, mode: str, jobs: int, slots: int, period: float,
+                   strace_out: Path | None = None, launch: str = "step") -> Run:
+    config = write_config(root, scheduler, slots, launch)
+    wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o"] if strace_out else []
+    if mode == "once":
+        wall, cpu, cycles = once_loop(root, config, jobs, period, wrap and wrap + [str(strace_out)])
+    else:
+        wall, cpu, cycles = watch_daemon(root, config, jobs, wrap and wrap + [f"{strace_out}.watch"])
+    label = (f"dropbox-runner {mode}, {scheduler} runners" + (" (jobs as processes)" if scheduler == "slurm"
+                                                                and launch == "process" else "")
+             + (f" (every {period:g} s)" if mode == "once" else ""))
+    return Run(label, jobs, round(wall, 3), round(cpu, 3), dispatch_rate(root / "out"),
+               count_ok(root / "dropbox"), cycles)
+
+
+def fsyncs(strace_out: Path) -> int:
+    """Calls of fsync and fdatasync in the ``strace -c`` summaries of a run."""
+    total = 0
+    for path in strace_out.parent.glob(strace_out.name + ".*"):
+        total += sum_calls(path.read_text())
+    return total
+
+
+def sum_calls(summary: str) -> int:
+    total = 0
+    for line in summary.splitlines():
+        fields = line.split()
+        if fields and fields[-1] in ("fsync", "fdatasync"):
+            total += int(fields[3])     # % time, seconds, usecs/call, calls, [errors,] syscall
+    return total
+
+
+# -- HyperQueue --------------------------------------------------------------------------------
+HQ_SERVER = """
+import sys, time
+from pathlib import Path
+from hyperqueue.cluster import LocalCluster, WorkerConfig
+cluster = LocalCluster(sys.argv[1], WorkerConfig(cores=int(sys.argv[3])))
+Path(sys.argv[1], "up").touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.05)
+cluster.stop()
+"""
+
+
+def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
+    from hyperqueue import Client, Job
+
+    server_dir, stop, out, scripts = root / "hq-server", root / "hq-stop", root / "hq-out", root / "hq-scripts"
+    for folder in (server_dir, out, scripts):
+        folder.mkdir()
+    (root / "hq_server.py").write_text(HQ_SERVER)
+    for n in range(jobs):
+        (scripts / f"j{n}.sh").write_text(SCRIPT.format(out=out / f"o{n}"))
+    started = time.monotonic()
+    sbatch = subprocess.run(["sbatch", "--parsable", "-c", str(slots), "-o", str(root / "hq.log"), "--wrap",
+                             f"exec {sys.executable} {root / 'hq_server.py'} {server_dir} {stop} {slots}"],
+                            capture_output=True, text=True, check=True)
+    try:
+        while not (server_dir / "up").exists():
+            if time.monotonic() - started > 120:
+                raise SystemExit(f"HyperQueue did not start in its allocation: {(root / 'hq.log').read_text()}")
+            time.sleep(0.02)
+        client = Client(str(server_dir))
+        job = Job()
+        for n in range(jobs):
+            job.program(["bash", str(scripts / f"j{n}.sh")], stdout=None, stderr=None)
+        submitted = client.submit(job)
+        client.wait_for_jobs([submitted])
+        wall = time.monotonic() - started
+    finally:
+        stop.touch()
+        deadline = time.monotonic() + 30
+        while sbatch.stdout.strip() in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
+                                                      text=True).stdout.split() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return Run("HyperQueue (LocalCluster in one sbatch)", jobs, round(wall, 3), dispatch_per_s=dispatch_rate(out),
+               ok=len(os.listdir(out)))
+
+
+# -- the table -------------------------------------------------------------------------------------
+def table(runs: list[Run]) -> str:
+    floors = {run.jobs: run.wall_s for run in runs if run.contestant.startswith("floor")}
+    hq = {run.jobs: run.wall_s for run in runs if run.contestant.startswith("HyperQueue")}
+    rows = ["| jobs | contestant | wall | ÷ floor | ÷ HyperQueue | submitter CPU/job | dispatch/s | fsyncs/job "
+            "| cycles |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        ratio = f"{run.wall_s / floors[run.jobs]:.1f}x" if run.jobs in floors else ""
+        to_hq = f"{run.wall_s / hq[run.jobs]:.2f}x" if run.jobs in hq and "slurm" in run.contestant else ""
+        cpu = f"{run.cpu_ms_per_job:.2f} ms" if run.cpu_ms_per_job is not None else ""
+        rate = f"{run.dispatch_per_s:.0f}" if run.dispatch_per_s else ""
+        sync = f"{run.fsyncs_per_job:.1f}" if run.fsyncs_per_job is not None else ""
+        rows.append(f"| {run.jobs} | {run.contestant} | {run.wall_s:.2f} s | {ratio} | {to_hq} | {cpu} | {rate} "
+                    f"| {sync} | {run.cycles or ''} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, action="append", help="N (repeatable; default 1000 and 10000)")
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--period", type=float, default=0.3, help="seconds between `once` cycles")
+    parser.add_argument("--backends", nargs="+", default=["local", "slurm"], choices=["local", "slurm"])
+    parser.add_argument("--modes", nargs="+", default=["once", "watch"], choices=["once", "watch"])
+    parser.add_argument("--launch", choices=["step", "process"], default="step",
+                        help="Slurm runners: jobs as job steps (srun, the default) or as processes")
+    parser.add_argument("--hq", action="store_true", help="run HyperQueue in one Slurm allocation too")
+    parser.add_argument("--fsync-jobs", type=int, default=200, help="jobs in the strace run (0: none)")
+    parser.add_argument("--start-cluster", action="store_true",
+                        help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
+    parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
+    options = parser.parse_args(argv)
+    sizes = options.jobs or [1000, 10000]
+    slurm = None
+    if options.start_cluster and ("slurm" in options.backends or options.hq):
+        sys.path.insert(0, str(REPO / "tests"))
+        import realcluster
+        slurm = realcluster.start_slurm(gpus=0)
+        os.environ["SLURM_CONF"] = str(slurm.conf)
+    runs: list[Run] = []
+    started = time.monotonic()
+
+    try:
+        for jobs in sizes:
+            runs.append(within(floor, jobs, options.slots))
+            if options.hq:
+                runs.append(within(hyperqueue, jobs, options.slots))
+            for backend in options.backends:
+                for mode in options.modes:
+                    runs.append(within(dropbox_runner, backend, mode, jobs, options.slots, options.period, None,
+                                       options.launch))
+                    print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        if options.fsync_jobs and "local" in options.backends and shutil.which("strace"):
+            for mode in options.modes:
+                count = within(traced, mode, options.fsync_jobs, options.slots, options.period)
+                for run in runs:
+                    if run.contestant.startswith(f"dropbox-runner {mode}, local"):
+                        run.fsyncs_per_job = round(count / options.fsync_jobs, 2)
+    finally:
+        if slurm is not None:
+            slurm.stop()
+            shutil.rmtree(slurm.root, ignore_errors=True)
+    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "machine": f"{os.cpu_count()} cores", "seconds": round(time.monotonic() - started),
+              "runs": [dict(asdict(run), cpu_ms_per_job=run.cpu_ms_per_job) for run in runs]}
+    print(json.dumps(result, indent=1) if options.json else table(runs))
+    return 0
+
+
+def within(work, *args):
+    """``work(root, *args)`` in a fresh temporary folder, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="dbr-overhead-"))
+    try:
+        return work(root, *args)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def traced(root: Path, mode: str, jobs: int, slots: int, period: float) -> int:
+    """fsync and fdatasync calls of a local-backend run, every process of it counted."""
+    dropbox_runner(root, "local", mode, jobs, slots, period, strace_out=root / "strace.txt")
+    return fsyncs(root / "strace.txt")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
