@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from .on_hpc.files import tree_bytes
+
 SPACE_FILE = "workspace-space.json"
 MARGIN = 0.95       # keep some room for what runners write while the push runs
 
@@ -38,14 +40,7 @@ def known_free(state_dir: Path) -> int | None:
 
 def entry_bytes(folder: Path) -> int:
     """What sending an outbox entry costs on the cluster (its links followed)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
+    return tree_bytes(folder, follow_links=True)
 
 
 def split_by_room(sizes: dict[str, int], free: int | None) -> tuple[list[str], list[str], list[str]]:

@@ -130,3 +130,25 @@ def _remove_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def free_bytes(path):
+    """Space left on the filesystem of ``path`` for this account (None when it cannot be asked)."""
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def tree_bytes(folder, follow_links=False):
+    """The bytes of every file under ``folder``; a file that vanishes meanwhile counts 0."""
+    size = 0
+    measure = os.stat if follow_links else os.lstat
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                size += measure(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return size

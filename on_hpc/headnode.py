@@ -17,7 +17,7 @@ import time
 import uuid
 
 from . import policy, policy_state
-from .files import listdir, read_json, write_json
+from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
 from .protocol import (
@@ -158,15 +158,6 @@ def read_finished_record(store, job_id, errors):
     if not isinstance(record, dict):
         return {"rc": -1, "error": "its finished record is unreadable (%s)" % why}
     return record
-
-
-def free_bytes(path):
-    """Space left on the workspace's filesystem (None when it cannot be asked)."""
-    try:
-        info = os.statvfs(path)
-    except OSError:
-        return None
-    return info.f_bavail * info.f_frsize
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import sys
 import time
 
 from . import policy_state
-from .files import read_json, write_json
+from .files import free_bytes, read_json, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
 from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
@@ -531,14 +531,6 @@ def _empty_folder(path):
     os.makedirs(path, mode=0o700)
 
 
-def free_bytes(path):
-    try:
-        info = os.statvfs(path)
-    except OSError:
-        return None
-    return info.f_bavail * info.f_frsize
-
-
 def disk_full(path):
     """Why the disk holding ``path`` counts as full (free space under FULL_BYTES), or None."""
     free = free_bytes(path)
@@ -547,7 +539,7 @@ def disk_full(path):
 
 def job_bytes(job_dir):
     """What a job wrote: its output folder, stdout and stderr."""
-    total = _tree_bytes(os.path.join(job_dir, "output"))
+    total = tree_bytes(os.path.join(job_dir, "output"))
     for name in ("stdout", "stderr"):
         try:
             total += os.lstat(os.path.join(job_dir, name)).st_size
@@ -556,22 +548,11 @@ def job_bytes(job_dir):
     return total
 
 
-def _tree_bytes(folder):
-    size = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                size += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return size
-
-
 def free_space_of_failed_job(job_dir, why):
     """A job that failed on a full disk: its partial output is removed so the disk is free
     for the others, and its record says so (the job's fault, not a reason to run it again)."""
     output = os.path.join(job_dir, "output")
-    size = _tree_bytes(output)
+    size = tree_bytes(output)
     shutil.rmtree(output, ignore_errors=True)
     return ("the cluster's disk was full when the job ended (%s): its output was removed "
             "(%d bytes) to free the disk for other jobs" % (why, size))
