@@ -70,8 +70,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from on_hpc import policy as runner_policy  # noqa: E402  (the head node's own decision function)
+from dropbox_runner.on_hpc import policy as runner_policy  # the head node's own decision function
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
 HOURS_PER_SECOND = 1 / 3600
