@@ -106,7 +106,11 @@ def test_a_warning_or_sigterm_ends_the_jobs_and_hands_them_back(store, signum):
     waiting = stage(store, "sub.w", "true")
     os.utime(os.path.join(store.ready_dir("default"), waiting), (time.time() + 60,) * 2)   # last
     runner = start_runner(store, slots=2)
-    wait_until(lambda: all(os.path.exists(os.path.join(store.job_dir(j), "child")) for j in jobs), 15)
+
+    def written(job):      # exists and holds the pid: the job wrote it whole
+        path = os.path.join(store.job_dir(job), "child")
+        return os.path.exists(path) and open(path).read().strip().isdigit()
+    wait_until(lambda: all(written(j) for j in jobs), 15)
     children = [int(open(os.path.join(store.job_dir(j), "child")).read()) for j in jobs]
     runner.send_signal(signum)
     log = finish(runner)

@@ -39,8 +39,10 @@ def test_slots_run_jobs_at_once_in_one_runner(config):
     results = drain(config, names)
     blocks = [results[name]["job"] for name in names]
     assert len({block["runner"] for block in blocks}) == 1
+    # Results give whole seconds: jobs started together differ by at most a second or two
+    # (under load); one slot at a time would spread these 1-second jobs over 3 or more.
     starts = [datetime.fromisoformat(block["start"]).timestamp() for block in blocks]
-    assert max(starts) - min(starts) < 1.0
+    assert max(starts) - min(starts) <= 2.0
 
 
 def test_an_idle_runner_leaves(config):
