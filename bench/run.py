@@ -121,11 +121,11 @@ def main() -> None:
     big = 200 if options.quick else 1000
     started = time.monotonic()
     results = {"machine": machine(), "bursts": {
-        "100 jobs, batched": run("slurm_burst.py", "--jobs", "100", "--start-cluster"),
-        "100 jobs, 1:1": run("slurm_burst.py", "--jobs", "100", "--runner-per-job", "--start-cluster"),
-        f"{big} jobs, batched": run("slurm_burst.py", "--jobs", str(big), "--start-cluster"),
+        "100 jobs, batched": run("burst.py", "--jobs", "100", "--start-cluster"),
+        "100 jobs, 1:1": run("burst.py", "--jobs", "100", "--runner-per-job", "--start-cluster"),
+        f"{big} jobs, batched": run("burst.py", "--jobs", str(big), "--start-cluster"),
     }}
-    results["sge_burst"] = run("sge_burst.py", "--jobs", "100", "--start-cluster")
+    results["sge_burst"] = run("burst.py", "--scheduler", "sge", "--jobs", "100", "--start-cluster")
     results["ssh_burst"] = ssh_burst(100)
     results["latency"] = [run("latency.py", "--backend", backend, "--runs", "20") for backend in ("local", "ssh")]
     results["transfer"] = run("transfer.py")

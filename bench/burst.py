@@ -1,12 +1,14 @@
-"""A burst of jobs through a real Slurm on the local backend: how many sbatch and squeue
-calls, how many cycles, how long.
+"""A burst of jobs through a real Slurm or Grid Engine on the local backend: how many
+submissions and listings, how many cycles, how long.
 
-``sbatch`` and ``squeue`` are wrapped by counting shims first on PATH (the runners inherit
-it through sbatch's exported environment, so their calls are counted too).  Uses the
-Slurm that ``SLURM_CONF`` names, or starts the tests' single-node cluster with
-``--start-cluster`` (root only).  Prints one JSON object.
+The scheduler's submit and list commands (sbatch/squeue, qsub/qstat) are wrapped by
+counting shims first on PATH; a call made inside a runner (which has the allocation's id
+in its environment) is counted apart from the cycles'.  Uses the scheduler the environment
+names (``SLURM_CONF``; ``SGE_ROOT``/``SGE_CELL``/``SGE_QMASTER_PORT``), or starts the tests'
+single-node cluster with ``--start-cluster`` (root only).  Prints one JSON object.
 
-    python bench/slurm_burst.py --jobs 100 --start-cluster
+    python bench/burst.py --jobs 100 --start-cluster
+    python bench/burst.py --scheduler sge --jobs 100 --start-cluster
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,16 +34,35 @@ from dropbox_runner.transport.local import LocalTransport
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "tests" / "templates"
-SHIM = '#!/bin/sh\nprintf \'%s\\n\' "${{SLURM_JOB_ID:--}}" >> {log}\nexec {real} "$@"\n'
+SHIM = '#!/bin/sh\nprintf \'%s\\n\' "${{{job_id}:--}}" >> {log}\nexec {real} "$@"\n'
 
 
-def shims(folder: Path) -> None:
+@dataclass(frozen=True)
+class Scheduler:
+    """What differs between the schedulers for this benchmark."""
+
+    title: str
+    submit: str                 # the command that submits a runner
+    listing: str                # the command that lists runners
+    job_id_variable: str        # set inside a runner: tells its calls from the cycles'
+    class_settings: dict[str, Any] = field(default_factory=dict)
+
+
+SCHEDULERS = {
+    "slurm": Scheduler("Slurm", "sbatch", "squeue", "SLURM_JOB_ID"),
+    # Grid Engine's queue has no default limit here; the runner needs one to plan by.
+    "sge": Scheduler("Grid Engine", "qsub", "qstat", "JOB_ID", {"time_limit": "1h"}),
+}
+
+
+def shims(folder: Path, scheduler: Scheduler) -> None:
     folder.mkdir()
-    for program in ("sbatch", "squeue"):
+    for program in (scheduler.submit, scheduler.listing):
         real = shutil.which(program)
         if real is None:
-            raise SystemExit(f"{program} not found: install Slurm (scripts/install-system-deps.sh)")
-        (folder / program).write_text(SHIM.format(log=folder / f"{program}.calls", real=real))
+            raise SystemExit(f"{program} not found: install {scheduler.title} (scripts/install-system-deps.sh)")
+        (folder / program).write_text(SHIM.format(job_id=scheduler.job_id_variable,
+                                                  log=folder / f"{program}.calls", real=real))
         (folder / program).chmod(0o755)
     os.environ["PATH"] = f"{folder}:{os.environ['PATH']}"
 
@@ -56,14 +79,17 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def burst(root: Path, jobs: int, slots: int, period: float, runner_per_job: bool = False) -> dict:
-    shims(root / "shims")
+def burst(root: Path, jobs: int, slots: int, period: float, runner_per_job: bool = False,
+          scheduler_name: str = "slurm") -> dict:
+    scheduler = SCHEDULERS[scheduler_name]
+    shims(root / "shims", scheduler)
     (root / "dropbox").mkdir()
     (root / "out").mkdir()
     (root / "config.yaml").write_text(yaml.safe_dump({
-        "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": "slurm",
+        "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": scheduler_name,
         "cluster_root": str(root / "cluster"), "templates": str(TEMPLATES), "grace_seconds": 0,
-        "classes": {"default": {"slots": slots, "idle_timeout": 3, "runner_per_job": runner_per_job}}}))
+        "classes": {"default": {"slots": slots, "idle_timeout": 3, "runner_per_job": runner_per_job,
+                                **scheduler.class_settings}}}))
     config = load_config(root / "config.yaml")
     ledger = root / "ledger"
     paths = [submit(config.dropbox, {"script": "ledger", "cache": False,
@@ -91,7 +117,9 @@ def burst(root: Path, jobs: int, slots: int, period: float, runner_per_job: bool
         "ok": sum(r["status"] == "ok" for r in results),
         "runs_completed": len(ledger.read_text().split()),
         "runners": len({r["runner"] for r in results}),
-        "sbatch": calls(root / "shims", "sbatch"), "squeue": calls(root / "shims", "squeue"),
+        "scheduler": scheduler_name,
+        scheduler.submit: calls(root / "shims", scheduler.submit),
+        scheduler.listing: calls(root / "shims", scheduler.listing),
         "cycles": cycles, "wall_s": round(wall, 2), "submitter_cpu_s": round(cpu, 2),
         "runner_per_job": runner_per_job,
         # wall time less the jobs' own run time spread over the slots, per job
@@ -105,24 +133,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--period", type=float, default=0.3, help="seconds between cycles")
     parser.add_argument("--runner-per-job", action="store_true", help="the 1:1 baseline")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="slurm")
     parser.add_argument("--start-cluster", action="store_true",
-                        help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
+                        help="start the tests' single-node cluster (root) instead of the one the environment names")
     options = parser.parse_args(argv)
-    slurm = None
-    if options.start_cluster:
-        sys.path.insert(0, str(REPO / "tests"))
-        import realcluster
-        slurm = realcluster.start_slurm()
-        os.environ["SLURM_CONF"] = str(slurm.conf)
-    root = Path(tempfile.mkdtemp(prefix="dbr-slurm-burst-"))
+    cluster = start_cluster(options.scheduler) if options.start_cluster else None
+    root = Path(tempfile.mkdtemp(prefix=f"dbr-{options.scheduler}-burst-"))
     try:
-        print(json.dumps(burst(root, options.jobs, options.slots, options.period, options.runner_per_job)))
+        print(json.dumps(burst(root, options.jobs, options.slots, options.period, options.runner_per_job,
+                               options.scheduler)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-        if slurm is not None:
-            slurm.stop()
-            shutil.rmtree(slurm.root, ignore_errors=True)
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.root, ignore_errors=True)
     return 0
+
+
+def start_cluster(scheduler_name: str):
+    """The tests' single-node cluster, with this process's environment pointed at it."""
+    sys.path.insert(0, str(REPO / "tests"))
+    if scheduler_name == "sge":
+        import gridengine
+        cell = gridengine.start_gridengine()
+        os.environ.update(cell.env_vars())
+        return cell
+    import realcluster
+    slurm = realcluster.start_slurm()
+    os.environ["SLURM_CONF"] = str(slurm.conf)
+    return slurm
 
 
 if __name__ == "__main__":
