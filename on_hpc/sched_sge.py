@@ -8,24 +8,20 @@ stdlib); a runner asks nothing at its start, since its time left is its class's 
 """
 import os
 import pwd
-import socket
 import time
 import xml.etree.ElementTree as ElementTree
 
 from . import commands
 from .durations import parse_clock
-from .files import read_json, write_json
 from .protocol import RunnerState
 from .resources import class_gpus, memory_mb
 from .sched_slurm import JOB_NAME_PREFIX, job_name
 from .schedulers import (
-    Connector,
+    BatchConnector,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
     effective_warn_seconds,
-    kill_job_group,
-    store_tag,
 )
 
 PENDING, RUNNING, ENDING = RunnerState.PENDING, RunnerState.RUNNING, RunnerState.ENDING
@@ -192,17 +188,9 @@ def _user_name():
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-class GridEngineConnector(Connector):
+class GridEngineConnector(BatchConnector):
     name = "sge"
-    # qstat shows a job from the moment qsub returns: a submitted runner that a good
-    # listing does not show has ended.
-    lists_at_submission = True
-
-    def __init__(self, store):
-        super(GridEngineConnector, self).__init__(store)
-        self.tag = store_tag(store.root)
-        # Not a .json name: the head node reads those in runners/ as runner records.
-        self._cache = os.path.join(store.runners_dir(), "qstat-last.cache")
+    listing_cache = "qstat-last.cache"
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
@@ -223,7 +211,7 @@ class GridEngineConnector(Connector):
             raise SchedulerUnavailable(str(error)) from error
         if failed:
             self._delete_failed(failed)
-        write_json(self._cache, {key: list(value) for key, value in runners.items()})
+        self.remember_listing(runners)
         return runners
 
     def _delete_failed(self, sched_ids):
@@ -236,22 +224,12 @@ class GridEngineConnector(Connector):
                                  % (sched_id, "; ".join(reasons) or "no reason given"))
         self.cancel(sched_ids)
 
-    def last_known_runners(self):
-        return {key: RunnerInfo(*value) for key, value in read_json(self._cache, {}).items()}
-
     def cancel(self, sched_ids):
         if sched_ids:
             try:
                 commands.run(qdel_argv(sched_ids), QSTAT_TIMEOUT_SECONDS)
             except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
-
-    def kill_leftovers(self, job_id, claim):
-        """``qdel`` kills the runner outright (SIGKILL), and a job in its own session may
-        outlive it where Grid Engine does not track processes by group id.  On the head
-        node's own host those can be ended here, as the local scheduler does."""
-        if claim.get("host") == socket.gethostname():
-            kill_job_group(claim.get("pgid"), job_id)
 
     def allocation_seconds(self, spec):
         """The runner is the job's first process (``-shell n``), so the job's ``h_rt`` is

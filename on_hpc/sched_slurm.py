@@ -11,17 +11,15 @@ import socket
 
 from . import commands
 from .durations import parse_clock
-from .files import read_json, write_json
+from .files import read_json
 from .protocol import RunnerState
 from .resources import Node, gres_gpus, memory_mb, node_cpus, parse_cpus_per_node
 from .schedulers import (
-    Connector,
+    BatchConnector,
     RunnerInfo,
     SchedulerUnavailable,
     SubmitFailed,
     effective_warn_seconds,
-    kill_job_group,
-    store_tag,
 )
 
 # Slurm's job states (squeue %T) and what they mean for a runner.  A state not listed
@@ -249,16 +247,9 @@ def allocated_gpus(environ):
     return visible if len(visible) == len(allocated) else allocated
 
 
-class SlurmConnector(Connector):
+class SlurmConnector(BatchConnector):
     name = "slurm"
-    # squeue shows a job from the moment sbatch returns: a submitted runner that a good
-    # listing does not show has ended.
-    lists_at_submission = True
-
-    def __init__(self, store):
-        super(SlurmConnector, self).__init__(store)
-        self.tag = store_tag(store.root)
-        self._cache = os.path.join(store.runners_dir(), "squeue-last.json")
+    listing_cache = "squeue-last.json"
 
     def submit(self, spec, spec_path, argv, env):
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
@@ -279,11 +270,8 @@ class SlurmConnector(Connector):
             raise SchedulerUnavailable(str(error)) from error
         limits = self._limits() if "NOT_SET" in stdout else {}
         runners = parse_squeue(stdout, self.tag, limits)
-        write_json(self._cache, {key: list(value) for key, value in runners.items()})
+        self.remember_listing(runners)
         return runners
-
-    def last_known_runners(self):
-        return {key: RunnerInfo(*value) for key, value in read_json(self._cache, {}).items()}
 
     def cancel(self, sched_ids):
         if sched_ids:
@@ -306,13 +294,6 @@ class SlurmConnector(Connector):
         except commands.CommandFailed:
             pass
         return list(sched_ids)
-
-    def kill_leftovers(self, job_id, claim):
-        """Slurm ends what a lost allocation left running, except processes it does not
-        track (``proctrack/pgid`` loses a job's own session).  On a single-machine
-        cluster the head node can see them: end them, as the local scheduler does."""
-        if claim.get("host") == socket.gethostname():
-            kill_job_group(claim.get("pgid"), job_id)
 
     def allocation_seconds(self, spec):
         """The allocation's time left, read once (one squeue call per runner)."""

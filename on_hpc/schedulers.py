@@ -13,6 +13,7 @@ import signal
 import socket
 
 from .durations import format_duration
+from .files import read_json, write_json
 from .resources import Node, memory_mb, node_cpus
 
 # One line of the scheduler's view of a runner.  ``state`` is a RunnerState; ``time_left``
@@ -128,6 +129,36 @@ class Connector(object):
 
     def cancel_steps(self, step_ids):
         """End job steps through the scheduler; nothing to do where there are none."""
+
+
+class BatchConnector(Connector):
+    """A batch scheduler reached through its commands (Slurm, Grid Engine): it lists a job
+    from the moment it is submitted, runners are recognised by a job name carrying this
+    workspace's tag, and the last good listing is kept for a cycle whose listing fails."""
+
+    lists_at_submission = True
+    # File in runners/ for the last good listing; not a .json name other than this one's
+    # own, since the head node reads runners/*.json as runner records.
+    listing_cache = ""
+
+    def __init__(self, store):
+        super(BatchConnector, self).__init__(store)
+        self.tag = store_tag(store.root)
+
+    def remember_listing(self, runners):
+        write_json(os.path.join(self.store.runners_dir(), self.listing_cache),
+                   {key: list(value) for key, value in runners.items()})
+
+    def last_known_runners(self):
+        path = os.path.join(self.store.runners_dir(), self.listing_cache)
+        return {key: RunnerInfo(*value) for key, value in read_json(path, {}).items()}
+
+    def kill_leftovers(self, job_id, claim):
+        """The scheduler ends what a lost allocation left running, except processes it does
+        not track (a job's own session, where processes are tracked by group).  On the head
+        node's own host those can be ended here, as the local scheduler does."""
+        if claim.get("host") == socket.gethostname():
+            kill_job_group(claim.get("pgid"), job_id)
 
 
 def connector(name, store):

@@ -202,7 +202,7 @@ def test_the_connector_is_chosen_by_name_and_caches_beside_no_runner_record(tmp_
     store.ensure_layout()
     sge = schedulers.connector("sge", store)
     assert isinstance(sge, GridEngineConnector) and sge.lists_at_submission
-    assert not sge._cache.endswith(".json")       # runners/*.json are runner records
+    assert not sge.listing_cache.endswith(".json")       # runners/*.json are runner records
     assert sge.last_known_runners() == {}
     assert sge.allocation_seconds({"time_limit": 300}) == 300
 
