@@ -103,6 +103,7 @@ class Runner(object):
         self.steps = self.sched.launches_steps(self.resources)
         self.jobs = {}
         self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
+        self.metas = {}     # job.json of the queued jobs: fixed once staged, so read once each
         self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
         self.ending = None        # (job id, record) ending in this pass of _reap, recorded at its end
         self.ending_jobs = {}     # job id -> (job, code, end) of those
@@ -178,12 +179,15 @@ class Runner(object):
             # time a slot frees made draining N jobs cost N^2.  A listed job another runner
             # took since, or one cancelled, fails its claim and is skipped.
             self.queue = collections.deque(self.store.ready_jobs(self.job_class))
+            self.metas = {job_id: self.metas[job_id] for job_id in self.queue if job_id in self.metas}
         later = []      # not started for now (no room yet, not enough time): first next pass
         while self.queue:
             if self.stop_reason or (self.one_job and self.started) or self.ledger.full():
                 break
             job_id = self.queue.popleft()
-            meta = self.store.job_meta(job_id)
+            meta = self.metas.get(job_id) or self.store.job_meta(job_id)
+            if meta:
+                self.metas[job_id] = meta      # an unreadable one ({}) is read again next time
             expected = meta.get("expected_seconds") or 0
             if self.fresh_usable is not None and expected > self.fresh_usable:
                 self._refuse(job_id, self._too_long(expected))
