@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 from .boundaries import boundaries_for
@@ -36,6 +36,7 @@ from .staging import PreparedJob, prepare, write_outbox_entry
 log = logging.getLogger(__name__)
 
 SETTLE_POLL_SECONDS = 0.1
+PEEK_AT_MOST = 8      # unsettled jobs read for the early start's guess at a class
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Intake:
         self.boundary = boundary
         self.closed: set[str] = set()    # known complete: seen closed or renamed in (watch), or stable
         self.outbox = config.state_dir / "outbox"
+        self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
         """Take every new job; files changed in the last ``settle_seconds`` are waited
@@ -67,6 +69,7 @@ class Intake:
         unsettled: list[str] = []
         self._take_all(listing.new, listing, held_names, keys_in_flight, counts, unsettled)
         if unsettled:
+            self._peek(unsettled)
             self._wait_to_settle(unsettled)
             self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
         return counts
@@ -78,6 +81,25 @@ class Intake:
                 name, "taking in the job",
                 lambda name=name: self._take_one(name, listing, held_names, keys_in_flight, counts, unsettled),
                 None if name in held_names else lambda message, name=name: self._fail_untaken(name, message))
+
+    def _peek(self, names: list[str]) -> None:
+        """Tell ``on_take`` of the first of these jobs that reads as valid now, before the
+        wait for them to settle: the early start only needs a likely class (a wrong guess
+        is a pending runner that the cycle's own call cancels)."""
+        told: list[str] = []
+
+        def peek(name: str) -> None:
+            try:
+                job = prepare(self.config, name, read_job(self.dropbox.path(name))[0])
+            except (JobInvalid, TemplateProblem, OSError):
+                return
+            self.on_take(job)
+            told.append(name)
+
+        for name in names[:PEEK_AT_MOST] if self.on_take is not None else []:
+            self.boundary.contain(name, "reading it before it settled", lambda name=name: peek(name), None)
+            if told:
+                return
 
     def _wait_to_settle(self, names: list[str]) -> None:
         """Until every name has settled (or was seen closed), at most ``settle_seconds``.
@@ -136,6 +158,8 @@ class Intake:
         if key and key in keys_in_flight:
             log.debug("%s: an identical job is running; waiting for its result", name)
             return
+        if self.on_take is not None:
+            self.on_take(job)      # the submitter's early start: the runner is asked for before staging
         try:
             provenance = self._take(name, raw, job, digest, provenance)
         except JobInvalid as problem:

@@ -28,6 +28,7 @@ from .cluster import ClusterSide
 from .collect import Collector
 from .config import Config
 from .dropbox import Dropbox, HeldJob
+from .early import EarlyStart
 from .faults import fault_point
 from .history import History
 from .intake import Intake
@@ -72,6 +73,8 @@ class Submitter:
         self.intake = Intake(config, self.dropbox, self.history, self.cache, self.finisher, self.boundary,
                              self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
+        self.early = EarlyStart(config, self.cluster)
+        self.intake.on_take = self.early
 
     def close(self) -> None:
         self.history.close()
@@ -87,6 +90,7 @@ class Submitter:
         self.dropbox.remove_batch_leftovers(listing)
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
+        self.early.begin(held, len(listing.new))
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         tally = self.finisher.tally
@@ -94,6 +98,7 @@ class Submitter:
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
         held.update(self._held_jobs(taken.names))
         report.held = len(held)
+        report.runners_submitted = len(self.early.submitted)
         self._drop_stray_cancels(listing, held)
         fault_point("after_intake")
 

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 
-from . import policy, policy_state
+from . import coming, policy, policy_state
 from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
@@ -74,6 +74,7 @@ def cycle(request, sched=None):
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
     arrived = [job_id for job_id in in_flight if job_id not in known and states[job_id] == JobState.QUEUED]
+    coming.arrived(store, request.classes)     # what an early call announced is queued (or is not coming)
 
     answer = CycleAnswer()
     # Submitters sharing a workspace take turns here, so two of them never both decide
@@ -337,10 +338,12 @@ def refuse_hopeless(store, job_class, settings):
     return refused
 
 
-def ensure_runner(store, sched, runners, job_class, settings, request, arrived=()):
+def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(), coming=(), may_cancel=True):
     """The class's runners as ``policy.decide`` wants them: submit what the backlog calls
     for, cancel pending runners it no longer needs.  ``arrived``: the jobs this cycle made
-    ready (of any class).  Returns (submitted, cancelled)."""
+    ready (of any class).  ``coming``: expected seconds of jobs about to be staged, counted
+    as ready and as arrivals for the linger (``on_hpc early``), which also passes
+    ``may_cancel=False``: it only adds.  Returns (submitted, cancelled)."""
     now = time.time()
     rules = policy.settings_from(settings)
     state = policy_state.load(store, job_class, now)
@@ -353,8 +356,9 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
              for runner_id, info in sorted(mine.items())]
     others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != RunnerState.ENDING)
     ready = [_expected_seconds(store.job_meta(job_id)) for job_id in store.ready_jobs(job_class)]
+    ready += [_expected_seconds({"expected_seconds": seconds}) for seconds in coming]
     decision = policy.decide(rules, ready, views, others, len(state["submitted"]), state["queue_wait"])
-    cancelled = cancel_pending(store, sched, mine, decision.cancel)
+    cancelled = cancel_pending(store, sched, mine, decision.cancel) if may_cancel else []
     state["cancelled"] += len(cancelled)
     submitted = []
     try:
@@ -365,7 +369,7 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
         error.submitted, error.cancelled = submitted, cancelled
         raise
     finally:
-        rate = policy.arrival_rate(state["arrivals"], now)
+        rate = policy.arrival_rate(state["arrivals"] + [now] * len(coming), now)
         wait = policy.QUEUE_WAIT_GUESS if state["queue_wait"] is None else state["queue_wait"]
         try:
             policy_state.save(store, job_class, state)

@@ -172,6 +172,28 @@ class StatusRequest(object):
 
 
 @dataclass
+class EarlyRequest(object):
+    """What the submitter sends to ``on_hpc early`` when a cycle's intake first meets work
+    of a class, before that work is staged: the class's runners are asked for now, so the
+    scheduler's queue wait runs while the burst is rendered and sent (``on_hpc/early.py``)."""
+
+    root: str
+    scheduler: str
+    submitter: str
+    pythonpath: str = ""
+    python: str = ""
+    coming: Dict[str, int] = field(default_factory=dict)            # class -> jobs about to be staged
+    expected_seconds: Dict[str, float] = field(default_factory=dict)  # class -> what each of them expects
+    classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+    from_json = classmethod(_from_json)
+
+    def to_json(self):
+        return asdict(self)
+
+
+@dataclass
 class WaitRequest(object):
     """What the watch daemon sends to ``on_hpc wait``: return once a job of this
     submitter not in ``ignore`` is done, or after ``timeout`` seconds."""

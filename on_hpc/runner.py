@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from . import policy_state
+from . import coming, policy_state
 from .files import free_bytes, read_json, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -33,6 +33,7 @@ SRUN_OUT_OF_MEMORY = re.compile(rb"^srun: error: \S+: task \d+: Out Of Memory", 
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
 LINGER_READ_SECONDS = 5
+COMING_READ_SECONDS = 1
 # A job that dies by a signal may have been hit by the same signal that is about to stop
 # the runner (scancel signals every process of the allocation at once).  Its end is held
 # back this long so a stop that follows turns it into an interruption, not a failure.
@@ -109,6 +110,7 @@ class Runner(object):
         self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.unfit_seen = set()
         self._linger_read = None      # (when, seconds): the adaptive linger last read
+        self._coming_read = None      # (when, bool): whether announced work was still coming
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
@@ -146,7 +148,7 @@ class Runner(object):
                     log("ready jobs need more time than this runner has (%s); leaving for a "
                         "fresh runner" % self._left_text())
                     break
-                elif now - idle_since >= self._linger(now):
+                elif now - idle_since >= self._linger(now) and not self._work_coming(now):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
                 self._nap(POLL_SECONDS)
@@ -434,6 +436,13 @@ class Runner(object):
         if self._linger_read is None or now - self._linger_read[0] >= LINGER_READ_SECONDS:
             self._linger_read = (now, policy_state.read_linger(self.store, self.job_class, fixed, now))
         return self._linger_read[1]
+
+    def _work_coming(self, now):
+        """True while jobs announced by an early submission (``coming.py``) are still being
+        staged; read at most every COMING_READ_SECONDS, and only once the linger is up."""
+        if self._coming_read is None or now - self._coming_read[0] >= COMING_READ_SECONDS:
+            self._coming_read = (now, coming.expected(self.store, self.job_class, now))
+        return self._coming_read[1]
 
     def _nap(self, seconds):
         """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""
