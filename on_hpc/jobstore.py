@@ -21,8 +21,14 @@ from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
 
 class JobStore(object):
-    def __init__(self, root):
+    def __init__(self, root, remember_metas=False):
         self.root = root
+        # job.json never changes once staged (a job id derives from its content), so one
+        # command that asks for a job's meta several times (the head node's cycle: queue,
+        # refuse, the policy's backlog) reads it once.  Off for long-lived users (runners),
+        # whose memory must not grow with every job they ever saw.
+        self._metas = {} if remember_metas else None
+        self._made = set()      # ready folders made (or found) by this instance
 
     # -- paths ---------------------------------------------------------------------
     def job_dir(self, job_id):
@@ -48,7 +54,12 @@ class JobStore(object):
             os.makedirs(os.path.join(self.root, sub), mode=0o700, exist_ok=True)
 
     def job_meta(self, job_id):
-        return read_json(os.path.join(self.job_dir(job_id), "job.json"), {})
+        if self._metas is not None and job_id in self._metas:
+            return self._metas[job_id]
+        meta = read_json(os.path.join(self.job_dir(job_id), "job.json"), {})
+        if self._metas is not None and meta:
+            self._metas[job_id] = meta
+        return meta
 
     # -- the submitter's side ----------------------------------------------------------
     def states(self):
@@ -75,7 +86,9 @@ class JobStore(object):
             self._to_done(None, job_id)
             return JobState.DONE
         ready = self.ready_dir(meta["class"])
-        os.makedirs(ready, mode=0o700, exist_ok=True)
+        if ready not in self._made:      # once per class, not once per job of a burst
+            os.makedirs(ready, mode=0o700, exist_ok=True)
+            self._made.add(ready)
         touch_new(os.path.join(ready, job_id))
         return JobState.QUEUED
 
@@ -112,9 +125,12 @@ class JobStore(object):
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     # -- the runner's side ------------------------------------------------------------
-    def ready_jobs(self, job_class):
-        """Ready job ids of a class, oldest first (FIFO by when they were queued)."""
+    def ready_jobs(self, job_class, ordered=True):
+        """Ready job ids of a class, oldest first (FIFO by when they were queued); in no
+        particular order, and without a ``stat`` each, when not ``ordered``."""
         folder = self.ready_dir(job_class)
+        if not ordered:
+            return listdir(folder)
         entries = []
         for job_id in listdir(folder):
             try:
