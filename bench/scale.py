@@ -2,7 +2,8 @@
 
 Builds dropboxes with and without 100,000 old ``.finished`` files and measures, on the
 local backend: an idle cycle, a cycle that takes 10,000 new jobs, and ``list`` over
-10,000 results.  Prints one JSON object (bench/run.py turns it into README rows).
+10,000 results (then ``list`` of every state and ``status`` with as many jobs waiting).
+Prints one JSON object (bench/run.py turns it into README rows).
 """
 from __future__ import annotations
 
@@ -88,14 +89,23 @@ def measure_list(results: int) -> dict[str, float]:
         started = time.perf_counter()
         rows = list_jobs(config, history, ["finished"], None, 200)
         in_process = time.perf_counter() - started
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dropbox_runner.cli", "list", "--config", str(config_path),
-                        "--state", "finished"], check=True, capture_output=True)
-        command = time.perf_counter() - started
+        command = timed_command("list", config_path, "--state", "finished")
         assert len(rows) == 200
-        return {"results": results, "list_query_s": in_process, "list_command_s": command}
+        # As many jobs again waiting in the dropbox: `list` of every state and `status`
+        # must not read each of them.
+        drop_jobs(root, results)
+        return {"results": results, "list_query_s": in_process, "list_command_s": command,
+                "waiting": results, "list_all_command_s": timed_command("list", config_path),
+                "status_command_s": timed_command("status", config_path)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def timed_command(verb: str, config_path: Path, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dropbox_runner.cli", verb, "--config", str(config_path), *args],
+                   check=verb != "status", capture_output=True)     # status: exit 1 with no cluster yet
+    return time.perf_counter() - started
 
 
 def main() -> None:

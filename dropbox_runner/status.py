@@ -15,13 +15,13 @@ from .transport import NotDeployed, RemoteCommandFailed, Transport, TransportErr
 def gather_status(config: Config, transport: Transport) -> dict[str, Any]:
     dropbox = Dropbox(config.dropbox)
     listing = dropbox.scan()
-    ages = [dropbox.age(name) for name in listing.new]
+    oldest = dropbox.age(listing.new[0]) if listing.new else None    # the scan lists them oldest first
     status: dict[str, Any] = {
         "version": __version__,
         "dropbox": str(config.dropbox),
         "jobs": {"waiting": len(listing.new), "submitted": len(listing.submitted),
                  "finished": len(listing.finished)},
-        "oldest_waiting_seconds": round(max(ages), 1) if ages else None,
+        "oldest_waiting_seconds": None if oldest is None else round(oldest, 1),
         "unusable": listing.unusable,
         "checked_at": time.time(),
     }

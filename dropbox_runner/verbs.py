@@ -83,6 +83,8 @@ def list_jobs(config: Config, history: History, states: list[str] | None, patter
         known = {row["name"] for row in rows}
         dropbox = Dropbox(config.dropbox)
         for name in dropbox.scan().new:
+            if len(rows) >= limit:
+                break      # 100,000 waiting jobs are not each stat-ed to show 200
             if name not in known and (pattern is None or Path(name).match(pattern)):
                 mtime = dropbox.mtime(name)
                 rows.append({"name": name, "job_id": None, "state": "waiting", "status": None, "message": None,
