@@ -77,6 +77,7 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     started = time.monotonic()
     logins_before, sessions_before = sshd_server.logins(), len(sshd_server.sessions())
     cycles = commands = remote_commands = transfers = 0
+    runs_per_cycle = []
     while True:
         transport = CountingTransport(open_transport(config))
         try:
@@ -86,6 +87,7 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
         cycles += 1
         commands += transport.runs > 0
         remote_commands += transport.runs
+        runs_per_cycle.append(transport.runs)
         transfers += transport.pushes + transport.pulls
         finished = Dropbox(config.dropbox).scan().finished
         if all(path.name in finished for path in files):
@@ -105,6 +107,9 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     assert sbatch == ["-"]                                    # one sbatch, from the head node
     assert squeue.count("-") == commands <= cycles            # one per cycle that ran on_hpc
     assert len(squeue) - squeue.count("-") == 1               # one in the runner, for its time
+    # The first cycle: on_hpc early (refused once for want of a deploy, then run) and the
+    # cycle's own call; every later one: the cycle's call alone.
+    assert runs_per_cycle[0] == 3 and set(runs_per_cycle[1:]) <= {1}, runs_per_cycle
     figures = {"jobs": BURST, "wall_s": round(wall, 2), "cycles": cycles, "sbatch": len(sbatch),
                "squeue": len(squeue), "ssh_logins": sshd_server.logins() - logins_before,
                "ssh_sessions": len(sshd_server.sessions()) - sessions_before,
