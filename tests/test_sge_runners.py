@@ -86,7 +86,7 @@ def _qstat_of(sge_cluster, sched_id: str) -> str:
 
 # ------------------------------------------------------------------------------ the tests
 def test_a_burst_of_50_jobs_gets_exactly_one_qsub(pipeline, counted):
-    p = pipeline({"default": {"slots": 4, "idle_timeout": 3, "time_limit": "10m"}})
+    p = pipeline({"default": {"slots": 4, "max_runners": 1, "idle_timeout": 3, "time_limit": "10m"}})
     paths = [p.drop_ledger(f"o{n}", 0) for n in range(50)]
     elapsed = p.run_all(paths, timeout=120)
     results = [p.result(path) for path in paths]
@@ -283,7 +283,8 @@ def test_a_burst_through_sshd_and_grid_engine(tmp_path, sge_sshd, scratch, count
     config = load_config(write_config(
         tmp_path, sge_sshd, scratch, templates=str(TEMPLATES), grace_seconds=0,
         scheduler="sge", python=str(python),
-        classes={"default": {"queue": "all.q", "slots": 4, "idle_timeout": 3, "time_limit": "10m"}},
+        classes={"default": {"queue": "all.q", "slots": 4, "max_runners": 1, "idle_timeout": 3,
+                             "time_limit": "10m"}},
         hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
                  "ledger": f"{scratch}/ledger"}))
     (tmp_path / "out").mkdir()
