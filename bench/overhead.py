@@ -28,6 +28,7 @@ clock runs from that drop to the last ``.job.finished`` (HyperQueue: from its ``
 
     python bench/overhead.py --jobs 1000 --start-cluster --hq          # as root
     python bench/overhead.py --jobs 200 --backends local --modes once  # a first look
+    python bench/overhead.py --jobs 1000 --start-cluster --hq --backends slurm --queue-wait 10   # a busy cluster
 
 Prints a table, and the whole result as JSON with ``--json``.
 """
@@ -52,6 +53,7 @@ REPO = HERE.parent
 SCRIPT = "printf '%s\\n' \"$EPOCHREALTIME\" > {out}\n"
 TEMPLATE = "# dropbox-runner: class=default\n" + SCRIPT.format(out="<<workspace>>/output/<<out>>")
 POLL_SECONDS = 0.05
+QUEUE_WAIT_ARGS: list[str] = []     # sbatch arguments that make every allocation wait (--queue-wait)
 TIMEOUT_SECONDS = 1800
 
 
@@ -111,8 +113,10 @@ def write_config(root: Path, scheduler: str, slots: int, launch: str = "step") -
         "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": scheduler,
         "cluster_root": str(root / "cluster"), "templates": str(templates), "grace_seconds": 0,
         "cache_max_bytes": 0, "tick": "1h",
-        "classes": {"default": {"slots": slots, "idle_timeout": 5, **({"launch": "process"} if launch == "process"
-                                                                      and scheduler == "slurm" else {})}}}))
+        "classes": {"default": {"slots": slots, "idle_timeout": 5, "max_runners": 1,
+                                **({"launch": "process"} if launch == "process" and scheduler == "slurm" else {}),
+                                **({"extra_args": QUEUE_WAIT_ARGS} if QUEUE_WAIT_ARGS and scheduler == "slurm"
+                                   else {})}}}))
     return path
 
 
@@ -278,7 +282,8 @@ def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
     for n in range(jobs):
         (scripts / f"j{n}.sh").write_text(SCRIPT.format(out=out / f"o{n}"))
     started = time.monotonic()
-    sbatch = subprocess.run(["sbatch", "--parsable", "-c", str(slots), "-o", str(root / "hq.log"), "--wrap",
+    sbatch = subprocess.run(["sbatch", "--parsable", "-c", str(slots), "-o", str(root / "hq.log"), *QUEUE_WAIT_ARGS,
+                             "--wrap",
                              f"exec {sys.executable} {root / 'hq_server.py'} {server_dir} {stop} {slots}"],
                             capture_output=True, text=True, check=True)
     try:
@@ -333,8 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsync-jobs", type=int, default=200, help="jobs in the strace run (0: none)")
     parser.add_argument("--start-cluster", action="store_true",
                         help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
+    parser.add_argument("--queue-wait", type=float, default=0,
+                        help="seconds every Slurm allocation waits before it starts (sbatch --begin=now+N), as on "
+                             "a busy cluster, for the runners and HyperQueue alike")
     parser.add_argument("--json", action="store_true", help="print the JSON result instead of the table")
     options = parser.parse_args(argv)
+    if options.queue_wait:
+        QUEUE_WAIT_ARGS[:] = [f"--begin=now+{options.queue_wait:.0f}"]
     sizes = options.jobs or [1000, 10000]
     slurm = None
     if options.start_cluster and ("slurm" in options.backends or options.hq):
