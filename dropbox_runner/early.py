@@ -45,12 +45,14 @@ class EarlyStart:
         self.coming = 0
         self.submitted: list[dict] = []
 
-    def begin(self, held: dict[str, HeldJob], new_jobs: int) -> None:
-        """A new cycle: ``held`` its jobs in flight, ``new_jobs`` the ``.job`` files it found."""
+    def begin(self, held: dict[str, HeldJob], new_jobs: int) -> bool:
+        """A new cycle: ``held`` its jobs in flight, ``new_jobs`` the ``.job`` files it found;
+        False when this cycle has nothing to ask early (intake need not tell it anything)."""
         self.busy = {job.job_class for job in held.values()}
         self.coming = new_jobs
         self.done = self.config.scheduler == "local" or not new_jobs
         self.submitted = []
+        return not self.done
 
     def __call__(self, job: PreparedJob) -> None:
         """Intake is about to take ``job``; never raises (the job's intake must not fail for it)."""

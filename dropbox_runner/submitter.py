@@ -74,7 +74,6 @@ class Submitter:
                              self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
         self.early = EarlyStart(config, self.cluster)
-        self.intake.on_take = self.early
 
     def close(self) -> None:
         self.history.close()
@@ -90,7 +89,7 @@ class Submitter:
         self.dropbox.remove_batch_leftovers(listing)
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
-        self.early.begin(held, len(listing.new))
+        self.intake.on_take = self.early if self.early.begin(held, len(listing.new)) else None
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
         tally = self.finisher.tally
