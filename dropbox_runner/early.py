@@ -14,9 +14,10 @@ records), the ``sbatch`` the cycle's own call would have made anyway.  Over SSH 
 the command connection the cycle's own call then reuses, and deploys ``on_hpc`` when the
 cycle would have.
 
-The burst is taken to be of the first job's class and expected time; the cycle's own call,
-which sees what was really staged, tops runners up or cancels the pending ones no longer
-wanted.  A failure here costs only the head start: one log line, and the cycle goes on.
+The policy is asked as for one job of the class, all that is sure before the rest of the
+burst is read (it may be of other classes); the cycle's own call, which sees what was
+really staged, sizes the rest.  A failure here costs only the head start: one log line, and
+the cycle goes on.
 """
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ It is cheap and only ever adds runners:
 - the scheduler is not asked for a listing: the last good listing and the runner records
   stand in for it, as in a cycle whose listing failed (a record counts as a live runner, so
   a stale one can only hold a submission back until the cycle's own call, never double one);
-- the runner policy (``policy.decide``, through ``headnode.ensure_runner``) decides, with
-  the coming jobs counted as ready, within ``max_runners``, ``user_limit`` and the caps per
-  cycle and per hour; nothing is cancelled here;
+- the runner policy (``policy.decide``, through ``headnode.ensure_runner``) decides as for
+  one more ready job of the class (the rest of the burst may be of other classes: the
+  cycle's own call, which sees it staged, sizes the rest), within ``max_runners``,
+  ``user_limit`` and the caps per cycle and per hour; nothing is cancelled here;
 - a runner submitted for jobs that never arrive (the submitter died before staging them)
   is the same as one whose work ran out: pending, the next cycle's policy cancels it;
   started, it finds no work and leaves after its linger;
@@ -41,14 +42,16 @@ def early(request, sched=None):
             settings = request.classes.get(job_class)
             if settings is None or settings.get("runner_per_job"):
                 continue      # an unknown class is the cycle's to refuse; 1:1 runners follow staged jobs
-            coming = [request.expected_seconds.get(job_class) or 0] * max(0, int(count))
             try:
-                announce(store, job_class, len(coming))
+                announce(store, job_class, max(0, int(count)))
             except OSError as error:      # only a help: the runner may leave before the burst is queued
                 sys.stderr.write("class %s: cannot note the coming jobs: %s\n" % (job_class, error))
             try:
+                # As for one ready job: that much is sure, the rest of the burst may be of
+                # other classes; the cycle's own call sizes the rest.
                 new, _ = headnode.ensure_runner(store, sched, runners, job_class, settings, request,
-                                                coming=coming, may_cancel=False)
+                                                coming=[request.expected_seconds.get(job_class) or 0],
+                                                may_cancel=False)
             except SubmitFailed as error:
                 answer["errors"].append("class %s: cannot submit a runner early: %s" % (job_class, error))
                 sys.stderr.write(answer["errors"][-1] + "\n")

@@ -204,8 +204,8 @@ class EarlyRequest(object):
     submitter: str
     pythonpath: str = ""
     python: str = ""
-    coming: Dict[str, int] = field(default_factory=dict)            # class -> jobs about to be staged
-    expected_seconds: Dict[str, float] = field(default_factory=dict)  # class -> what each of them expects
+    coming: Dict[str, int] = field(default_factory=dict)            # class -> new jobs of the cycle, at most
+    expected_seconds: Dict[str, float] = field(default_factory=dict)  # class -> what its first job expects
     classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 

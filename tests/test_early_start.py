@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,26 @@ def test_the_runner_is_submitted_before_the_burst_is_staged(cluster, settle):
     results = drain(cluster, files)
     assert_each_ran_once(cluster, results)
     assert len(sbatch_times(cluster)) == 1 and len({r["runner"] for r in results}) == 1
+
+
+def test_a_mixed_burst_gets_one_early_runner_for_its_first_class_and_the_rest_from_the_cycle(cluster):
+    """The early call knows one job's class: it must not size the whole burst's runners on it."""
+    config_path = cluster / "config.yaml"
+    data = yaml.safe_load(config_path.read_text())
+    data["classes"]["side"] = {"slots": 2, "max_runners": 3, "idle_timeout": 2, "launch": "process"}
+    config_path.write_text(yaml.safe_dump(data))
+    config = load_config(config_path)
+    first = [submit(config.dropbox, {"script": "ledger", "args": {"seconds": 0}, "cache": False, "class": "side",
+                                     "output_map": {"out": str(cluster / "out" / f"s{n}")}}) for n in range(2)]
+    for path in first:     # the scan lists the oldest first: these are the first the intake meets
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    files = first + drop_burst(cluster, 8)
+    report = run_once(config, LocalTransport())
+    assert report.taken == 10
+    calls = (cluster / "sbatch.calls").read_text().splitlines()
+    assert sum("dbr." in line and ".side-" in line for line in calls) == 1, calls     # not 3 for 10 jobs
+    assert sum(".default-" in line for line in calls) == 1, calls
+    assert_each_ran_once(cluster, drain(cluster, files))
 
 
 def test_a_cycle_killed_after_the_early_submission_loses_nothing_and_submits_no_second_runner(cluster):
