@@ -2,9 +2,10 @@
 
 A prepared job lives in the submitter's outbox as ``<id>/{job.sh, job.json, input/}``
 (``input/`` only when it has inputs), with a copy of each input (a reflink where the
-filesystem has them) taken from the file that was checked, so what is sent is what was checked, whatever the path names later;
-one transfer then sends the whole outbox.  An outbox entry means "still to be sent": it is removed once the
-cluster has confirmed the job is queued, and rebuilt if the cluster ever loses it.
+filesystem has them) taken from the file that was checked, so what is sent is what was
+checked, whatever the path names later; one transfer then sends the whole outbox.  An
+outbox entry means "still to be sent": it is removed once the cluster has confirmed the
+job is queued, and rebuilt if the cluster ever loses it.
 """
 from __future__ import annotations
 

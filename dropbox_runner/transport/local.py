@@ -106,7 +106,7 @@ def _pull_file(source: str, target: Path) -> None:
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)
         try:
-            os.link(f"/proc/self/fd/{fd}", partial, follow_symlinks=True)
+            _link_descriptor(fd, partial)
         except OSError:         # another filesystem, links refused (protected_hardlinks), no /proc
             try:
                 with os.fdopen(os.dup(fd), "rb") as data, open(partial, "wb") as copy:
@@ -117,3 +117,14 @@ def _pull_file(source: str, target: Path) -> None:
         os.replace(partial, target)
     finally:
         os.close(fd)
+
+
+def _link_descriptor(fd: int, path: Path) -> None:
+    """``linkat`` of the open file itself through ``/proc``, so what is linked is what was
+    checked (Python calls plain ``link``, which would not follow the ``/proc`` entry,
+    unless a folder descriptor is given)."""
+    descriptors = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=descriptors, follow_symlinks=True)
+    finally:
+        os.close(descriptors)
