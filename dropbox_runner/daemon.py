@@ -191,7 +191,7 @@ class Daemon:
 
     def _start(self) -> tuple:
         config = self.config
-        observer = (PollingObserver(timeout=1) if _wants_polling(config) else Observer())
+        observer = PollingObserver(timeout=1) if _wants_polling(config) else _native_observer()
         observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False)
         observer.start()
         waiter = FinishWaiter(config, self.wake)
@@ -231,6 +231,17 @@ class Daemon:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
+
+
+def _native_observer():
+    """inotify's observer reports a job renamed in from another folder (a tool writing
+    elsewhere, then ``mv``) as a move only when asked for full events; otherwise it is a
+    creation, and the job waited ``settle_seconds`` as one still being written would
+    (issue 18).  Other platforms' observers take no such argument."""
+    try:
+        return Observer(generate_full_events=True)
+    except TypeError:
+        return Observer()
 
 
 def _wants_polling(config: Config) -> bool:

@@ -3,7 +3,8 @@ without letting a job's swapped file through."""
 import errno
 import os
 
-from helpers import drain, drop, make_config
+import yaml
+from helpers import drain, drop, make_config, stop_local_runners, write_config
 
 from dropbox_runner.boundaries import boundaries_for
 from dropbox_runner.config import load_config
@@ -110,3 +111,23 @@ def test_jobs_with_and_without_inputs_run_and_their_outputs_are_copies_not_links
     assert placed.read_text() == "HELLO\n"
     assert placed.stat().st_nlink == 1       # never the job's own inode
     assert load_config(tmp_path / "config.yaml").state_dir.joinpath("inbox").is_dir()
+
+
+def test_watch_takes_a_job_renamed_in_from_another_folder_without_waiting_for_it_to_settle(tmp_path):
+    """inotify reports such a rename as a creation unless asked for full events: the job
+    then waited settle_seconds as if it were still being written."""
+    from test_watch import Watch
+
+    config_path = write_config(tmp_path, settle_seconds=120, tick="1h")
+    config = load_config(config_path)
+    watch = Watch(config_path, tmp_path / "watch.log")
+    watch.start()
+    try:
+        elsewhere = tmp_path / "elsewhere.job"
+        elsewhere.write_text(yaml.safe_dump({"script": "echo_args", "args": {"first": "1", "second": "2"},
+                                             "output_map": {"out": str(tmp_path / "outputs" / "c.txt")}}))
+        os.rename(elsewhere, config.dropbox / "moved.job")
+        watch.wait_for_log("moved.job: taken as", timeout=60)     # not after settle_seconds (120)
+    finally:
+        watch.stop()
+        stop_local_runners(config)
