@@ -64,7 +64,11 @@ class Boundaries:
 
 
 def inside(path: Path, roots: tuple[Path, ...] | list[Path]) -> bool:
-    return any(path == root or root in path.parents for root in roots)
+    """``path`` is a root or below one.  Both are resolved, absolute and normalised, so
+    comparing their text is exact (walking ``path.parents`` made a Path object for each
+    level of each root, for every file of every job)."""
+    text = str(path)
+    return any(text == str(root) or text.startswith(str(root).rstrip("/") + "/") for root in roots)
 
 
 def descriptor_path(fd: int) -> Path:

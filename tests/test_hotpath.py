@@ -131,3 +131,24 @@ def test_watch_takes_a_job_renamed_in_from_another_folder_without_waiting_for_it
     finally:
         watch.stop()
         stop_local_runners(config)
+
+
+def test_a_job_leaving_a_fifo_and_a_link_as_its_streams_is_collected_without_them(tmp_path):
+    config = make_config(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the operator's secret\n")
+    drop(config, "odd.job", {"script": "odd_streams", "args": {"secret": str(secret)}, "cache": False,
+                             "output_map": {"out": str(tmp_path / "outputs" / "odd.txt")}})
+    block = drain(config, ["odd.job"], timeout=60)["odd.job"]["job"]
+    assert block["status"] == "ok", block
+    assert "secret" not in str(block)
+    assert (tmp_path / "outputs" / "odd.txt").read_text() == "done\n"
+
+
+def test_a_pull_over_an_earlier_pulls_file_replaces_it(tmp_path):
+    job = remote_job(tmp_path)
+    inbox = tmp_path / "inbox"
+    (inbox / "j1" / "output").mkdir(parents=True)
+    (inbox / "j1" / "output" / "a.txt").write_text("stale\n")
+    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output"], inbox)
+    assert (inbox / "j1" / "output" / "a.txt").stat().st_ino == (job / "output" / "a.txt").stat().st_ino

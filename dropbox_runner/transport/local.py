@@ -103,17 +103,19 @@ def _pull_file(source: str, target: Path) -> None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return
-        partial = target.with_name(f".{target.name}.partial")
-        partial.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)      # an earlier pull's (the inbox is the submitter's own)
         try:
-            _link_descriptor(fd, partial)
+            _link_descriptor(fd, target)    # whole at once: no partial file to rename
+            return
         except OSError:         # another filesystem, links refused (protected_hardlinks), no /proc
-            try:
-                with os.fdopen(os.dup(fd), "rb") as data, open(partial, "wb") as copy:
-                    shutil.copyfileobj(data, copy)
-            except OSError:
-                partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
-                raise
+            pass
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with os.fdopen(os.dup(fd), "rb") as data, open(partial, "wb") as copy:
+                shutil.copyfileobj(data, copy)
+        except OSError:
+            partial.unlink(missing_ok=True)     # as rsync does: no half file left on a full disk
+            raise
         os.replace(partial, target)
     finally:
         os.close(fd)
