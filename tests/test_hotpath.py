@@ -4,7 +4,7 @@ import errno
 import os
 
 import yaml
-from helpers import drain, drop, make_config, stop_local_runners, write_config
+from helpers import drain, drop, make_config, stop_local_runners, wait_until, write_config
 
 from dropbox_runner.boundaries import boundaries_for
 from dropbox_runner.config import load_config
@@ -152,3 +152,32 @@ def test_a_pull_over_an_earlier_pulls_file_replaces_it(tmp_path):
     (inbox / "j1" / "output" / "a.txt").write_text("stale\n")
     LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output"], inbox)
     assert (inbox / "j1" / "output" / "a.txt").stat().st_ino == (job / "output" / "a.txt").stat().st_ino
+
+
+def test_the_daemon_hears_of_new_and_renamed_jobs_but_not_of_reads_and_removals(tmp_path):
+    """The cycle's own reads and removals in the dropbox reach no watchdog thread."""
+    from watchdog.events import FileSystemEventHandler
+
+    from dropbox_runner import daemon
+
+    (tmp_path / "old.job").write_text("script: a\n")
+    heard = []
+
+    class Counting(FileSystemEventHandler):
+        def dispatch(self, event):
+            heard.append((event.event_type, os.path.basename(event.dest_path or event.src_path)))
+
+    observer = daemon._native_observer()
+    observer.schedule(Counting(), str(tmp_path), recursive=False, event_filter=daemon.WATCHED_EVENTS)
+    observer.start()
+    try:
+        for _ in range(20):
+            (tmp_path / "old.job").read_text()
+        (tmp_path / "old.job").unlink()
+        (tmp_path / "elsewhere.job").write_text("script: a\n")
+        os.rename(tmp_path / "elsewhere.job", tmp_path / "moved.job")
+        wait_until(lambda: ("moved", "moved.job") in heard, 20, what="the rename")
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    assert all(kind in ("created", "moved", "closed") for kind, _ in heard), heard
