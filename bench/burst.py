@@ -88,8 +88,10 @@ def burst(root: Path, jobs: int, slots: int, period: float, runner_per_job: bool
     (root / "config.yaml").write_text(yaml.safe_dump({
         "dropbox": str(root / "dropbox"), "backend": "local", "scheduler": scheduler_name,
         "cluster_root": str(root / "cluster"), "templates": str(TEMPLATES), "grace_seconds": 0,
-        "classes": {"default": {"slots": slots, "idle_timeout": 3, "runner_per_job": runner_per_job,
-                                **scheduler.class_settings}}}))
+        # One runner for the burst, as HyperQueue's one allocation: the batching, not the
+        # policy's racing of several pending runners (bench/simulate.py measures that).
+        "classes": {"default": {"slots": slots, "max_runners": 1, "idle_timeout": 3,
+                                "runner_per_job": runner_per_job, **scheduler.class_settings}}}))
     config = load_config(root / "config.yaml")
     ledger = root / "ledger"
     paths = [submit(config.dropbox, {"script": "ledger", "cache": False,

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dropbox_runner.on_hpc import policy as runner_policy  # the head node's own decision function
+from dropbox_runner.on_hpc import protocol  # ... and the defaults a config's classes get
 
 DEFAULT_PLOT = Path(__file__).resolve().parent / "results" / "simulate.png"
 HOURS_PER_SECOND = 1 / 3600
@@ -767,12 +768,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="hours added to an allocation's queue wait per allocation of the user already "
                              "pending when it is submitted; 0: none (default %(default)s)")
     parser.add_argument("--slots", type=per_class(int), default="gpu=1,cpu=4", help="jobs at once per runner")
-    parser.add_argument("--max-runners", type=per_class(int), default="gpu=14,cpu=3")
+    parser.add_argument("--max-runners", type=per_class(int),
+                        help="default: a Slurm class's when its config leaves it out (%d job places: "
+                             "ceil(%d / slots))" % (protocol.QUEUED_RUNNER_PLACES, protocol.QUEUED_RUNNER_PLACES))
     parser.add_argument("--user-limit", type=int, default=0,
                         help="the classes' user_limit: the most runners pending and running at once, all "
                              "classes together (default %(default)s: none stated)")
-    parser.add_argument("--idle-timeout", type=per_class(float), default="30",
-                        help="idle linger, minutes: the most, or with --fixed-linger always")
+    parser.add_argument("--idle-timeout", type=per_class(float), default="%g" % (protocol.QUEUED_IDLE_TIMEOUT / 60),
+                        help="idle linger, minutes: the most, or with --fixed-linger always (default: a Slurm "
+                             "class's, %(default)s)")
     parser.add_argument("--speculate", type=int, default=runner_policy.SPECULATE,
                         help="runners kept pending for any backlog at all (default %(default)s)")
     parser.add_argument("--submit-cap", type=int, default=runner_policy.SUBMIT_CAP,
@@ -789,6 +793,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="every fairshare %s h x queue-wait median %s h x per-user limit %s (0: none), "
                              "instead of the one cluster" % (SWEEP_FAIRSHARE, SWEEP_QUEUE_MEDIAN, SWEEP_USER_LIMIT))
     args = parser.parse_args(argv)
+    if args.max_runners is None:
+        args.max_runners = {name: protocol.runner_defaults(True, args.slots[name])["max_runners"] for name in CLASSES}
     longest = Workload().run_max_hours
     if min(args.slots.values()) < 1 or min(args.max_runners.values()) < 1 or min(args.speculate,
                                                                                   args.submit_cap) < 1:

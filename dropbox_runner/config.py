@@ -21,7 +21,7 @@ from . import templates as packaged_templates
 from .on_hpc import protocol
 from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
-from .on_hpc.schedulers import CONNECTORS
+from .on_hpc.schedulers import CONNECTORS, connector_class
 from .units import parse_size
 
 PACKAGED_TEMPLATES = Path(packaged_templates.__file__).parent
@@ -41,8 +41,11 @@ class ResourceClass:
     memory: str | None = None
     time_limit: int | None = None        # seconds; None leaves it to the scheduler
     slots: int = protocol.DEFAULT_SLOTS                 # jobs at once in one runner
-    max_runners: int = protocol.DEFAULT_MAX_RUNNERS
-    idle_timeout: int = protocol.DEFAULT_IDLE_TIMEOUT   # seconds a runner waits for work before leaving
+    # Left out (None), these three come from the scheduler (protocol.runner_defaults): where
+    # runners queue, enough of them for 14 jobs at once and an adaptive linger of up to 30
+    # minutes; on the local scheduler one runner and a fixed minute.
+    max_runners: int | None = None
+    idle_timeout: int | None = None      # seconds a runner waits for work before leaving
     warn_seconds: int = protocol.DEFAULT_WARN_SECONDS   # early warning before the time limit
     extra_args: list[str] = field(default_factory=list)
     runner_per_job: bool = False         # 1:1: one scheduler job per job (no batching)
@@ -51,7 +54,7 @@ class ResourceClass:
     speculate: int = protocol.DEFAULT_SPECULATE         # runners kept pending for any backlog at all
     submit_cap: int = protocol.DEFAULT_SUBMIT_CAP       # most runner submissions per class per cycle
     submit_per_hour: int = protocol.DEFAULT_SUBMIT_PER_HOUR   # ... and in any hour
-    adaptive_linger: bool = protocol.DEFAULT_ADAPTIVE_LINGER  # linger only while arrivals pay for it
+    adaptive_linger: bool | None = None  # linger only while arrivals pay for it
     nodes: int = 1                       # nodes in one allocation; cpus, memory, gres are each node's
     # GPUs one allocation holds: a count (Grid Engine asks gpu_resource for it; local: the first
     # N found), a list of ids (local), "none", or None/"auto" (local: find them)
@@ -168,6 +171,14 @@ def build_config(data: dict[str, Any], source: Path, check_folders: bool = False
     return config
 
 
+def _fill_runner_defaults(settings: ResourceClass, queued: bool) -> None:
+    """The runner policy's settings a class leaves out, which depend on its scheduler."""
+    defaults = protocol.runner_defaults(queued, max(1, settings.slots), max(1, settings.nodes))
+    for key, value in defaults.items():
+        if getattr(settings, key) is None:
+            setattr(settings, key, value)
+
+
 def _fill_defaults(config: Config, problems: list[str]) -> None:
     if config.backend not in ("local", "ssh"):
         problems.append(f"backend: {config.backend!r} is not one of local, ssh")
@@ -183,7 +194,9 @@ def _fill_defaults(config: Config, problems: list[str]) -> None:
         problems.append(f"observer: {config.observer!r} is not one of auto, inotify, polling")
     if config.default_class not in config.classes:
         problems.append(f"default_class: {config.default_class!r} is not among classes")
+    queued = config.scheduler in CONNECTORS and connector_class(config.scheduler).queues_runners
     for name, settings in config.classes.items():
+        _fill_runner_defaults(settings, queued)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             problems.append(f"classes.{name}: class names are identifiers (letters, digits, '_'), "
                             f"as jobs and templates name them")
@@ -357,7 +370,7 @@ def _convert_value(key: str, kind: str, raw: Any, problems: list[str], name: str
                                          for item in raw):
             return [str(item) for item in raw]
         raise TypeError(f"expected a GPU count, a list of GPU ids like [0, 1], none or auto, got {raw!r}")
-    if kind == "bool":
+    if kind.startswith("bool"):
         if not isinstance(raw, bool):
             raise TypeError(f"expected true or false, got {raw!r}")
         return raw

@@ -40,6 +40,11 @@ QUEUE_WAIT_WEIGHT = 0.2     # weight of a newly observed queue wait in the runni
 # wait is theirs: a new runner would most likely start after it is done.  Less than the
 # whole wait, because the first of several pending runners starts well before the median.
 COVER_FRACTION = 0.5
+# An adaptive linger is never shorter than this, unless idle_timeout or the queue wait is:
+# jobs reach runners a submitter cycle at a time (cron: a minute), so the rest of a
+# collection that the next cycle brings finds the runner that took the first part still
+# there.  Never longer than a queue wait: a runner that starts sooner than that is cheaper.
+CYCLE_LINGER = 60.0
 
 # A class's settings as the policy reads them.  ``idle_timeout``: the fixed linger, or with
 # ``adaptive_linger`` the most a runner lingers.  ``user_limit``: the site's limit on the
@@ -141,13 +146,15 @@ def linger_seconds(settings, arrival_rate, queue_wait):
     Poisson arrivals that trade is the same at every moment, so it lingers (up to
     ``idle_timeout``) exactly while ``arrival_rate * queue_wait >= slots``: while the jobs
     expected within one queue wait would at least fill the slots it holds; otherwise it
-    leaves at once.  The rate is re-read while it waits, so it leaves when arrivals stop.
+    waits one submitter cycle (``CYCLE_LINGER``), or one queue wait if that is shorter (on
+    the local scheduler, none).  The rate is re-read while it waits, so it leaves when
+    arrivals stop.
     """
     if not settings.adaptive_linger:
         return settings.idle_timeout
     if arrival_rate * queue_wait >= settings.slots:
         return settings.idle_timeout
-    return 0.0
+    return max(0.0, min(settings.idle_timeout, CYCLE_LINGER, queue_wait))
 
 
 def arrival_rate(arrivals, now, window=ARRIVAL_WINDOW):

@@ -82,6 +82,16 @@ DEFAULT_SUBMIT_CAP = 8           # most runner submissions per class per cycle
 DEFAULT_SUBMIT_PER_HOUR = 24     # most runner submissions per class in any hour
 DEFAULT_ADAPTIVE_LINGER = False  # linger only while recent arrivals pay for it (idle_timeout: the most)
 
+# Where runners wait in a queue (Slurm, Grid Engine), a class the config says nothing more
+# of gets the settings the simulation chose (README, "Runner policy"): runners enough for
+# QUEUED_RUNNER_PLACES jobs at once (14 one-GPU runners, 4 of 4 slots), pending ones racing
+# for a backlog, and a linger that pays for itself, up to half an hour.  The defaults above
+# are for the local scheduler, whose runners share one machine and never wait: one runner,
+# a fixed minute's linger.
+QUEUED_RUNNER_PLACES = 14
+QUEUED_IDLE_TIMEOUT = 1800
+QUEUED_ADAPTIVE_LINGER = True
+
 CLASS_DEFAULTS = {
     "slots": DEFAULT_SLOTS,
     "max_runners": DEFAULT_MAX_RUNNERS,
@@ -93,6 +103,18 @@ CLASS_DEFAULTS = {
     "submit_per_hour": DEFAULT_SUBMIT_PER_HOUR,
     "adaptive_linger": DEFAULT_ADAPTIVE_LINGER,
 }
+
+
+def runner_defaults(queued, slots=DEFAULT_SLOTS, nodes=1):
+    """``max_runners``, ``idle_timeout`` and ``adaptive_linger`` for a class that does not
+    set them, of ``slots`` jobs per node on ``nodes`` nodes; ``queued``: its scheduler keeps
+    runners waiting in a queue."""
+    if not queued:
+        return {"max_runners": DEFAULT_MAX_RUNNERS, "idle_timeout": DEFAULT_IDLE_TIMEOUT,
+                "adaptive_linger": DEFAULT_ADAPTIVE_LINGER}
+    places = max(1, slots) * max(1, nodes)
+    return {"max_runners": max(1, -(-QUEUED_RUNNER_PLACES // places)), "idle_timeout": QUEUED_IDLE_TIMEOUT,
+            "adaptive_linger": QUEUED_ADAPTIVE_LINGER}
 
 
 def class_setting(settings, name):

@@ -171,6 +171,28 @@ def qdel_argv(sched_ids):
     return ["qdel"] + [str(sched_id) for sched_id in sched_ids]
 
 
+def qhold_argv(sched_ids):
+    """A user hold: a pending job then never starts; a running one is not touched."""
+    return ["qhold", "-h", "u"] + [str(sched_id) for sched_id in sched_ids]
+
+
+def qrls_argv(sched_ids):
+    return ["qrls", "-h", "u"] + [str(sched_id) for sched_id in sched_ids]
+
+
+def still_waiting(stdout, sched_ids):
+    """Those of ``sched_ids`` that the ``qstat -xml`` listing shows waiting (``qw``,
+    ``hqw``), not started, being deleted or in error."""
+    wanted = set(str(sched_id) for sched_id in sched_ids)
+    try:
+        root = ElementTree.fromstring(stdout)
+    except ElementTree.ParseError as error:
+        raise ValueError("qstat printed no XML: %s" % error) from error
+    return [job.findtext("JB_job_number") for job in root.iter("job_list")
+            if job.findtext("JB_job_number") in wanted
+            and runner_state(job.findtext("state") or "") == PENDING]
+
+
 def allocated_gpus(environ):
     """The GPUs of this allocation, as the jobs started in it must name them.
 
@@ -230,6 +252,34 @@ class GridEngineConnector(BatchConnector):
                 commands.run(qdel_argv(sched_ids), QSTAT_TIMEOUT_SECONDS)
             except (commands.CommandUnavailable, commands.CommandFailed):
                 pass    # the runner is requeued anyway; a later cycle tries again
+
+    def cancel_pending(self, sched_ids):
+        """Delete the runners still waiting; never one that started.  ``qdel`` cannot be
+        told "only if still pending", so: hold them all (a hold keeps a waiting job from
+        starting and does nothing to a running one), list them, delete those still waiting,
+        and release the hold of any that started in between.  Returns the ids deleted
+        (none when a command could not be run: a later cycle decides again)."""
+        if not sched_ids:
+            return []
+        try:
+            commands.run(qhold_argv(sched_ids), QSTAT_TIMEOUT_SECONDS)
+        except commands.CommandUnavailable:
+            return []
+        except commands.CommandFailed:
+            pass    # one had ended meanwhile: the others are held all the same
+        try:
+            waiting = still_waiting(commands.run(qstat_argv(), QSTAT_TIMEOUT_SECONDS), sched_ids)
+        except (commands.CommandUnavailable, commands.CommandFailed, ValueError):
+            waiting = []
+        if waiting:
+            self.cancel(waiting)
+        started = [sched_id for sched_id in sched_ids if str(sched_id) not in waiting]
+        if started:
+            try:
+                commands.run(qrls_argv(started), QSTAT_TIMEOUT_SECONDS)
+            except (commands.CommandUnavailable, commands.CommandFailed):
+                pass    # a started job's hold only matters if it is rescheduled
+        return waiting
 
     def allocation_seconds(self, spec):
         """The runner is the job's first process (``-shell n``), so the job's ``h_rt`` is

@@ -61,6 +61,9 @@ class Connector(object):
     # a recorded runner that a good listing lacks has ended (Slurm).  False when it shows
     # only once it has started (local processes): the record then counts as pending.
     lists_at_submission = False
+    # True when runners wait in a queue before they start: a class then gets the queued
+    # defaults (protocol.runner_defaults), and pending runners are worth racing.
+    queues_runners = False
 
     def __init__(self, store):
         self.store = store
@@ -137,6 +140,7 @@ class BatchConnector(Connector):
     workspace's tag, and the last good listing is kept for a cycle whose listing fails."""
 
     lists_at_submission = True
+    queues_runners = True
     # File in runners/ for the last good listing; not a .json name other than this one's
     # own, since the head node reads runners/*.json as runner records.
     listing_cache = ""
@@ -161,13 +165,17 @@ class BatchConnector(Connector):
             kill_job_group(claim.get("pgid"), job_id)
 
 
-def connector(name, store):
-    """The connector for a scheduler name (``scheduler:`` in the submitter's config)."""
+def connector_class(name):
+    """The Connector subclass for a scheduler name (``scheduler:`` in the submitter's config)."""
     if name not in CONNECTORS:
         raise ValueError("unknown scheduler %r (known: %s)" % (name, ", ".join(sorted(CONNECTORS))))
     module_name, class_name = CONNECTORS[name].split(".")
-    module = importlib.import_module("." + module_name, __package__)
-    return getattr(module, class_name)(store)
+    return getattr(importlib.import_module("." + module_name, __package__), class_name)
+
+
+def connector(name, store):
+    """The connector for a scheduler name, working in ``store``'s workspace."""
+    return connector_class(name)(store)
 
 
 def effective_warn_seconds(time_limit, warn_seconds):

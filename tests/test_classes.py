@@ -46,7 +46,7 @@ def test_every_class_setting_reaches_sbatch(tmp_path):
                    "slots": 2, "max_runners": 3, "idle_timeout": 300, "warn_seconds": 90,
                    "extra_args": ["--account=lab", "--qos=normal"], "runner_per_job": False,
                    "user_limit": 0, "speculate": 1, "submit_cap": 8, "submit_per_hour": 24,
-                   "adaptive_linger": False,
+                   "adaptive_linger": True,
                    "queue": None, "pe": None, "gpus": None, "gpu_resource": "gpu", "memory_resource": "h_vmem",
                    "nodes": 1, "launch": None}
     assert _flags(gpu) == ["--no-requeue", "--partition=gpu", "--gres=gpu:2", "--cpus-per-task=8",
@@ -56,10 +56,33 @@ def test_every_class_setting_reaches_sbatch(tmp_path):
         "--no-requeue", "--cpus-per-task=2", "--mem=4G"]
 
 
+@pytest.mark.parametrize("scheduler", ["slurm", "sge"])
+def test_a_queued_class_left_to_its_defaults_gets_the_simulated_policy(tmp_path, scheduler):
+    """bench/simulate.py's sweep meets the issue-16 bar with these (README, Runner policy)."""
+    classes = {"default": {"slots": 4}, "gpu": {"slots": 1, "gpus": 1},
+               "mine": {"slots": 1, "max_runners": 2, "idle_timeout": "5m", "adaptive_linger": False}}
+    if scheduler == "slurm":
+        classes["wide"] = {"slots": 4, "nodes": 2}
+    config = _config(tmp_path, scheduler=scheduler, classes=classes)
+    runners = {name: (c.max_runners, c.idle_timeout, c.adaptive_linger) for name, c in config.classes.items()}
+    assert runners.pop("default") == (4, 1800, True)         # ceil(14 job places / 4 slots)
+    assert runners.pop("gpu") == (14, 1800, True)
+    assert runners.pop("mine") == (2, 300, False)             # what the operator set stays
+    assert runners.pop("wide", (2, 1800, True)) == (2, 1800, True)   # 8 places per runner
+
+
+def test_a_local_class_left_to_its_defaults_keeps_one_runner_and_a_fixed_minute(tmp_path):
+    """Local runners share one machine and start at once: no queue wait to race or save."""
+    config = _config(tmp_path, scheduler="local", classes={"default": {"slots": 4}})
+    default = config.classes["default"]
+    assert (default.max_runners, default.idle_timeout, default.adaptive_linger) == (1, 60, False)
+
+
 @pytest.mark.parametrize("classes, problem", [
     ({"gpu-a100": {}}, "class names are identifiers"),
     ({"default": {"slots": 0}}, "classes.default.slots: must be at least 1"),
     ({"default": {"max_runners": 0}}, "classes.default.max_runners: must be at least 1"),
+    ({"default": {"adaptive_linger": "no"}}, "classes.default.adaptive_linger: expected true or false"),
     ({"default": {"partitoin": "x"}}, "classes.default.partitoin: unknown key"),
     ({"default": {"time_limit": "soon"}}, "classes.default.time_limit"),
 ])

@@ -17,9 +17,12 @@ from dropbox_runner.on_hpc.sched_sge import (
     parse_qstat,
     parse_qsub,
     qdel_argv,
+    qhold_argv,
+    qrls_argv,
     qstat_argv,
     qsub_argv,
     runner_state,
+    still_waiting,
 )
 from dropbox_runner.on_hpc.schedulers import RunnerInfo, SubmitFailed
 
@@ -213,3 +216,12 @@ def test_a_class_grid_engine_cannot_be_asked_for_is_a_refused_submission_not_a_c
     sge = schedulers.connector("sge", store)
     with pytest.raises(SubmitFailed, match="not a memory size"):
         sge.submit({"id": "default-1", "resources": {"memory": "lots"}}, "/spec", ["true"], {})
+
+
+def test_only_jobs_still_waiting_are_deleted_of_those_the_policy_cancels():
+    # 2 runs, 3 waits, 4 waits held (as after qhold), 7 is in error: only 3 and 4 may go.
+    assert still_waiting(QSTAT_XML, ["2", "3", "4", "7", "99"]) == ["3", "4"]
+    assert qhold_argv(["3", 4]) == ["qhold", "-h", "u", "3", "4"]
+    assert qrls_argv(["2"]) == ["qrls", "-h", "u", "2"]
+    with pytest.raises(ValueError):
+        still_waiting("no xml", ["3"])

@@ -86,7 +86,7 @@ def _qstat_of(sge_cluster, sched_id: str) -> str:
 
 # ------------------------------------------------------------------------------ the tests
 def test_a_burst_of_50_jobs_gets_exactly_one_qsub(pipeline, counted):
-    p = pipeline({"default": {"slots": 4, "idle_timeout": 3, "time_limit": "10m"}})
+    p = pipeline({"default": {"slots": 4, "max_runners": 1, "idle_timeout": 3, "time_limit": "10m"}})
     paths = [p.drop_ledger(f"o{n}", 0) for n in range(50)]
     elapsed = p.run_all(paths, timeout=120)
     results = [p.result(path) for path in paths]
@@ -153,6 +153,35 @@ def test_s_rt_warns_the_runner_command_itself_with_sigusr1(sge_cluster, tmp_path
         sge_cluster.wait_idle(30)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_cancel_pending_deletes_only_runners_still_waiting(sge_cluster, counted, tmp_path):
+    """The surplus cancel of the runner policy, made safe without "qdel only if pending":
+    hold, list, delete what still waits, release what started."""
+    from dropbox_runner.on_hpc.jobstore import JobStore
+    from dropbox_runner.on_hpc.sched_sge import GridEngineConnector
+
+    def qsub(name, *extra):
+        proc = sge_cluster.run("qsub", "-terse", "-b", "y", "-N", name, "-o", "/dev/null", "-j", "y",
+                               *extra, "/bin/sleep", "120")
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def states():
+        listing = sge_cluster.run("qstat", "-xml", timeout=15).stdout
+        return {job: state for job, state in re.findall(
+            r"<JB_job_number>(\d+)</JB_job_number>.*?<state>(\w+)</state>", listing, re.S)}
+
+    running = qsub("dbr.test.running")
+    later = time.strftime("%Y%m%d%H%M", time.localtime(time.time() + 3600))
+    waiting = qsub("dbr.test.waiting", "-a", later)
+    wait_until(lambda: states().get(running) == "r", 60, 0.25, "the first job running")
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    assert GridEngineConnector(store).cancel_pending([running, waiting]) == [waiting]
+    wait_until(lambda: waiting not in states(), 30, 0.25, "the waiting job deleted")
+    assert states()[running] == "r"                # still running, its hold released
+    sge_cluster.delete_all()
 
 
 def test_a_runner_past_its_h_rt_warning_hands_its_jobs_back(pipeline, counted, sge_cluster):
@@ -283,7 +312,8 @@ def test_a_burst_through_sshd_and_grid_engine(tmp_path, sge_sshd, scratch, count
     config = load_config(write_config(
         tmp_path, sge_sshd, scratch, templates=str(TEMPLATES), grace_seconds=0,
         scheduler="sge", python=str(python),
-        classes={"default": {"queue": "all.q", "slots": 4, "idle_timeout": 3, "time_limit": "10m"}},
+        classes={"default": {"queue": "all.q", "slots": 4, "max_runners": 1, "idle_timeout": 3,
+                             "time_limit": "10m"}},
         hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
                  "ledger": f"{scratch}/ledger"}))
     (tmp_path / "out").mkdir()

@@ -155,3 +155,17 @@ def test_with_default_settings_ours_meets_the_bar_against_1_to_1_on_a_small_swee
     assert len(rows) == 4
     assert {(row["fairshare"], row["queue_median"]): row["misses"] for row in rows} == {
         (0.0, 0.5): [], (0.0, 12.0): [], (0.1, 0.5): [], (0.1, 12.0): []}
+
+
+def test_the_simulation_runs_the_defaults_a_slurm_class_gets(tmp_path):
+    """What the sweep measures is what an installation runs when its config says nothing."""
+    from dropbox_runner.config import build_config
+
+    config = build_config({"dropbox": str(tmp_path), "scheduler": "slurm", "default_class": "cpu",
+                           "classes": {"gpu": {"slots": 1, "gpus": 1}, "cpu": {"slots": 4}}}, tmp_path / "c.yaml")
+    args = sim.parse_args(["--no-plot"])
+    for name in ("gpu", "cpu"):
+        settings = sim.runner_classes(args)[name].settings()
+        made = config.classes[name]
+        assert (settings.slots, settings.max_runners) == (made.slots, made.max_runners)
+        assert (settings.idle_timeout, settings.adaptive_linger) == (made.idle_timeout, made.adaptive_linger)

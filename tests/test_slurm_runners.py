@@ -185,7 +185,8 @@ def _runner_of(result: dict) -> str:
 
 # ------------------------------------------------------------------------------ the tests
 def test_a_burst_of_50_jobs_gets_exactly_one_sbatch(pipeline, counted, slurm_cluster):
-    p = pipeline({"default": {"slots": 4, "idle_timeout": 3}})
+    """hpc_batch's batching: with ``max_runners: 1``, one runner takes the whole burst."""
+    p = pipeline({"default": {"slots": 4, "max_runners": 1, "idle_timeout": 3}})
     paths = [p.drop_ledger(f"o{n}", 0) for n in range(50)]
     elapsed = p.run_all(paths, timeout=90)
     results = [p.result(path) for path in paths]
@@ -199,6 +200,22 @@ def test_a_burst_of_50_jobs_gets_exactly_one_sbatch(pipeline, counted, slurm_clu
     assert sorted(p.ledger_lines()) == sorted(r["job"]["id"] for r in results)    # each ran once
     print(f"50 jobs: {elapsed:.1f}s, {p.cycles} cycles, {len(counted('sbatch'))} sbatch, "
           f"{len(counted('squeue'))} squeue")
+
+
+def test_a_burst_under_the_default_policy_races_its_runners_and_runs_each_job_once(pipeline, counted):
+    """A class left to its defaults (README, Runner policy): runners for 14 job places
+    submitted in the cycle that took the burst, whichever starts first works, and the
+    ones still pending once the backlog is gone are cancelled."""
+    p = pipeline({"default": {"slots": 4}})
+    assert p.config.classes["default"].max_runners == 4
+    paths = [p.drop_ledger(f"o{n}", 0) for n in range(50)]
+    p.run_all(paths, timeout=90)
+    results = [p.result(path) for path in paths]
+    assert [r["job"]["status"] for r in results] == ["ok"] * 50
+    submissions = [report.runners_submitted for report in p.reports]
+    assert submissions[0] == 4 and sum(submissions) == len(counted("sbatch")) <= 8
+    assert len({_runner_of(r) for r in results}) <= 4
+    assert sorted(p.ledger_lines()) == sorted(r["job"]["id"] for r in results)    # each ran once
 
 
 def test_runner_per_job_submits_one_slurm_job_per_job(pipeline, counted):
@@ -224,8 +241,8 @@ def test_a_backlog_beyond_the_free_slots_gets_more_runners_up_to_max_runners(pip
 
 
 def test_gpu_jobs_and_cpu_jobs_get_one_runner_each(pipeline, counted):
-    p = pipeline({"default": {"slots": 2, "idle_timeout": 3},
-                  "gpu": {"gres": "gpu:2", "slots": 2, "idle_timeout": 3}})
+    p = pipeline({"default": {"slots": 2, "max_runners": 1, "idle_timeout": 3},
+                  "gpu": {"gres": "gpu:2", "slots": 2, "max_runners": 1, "idle_timeout": 3}})
     gpu = [p.drop("gpu_env", f"g{n}", args={"seconds": 1}) for n in range(3)]
     cpu = [p.drop("gpu_env", f"c{n}", args={"seconds": 1}, **{"class": "default"}) for n in range(3)]
     p.run_all(gpu + cpu)

@@ -67,7 +67,7 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     config = load_config(write_config(
         tmp_path, sshd_server, scratch, templates=str(TEMPLATES), grace_seconds=0,
         scheduler="slurm", python=str(python),
-        classes={"default": {"slots": 4, "idle_timeout": 3, "time_limit": "10m"}},
+        classes={"default": {"slots": 4, "max_runners": 1, "idle_timeout": 3, "time_limit": "10m"}},
         hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
                  "ledger": f"{scratch}/ledger"}))
     (tmp_path / "out").mkdir()
