@@ -14,7 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -53,6 +59,12 @@ class Wake:
         while time.monotonic() - self.last < QUIET_SECONDS and time.monotonic() - started < MAX_DEBOUNCE_SECONDS:
             time.sleep(QUIET_SECONDS)
         self.event.clear()
+
+
+# Only what DropHandler acts on.  inotify is then asked for nothing else: the cycle's own
+# reads, writes and removals in the dropbox (some twenty events a job) no longer reach
+# watchdog's threads, which competed with the cycle for the interpreter (issue 18).
+WATCHED_EVENTS = [FileCreatedEvent, FileMovedEvent, FileClosedEvent]
 
 
 class DropHandler(FileSystemEventHandler):
@@ -191,8 +203,9 @@ class Daemon:
 
     def _start(self) -> tuple:
         config = self.config
-        observer = (PollingObserver(timeout=1) if _wants_polling(config) else Observer())
-        observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False)
+        observer = PollingObserver(timeout=1) if _wants_polling(config) else _native_observer()
+        observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False,
+                          event_filter=WATCHED_EVENTS)
         observer.start()
         waiter = FinishWaiter(config, self.wake)
         waiter.start()
@@ -231,6 +244,17 @@ class Daemon:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
+
+
+def _native_observer():
+    """inotify's observer reports a job renamed in from another folder (a tool writing
+    elsewhere, then ``mv``) as a move only when asked for full events; otherwise it is a
+    creation, and the job waited ``settle_seconds`` as one still being written would
+    (issue 18).  Other platforms' observers take no such argument."""
+    try:
+        return Observer(generate_full_events=True)
+    except TypeError:
+        return Observer()
 
 
 def _wants_polling(config: Config) -> bool:

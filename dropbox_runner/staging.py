@@ -1,10 +1,11 @@
 """Turning a job description into the folder the runner will find on the cluster.
 
-A prepared job lives in the submitter's outbox as ``<id>/{job.sh, job.json, input/}``,
-with a copy of each input (a reflink where the filesystem has them) taken from the file
-that was checked, so what is sent is what was checked, whatever the path names later;
-one transfer then sends the whole outbox.  An outbox entry means "still to be sent": it is removed once the
-cluster has confirmed the job is queued, and rebuilt if the cluster ever loses it.
+A prepared job lives in the submitter's outbox as ``<id>/{job.sh, job.json, input/}``
+(``input/`` only when it has inputs), with a copy of each input (a reflink where the
+filesystem has them) taken from the file that was checked, so what is sent is what was
+checked, whatever the path names later; one transfer then sends the whole outbox.  An
+outbox entry means "still to be sent": it is removed once the cluster has confirmed the
+job is queued, and rebuilt if the cluster ever loses it.
 """
 from __future__ import annotations
 
@@ -146,7 +147,9 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
     taken (gone, moved out of bounds, no longer a regular file): the job's fault."""
     entry = outbox / job.job_id
     shutil.rmtree(entry, ignore_errors=True)
-    (entry / "input").mkdir(parents=True, mode=0o700)
+    entry.mkdir(parents=True, mode=0o700)
+    if job.input_names:         # an empty input/ would be one more folder to make per job (issue 18)
+        (entry / "input").mkdir(mode=0o700)
     (entry / "job.sh").write_text(job.script, encoding="utf-8")
     expected = job.description.expected_seconds or job.template.expected_seconds
     meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,

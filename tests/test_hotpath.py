@@ -1,0 +1,183 @@
+"""The submitter's hot path (issue 18): fewer files made per job on the local backend,
+without letting a job's swapped file through."""
+import errno
+import os
+
+import yaml
+from helpers import drain, drop, make_config, stop_local_runners, wait_until, write_config
+
+from dropbox_runner.boundaries import boundaries_for
+from dropbox_runner.config import load_config
+from dropbox_runner.staging import prepare, write_outbox_entry
+from dropbox_runner.transport.local import LocalTransport
+
+
+def remote_job(tmp_path):
+    job = tmp_path / "jobs" / "j1"
+    (job / "output").mkdir(parents=True)
+    (job / "stdout").write_text("out\n")
+    (job / "output" / "a.txt").write_text("result\n")
+    return job
+
+
+def test_a_pull_links_the_jobs_files_instead_of_making_new_ones(tmp_path):
+    job = remote_job(tmp_path)
+    inbox = tmp_path / "inbox"
+    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout", "j1/stderr"], inbox)
+    for relative in ("stdout", "output/a.txt"):
+        assert (inbox / "j1" / relative).stat().st_ino == (job / relative).stat().st_ino
+    assert (inbox / "j1" / "output" / "a.txt").read_text() == "result\n"
+    assert not (inbox / "j1" / "stderr").exists()
+    assert not [p for p in (inbox / "j1").rglob(".*.partial")]
+
+
+def test_a_pull_skips_links_and_fifos_a_job_left_and_never_follows_them(tmp_path):
+    job = remote_job(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("the operator's\n")
+    (job / "output" / "a.txt").unlink()
+    (job / "output" / "a.txt").symlink_to(secret)
+    os.mkfifo(job / "output" / "pipe")
+    (job / "output" / "sub").symlink_to(tmp_path, target_is_directory=True)
+    (job / "stdout").unlink()
+    (job / "stdout").symlink_to(secret)
+    inbox = tmp_path / "inbox"
+    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout"], inbox)
+    assert sorted(p.name for p in (inbox / "j1" / "output").iterdir()) == []
+    assert not (inbox / "j1" / "stdout").exists()
+
+
+def test_a_file_swapped_for_a_link_between_listing_and_linking_is_skipped(tmp_path, monkeypatch):
+    from dropbox_runner.transport import local
+
+    job = remote_job(tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_text("the operator's\n")
+    real_open = os.open
+
+    def swapping_open(path, flags, *args, **kwargs):
+        if str(path).endswith("a.txt"):          # the job swaps its output just before it is opened
+            os.unlink(path)
+            os.symlink(secret, path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(local.os, "open", swapping_open)
+    inbox = tmp_path / "inbox"
+    LocalTransport().pull(str(job.parent), ["j1/output"], inbox)
+    assert list((inbox / "j1" / "output").iterdir()) == []
+
+
+def test_where_no_link_can_be_made_the_file_is_copied(tmp_path, monkeypatch):
+    from dropbox_runner.transport import local
+
+    job = remote_job(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(local.os, "link", refuse)
+    inbox = tmp_path / "inbox"
+    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout"], inbox)
+    copied = inbox / "j1" / "output" / "a.txt"
+    assert copied.read_text() == "result\n"
+    assert copied.stat().st_ino != (job / "output" / "a.txt").stat().st_ino
+
+
+def test_a_job_without_inputs_is_staged_without_an_input_folder(tmp_path):
+    config = make_config(tmp_path)
+    (tmp_path / "inputs" / "a.txt").write_text("hello\n")
+    outbox = tmp_path / "outbox"
+    plain = prepare(config, "plain.job", {"script": "no_output", "args": {"out": "x"}})
+    write_outbox_entry(outbox, plain, config.submitter_id, boundaries_for(config))
+    assert sorted(p.name for p in (outbox / plain.job_id).iterdir()) == ["job.json", "job.sh"]
+    with_input = prepare(config, "up.job", {"script": "upper", "args": {"label": "x"},
+                                            "input_map": {"text": str(tmp_path / "inputs" / "a.txt")},
+                                            "output_map": {"upper": str(tmp_path / "outputs" / "a.txt")}})
+    write_outbox_entry(outbox, with_input, config.submitter_id, boundaries_for(config))
+    assert (outbox / with_input.job_id / "input" / "a.txt").read_text() == "hello\n"
+
+
+def test_jobs_with_and_without_inputs_run_and_their_outputs_are_copies_not_links(tmp_path):
+    config = make_config(tmp_path)
+    (tmp_path / "inputs" / "a.txt").write_text("hello\n")
+    drop(config, "up.job", {"script": "upper", "args": {"label": "x"}, "cache": False,
+                            "input_map": {"text": str(tmp_path / "inputs" / "a.txt")},
+                            "output_map": {"upper": str(tmp_path / "outputs" / "a.txt")}})
+    drop(config, "plain.job", {"script": "echo_args", "args": {"first": "1", "second": "2"}, "cache": False,
+                               "output_map": {"out": str(tmp_path / "outputs" / "b.txt")}})
+    results = drain(config, ["up.job", "plain.job"])
+    assert {name: r["job"]["status"] for name, r in results.items()} == {"up.job": "ok", "plain.job": "ok"}
+    placed = tmp_path / "outputs" / "a.txt"
+    assert placed.read_text() == "HELLO\n"
+    assert placed.stat().st_nlink == 1       # never the job's own inode
+    assert load_config(tmp_path / "config.yaml").state_dir.joinpath("inbox").is_dir()
+
+
+def test_watch_takes_a_job_renamed_in_from_another_folder_without_waiting_for_it_to_settle(tmp_path):
+    """inotify reports such a rename as a creation unless asked for full events: the job
+    then waited settle_seconds as if it were still being written."""
+    from test_watch import Watch
+
+    config_path = write_config(tmp_path, settle_seconds=120, tick="1h")
+    config = load_config(config_path)
+    watch = Watch(config_path, tmp_path / "watch.log")
+    watch.start()
+    try:
+        elsewhere = tmp_path / "elsewhere.job"
+        elsewhere.write_text(yaml.safe_dump({"script": "echo_args", "args": {"first": "1", "second": "2"},
+                                             "output_map": {"out": str(tmp_path / "outputs" / "c.txt")}}))
+        os.rename(elsewhere, config.dropbox / "moved.job")
+        watch.wait_for_log("moved.job: taken as", timeout=60)     # not after settle_seconds (120)
+    finally:
+        watch.stop()
+        stop_local_runners(config)
+
+
+def test_a_job_leaving_a_fifo_and_a_link_as_its_streams_is_collected_without_them(tmp_path):
+    config = make_config(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the operator's secret\n")
+    drop(config, "odd.job", {"script": "odd_streams", "args": {"secret": str(secret)}, "cache": False,
+                             "output_map": {"out": str(tmp_path / "outputs" / "odd.txt")}})
+    block = drain(config, ["odd.job"], timeout=60)["odd.job"]["job"]
+    assert block["status"] == "ok", block
+    assert "secret" not in str(block)
+    assert (tmp_path / "outputs" / "odd.txt").read_text() == "done\n"
+
+
+def test_a_pull_over_an_earlier_pulls_file_replaces_it(tmp_path):
+    job = remote_job(tmp_path)
+    inbox = tmp_path / "inbox"
+    (inbox / "j1" / "output").mkdir(parents=True)
+    (inbox / "j1" / "output" / "a.txt").write_text("stale\n")
+    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output"], inbox)
+    assert (inbox / "j1" / "output" / "a.txt").stat().st_ino == (job / "output" / "a.txt").stat().st_ino
+
+
+def test_the_daemon_hears_of_new_and_renamed_jobs_but_not_of_reads_and_removals(tmp_path):
+    """The cycle's own reads and removals in the dropbox reach no watchdog thread."""
+    from watchdog.events import FileSystemEventHandler
+
+    from dropbox_runner import daemon
+
+    (tmp_path / "old.job").write_text("script: a\n")
+    heard = []
+
+    class Counting(FileSystemEventHandler):
+        def dispatch(self, event):
+            heard.append((event.event_type, os.path.basename(event.dest_path or event.src_path)))
+
+    observer = daemon._native_observer()
+    observer.schedule(Counting(), str(tmp_path), recursive=False, event_filter=daemon.WATCHED_EVENTS)
+    observer.start()
+    try:
+        for _ in range(20):
+            (tmp_path / "old.job").read_text()
+        (tmp_path / "old.job").unlink()
+        (tmp_path / "elsewhere.job").write_text("script: a\n")
+        os.rename(tmp_path / "elsewhere.job", tmp_path / "moved.job")
+        wait_until(lambda: ("moved", "moved.job") in heard, 20, what="the rename")
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    assert all(kind in ("created", "moved", "closed") for kind, _ in heard), heard
