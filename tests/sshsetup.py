@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,53 @@ class CountingTransport:
 
     def close(self) -> None:
         self.inner.close()
+
+
+@dataclass
+class BurstCycles:
+    """What the cron-style cycles that took a burst through sshd cost."""
+
+    wall: float = 0.0
+    cycles: int = 0
+    commands: int = 0            # cycles that ran a remote command at all
+    remote_commands: int = 0
+    transfers: int = 0           # rsync runs, both ways
+    runs_per_cycle: list[int] = field(default_factory=list)
+
+
+def drop_burst(config: Config, out: Path, count: int) -> list[Path]:
+    """``count`` trivial ledger jobs, each writing ``out/o<n>``."""
+    from dropbox_runner.client import submit
+    out.mkdir()
+    return [submit(config.dropbox, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                                    "output_map": {"out": str(out / f"o{n}")}})
+            for n in range(count)]
+
+
+def cycle_until_finished(config: Config, files: list[Path], timeout: float) -> BurstCycles:
+    """Cron-style cycles, each over a fresh counting transport, until every job has a result."""
+    from dropbox_runner.dropbox import Dropbox
+    from dropbox_runner.submitter import run_once
+    from dropbox_runner.transport import open_transport
+    started = time.monotonic()
+    cost = BurstCycles()
+    while True:
+        transport = CountingTransport(open_transport(config))
+        try:
+            run_once(config, transport)
+        finally:
+            transport.close()
+        cost.cycles += 1
+        cost.commands += transport.runs > 0
+        cost.remote_commands += transport.runs
+        cost.runs_per_cycle.append(transport.runs)
+        cost.transfers += transport.pushes + transport.pulls
+        finished = Dropbox(config.dropbox).scan().finished
+        if all(path.name in finished for path in files):
+            cost.wall = time.monotonic() - started
+            return cost
+        assert time.monotonic() - started < timeout, f"{len(finished)}/{len(files)} finished"
+        time.sleep(0.3)
 
 
 def ssh_client_processes(port: int) -> list[int]:

@@ -19,15 +19,12 @@ from pathlib import Path
 import pytest
 from dropbox_runner.on_hpc.files import read_json
 from helpers import wait_until
-from sshsetup import CountingTransport, new_scratch, write_config
+from sshsetup import cycle_until_finished, drop_burst, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
-from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.status import format_status, gather_status
-from dropbox_runner.submitter import run_once
-from dropbox_runner.transport import open_transport
 from dropbox_runner.transport.local import LocalTransport
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -316,29 +313,11 @@ def test_a_burst_through_sshd_and_grid_engine(tmp_path, sge_sshd, scratch, count
                              "time_limit": "10m"}},
         hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
                  "ledger": f"{scratch}/ledger"}))
-    (tmp_path / "out").mkdir()
-    files = [submit(config.dropbox, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-                                     "output_map": {"out": str(tmp_path / "out" / f"o{n}")}})
-             for n in range(BURST)]
-    started = time.monotonic()
+    files = drop_burst(config, tmp_path / "out", BURST)
     logins_before, sessions_before = sge_sshd.logins(), len(sge_sshd.sessions())
-    cycles = commands = remote_commands = transfers = 0
-    while True:
-        transport = CountingTransport(open_transport(config))
-        try:
-            run_once(config, transport)
-        finally:
-            transport.close()
-        cycles += 1
-        commands += transport.runs > 0
-        remote_commands += transport.runs
-        transfers += transport.pushes + transport.pulls
-        finished = Dropbox(config.dropbox).scan().finished
-        if all(path.name in finished for path in files):
-            break
-        assert time.monotonic() - started < 150, f"{len(finished)}/{BURST} finished"
-        time.sleep(0.3)
-    wall = time.monotonic() - started
+    cost = cycle_until_finished(config, files, timeout=150)
+    wall, cycles, commands = cost.wall, cost.cycles, cost.commands
+    remote_commands, transfers = cost.remote_commands, cost.transfers
 
     results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
     assert [r["status"] for r in results] == ["ok"] * BURST

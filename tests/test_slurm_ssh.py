@@ -12,17 +12,13 @@ import os
 import pwd
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from sshsetup import CountingTransport, new_scratch, write_config
+from sshsetup import cycle_until_finished, drop_burst, new_scratch, write_config
 
-from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
-from dropbox_runner.submitter import run_once
-from dropbox_runner.transport import open_transport
 
 TEMPLATES = Path(__file__).parent / "templates"
 BURST = int(os.environ.get("DBR_SLURM_SSH_BURST", "20"))
@@ -70,31 +66,11 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
         classes={"default": {"slots": 4, "max_runners": 1, "idle_timeout": 3, "time_limit": "10m"}},
         hpc_env={"workspace": f"{scratch}/workspace", "scripts": f"{scratch}/scripts",
                  "ledger": f"{scratch}/ledger"}))
-    (tmp_path / "out").mkdir()
-    files = [submit(config.dropbox, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-                                     "output_map": {"out": str(tmp_path / "out" / f"o{n}")}})
-             for n in range(BURST)]
-    started = time.monotonic()
+    files = drop_burst(config, tmp_path / "out", BURST)
     logins_before, sessions_before = sshd_server.logins(), len(sshd_server.sessions())
-    cycles = commands = remote_commands = transfers = 0
-    runs_per_cycle = []
-    while True:
-        transport = CountingTransport(open_transport(config))
-        try:
-            run_once(config, transport)
-        finally:
-            transport.close()
-        cycles += 1
-        commands += transport.runs > 0
-        remote_commands += transport.runs
-        runs_per_cycle.append(transport.runs)
-        transfers += transport.pushes + transport.pulls
-        finished = Dropbox(config.dropbox).scan().finished
-        if all(path.name in finished for path in files):
-            break
-        assert time.monotonic() - started < 120, f"{len(finished)}/{BURST} finished"
-        time.sleep(0.3)
-    wall = time.monotonic() - started
+    cost = cycle_until_finished(config, files, timeout=120)
+    wall, cycles, commands = cost.wall, cost.cycles, cost.commands
+    remote_commands, transfers = cost.remote_commands, cost.transfers
 
     results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
     assert [r["status"] for r in results] == ["ok"] * BURST
@@ -109,6 +85,7 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     assert len(squeue) - squeue.count("-") == 1               # one in the runner, for its time
     # The first cycle: on_hpc early (refused once for want of a deploy, then run) and the
     # cycle's own call; every later one: the cycle's call alone.
+    runs_per_cycle = cost.runs_per_cycle
     assert runs_per_cycle[0] == 3 and set(runs_per_cycle[1:]) <= {1}, runs_per_cycle
     figures = {"jobs": BURST, "wall_s": round(wall, 2), "cycles": cycles, "sbatch": len(sbatch),
                "squeue": len(squeue), "ssh_logins": sshd_server.logins() - logins_before,
