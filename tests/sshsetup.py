@@ -130,6 +130,22 @@ def cycle_until_finished(config: Config, files: list[Path], timeout: float) -> B
         time.sleep(0.3)
 
 
+def check_burst_ran_once(config: Config, files: list[Path], out: Path, scratch: Path, user: str) -> list[dict]:
+    """Every job of the burst ok, its output in place, run once, all in one runner that ran
+    as the cluster account; returns the results' job blocks."""
+    import pwd
+
+    from dropbox_runner.dropbox import Dropbox
+    results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
+    assert [r["status"] for r in results] == ["ok"] * len(files)
+    assert all((out / f"o{n}").read_text() == "done\n" for n in range(len(files)))
+    assert sorted((scratch / "ledger").read_text().split()) == sorted(r["id"] for r in results)
+    [runner] = {r["runner"] for r in results}
+    log = scratch / "workspace" / "runners" / f"{runner}.log"
+    assert log.stat().st_uid == pwd.getpwnam(user).pw_uid       # ran as the account
+    return results
+
+
 def ssh_client_processes(port: int) -> list[int]:
     """OpenSSH clients still running for this sshd's port: rsync's, and the multiplexing
     masters of dropbox-runner transports (a master retitles itself ``ssh: <ControlPath>

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 from dropbox_runner.on_hpc.files import read_json
 from helpers import wait_until
-from sshsetup import cycle_until_finished, drop_burst, new_scratch, write_config
+from sshsetup import check_burst_ran_once, cycle_until_finished, drop_burst, new_scratch, write_config
 from test_slurm_runners import Pipeline, _kill_jobs_of, _runner_of, _running
 
 from dropbox_runner.config import load_config
-from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.status import format_status, gather_status
 from dropbox_runner.transport.local import LocalTransport
 
@@ -116,17 +115,7 @@ def test_a_runner_lost_mid_job_has_its_job_requeued_and_finished_once(pipeline, 
         os.kill(alive["pid"], signal.SIGKILL)
     else:
         assert sge_cluster.run("qdel", sched_id).returncode == 0
-    p.run_until(lambda: p.started(path, attempt=2), 90, "the job started again")
-    assert not _running(first["pgid"])                    # the first run's processes ended
-    p.run_all([path], timeout=90)
-
-    result = p.result(path)["job"]
-    assert result["status"] == "ok" and result["attempts"] == 2
-    assert result["runner"] != first["runner"]
-    assert p.ledger_lines() == [job_id]                   # ran to completion once
-    finishes = [name for name, text in p.runner_logs().items() if f"finished {job_id}" in text]
-    assert finishes == [result["runner"]]
-    [interruption] = read_json(str(p.workspace / "jobs" / job_id / "interruptions.json"))
+    interruption = p.rerun_after_interruption(path, first, timeout=90)
     # qdel ends a job with SIGKILL (no terminate_method, no -notify): the runner is gone.
     assert f"runner {first['runner']} is gone" in interruption["reason"]
     assert len(counted("qsub")) == 2
@@ -319,13 +308,7 @@ def test_a_burst_through_sshd_and_grid_engine(tmp_path, sge_sshd, scratch, count
     wall, cycles, commands = cost.wall, cost.cycles, cost.commands
     remote_commands, transfers = cost.remote_commands, cost.transfers
 
-    results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
-    assert [r["status"] for r in results] == ["ok"] * BURST
-    assert all((tmp_path / "out" / f"o{n}").read_text() == "done\n" for n in range(BURST))
-    assert sorted((scratch / "ledger").read_text().split()) == sorted(r["id"] for r in results)
-    [runner] = {r["runner"] for r in results}
-    log = scratch / "workspace" / "runners" / f"{runner}.log"
-    assert log.stat().st_uid == pwd.getpwnam(sge_sshd.user).pw_uid       # ran as the account
+    check_burst_ran_once(config, files, tmp_path / "out", scratch, sge_sshd.user)
     [qsub] = calls("qsub", "-")                                 # one qsub, from the head node
     assert "-q all.q" in qsub and calls("qsub", "runner") == []
     assert len(calls("qstat", "-")) == commands <= cycles       # one listing per cycle that ran on_hpc

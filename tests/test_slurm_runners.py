@@ -103,6 +103,23 @@ class Pipeline:
         return self.run_until(lambda: all(self.finished(p) for p in paths), timeout,
                               f"{sum(map(self.finished, paths))}/{len(paths)} finished")
 
+    def rerun_after_interruption(self, path: Path, first: dict, timeout: float) -> dict:
+        """After the runner of ``first`` (the job's first claim) was lost: the job starts
+        again, the first run's processes have ended, and a fresh runner runs it to
+        completion exactly once.  Returns the interruption the head node recorded."""
+        job_id = self.job_id(path)
+        self.run_until(lambda: self.started(path, attempt=2), timeout, "the job started again")
+        assert not _running(first["pgid"])                    # the first run's processes ended
+        self.run_all([path], timeout=timeout)
+        result = self.result(path)["job"]
+        assert result["status"] == "ok" and result["attempts"] == 2
+        assert result["runner"] != first["runner"]
+        assert self.ledger_lines() == [job_id]                # ran to completion once
+        finishes = [name for name, text in self.runner_logs().items() if f"finished {job_id}" in text]
+        assert finishes == [result["runner"]]
+        [interruption] = read_json(str(self.workspace / "jobs" / job_id / "interruptions.json"))
+        return interruption
+
     # -- the cluster side --------------------------------------------------------------------
     def runner_logs(self) -> dict[str, str]:
         return {p.name[: -len(".log")]: p.read_text(errors="replace")
@@ -289,17 +306,7 @@ def test_a_runner_lost_mid_job_has_its_job_requeued_and_finished_once(pipeline, 
         command = {"scancel": ["scancel", first["sched_id"]],
                    "warning": ["scancel", "--batch", "--signal=USR1", first["sched_id"]]}[how]
         assert slurm_cluster.run(*command).returncode == 0
-    p.run_until(lambda: p.started(path, attempt=2), 60, "the job started again")
-    assert not _running(first["pgid"])                    # the first run's processes ended
-    p.run_all([path], timeout=60)
-
-    result = p.result(path)["job"]
-    assert result["status"] == "ok" and result["attempts"] == 2
-    assert result["runner"] != first["runner"]
-    assert p.ledger_lines() == [job_id]                   # ran to completion once
-    finishes = [name for name, text in p.runner_logs().items() if f"finished {job_id}" in text]
-    assert finishes == [result["runner"]]
-    [interruption] = read_json(str(p.workspace / "jobs" / job_id / "interruptions.json"))
+    interruption = p.rerun_after_interruption(path, first, timeout=60)
     expected_reason = {"scancel": "got SIGTERM", "killed": "is gone", "warning": "got SIGUSR1"}[how]
     assert expected_reason in interruption["reason"]
     assert len(counted("sbatch")) == 2

@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from sshsetup import cycle_until_finished, drop_burst, new_scratch, write_config
+from sshsetup import check_burst_ran_once, cycle_until_finished, drop_burst, new_scratch, write_config
 
 from dropbox_runner.config import load_config
-from dropbox_runner.dropbox import Dropbox
 
 TEMPLATES = Path(__file__).parent / "templates"
 BURST = int(os.environ.get("DBR_SLURM_SSH_BURST", "20"))
@@ -72,13 +71,7 @@ def test_a_burst_through_sshd_and_slurm(tmp_path, sshd_server, slurm_cluster, sc
     wall, cycles, commands = cost.wall, cost.cycles, cost.commands
     remote_commands, transfers = cost.remote_commands, cost.transfers
 
-    results = [Dropbox(config.dropbox).read_result(path.name)["job"] for path in files]
-    assert [r["status"] for r in results] == ["ok"] * BURST
-    assert all((tmp_path / "out" / f"o{n}").read_text() == "done\n" for n in range(BURST))
-    assert sorted((scratch / "ledger").read_text().split()) == sorted(r["id"] for r in results)
-    [runner] = {r["runner"] for r in results}
-    log = scratch / "workspace" / "runners" / f"{runner}.log"
-    assert log.stat().st_uid == pwd.getpwnam(sshd_server.user).pw_uid     # ran as the account
+    check_burst_ran_once(config, files, tmp_path / "out", scratch, sshd_server.user)
     sbatch, squeue = calls("sbatch"), calls("squeue")
     assert sbatch == ["-"]                                    # one sbatch, from the head node
     assert squeue.count("-") == commands <= cycles            # one per cycle that ran on_hpc
