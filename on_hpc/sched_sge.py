@@ -143,12 +143,16 @@ def jobs_in_error(stdout, tag):
 def _workspace_jobs(stdout, tag):
     """(runner id, job element) for each of this workspace's runners in the listing."""
     prefix = JOB_NAME_PREFIX + tag + "."
+    return [(job.findtext("JB_name")[len(prefix):], job) for job in _job_list(stdout)
+            if (job.findtext("JB_name") or "").startswith(prefix)]
+
+
+def _job_list(stdout):
+    """The ``job_list`` elements of a ``qstat -xml`` listing; ValueError when it is not one."""
     try:
-        root = ElementTree.fromstring(stdout)
+        return list(ElementTree.fromstring(stdout).iter("job_list"))
     except ElementTree.ParseError as error:
         raise ValueError("qstat printed no XML: %s" % error) from error
-    return [(job.findtext("JB_name")[len(prefix):], job) for job in root.iter("job_list")
-            if (job.findtext("JB_name") or "").startswith(prefix)]
 
 
 def error_reasons(stdout):
@@ -184,11 +188,7 @@ def still_waiting(stdout, sched_ids):
     """Those of ``sched_ids`` that the ``qstat -xml`` listing shows waiting (``qw``,
     ``hqw``), not started, being deleted or in error."""
     wanted = set(str(sched_id) for sched_id in sched_ids)
-    try:
-        root = ElementTree.fromstring(stdout)
-    except ElementTree.ParseError as error:
-        raise ValueError("qstat printed no XML: %s" % error) from error
-    return [job.findtext("JB_job_number") for job in root.iter("job_list")
+    return [job.findtext("JB_job_number") for job in _job_list(stdout)
             if job.findtext("JB_job_number") in wanted
             and runner_state(job.findtext("state") or "") == PENDING]
 
