@@ -145,6 +145,31 @@ def test_a_job_leaving_a_fifo_and_a_link_as_its_streams_is_collected_without_the
     assert (tmp_path / "outputs" / "odd.txt").read_text() == "done\n"
 
 
+def test_a_bystander_of_a_job_leaving_a_fifo_and_a_link_is_collected_in_the_same_cycle(tmp_path):
+    """One job's odd streams are that job's problem: the plain job beside it is not held back."""
+    from dropbox_runner.dropbox import Dropbox
+    from dropbox_runner.submitter import run_once
+
+    config = make_config(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the operator's secret\n")
+    drop(config, "odd.job", {"script": "odd_streams", "args": {"secret": str(secret)}, "cache": False,
+                             "output_map": {"out": str(tmp_path / "outputs" / "odd.txt")}})
+    drop(config, "plain.job", {"script": "echo_args", "args": {"first": "1", "second": "2"}, "cache": False,
+                               "output_map": {"out": str(tmp_path / "outputs" / "plain.txt")}})
+    both = {"odd.job", "plain.job"}
+    seen = []
+
+    def cycle():
+        run_once(config, LocalTransport())
+        seen.append(both & set(Dropbox(config.dropbox).scan().finished))
+
+    results = drain(config, sorted(both), timeout=60, cycle=cycle)
+    assert {name: r["job"]["status"] for name, r in results.items()} == {"odd.job": "ok", "plain.job": "ok"}
+    first = next(done for done in seen if done)
+    assert first == both or first == {"plain.job"}, seen    # never the odd job alone first
+
+
 def test_a_pull_over_an_earlier_pulls_file_replaces_it(tmp_path):
     job = remote_job(tmp_path)
     inbox = tmp_path / "inbox"
