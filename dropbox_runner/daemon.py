@@ -12,7 +12,9 @@ import logging
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from watchdog.events import (
     FileClosedEvent,
@@ -40,6 +42,22 @@ WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
 MAX_BACKOFF_SECONDS = 300
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
                        "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}
+
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@contextmanager
+def signals_kept_for_the_main_thread() -> Iterator[None]:
+    """Threads started inside block the daemon's signals (a thread inherits its creator's
+    mask), so the kernel delivers them to the main thread.  Python runs handlers only
+    there, and only once that thread wakes: a SIGTERM taken by the observer's or the
+    waiter's thread left the main thread asleep in its wait for the next tick."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class Wake:
@@ -203,12 +221,13 @@ class Daemon:
 
     def _start(self) -> tuple:
         config = self.config
-        observer = PollingObserver(timeout=1) if _wants_polling(config) else _native_observer()
-        observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False,
-                          event_filter=WATCHED_EVENTS)
-        observer.start()
         waiter = FinishWaiter(config, self.wake)
-        waiter.start()
+        with signals_kept_for_the_main_thread():    # watchdog starts threads from its constructors on
+            observer = PollingObserver(timeout=1) if _wants_polling(config) else _native_observer()
+            observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False,
+                              event_filter=WATCHED_EVENTS)
+            observer.start()
+            waiter.start()
         submitter = Submitter(config, open_transport(config))
         submitter.intake.closed = self.closed
         for warning in startup_warnings(config):

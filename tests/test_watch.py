@@ -1,4 +1,5 @@
 """The watch daemon on the local backend: events, signals, the shared lock, metrics."""
+import os
 import signal
 import subprocess
 import sys
@@ -91,6 +92,23 @@ def test_sigterm_mid_burst_and_a_restart_lose_nothing(watched, tmp_path):
     assert all(result["job"]["status"] == "ok" for result in results)
     ledger = Counter((tmp_path / "ledger").read_text().split())
     assert len(ledger) == 20 and set(ledger.values()) == {1}
+
+
+def test_only_the_main_thread_can_take_the_daemons_signals(watched, tmp_path):
+    """Else a SIGTERM taken by a helper thread waits for the main thread's next wake."""
+    watch, config = watched(tick="1h")
+    wait_for_results([submit(config.dropbox, ledger_job(config, 0))])      # the waiter has worked
+    pid = watch.process.pid
+    wanted = sum(1 << (signum - 1) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+
+    def blocked(task):
+        status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+        return int(status.split("SigBlk:")[1].split()[0], 16) & wanted == wanted
+
+    tasks = sorted(int(task) for task in os.listdir(f"/proc/{pid}/task"))
+    assert len(tasks) >= 3 and tasks[0] == pid                 # main, observer, waiter (at least)
+    assert not blocked(pid)
+    assert all(blocked(task) for task in tasks[1:])
 
 
 def test_sighup_reloads_the_config(watched, tmp_path):
