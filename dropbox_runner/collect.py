@@ -1,19 +1,23 @@
 """Step 4 of a cycle: done jobs come back; outputs go into place, then the result.
 
-One transfer brings every done job's ``output/``, ``stdout`` and ``stderr``.  For each
-job, outputs are placed all or nothing, then ``x.job.finished`` is written, then
+One transfer brings every done job's ``output/``, ``stdout`` and ``stderr``; a transport
+whose cluster side is this machine (``reads_in_place``) has them read where they lie
+instead (``inplace.JobFolder``), with nothing made here.  For each job, outputs are
+placed all or nothing, then ``x.job.finished`` is written, then
 ``x.job.submitted`` removed: a crash anywhere in between is redone whole next cycle.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from .boundary import Boundary, describe
+from .boundary import Boundary, describe, is_environment
 from .config import Config
 from .dropbox import Dropbox, HeldJob
 from .faults import fault_point
 from .history import History
+from .inplace import JobFolder
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
@@ -34,6 +38,7 @@ class Collector:
         self.finisher = finisher
         self.boundary = boundary
         self.inbox = config.state_dir / "inbox"
+        self.jobs = Path(f"{config.workspace}/{JOBS_FOLDER}")      # where the local backend's jobs lie
 
     def collect(self, held: dict[str, HeldJob], finished: list[dict[str, Any]]) -> list[str]:
         """Finish every done job that is ours; the ids finished (a job that met a fault of
@@ -41,8 +46,11 @@ class Collector:
         done = [item for item in finished if item["id"] in held]
         if not done:
             return []
-        self.inbox.mkdir(parents=True, exist_ok=True)
-        unpulled = self._pull(done)
+        if self.transport.reads_in_place:
+            unpulled: dict[str, str] = {}
+        else:
+            self.inbox.mkdir(parents=True, exist_ok=True)
+            unpulled = self._pull(done)
         fault_point("after_pull")
         finished_ids = []
         for item in done:
@@ -88,22 +96,43 @@ class Collector:
     def _fail(self, job: HeldJob, message: str) -> None:
         self.finisher.finish(Outcome(job.name, job.description,
                                      error_block(message, job.job_id, job_digest=job.job_digest),
-                                     scratch=[self.inbox / job.job_id], log_level=logging.WARNING))
+                                     scratch=self._scratch(job), log_level=logging.WARNING))
+
+    def _scratch(self, job: HeldJob) -> list[Path]:
+        return [] if self.transport.reads_in_place else [self.inbox / job.job_id]
 
     def _finish(self, job: HeldJob, record: FinishedRecord) -> None:
-        pulled = self.inbox / job.job_id
-        block = run_block(job.job_id, record, read_stream(pulled / "stdout"),
-                          read_stream(pulled / "stderr"), job.submitted_at)
+        outputs = job.description.get("output_map") or {}
+        names = {key: f"output/{name}" for key, name in workspace_names(outputs).items()}
+        wanted = ["stdout", "stderr", *names.values()]
+        if not self.transport.reads_in_place:
+            pulled = self.inbox / job.job_id
+            self._finish_run(job, record, {relative: pulled / relative for relative in wanted}, names)
+            return
+        try:
+            folder = JobFolder(self.jobs, job.job_id, wanted)
+        except OSError as error:
+            if is_environment(error):
+                raise           # the boundary's: the job waits
+            self._fail(job, f"its output could not be read on the cluster side: {describe(error)}")
+            return
+        with folder:
+            self._finish_run(job, record, folder.files, names)
+
+    def _finish_run(self, job: HeldJob, record: FinishedRecord, files: dict[str, Path], names: dict[str, str]) -> None:
+        """``files``: the job's ``stdout``, ``stderr`` and outputs (``names``: output key to
+        ``output/<name>``) to read, pulled here or held open where they lie; one missing
+        is one the job did not leave."""
+        streams = [read_stream(files[name]) if name in files else "" for name in ("stdout", "stderr")]
+        block = run_block(job.job_id, record, *streams, job.submitted_at)
         block["job_digest"] = job.job_digest
         block["provenance"] = dict(job.provenance, scheduler_job_id=block["scheduler_job_id"],
                                    host=block["host"], runner=block["runner"])
         block["provenance"].update(resource_provenance(record))
-        outputs = job.description.get("output_map") or {}
-        names = workspace_names(outputs)
         self.finisher.finish(Outcome(
             job.name, job.description, block, kind=RAN,
-            produced={key: pulled / "output" / names[key] for key in outputs},
-            cache_key=job.cache_key, scratch=[pulled],
+            produced={key: files[name] for key, name in names.items() if name in files},
+            cache_key=job.cache_key, scratch=self._scratch(job),
             record={"attempts": block["attempts"], "runner": block["runner"]}))
 
 

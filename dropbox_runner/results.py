@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .safefs import Boundaries, FileRefused, place_files
 
@@ -100,11 +101,13 @@ class OutputProblem(Exception):
 
 def place_outputs(produced: dict[str, Path], destinations: dict[str, str], boundaries: Boundaries) -> None:
     """Copy every produced file to its destination, all or nothing, with the boundaries
-    checked again on each resolved destination as it is placed (``safefs.place_files``)."""
-    missing = [key for key, path in produced.items() if not path.is_file()]
+    checked again on each resolved destination as it is placed (``safefs.place_files``).
+    An output of ``destinations`` not in ``produced`` is as missing as one not there."""
+    missing = [key for key in destinations if key not in produced or not produced[key].is_file()]
     if missing:
+        names = workspace_names(destinations)
         raise OutputProblem("the script did not write " + ", ".join(
-            f"{key} (expected at output/{produced[key].name})" for key in sorted(missing)))
+            f"{key} (expected at output/{names[key]})" for key in sorted(missing)))
     try:
         place_files([(produced[key], destinations[key]) for key in produced], boundaries)
     except FileRefused as refused:

@@ -65,6 +65,7 @@ class CountingTransport:
 
     def __init__(self, inner: Transport):
         self.inner = inner
+        self.reads_in_place = inner.reads_in_place
         self.runs = self.pushes = self.pulls = 0
 
     def run(self, command: str, stdin: bytes = b"") -> CommandResult:

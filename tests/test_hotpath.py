@@ -1,6 +1,5 @@
 """The submitter's hot path (issue 18): fewer files made per job on the local backend,
 without letting a job's swapped file through."""
-import errno
 import os
 
 import yaml
@@ -10,77 +9,6 @@ from dropbox_runner.boundaries import boundaries_for
 from dropbox_runner.config import load_config
 from dropbox_runner.staging import prepare, write_outbox_entry
 from dropbox_runner.transport.local import LocalTransport
-
-
-def remote_job(tmp_path):
-    job = tmp_path / "jobs" / "j1"
-    (job / "output").mkdir(parents=True)
-    (job / "stdout").write_text("out\n")
-    (job / "output" / "a.txt").write_text("result\n")
-    return job
-
-
-def test_a_pull_links_the_jobs_files_instead_of_making_new_ones(tmp_path):
-    job = remote_job(tmp_path)
-    inbox = tmp_path / "inbox"
-    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout", "j1/stderr"], inbox)
-    for relative in ("stdout", "output/a.txt"):
-        assert (inbox / "j1" / relative).stat().st_ino == (job / relative).stat().st_ino
-    assert (inbox / "j1" / "output" / "a.txt").read_text() == "result\n"
-    assert not (inbox / "j1" / "stderr").exists()
-    assert not [p for p in (inbox / "j1").rglob(".*.partial")]
-
-
-def test_a_pull_skips_links_and_fifos_a_job_left_and_never_follows_them(tmp_path):
-    job = remote_job(tmp_path)
-    secret = tmp_path / "secret"
-    secret.write_text("the operator's\n")
-    (job / "output" / "a.txt").unlink()
-    (job / "output" / "a.txt").symlink_to(secret)
-    os.mkfifo(job / "output" / "pipe")
-    (job / "output" / "sub").symlink_to(tmp_path, target_is_directory=True)
-    (job / "stdout").unlink()
-    (job / "stdout").symlink_to(secret)
-    inbox = tmp_path / "inbox"
-    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout"], inbox)
-    assert sorted(p.name for p in (inbox / "j1" / "output").iterdir()) == []
-    assert not (inbox / "j1" / "stdout").exists()
-
-
-def test_a_file_swapped_for_a_link_between_listing_and_linking_is_skipped(tmp_path, monkeypatch):
-    from dropbox_runner.transport import local
-
-    job = remote_job(tmp_path)
-    secret = tmp_path / "secret"
-    secret.write_text("the operator's\n")
-    real_open = os.open
-
-    def swapping_open(path, flags, *args, **kwargs):
-        if str(path).endswith("a.txt"):          # the job swaps its output just before it is opened
-            os.unlink(path)
-            os.symlink(secret, path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(local.os, "open", swapping_open)
-    inbox = tmp_path / "inbox"
-    LocalTransport().pull(str(job.parent), ["j1/output"], inbox)
-    assert list((inbox / "j1" / "output").iterdir()) == []
-
-
-def test_where_no_link_can_be_made_the_file_is_copied(tmp_path, monkeypatch):
-    from dropbox_runner.transport import local
-
-    job = remote_job(tmp_path)
-
-    def refuse(*args, **kwargs):
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(local.os, "link", refuse)
-    inbox = tmp_path / "inbox"
-    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output", "j1/stdout"], inbox)
-    copied = inbox / "j1" / "output" / "a.txt"
-    assert copied.read_text() == "result\n"
-    assert copied.stat().st_ino != (job / "output" / "a.txt").stat().st_ino
 
 
 def test_a_job_without_inputs_is_staged_without_an_input_folder(tmp_path):
@@ -110,7 +38,7 @@ def test_jobs_with_and_without_inputs_run_and_their_outputs_are_copies_not_links
     placed = tmp_path / "outputs" / "a.txt"
     assert placed.read_text() == "HELLO\n"
     assert placed.stat().st_nlink == 1       # never the job's own inode
-    assert load_config(tmp_path / "config.yaml").state_dir.joinpath("inbox").is_dir()
+    assert not load_config(tmp_path / "config.yaml").state_dir.joinpath("inbox").exists()   # read in place
 
 
 def test_watch_takes_a_job_renamed_in_from_another_folder_without_waiting_for_it_to_settle(tmp_path):
@@ -168,15 +96,6 @@ def test_a_bystander_of_a_job_leaving_a_fifo_and_a_link_is_collected_in_the_same
     assert {name: r["job"]["status"] for name, r in results.items()} == {"odd.job": "ok", "plain.job": "ok"}
     first = next(done for done in seen if done)
     assert first == both or first == {"plain.job"}, seen    # never the odd job alone first
-
-
-def test_a_pull_over_an_earlier_pulls_file_replaces_it(tmp_path):
-    job = remote_job(tmp_path)
-    inbox = tmp_path / "inbox"
-    (inbox / "j1" / "output").mkdir(parents=True)
-    (inbox / "j1" / "output" / "a.txt").write_text("stale\n")
-    LocalTransport().pull(str(tmp_path / "jobs"), ["j1/output"], inbox)
-    assert (inbox / "j1" / "output" / "a.txt").stat().st_ino == (job / "output" / "a.txt").stat().st_ino
 
 
 def test_the_daemon_hears_of_new_and_renamed_jobs_but_not_of_reads_and_removals(tmp_path):

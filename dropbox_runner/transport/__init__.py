@@ -36,6 +36,10 @@ class CommandResult:
 
 
 class Transport(Protocol):
+    # True where the cluster side's folders are folders of this machine (``local``): the
+    # collector then reads a done job's files where they lie (``inplace``) and never pulls.
+    reads_in_place: bool
+
     def run(self, command: str, stdin: bytes = b"") -> CommandResult:
         """Run a shell command line on the cluster side."""
 

@@ -148,6 +148,8 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
 
 
 class SshTransport:
+    reads_in_place = False
+
     def __init__(self, config: Config):
         if config.remote is None:
             raise TransportError("backend ssh needs a remote: section")
