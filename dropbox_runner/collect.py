@@ -8,6 +8,7 @@ placed all or nothing, then ``x.job.finished`` is written, then
 """
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,9 @@ class Collector:
         try:
             folder = JobFolder(self.jobs, job.job_id, wanted)
         except OSError as error:
-            if is_environment(error):
+            # Nothing else is held open meanwhile, so running out of descriptors here is
+            # this job's many outputs (placing them would run out too), not the machine.
+            if is_environment(error) and error.errno != errno.EMFILE:
                 raise           # the boundary's: the job waits
             self._fail(job, f"its output could not be read on the cluster side: {describe(error)}")
             return

@@ -4,6 +4,7 @@ no link followed anywhere along the way, no FIFO opened blocking, only regular f
 what was checked is what is read."""
 import errno
 import os
+import signal
 import socket
 import threading
 
@@ -35,6 +36,19 @@ def secret_file(tmp_path):
     return secret
 
 
+@pytest.fixture
+def no_hang():
+    """A FIFO opened blocking fails the test instead of hanging it."""
+    def hung(*_):
+        raise AssertionError("blocked opening a FIFO")      # not an OSError, which would be caught
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 def open_descriptors():
     return set(os.listdir("/proc/self/fd"))
 
@@ -58,7 +72,7 @@ def test_what_was_checked_is_what_is_read_when_the_name_is_swapped_afterwards(tm
 
 
 @pytest.mark.parametrize("leave", ["link", "fifo", "socket", "folder"])
-def test_an_output_that_is_not_a_regular_file_is_absent(tmp_path, leave):
+def test_an_output_that_is_not_a_regular_file_is_absent(tmp_path, leave, no_hang):
     job = job_folder(tmp_path)
     secret = secret_file(tmp_path)
     output = job / "output" / "a.txt"
@@ -99,7 +113,7 @@ def test_a_sub_folder_or_the_job_folder_itself_as_a_link_is_not_followed(tmp_pat
         assert folder.files == {}
 
 
-def test_streams_left_as_a_link_and_a_fifo_are_absent(tmp_path):
+def test_streams_left_as_a_link_and_a_fifo_are_absent(tmp_path, no_hang):
     job = job_folder(tmp_path)
     (job / "stdout").unlink()
     (job / "stdout").symlink_to(secret_file(tmp_path))
@@ -149,7 +163,7 @@ def test_an_unreadable_file_is_an_error_naming_it_and_leaves_nothing_open(tmp_pa
     assert open_descriptors() == before
 
 
-def test_closing_releases_every_descriptor(tmp_path):
+def test_closing_releases_every_descriptor(tmp_path, no_hang):
     job_folder(tmp_path)
     os.mkfifo(tmp_path / "jobs" / "j1" / "stderr")
     before = open_descriptors()
@@ -250,6 +264,22 @@ def test_an_unreadable_output_fails_its_own_job_and_the_others_are_collected_in_
     assert plain["status"] == "ok" and (tmp_path / "outputs" / "plain.txt").read_text() == "1\n2\n"
     assert next(done for done in seen if done) == {"sealed.job", "plain.job"}, seen
     assert not (tmp_path / "outputs" / "sealed.txt").exists()
+
+
+def test_a_job_with_more_outputs_than_can_be_held_open_gets_an_error_result_not_a_wait(tmp_path, monkeypatch):
+    config = make_config(tmp_path)
+    drop(config, "many.job", {"script": "echo_args", "args": {"first": "1", "second": "2"}, "cache": False,
+                              "output_map": {"out": str(tmp_path / "outputs" / "many.txt")}})
+    real_open = os.open
+
+    def exhausted_open(path, flags, *args, **kwargs):
+        if path == "many.txt" and kwargs.get("dir_fd") is not None:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(inplace.os, "open", exhausted_open)
+    block = drain(config, ["many.job"])["many.job"]["job"]
+    assert block["status"] == "error" and "Too many open files" in block["message"], block
 
 
 def test_a_failing_disk_while_reading_in_place_makes_the_job_wait_not_fail(tmp_path, monkeypatch):
