@@ -172,6 +172,20 @@ class Dropbox:
     def age(self, name: str) -> float:
         return time.time() - (self.mtime(name) or time.time())
 
+    def settled(self, name: str, seconds: float) -> bool:
+        """Whether a job file is complete: unchanged for ``seconds``, or changed in its
+        inode (renamed in, its times or mode set) after its last write.  Every write moves
+        the mtime and the ctime to the same tick, so a ctime past the mtime means the
+        writer went on to something that is not writing: the atomic write of a client
+        (this project's ``submit``, an editor, rsync) renames the finished file in, and
+        ``cp -p`` sets the times once the data is there.  A file renamed in within the
+        tick of its last write still waits, as before."""
+        try:
+            info = os.lstat(self.path(name))
+        except FileNotFoundError:
+            return True
+        return info.st_ctime_ns > info.st_mtime_ns or time.time() - info.st_mtime >= seconds
+
     def hold(self, job: HeldJob, seal: HoldSeal) -> None:
         document = job.to_document()
         document[SEAL] = seal.sign(document)
