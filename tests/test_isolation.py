@@ -207,6 +207,22 @@ def test_a_job_renamed_in_is_taken_by_a_cron_cycle_without_waiting_to_settle(con
     assert "there is no template" in result(config, "renamed.job")["job"]["message"]
 
 
+def test_a_job_the_client_submits_is_taken_by_a_cron_cycle_at_once(config_factory):
+    """submit writes, renames and fsyncs within one clock tick; it marks the file finished
+    (its mtime set back after the write) so `once` need not wait for it to settle."""
+    import time
+
+    from dropbox_runner.client import submit
+
+    config = config_factory(settle_seconds=30)
+    path = submit(config.dropbox, {"script": "no_such_template"}, name="client")
+    assert Dropbox(config.dropbox).settled("client.job", 30)
+    started = time.monotonic()
+    run_once(config, LocalTransport())
+    assert time.monotonic() - started < 10
+    assert "there is no template" in result(config, path.name)["job"]["message"]
+
+
 def test_a_job_written_in_place_and_touched_still_waits_to_settle(config_factory):
     """Setting a file's times to now moves its ctime and mtime together: not taken for a rename."""
     config = config_factory(settle_seconds=30)
