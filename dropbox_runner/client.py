@@ -37,7 +37,7 @@ def submit(dropbox: str | Path, job: dict[str, Any], name: str | None = None) ->
                  if os.path.lexists(p)]
         if taken:
             raise FileExistsError(f"{taken[0]}: already exists; choose another --name")
-    write_atomic(str(path), dump_yaml(job))
+    write_atomic(str(path), dump_yaml(job), mark_written=True)   # taken without the settle wait
     return path
 
 

@@ -12,6 +12,7 @@ Tools see only these files, exactly as with hpc_batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import yaml
 
 from .boundary import is_environment
 from .durable import DurableBatch
-from .entries import UnusableEntry, kind_of, load_bounded_yaml, read_regular
+from .entries import UnusableEntry, kind_of, load_bounded_document, load_bounded_yaml, read_regular
 from .faults import on_fault
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
 from .safefs import write_atomic
@@ -172,10 +173,24 @@ class Dropbox:
     def age(self, name: str) -> float:
         return time.time() - (self.mtime(name) or time.time())
 
+    def settled(self, name: str, seconds: float) -> bool:
+        """Whether a job file is complete: unchanged for ``seconds``, or changed in its
+        inode (renamed in, its times or mode set) after its last write.  Every write moves
+        the mtime and the ctime to the same tick, so a ctime past the mtime means the
+        writer went on to something that is not writing: the atomic write of a client
+        (this project's ``submit``, an editor, rsync) renames the finished file in, and
+        ``cp -p`` sets the times once the data is there.  A file renamed in within the
+        tick of its last write still waits, as before."""
+        try:
+            info = os.lstat(self.path(name))
+        except FileNotFoundError:
+            return True
+        return info.st_ctime_ns > info.st_mtime_ns or time.time() - info.st_mtime >= seconds
+
     def hold(self, job: HeldJob, seal: HoldSeal) -> None:
         document = job.to_document()
         document[SEAL] = seal.sign(document)
-        self._write(self.path(job.name, ".submitted"), dump_yaml(document).encode())
+        self._write(self.path(job.name, ".submitted"), _hold_text(document).encode())
 
     def read_held(self, name: str) -> dict[str, Any]:
         """The raw ``.submitted`` document, not yet authenticated (``HoldSeal.verify``);
@@ -192,7 +207,7 @@ class Dropbox:
             known = self._held_documents.get(name)
             if known is not None and known[0] == identity:
                 return known[1]
-            data = load_bounded_yaml(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
+            data = load_bounded_document(self.read(name, ".submitted", MAX_RESULT_BYTES).decode("utf-8"))
         except OSError as error:
             if is_environment(error):
                 raise               # a read that may work next time: the job waits
@@ -226,6 +241,19 @@ class Dropbox:
             self.path(name, suffix).unlink()
         except FileNotFoundError:
             pass
+
+
+def _hold_text(document: dict[str, Any]) -> str:
+    """A hold as JSON when JSON keeps it exactly (every cycle reads every hold again, and
+    JSON parses far faster than YAML), else as YAML: a description may hold what JSON
+    cannot say (a date, a number as a key), and the seal covers the types too."""
+    try:
+        text = json.dumps(document, ensure_ascii=False, indent=1, allow_nan=False)
+        if json.loads(text) == document:
+            return text + "\n"
+    except (TypeError, ValueError):
+        pass
+    return dump_yaml(document)
 
 
 def _name_max(folder: Path) -> int:

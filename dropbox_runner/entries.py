@@ -9,6 +9,7 @@ one entry's cost cannot stall the cycle for the others.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -93,6 +94,35 @@ def load_bounded_yaml(text: str) -> Any:
     data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
     _check_expansion(data)
     return data
+
+
+def load_bounded_document(text: str) -> Any:
+    """``load_bounded_yaml`` for a file the submitter writes as JSON where it can (JSON is
+    YAML too, and parses some twenty times faster: ``Dropbox.hold``): text that reads as
+    JSON is taken as such, within the same bounds; anything else (an older hold, a
+    tool's edit) is bounded YAML."""
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            return load_bounded_yaml(text)
+        _check_nesting(data)
+        return data
+    return load_bounded_yaml(text)
+
+
+def _check_nesting(data: Any) -> None:
+    """MAX_DEPTH and MAX_NODES for parsed JSON, which has no events to count."""
+    seen, stack = 0, [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise UnusableEntry(f"the document has more than {MAX_NODES} values")
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise UnusableEntry(f"the document nests deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
 
 
 def _check_expansion(data: Any) -> None:

@@ -109,7 +109,7 @@ class Intake:
         deadline = time.monotonic() + self.config.settle_seconds
         while True:
             pending = [name for name in names
-                       if name not in self.closed and self.dropbox.age(name) < self.config.settle_seconds]
+                       if name not in self.closed and not self.dropbox.settled(name, self.config.settle_seconds)]
             if not pending:
                 return
             if time.monotonic() >= deadline:
@@ -175,12 +175,13 @@ class Intake:
 
     def _settled(self, name: str) -> bool:
         """A job file written in place (not renamed) must not be taken half-written: it is
-        taken once closed or renamed in (watch mode sees those events), or once its mtime,
-        which every write moves, is ``settle_seconds`` old."""
+        taken once closed or renamed in (watch mode sees those events; ``once`` sees the
+        rename in its ctime, ``Dropbox.settled``), or once its mtime, which every write
+        moves, is ``settle_seconds`` old."""
         if name in self.closed:
             self.closed.discard(name)
             return True
-        return self.dropbox.age(name) >= self.config.settle_seconds
+        return self.dropbox.settled(name, self.config.settle_seconds)
 
     def _provenance(self, job: PreparedJob) -> dict[str, Any]:
         inputs = {key: {"path": path, "sha256": self._input_digest(key, path)}

@@ -129,7 +129,7 @@ def parse_job(data: dict[str, Any]) -> JobDescription:
                 problems.append(f"{section}.{key}: {value!r} contains '..'")
     names = [*args, *inputs, *outputs]
     for key in names:
-        if not IDENTIFIER.fullmatch(str(key)):
+        if not isinstance(key, str) or not IDENTIFIER.fullmatch(key):     # YAML reads `yes:` as True
             problems.append(f"{key!r}: keys must be identifiers (letters, digits, '_'), usable as <<{key}>>")
         elif key in RESERVED_VARIABLES:
             problems.append(f"{key!r}: reserved for the template variable of that name")

@@ -6,14 +6,17 @@ import os
 import tempfile
 
 
-def write_atomic(path, data, mode=None, durable=True):
+def write_atomic(path, data, mode=None, durable=True, mark_written=False):
     """Write bytes or text next to ``path`` and rename over it (atomic on POSIX).
 
     The file is 0600 unless ``mode`` says otherwise (set before the rename, so no reader
     ever finds it with the wrong one).  ``durable=False`` skips the fsync: the file is
     still whole or absent after a crash of the writer, but may be lost (or empty) after a
     crash of the machine; for records whose loss is harmless, as each fsync costs a
-    journal commit.
+    journal commit.  ``mark_written`` sets the mtime a nanosecond back once the data is
+    written, which moves the ctime past it: the sign a reader of a dropbox takes for a
+    file finished before it appeared (a write moves both to the same tick, in which the
+    rename would come too).
     """
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -22,8 +25,11 @@ def write_atomic(path, data, mode=None, durable=True):
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            if mark_written:
+                written = os.fstat(handle.fileno()).st_mtime_ns - 1
+                os.utime(handle.fileno(), ns=(written, written))
             if durable:
-                handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -106,7 +106,7 @@ class Runner(object):
         self.queue = collections.deque()    # ready job ids of the last listing, not yet tried
         self.metas = {}     # job.json of the queued jobs: fixed once staged, so read once each
         self.unrecorded = {}      # job id -> (job, code, end): ends a full disk refused to record
-        self.ending = None        # (job id, record) ending in this pass of _reap, recorded at its end
+        self.ending = None        # (job id, record) ending in this pass of _reap_and_refill, recorded at its end
         self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.unfit_seen = set()
         self._linger_read = None      # (when, seconds): the adaptive linger last read
@@ -125,16 +125,12 @@ class Runner(object):
         idle_since = last_beat = time.time()
         try:
             while True:
-                self._reap()
+                unfit = self._reap_and_refill()
                 for job, code, end in list(self.unrecorded.values()):
                     self._finish(job, code, end)
-                if not self.stop_reason and self.stop_at is not None and time.time() >= self.stop_at:
-                    self.stop_reason = "runner %s reached its time limit less %ds" % (
-                        self.runner_id, self.warn)
                 if self.stop_reason:
                     self._shutdown()
                     break
-                unfit = self._fill_slots()
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_SECONDS:
                     self._heartbeat()
@@ -285,12 +281,17 @@ class Runner(object):
             " as a job step" if self.steps else ", gpus %s" % (",".join(placement.gpus) or "none")))
 
     # -- ending ---------------------------------------------------------------------------
-    def _reap(self):
-        """End what has ended.  The jobs that ended in one pass are recorded together at
-        its end: one sync for all their finished.json files instead of one each."""
+    def _reap_and_refill(self):
+        """End what has ended and start what fits in the slots freed, then record the
+        jobs that ended together: one sync for all their finished.json files instead of
+        one each, made while the new jobs already run (the slots used to wait for it).
+        Returns how many ready jobs could not fit in time (``_fill_slots``)."""
         self.ending, self.ending_jobs = [], {}
         try:
             self._reap_pass()
+            if not self.stop_reason and self.stop_at is not None and time.time() >= self.stop_at:
+                self.stop_reason = "runner %s reached its time limit less %ds" % (self.runner_id, self.warn)
+            return 0 if self.stop_reason else self._fill_slots()
         finally:
             self._record_pass()
 

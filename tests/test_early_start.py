@@ -90,6 +90,9 @@ def test_the_runner_is_submitted_before_the_burst_is_staged(cluster, settle):
     config_path = cluster / "config.yaml"
     config_path.write_text(yaml.safe_dump(dict(yaml.safe_load(config_path.read_text()), settle_seconds=settle)))
     files = drop_burst(cluster, 60)
+    if settle:
+        for path in files:
+            os.utime(path)      # as if just written in place: a file renamed in would not wait
     config = load_config(config_path)
     report = run_once(config, LocalTransport())
     assert report.taken == 60 and report.runners_submitted == 1

@@ -188,6 +188,49 @@ def test_a_job_written_in_place_is_taken_only_once_settled(config_factory):
         assert "there is no template" in result(config, name)["job"]["message"]
 
 
+def test_a_job_renamed_in_is_taken_by_a_cron_cycle_without_waiting_to_settle(config_factory):
+    """The rename shows in the file's ctime, past the mtime of its last write: `once` sees
+    the file is complete as `watch` sees the move."""
+    import time
+
+    config = config_factory(settle_seconds=30)
+    written = config.dropbox.parent / "renamed.job"
+    written.write_text(yaml.safe_dump({"script": "no_such_template"}))
+    path = config.dropbox / "renamed.job"
+    os.rename(written, path)
+    while os.lstat(path).st_ctime_ns <= os.lstat(path).st_mtime_ns:     # renamed within the write's tick
+        os.rename(path, written)
+        os.rename(written, path)
+    started = time.monotonic()
+    run_once(config, LocalTransport())
+    assert time.monotonic() - started < 10
+    assert "there is no template" in result(config, "renamed.job")["job"]["message"]
+
+
+def test_a_job_the_client_submits_is_taken_by_a_cron_cycle_at_once(config_factory):
+    """submit writes, renames and fsyncs within one clock tick; it marks the file finished
+    (its mtime set back after the write) so `once` need not wait for it to settle."""
+    import time
+
+    from dropbox_runner.client import submit
+
+    config = config_factory(settle_seconds=30)
+    path = submit(config.dropbox, {"script": "no_such_template"}, name="client")
+    assert Dropbox(config.dropbox).settled("client.job", 30)
+    started = time.monotonic()
+    run_once(config, LocalTransport())
+    assert time.monotonic() - started < 10
+    assert "there is no template" in result(config, path.name)["job"]["message"]
+
+
+def test_a_job_written_in_place_and_touched_still_waits_to_settle(config_factory):
+    """Setting a file's times to now moves its ctime and mtime together: not taken for a rename."""
+    config = config_factory(settle_seconds=30)
+    path = drop(config, "touched.job", {"script": "no_such_template"})
+    os.utime(path)
+    assert Dropbox(config.dropbox).settled("touched.job", 30) is False
+
+
 def test_a_file_from_a_server_whose_clock_runs_ahead_still_settles(config_factory):
     config = config_factory(settle_seconds=1)
     path = drop(config, "ahead.job", {"script": "no_such_template"})

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import drain, drop, wait_until
 
 from dropbox_runner.submitter import Submitter, run_once
@@ -94,7 +95,7 @@ def test_an_input_that_cannot_fit_fails_that_job_not_the_push(config_factory, sm
 def test_a_finished_record_that_cannot_be_read_just_now_is_collected_later(config):
     drop(config, "flaky.job", ledger_job(config, 1))
     run_once(config, LocalTransport())
-    job_id = (config.dropbox / "flaky.job.submitted").read_text().split("id: ")[1].split()[0]
+    job_id = yaml.safe_load((config.dropbox / "flaky.job.submitted").read_text())["id"]
     done = Path(config.workspace) / "done" / job_id
     wait_until(done.exists, timeout=60, what="the job to be done (its runner runs without cycles)")
     record = Path(config.workspace) / "jobs" / job_id / "finished.json"
@@ -166,7 +167,7 @@ def test_a_hold_that_cannot_be_read_just_now_loses_nothing_on_the_cluster(config
 
     drop(config, "done.job", ledger_job(config, 1))
     run_once(config, LocalTransport())
-    job_id = (config.dropbox / "done.job.submitted").read_text().split("id: ")[1].split()[0]
+    job_id = yaml.safe_load((config.dropbox / "done.job.submitted").read_text())["id"]
     wait_until((Path(config.workspace) / "done" / job_id).exists, timeout=60, what="the job done")
     drop(config, "busy.job", {"script": "ledger", "args": {"seconds": 3}, "cache": False,
                               "output_map": {"out": str(config.dropbox.parent / "outputs" / "busy.txt")}})

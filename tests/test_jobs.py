@@ -42,6 +42,13 @@ def test_keys_must_be_distinct_identifiers_and_not_reserved():
     assert "'bad-key': keys must be identifiers" in text
 
 
+def test_a_key_yaml_reads_as_a_boolean_or_a_number_is_refused_not_an_internal_error():
+    """`true:`, `yes:` or `1:` as an arg's name: found when the job id's canonical JSON
+    failed to sort True beside strings (a TypeError contained as "taking in the job failed")."""
+    text = "\n".join(problems_of({"script": "s", "args": {True: 1, "x": 2}, "output_map": {1: "/o"}}))
+    assert "True: keys must be identifiers" in text and "1: keys must be identifiers" in text
+
+
 def test_two_outputs_to_one_destination_are_refused():
     text = "\n".join(problems_of({"script": "s", "output_map": {"a": "/o/x.txt", "b": "/o/./x.txt"}}))
     assert "/o/x.txt is the destination of more than one output" in text

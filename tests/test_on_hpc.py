@@ -71,6 +71,35 @@ def test_make_ready_is_idempotent_and_never_requeues_a_finished_job(tmp_path):
     assert store.states() == {"j1": JobState.DONE}
 
 
+def test_a_queued_jobs_marker_is_a_link_to_its_job_json_not_a_new_file(tmp_path):
+    """Making an inode is a queued job's dearest step on many filesystems (issue 18); the
+    marker is only ever renamed, listed and stat-ed for its age, so a link serves."""
+    store = staged_store(tmp_path, ["j1", "j2"])
+    job_json = os.stat(os.path.join(store.job_dir("j1"), "job.json"))
+    marker = os.stat(os.path.join(store.ready_dir("default"), "j1"))
+    assert (marker.st_ino, marker.st_nlink) == (job_json.st_ino, 2)
+    assert store.ready_jobs("default") == ["j1", "j2"]
+    assert store.claim("default", "j1", "r1") and not store.claim("default", "j1", "r2")
+    assert store.release("r1", "j1", "node lost", 3) == Release.REQUEUED
+    assert store.claim("default", "j1", "r2")
+    store.finish("r2", "j1", FinishedRecord(rc=0))
+    assert store.states() == {"j1": JobState.DONE, "j2": JobState.QUEUED}
+    store.remove("j1")
+    assert store.states() == {"j2": JobState.QUEUED}
+    assert store.cancel("j2", store.states()) == JobState.DONE
+    assert os.stat(os.path.join(store.job_dir("j2"), "job.json")).st_nlink == 1
+
+
+def test_a_filesystem_that_refuses_links_gets_an_empty_marker(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refuse)
+    store = staged_store(tmp_path, ["j1"])
+    assert os.path.getsize(os.path.join(store.ready_dir("default"), "j1")) == 0
+    assert store.claim("default", "j1", "r1")
+
+
 def test_release_requeues_then_fails_after_max_attempts(tmp_path):
     store = staged_store(tmp_path, ["j1"])
     for attempt in (1, 2):

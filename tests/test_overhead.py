@@ -143,8 +143,8 @@ def test_held_jobs_are_parsed_once_across_cycles_and_a_changed_file_is_read_agai
     (tmp_path / "a.job.submitted").write_text("id: one\n")
     box = Dropbox(tmp_path)
     parsed = []
-    real = dropbox_module.load_bounded_yaml
-    monkeypatch.setattr(dropbox_module, "load_bounded_yaml", lambda text: parsed.append(text) or real(text))
+    real = dropbox_module.load_bounded_document
+    monkeypatch.setattr(dropbox_module, "load_bounded_document", lambda text: parsed.append(text) or real(text))
     for _ in range(3):
         box.scan()
         assert box.read_held("a.job") == {"id": "one"}

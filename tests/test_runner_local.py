@@ -86,3 +86,42 @@ def test_runner_per_job_gives_every_job_its_own_runner(config_factory):
     results = drain(config, names)
     runners = {results[name]["job"]["runner"] for name in names}
     assert len(runners) == 4 and all(results[name]["job"]["status"] == "ok" for name in names)
+
+
+RECORDING_RUNNER = """
+import json, sys
+from dropbox_runner.on_hpc import runner
+from dropbox_runner.on_hpc.jobstore import JobStore
+
+events = []
+claim, finish_many = JobStore.claim, JobStore.finish_many
+JobStore.claim = lambda store, *args: events.append(["start", args[1]]) or claim(store, *args)
+JobStore.finish_many = lambda store, runner_id, ended: (
+    events.append(["record", [job_id for job_id, _ in ended]]) or finish_many(store, runner_id, ended))
+runner.Runner({"id": "default-1-a", "class": "default", "root": sys.argv[1], "scheduler": "local",
+               "slots": 1, "idle_timeout": 0}).run()
+print(json.dumps(events))
+"""
+
+
+def test_a_freed_slot_is_refilled_before_the_ended_job_is_recorded(tmp_path):
+    """The record's sync (two syncfs) ran while the freed slot stood empty; the next job
+    now runs during it."""
+    import subprocess
+    import sys
+
+    from dropbox_runner.on_hpc.files import write_json
+    from dropbox_runner.on_hpc.jobstore import JobStore
+
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    for job_id in ("j1", "j2"):
+        os.makedirs(store.job_dir(job_id))
+        write_json(os.path.join(store.job_dir(job_id), "job.json"), {"id": job_id, "class": "default"})
+        Path(store.job_dir(job_id), "job.sh").write_text("#!/bin/sh\ntrue\n")
+        store.make_ready(job_id, store.states())
+    done = subprocess.run([sys.executable, "-c", RECORDING_RUNNER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        ["start", "j1"], ["start", "j2"], ["record", ["j1"]], ["record", ["j2"]]]
+    assert sorted(store.states().items()) == [("j1", "done"), ("j2", "done")]

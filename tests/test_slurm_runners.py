@@ -313,8 +313,12 @@ def test_a_runner_lost_mid_job_has_its_job_requeued_and_finished_once(pipeline, 
 
 
 def test_a_job_that_no_longer_fits_waits_for_a_fresh_runner(pipeline, counted):
-    # 2 minutes, warned 50 s before the end: a fresh runner can give a job 70 s.
-    p = pipeline({"default": {"slots": 1, "time_limit": "2m", "warn_seconds": 50, "idle_timeout": 3}})
+    # 2 minutes, warned 50 s before the end: a fresh runner can give a job 70 s.  One
+    # runner at a time: with more, the cycle that takes the second job asks for a fresh
+    # runner at once, which may take it before the first runner looks (it looks when its
+    # slot frees).
+    p = pipeline({"default": {"slots": 1, "time_limit": "2m", "warn_seconds": 50, "idle_timeout": 3,
+                              "max_runners": 1}})
     first = p.drop_ledger("a", 10)
     p.run_until(lambda: p.started(first), 30, "the first job started")
     time.sleep(6)
