@@ -89,6 +89,7 @@ class JobFolder:
 
     @staticmethod
     def _open(name: str, folder: int | None, flags: int, shown: Path) -> int | None:
+        """``name`` opened in ``folder``; None where the job left nothing it may be read as."""
         try:
             return os.open(name, flags, dir_fd=folder)
         except OSError as error:
@@ -97,7 +98,7 @@ class JobFolder:
             raise OSError(error.errno, f"cannot read {shown}: {error.strerror}") from None
 
 
-def _regular_or_folder(name: str, folder: int) -> bool:
+def _regular_or_folder(name: str, folder: int | None) -> bool:
     try:
         mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
     except OSError:
