@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.05        # a burst of events is over when none came for this long
 MAX_DEBOUNCE_SECONDS = 1.0  # ...or after this long, so a steady stream still gets cycles
 WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
+INTAKE_SLICE = 250          # new jobs a cycle takes; the next cycle follows at once while more wait
 MAX_BACKOFF_SECONDS = 300
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
                        "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}
@@ -215,6 +216,8 @@ class Daemon:
                 backoff = 0.0
                 waiter.update(report)
                 next_tick = time.monotonic() + self.config.tick
+                if report.more_new:
+                    self.wake.set()
         finally:
             self._stop(observer, waiter, submitter)
         log.info("stopped")
@@ -230,6 +233,7 @@ class Daemon:
             waiter.start()
         submitter = Submitter(config, open_transport(config))
         submitter.intake.closed = self.closed
+        submitter.intake_slice = INTAKE_SLICE
         for warning in startup_warnings(config):
             log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)

@@ -60,14 +60,15 @@ class Intake:
         self.outbox = config.state_dir / "outbox"
         self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
 
-    def take_new_jobs(self, listing: Listing, keys_in_flight: set[str]) -> IntakeCounts:
-        """Take every new job; files changed in the last ``settle_seconds`` are waited
-        for once, within this cycle (at most that long), so a job dropped just before a
-        cron cycle does not wait for the next one."""
+    def take_new_jobs(self, listing: Listing, keys_in_flight: set[str], names: list[str] | None = None) -> IntakeCounts:
+        """Take every new job (or only ``names`` of them); files changed in the last
+        ``settle_seconds`` are waited for once, within this cycle (at most that long), so
+        a job dropped just before a cron cycle does not wait for the next one."""
         counts = IntakeCounts()
         held_names = set(listing.submitted)
         unsettled: list[str] = []
-        self._take_all(listing.new, listing, held_names, keys_in_flight, counts, unsettled)
+        self._take_all(listing.new if names is None else names, listing, held_names, keys_in_flight, counts,
+                       unsettled)
         if unsettled:
             self._peek(unsettled)
             self._wait_to_settle(unsettled)

@@ -12,6 +12,7 @@ from typing import Any
 @dataclass
 class CycleReport:
     taken: int = 0
+    more_new: bool = False      # new jobs left for the next cycle (``Submitter.intake_slice``)
     rejected: int = 0
     cached: int = 0
     cancelled: int = 0

@@ -74,6 +74,11 @@ class Submitter:
                              self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
         self.early = EarlyStart(config, self.cluster)
+        # At most this many new jobs per cycle (None: all).  The watch daemon sets it and
+        # runs the next cycle at once while more wait: a burst's first slice is queued and
+        # running while the rest is still being read, where one cycle taking the whole
+        # burst made the runners wait for all of it (issue 18).
+        self.intake_slice: int | None = None
 
     def close(self) -> None:
         self.history.close()
@@ -90,8 +95,11 @@ class Submitter:
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
         self.intake.on_take = self.early if self.early.begin(held, len(listing.new)) else None
+        new = listing.new if self.intake_slice is None else listing.new[:self.intake_slice]
+        report.more_new = len(new) < len(listing.new)
         with self.history.batch(), self.dropbox.durable_batch():
-            taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key})
+            taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
+                                              new)
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])

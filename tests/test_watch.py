@@ -139,3 +139,45 @@ def test_metrics_textfile_is_written(watched, tmp_path):
     for name in ("dropbox_runner_dropbox_jobs", "dropbox_runner_runner_submissions_total 1",
                  "dropbox_runner_cycle_duration_seconds_count", "dropbox_runner_last_success_timestamp_seconds"):
         assert name in text
+
+
+def test_a_burst_larger_than_a_slice_is_taken_by_cycles_that_follow_at_once(watched, tmp_path):
+    """The daemon takes INTAKE_SLICE new jobs a cycle, so the first slice runs while the
+    rest is read; the next cycle must come at once, not at the next tick or event (here an
+    hour away, and every job was there before the daemon started)."""
+    from dropbox_runner.daemon import INTAKE_SLICE
+
+    config_path = write_config(tmp_path, tick="1h")
+    config = load_config(config_path)
+    paths = []
+    for n in range(INTAKE_SLICE + 30):
+        paths.append(config.dropbox / f"j{n:04d}.job")
+        paths[-1].write_text("script: no_such_template\n")
+        os.utime(paths[-1], (1, 1))         # long settled
+    watch = Watch(config_path, tmp_path / "watch.log")
+    watch.start()
+    try:
+        results = wait_for_results(paths, timeout=60)
+    finally:
+        watch.stop()
+    assert all("there is no template" in result["job"]["message"] for result in results)
+
+
+def test_a_cycle_with_an_intake_slice_takes_that_many_oldest_first_and_says_more_wait(config_factory):
+    from dropbox_runner.submitter import Submitter
+    from dropbox_runner.transport.local import LocalTransport
+
+    config = config_factory()
+    for n in range(25):
+        (config.dropbox / f"j{n:02d}.job").write_text("script: no_such_template\n")
+        os.utime(config.dropbox / f"j{n:02d}.job", (n + 1, n + 1))      # j00 oldest
+    submitter = Submitter(config, LocalTransport())
+    submitter.intake_slice = 10
+    try:
+        reports = [submitter.cycle()]
+        first = sorted(p.name for p in config.dropbox.glob("*.finished"))
+        reports += [submitter.cycle() for _ in range(2)]
+    finally:
+        submitter.close()
+    assert first == [f"j{n:02d}.job.finished" for n in range(10)]
+    assert [r.rejected for r in reports] == [10, 10, 5] and [r.more_new for r in reports] == [True, True, False]
