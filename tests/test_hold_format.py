@@ -3,6 +3,8 @@ every hold again, and YAML parsing was a third of that), YAML where it cannot, a
 read, within bounds, whatever a tool left there instead."""
 import datetime
 import json
+import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -71,3 +73,24 @@ def test_a_hold_written_as_yaml_by_an_earlier_version_is_still_read(tmp_path):
     document["seal"] = seal.sign(document)
     (tmp_path / "a.job.submitted").write_text(yaml.safe_dump(document))
     assert seal.verify(Dropbox(tmp_path).read_held("a.job"))
+
+
+def test_a_hold_rewritten_into_deep_json_fails_its_job_and_the_job_beside_it_finishes_in_the_same_cycle(
+        config, tmp_path):
+    from helpers import wait_until
+
+    from dropbox_runner.submitter import run_once
+    from dropbox_runner.transport.local import LocalTransport
+
+    for name in ("garbled", "plain"):
+        (config.dropbox / f"{name}.job").write_text(
+            f"script: ledger\ncache: false\nargs: {{seconds: 0}}\noutput_map: {{out: {tmp_path / name}.txt}}\n")
+    run_once(config, LocalTransport())
+    plain_id = Dropbox(config.dropbox).read_held("plain.job")["id"]
+    (config.dropbox / "garbled.job.submitted").write_text(DEEP_JSON)
+    done = Path(config.workspace) / "done"
+    wait_until(lambda: done.is_dir() and plain_id in os.listdir(done), 60, what="the plain job done on the cluster")
+    run_once(config, LocalTransport())
+    box = Dropbox(config.dropbox)
+    assert box.read_result("plain.job")["job"]["status"] == "ok"
+    assert box.read_result("garbled.job")["job"]["status"] == "error"

@@ -453,3 +453,14 @@ def test_a_full_cache_disk_never_holds_back_a_result(config_factory, tmp_path):
     finally:
         if subprocess.run(["umount", str(cache)], check=False).returncode:
             subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_an_arg_named_true_is_its_jobs_invalid_result_and_the_job_beside_it_runs(config, tmp_path):
+    """`true:` as an arg's name (YAML reads a boolean) once crashed the job id's sort."""
+    (config.dropbox / "bool_key.job").write_text("script: ledger\nargs: {seconds: 0, true: 1}\n")
+    (config.dropbox / "plain.job").write_text(
+        f"script: ledger\ncache: false\nargs: {{seconds: 0}}\noutput_map: {{out: {tmp_path / 'plain.txt'}}}\n")
+    report = run_once(config, LocalTransport())
+    assert report.rejected == 1 and report.taken == 1
+    assert "True: keys must be identifiers" in result(config, "bool_key.job")["job"]["message"]
+    assert drain(config, ["plain.job"])["plain.job"]["job"]["status"] == "ok"
