@@ -106,40 +106,27 @@ def load_bounded_document(text: str) -> Any:
             data = json.loads(text)
         except (ValueError, RecursionError):
             return load_bounded_yaml(text)
-        _check_nesting(data)
+        _check_expansion(data)
         return data
     return load_bounded_yaml(text)
 
 
-def _check_nesting(data: Any) -> None:
-    """MAX_DEPTH and MAX_NODES for parsed JSON, which has no events to count."""
+def _check_expansion(data: Any) -> None:
+    """Count values as a reader that expands aliases would see them (a shared value counts
+    each time), stopping at MAX_NODES, and their nesting, stopping at MAX_DEPTH: an alias
+    bomb is small in memory until something (a JSON dump, a job id) walks it, and parsed
+    JSON has no events the YAML pass could count."""
     seen, stack = 0, [(data, 0)]
     while stack:
         value, depth = stack.pop()
         seen += 1
         if seen > MAX_NODES:
-            raise UnusableEntry(f"the document has more than {MAX_NODES} values")
+            raise UnusableEntry(f"the document expands to more than {MAX_NODES} values")
         if isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:
                 raise UnusableEntry(f"the document nests deeper than {MAX_DEPTH} levels")
-            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
-
-
-def _check_expansion(data: Any) -> None:
-    """Count values as a reader that expands aliases would see them (a shared value counts
-    each time), stopping at MAX_NODES: an alias bomb is small in memory until something
-    (a JSON dump, a job id) walks it."""
-    seen, stack = 0, [data]
-    while stack:
-        value = stack.pop()
-        seen += 1
-        if seen > MAX_NODES:
-            raise UnusableEntry(f"the YAML expands to more than {MAX_NODES} values (aliases)")
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
 
 
 def bounded_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:

@@ -61,12 +61,17 @@ def test_watch_takes_a_job_renamed_in_from_another_folder_without_waiting_for_it
         stop_local_runners(config)
 
 
-def test_a_job_leaving_a_fifo_and_a_link_as_its_streams_is_collected_without_them(tmp_path):
-    config = make_config(tmp_path)
+def drop_odd_streams_job(config, tmp_path):
+    """odd.job: a job whose stdout is left a FIFO and whose stderr a link to a secret."""
     secret = tmp_path / "secret.txt"
     secret.write_text("the operator's secret\n")
     drop(config, "odd.job", {"script": "odd_streams", "args": {"secret": str(secret)}, "cache": False,
                              "output_map": {"out": str(tmp_path / "outputs" / "odd.txt")}})
+
+
+def test_a_job_leaving_a_fifo_and_a_link_as_its_streams_is_collected_without_them(tmp_path):
+    config = make_config(tmp_path)
+    drop_odd_streams_job(config, tmp_path)
     block = drain(config, ["odd.job"], timeout=60)["odd.job"]["job"]
     assert block["status"] == "ok", block
     assert "secret" not in str(block)
@@ -79,10 +84,7 @@ def test_a_bystander_of_a_job_leaving_a_fifo_and_a_link_is_collected_in_the_same
     from dropbox_runner.submitter import run_once
 
     config = make_config(tmp_path)
-    secret = tmp_path / "secret.txt"
-    secret.write_text("the operator's secret\n")
-    drop(config, "odd.job", {"script": "odd_streams", "args": {"secret": str(secret)}, "cache": False,
-                             "output_map": {"out": str(tmp_path / "outputs" / "odd.txt")}})
+    drop_odd_streams_job(config, tmp_path)
     drop(config, "plain.job", {"script": "echo_args", "args": {"first": "1", "second": "2"}, "cache": False,
                                "output_map": {"out": str(tmp_path / "outputs" / "plain.txt")}})
     both = {"odd.job", "plain.job"}
