@@ -229,10 +229,11 @@ def node_use(store, runner_id):
     nodes it recorded at its start and the claims of its jobs (read for status only)."""
     alive = read_json(os.path.join(store.runners_dir(), runner_id + ".alive.json"), {})
     nodes = dict((node["node"], dict(node)) for node in alive.get("nodes") or [])
+    journal = store.runner_claims(runner_id)
     for job_id in store.claimed_jobs(runner_id):
-        claim = read_json(os.path.join(store.job_dir(job_id), "claim.json"), {})
+        claim = store.claim_of(job_id, runner_id, journal)
         node, request = nodes.get(claim.get("node")), claim.get("request") or {}
-        if claim.get("runner") != runner_id or node is None:
+        if node is None:
             continue
         node["jobs"] += 1
         for key, asked in (("cpus", "cpus"), ("memory_mb", "memory_mb"), ("gpus", "gpus")):
@@ -275,10 +276,9 @@ def requeue_lost_claims(store, sched, runners, request):
         if silent:
             sched.cancel([info.sched_id])
         reason = "runner %s %s" % (runner_id, "stopped answering" if info else "is gone")
+        journal = store.runner_claims(runner_id)     # read before forget_runner removes it
         for job_id in store.claimed_jobs(runner_id):
-            claim = read_json(os.path.join(store.job_dir(job_id), "claim.json"), {})
-            if claim.get("runner") != runner_id:
-                claim = {}
+            claim = store.claim_of(job_id, runner_id, journal)
             sched.kill_leftovers(job_id, claim)
             outcome = store.release(runner_id, job_id, reason, request.max_attempts, attempt=claim.get("attempt"))
             requeued.append({"id": job_id, "outcome": outcome, "reason": reason})

@@ -4,11 +4,12 @@ A job's state is where its marker file stands, and every move is one ``rename``,
 operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS included):
 
     jobs/<id>/                 what the submitter staged: job.sh, job.json, input/; the
-                               runner adds output/, stdout, stderr, claim.json, finished.json
+                               runner adds output/, stdout, stderr, finished.json
     ready/<class>/<id>         waiting for a runner of that resource class (a hard
                                link to its job.json: a marker that makes no inode)
     claimed/<runner>/<id>      being run by that runner (the folder name is the owner)
     done/<id>                  finished.json is complete; the submitter may collect
+    runners/<runner>.claims.jsonl   a line per job the runner started (see ``claims``)
 
 Two runners racing for one job both try the same rename and exactly one wins.  A job
 with ``finished.json`` is never run again, whatever happens to its marker afterwards.
@@ -17,6 +18,7 @@ import os
 import shutil
 import time
 
+from . import claims
 from .files import listdir, read_json, touch_new, write_json, write_json_together
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
@@ -156,6 +158,27 @@ class JobStore(object):
     def runners_with_claims(self):
         return listdir(os.path.join(self.root, "claimed"))
 
+    def claims_path(self, runner_id):
+        return claims.journal_path(self.runners_dir(), runner_id)
+
+    def runner_claims(self, runner_id):
+        """Job id -> claim (host, attempt, pgid, node, request...) of every job this runner
+        recorded starting, from its claims journal."""
+        return claims.read_claims(self.claims_path(runner_id), runner_id)
+
+    def claim_of(self, job_id, runner_id=None, journal=None):
+        """The claim of a job by a runner (by default the one holding its marker now): the
+        last line of the runner's journal (``journal``: as ``runner_claims`` read it), else
+        the claim.json a runner of the previous version wrote.  {} when there is none: as
+        for a runner that died before recording it, nothing to kill and attempt unknown."""
+        if runner_id is None:
+            runner_id = next((runner for runner in self.runners_with_claims()
+                              if os.path.exists(os.path.join(self.claimed_dir(runner), job_id))), None)
+            if runner_id is None:
+                return {}
+        found = (self.runner_claims(runner_id) if journal is None else journal).get(job_id)
+        return found or claims.old_claim(self.job_dir(job_id), job_id, runner_id) or {}
+
     def finish(self, runner_id, job_id, record):
         """Record a job's end (a FinishedRecord): finished.json first, then the marker
         moves to done."""
@@ -211,12 +234,16 @@ class JobStore(object):
         return len(read_json(os.path.join(self.job_dir(job_id), "interruptions.json"), []))
 
     def forget_runner(self, runner_id):
-        """Drop an ended runner's empty claim folder and its records."""
+        """Drop an ended runner's empty claim folder and its records; its claims journal
+        stays while jobs are still claimed by it (the head node reads it to requeue them)."""
+        suffixes = (".json", ".alive.json", claims.SUFFIX)
         try:
             os.rmdir(self.claimed_dir(runner_id))
-        except OSError:
+        except FileNotFoundError:
             pass
-        for suffix in (".json", ".alive.json"):
+        except OSError:
+            suffixes = suffixes[:-1]
+        for suffix in suffixes:
             try:
                 os.unlink(os.path.join(self.runners_dir(), runner_id + suffix))
             except FileNotFoundError:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from . import coming, policy_state
+from . import claims, coming, policy_state
 from .files import free_bytes, read_json, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -55,6 +55,7 @@ class RunningJob(object):
         self.placement = placement
         self.attempt = attempt
         self.exit = None          # (returncode, end time) once reaped
+        self.claim = None         # its line in the runner's claims journal
         self.cancelled = False
 
 
@@ -114,6 +115,7 @@ class Runner(object):
         self.one_job = bool(spec.get("resources", {}).get("runner_per_job"))
         self.started = 0
         self.alive_path = os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json")
+        self.claims = claims.Journal(self.store.claims_path(self.runner_id))
 
     def run(self):
         self.alive = {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
@@ -164,6 +166,15 @@ class Runner(object):
                 log("cannot write the heartbeat file: %s" % error)
         except OSError as error:
             log("cannot touch the heartbeat file: %s" % error)
+        if self.claims.removed():
+            log("claims journal %s vanished; writing it again" % self.claims.path)
+            try:
+                self.claims.rewrite(self._running_claims())
+            except OSError as error:
+                log("cannot write the claims journal: %s" % error)
+
+    def _running_claims(self):
+        return [job.claim for job in self.jobs.values()]
 
     # -- claiming and starting ----------------------------------------------------------
     def _fill_slots(self):
@@ -266,16 +277,15 @@ class Runner(object):
             self.ledger.release(request, placement)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
-        # claim.json is not fsynced: after a crash of the node the job's processes are gone
-        # with it, and a lost claim.json only means nothing is left to kill.
+        job = self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt,
+                                             free_bytes(job_dir) or 0)
+        job.claim = {"job": job_id, "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
+                     "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
+                     "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps}
         try:
-            write_json(os.path.join(job_dir, "claim.json"), {
-                "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
-                "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
-                "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps}, durable=False)
+            self.claims.add(job.claim, self._running_claims)
         except OSError as error:    # a full disk: the job runs; only its leftovers' cleanup needs this
-            log("cannot write claim.json of %s: %s" % (job_id, error))
-        self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt, free_bytes(job_dir) or 0)
+            log("cannot record the claim of %s in %s: %s" % (job_id, self.claims.path, error))
         log("started %s (attempt %d, %d cpu, %dM, %d gpu on %s%s)" % (
             job_id, attempt, request.cpus, request.memory_mb, request.gpus, placement.node,
             " as a job step" if self.steps else ", gpus %s" % (",".join(placement.gpus) or "none")))

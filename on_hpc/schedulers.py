@@ -98,8 +98,9 @@ class Connector(object):
         return []
 
     def kill_leftovers(self, job_id, claim):
-        """End what a runner that died outright left of a job (``claim`` is the job's
-        claim.json).  By default nothing: the scheduler ends an allocation's processes."""
+        """End what a runner that died outright left of a job (``claim``: its runner's
+        record of the job's start, see ``claims``).  By default nothing: the scheduler ends
+        an allocation's processes."""
 
     def allocation_seconds(self, spec):
         """Inside a runner: the seconds its allocation has left, or None for no limit."""
