@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import yaml
+from dropbox_runner.on_hpc.jobstore import JobStore
 from helpers import drain, drop, run_cli, wait_until
 
 from dropbox_runner.submitter import run_once
@@ -124,7 +125,9 @@ def test_cancel_before_staging(config, tmp_path):
 def test_cancel_while_running_ends_the_process_group(config, tmp_path):
     drop(config, "long.job", ledger_job(config, 0, seconds=30, cache=False))
     workspace = Path(config.workspace)
-    wait_until(lambda: run_once(config, LocalTransport()) and list((workspace / "jobs").glob("*/claim.json")),
+    store = JobStore(str(workspace))
+    wait_until(lambda: run_once(config, LocalTransport()) and any(store.claim_of(job.name)
+                                                                  for job in (workspace / "claimed").glob("*/*")),
                20, 0.1, "the job to start")
     run_cli("cancel", "--config", str(tmp_path / "config.yaml"), "long.job")
     block = drain(config, ["long.job"], timeout=30)["long.job"]["job"]

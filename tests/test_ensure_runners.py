@@ -1,5 +1,6 @@
 """The head node's queue step with a stand-in scheduler: when runners are submitted, what a
 silent scheduler changes (nothing), and how lost work is requeued."""
+import json
 import os
 import time
 
@@ -233,7 +234,8 @@ def test_status_lists_runners_with_ids_and_time_left(store):
 def _claimed_by_vanished_runner(store, sched, job_id, attempt=1):
     runner = "default-20250101T000000-%06d" % attempt
     assert store.claim("default", job_id, runner)
-    write_json(os.path.join(store.job_dir(job_id), "claim.json"), {"runner": runner, "attempt": attempt})
+    with open(store.claims_path(runner), "a") as journal:
+        journal.write(json.dumps({"job": job_id, "runner": runner, "attempt": attempt}) + "\n")
     return runner
 
 

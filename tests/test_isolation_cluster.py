@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dropbox_runner.on_hpc.jobstore import JobStore
 from helpers import drain, drop, wait_until
 
 from dropbox_runner.submitter import Submitter, run_once
@@ -148,7 +149,7 @@ def test_a_disk_filled_by_someone_else_is_not_the_jobs_fault(config_factory, sma
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
     assert free_bytes(small_cluster) < 64 * 1024
     # The run fails writing its output; its end cannot be recorded on the full disk.
-    claim = json.loads((Path(config.workspace) / "jobs" / job_id / "claim.json").read_text())
+    claim = JobStore(config.workspace).claim_of(job_id)
     wait_until(lambda: not os.path.exists(f"/proc/{claim['pgid']}"), timeout=30, what="the run to end")
     runner_pid = json.loads(next(runners.glob("*.alive.json")).read_text())["pid"]
     assert os.path.exists(f"/proc/{runner_pid}")        # the runner outlived the full disk

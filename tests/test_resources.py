@@ -4,6 +4,7 @@ runner as its own process on the local scheduler (the same code runs inside Slur
 test_slurm_steps.py)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -25,7 +26,7 @@ from dropbox_runner.on_hpc.resources import (
 from dropbox_runner.on_hpc.runner import STEP_ID_FILE, _step_id
 from dropbox_runner.on_hpc.sched_slurm import allocation_layout, sbatch_argv, srun_argv
 from helpers import drain, drop, make_config
-from test_runner_limits import finish, stage, start_runner
+from test_runner_limits import finish, finish_with_claims, stage, start_runner
 
 from dropbox_runner.config import ConfigError
 
@@ -185,13 +186,13 @@ def test_the_runner_packs_jobs_by_cpus_not_by_slots(store_root):
         meta_path = os.path.join(store.job_dir(job), "job.json")
         write_json(meta_path, dict(read_json(meta_path), cpus=cpus))
     os.utime(os.path.join(store.ready_dir("default"), big), (1, 1))         # first in line
-    log = finish(start_runner(store, slots=1, resources={"cpus": 4}))
+    log, claimed = finish_with_claims(store, start_runner(store, slots=1, resources={"cpus": 4}))
     spans = {job: [float(x) for x in open(os.path.join(store.job_dir(job), "span")).read().split()]
              for job in [big] + small}
     # 3 + 1 CPUs at once; the second 1-CPU job waited for a CPU.
     overlapping = [job for job in small if spans[job][0] < spans[big][1]]
     assert len(overlapping) == 1, (spans, log)
-    claims = [read_json(os.path.join(store.job_dir(job), "claim.json")) for job in [big] + small]
+    claims = [claimed[job] for job in [big] + small]
     assert [c["request"]["cpus"] for c in claims] == [3, 1, 1]
 
 
@@ -212,8 +213,9 @@ def test_status_shows_what_each_node_holds(store_root):
         {"node": "n2", "jobs": 0, "cpus": [0, 4], "memory_mb": [0, 1000], "gpus": [0, 2]}]})
     job = stage(store, "sub.a", "true")
     assert store.claim("default", job, "r1")
-    write_json(os.path.join(store.job_dir(job), "claim.json"),
-               {"runner": "r1", "node": "n2", "request": {"cpus": 3, "memory_mb": 200, "gpus": 1}})
+    with open(store.claims_path("r1"), "w") as journal:
+        journal.write(json.dumps({"job": job, "runner": "r1", "node": "n2",
+                                  "request": {"cpus": 3, "memory_mb": 200, "gpus": 1}}) + "\n")
     assert node_use(store, "r1") == [
         {"node": "n1", "jobs": 0, "cpus": [0, 4], "memory_mb": [0, 1000], "gpus": [0, 2]},
         {"node": "n2", "jobs": 1, "cpus": [3, 4], "memory_mb": [200, 1000], "gpus": [1, 2]}]
@@ -363,7 +365,7 @@ def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
     store = store_root
     running = stage(store, "sub.a", "sleep 8")
     runner = start_runner(store, slots=2, time_limit=20, warn_seconds=2, resources={"cpus": 2})
-    wait_until(lambda: os.path.exists(os.path.join(store.job_dir(running), "claim.json")), 15, what="sub.a to start")
+    claim = wait_until(lambda: store.claim_of(running), 15, what="sub.a to start")
     time.sleep(1.5)                                           # the runner now has < 18 s left
     too_long = stage(store, "sub.c", "true", expected=18)
     short = stage(store, "sub.d", "true")
@@ -375,7 +377,7 @@ def test_a_job_too_long_for_the_time_left_books_nothing(store_root):
     finally:
         runner.kill()
         runner.wait()
-        os.killpg(read_json(os.path.join(store.job_dir(running), "claim.json"))["pgid"], signal.SIGKILL)
+        os.killpg(claim["pgid"], signal.SIGKILL)
 
 
 @pytest.mark.parametrize("stderr, killed", [

@@ -57,6 +57,17 @@ def finish(process, timeout=30):
         return handle.read()
 
 
+def finish_with_claims(store, process, timeout=30):
+    """``finish``, and the claims the runner recorded meanwhile (job id -> claim): its journal
+    goes when it ends, so it is read until then."""
+    claims = {}
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        claims.update(store.runner_claims(process.runner_id))
+        time.sleep(0.05)
+    return finish(process, timeout=max(1, deadline - time.monotonic())), claims
+
+
 def test_stops_before_its_time_limit_and_hands_its_job_back(store):
     job = stage(store, "sub.long", "sleep 30")
     started = time.monotonic()
@@ -92,11 +103,11 @@ def test_does_not_start_a_job_it_could_not_finish_and_leaves_for_a_fresh_runner(
 
 def test_each_job_gets_its_own_gpus(store):
     jobs = [stage(store, "sub.g%d" % n, 'echo "$CUDA_VISIBLE_DEVICES" > gpus; sleep 1') for n in range(4)]
-    log = finish(start_runner(store, env={"CUDA_VISIBLE_DEVICES": "0,1"}, slots=4))
+    log, claimed = finish_with_claims(store, start_runner(store, env={"CUDA_VISIBLE_DEVICES": "0,1"}, slots=4))
     assert "gpus 0,1" in log                              # never more jobs than GPUs
     seen = [open(os.path.join(store.job_dir(job), "gpus")).read().strip() for job in jobs]
     assert sorted(seen) == ["0", "0", "1", "1"]
-    claims = [read_json(os.path.join(store.job_dir(job), "claim.json")) for job in jobs]
+    claims = [claimed[job] for job in jobs]
     assert sorted(c["gpus"][0] for c in claims) == ["0", "0", "1", "1"]
 
 

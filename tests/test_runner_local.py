@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from dropbox_runner.on_hpc.jobstore import JobStore
 from helpers import drain, drop, wait_until
 
 from dropbox_runner.submitter import run_once
@@ -26,7 +27,7 @@ def wait_for_running_job(config, timeout=20):
         run_once(config, LocalTransport())
         for claimed in (workspace / "claimed").glob("*/*"):
             alive = workspace / "runners" / f"{claimed.parent.name}.alive.json"
-            if alive.exists() and (workspace / "jobs" / claimed.name / "claim.json").exists():
+            if alive.exists() and JobStore(str(workspace)).claim_of(claimed.name, claimed.parent.name):
                 return json.loads(alive.read_text())["pid"]
         time.sleep(0.1)
     raise AssertionError("no job started")

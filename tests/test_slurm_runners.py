@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dropbox_runner.on_hpc.files import read_json
+from dropbox_runner.on_hpc.jobstore import JobStore
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
@@ -71,7 +72,7 @@ class Pipeline:
         return Dropbox(self.config.dropbox).read_held(path.name)["id"]
 
     def started(self, path: Path, attempt: int = 1) -> bool:
-        """The job's run number ``attempt`` has started (its runner wrote claim.json)."""
+        """The job's run number ``attempt`` has started (its runner recorded its claim)."""
         try:
             job_id = self.job_id(path)
         except (OSError, ValueError, KeyError):
@@ -126,7 +127,15 @@ class Pipeline:
                 for p in sorted((self.workspace / "runners").glob("*.log"))}
 
     def claim(self, job_id: str) -> dict:
-        return read_json(str(self.workspace / "jobs" / job_id / "claim.json"), {})
+        """The job's claim by the runner holding it, else its latest in a journal still there
+        (a run that ended, of a runner not yet gone)."""
+        store = JobStore(str(self.workspace))
+        found = store.claim_of(job_id)
+        if found:
+            return found
+        runners = [p.name[: -len(".claims.jsonl")] for p in (self.workspace / "runners").glob("*.claims.jsonl")]
+        claims = [claim for claim in (store.runner_claims(runner).get(job_id) for runner in runners) if claim]
+        return max(claims, key=lambda claim: claim.get("attempt", 0), default={})
 
     def diagnostics(self) -> str:
         logs = "\n".join(f"--- runner {name}\n{text[-3000:]}" for name, text in self.runner_logs().items())
