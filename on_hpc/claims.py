@@ -48,11 +48,11 @@ class Journal(object):
         self.torn = False       # a write failed part-way: the next line starts on a fresh one
 
     def add(self, claim, running):
-        """Append one start's claim.  ``running`` gives the claims of every running job
-        (this one included), used only when the journal is written afresh: not open yet
-        (its first start, or a full disk refused it before), or grown long."""
+        """Append one start's claim.  ``running`` gives the claims of the running jobs
+        (this one among them or not), used only when the journal is written afresh: not
+        open yet (its first start, or a full disk refused it before), or grown long."""
         if self.fd is None or (self.lines >= REWRITE_LINES and self.lines >= 4 * len(running())):
-            self.rewrite(running())
+            self.rewrite([other for other in running() if other is not claim] + [claim])
             return
         data = (("\n" if self.torn else "") + _line(claim)).encode("utf-8")
         self.torn = True
