@@ -5,8 +5,9 @@ processes of a shared machine move the runner's dispatch rate two-fold from run 
 This one runs ``on_hpc``'s runner in this process (``Runner(spec).run()``) on jobs staged
 beforehand, and reports its own CPU per job, user and system apart (``os.times``: the
 jobs' processes are children and not counted), and its wall time from start to leaving,
-less the idle linger.  Which ``on_hpc`` runs is whichever ``dropbox_runner`` is imported:
-compare two trees with ``PYTHONPATH=<tree>``, alternating.
+less the idle linger.  Which ``on_hpc`` runs is the one imported as ``on_hpc`` (printed;
+not ``dropbox_runner.on_hpc``, which an editable install maps to its own tree): compare two
+trees with ``PYTHONPATH=<tree>``, alternating.
 
     PYTHONPATH=. python bench/runner_alone.py --jobs 1000 --slots 4
 """
@@ -19,9 +20,10 @@ import sys
 import tempfile
 import time
 
-from dropbox_runner.on_hpc.files import write_json
-from dropbox_runner.on_hpc.jobstore import JobStore
-from dropbox_runner.on_hpc.runner import Runner
+import on_hpc
+from on_hpc.files import write_json
+from on_hpc.jobstore import JobStore
+from on_hpc.runner import Runner
 
 IDLE_SECONDS = 0.3
 
@@ -56,7 +58,8 @@ def main() -> None:
         sys.stdout = sys.__stdout__
         done = len(os.listdir(store.done_dir()))
     user, system = after.user - before.user, after.system - before.system
-    print(json.dumps({"jobs": options.jobs, "done": done, "jobs_per_s": round(done / wall),
+    print(json.dumps({"on_hpc": os.path.dirname(on_hpc.__file__), "jobs": options.jobs, "done": done,
+                      "jobs_per_s": round(done / wall),
                       "runner_user_ms_per_job": round(1000 * user / options.jobs, 3),
                       "runner_sys_ms_per_job": round(1000 * system / options.jobs, 3)}))
 
