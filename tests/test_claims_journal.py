@@ -6,14 +6,15 @@ import json
 import os
 import signal
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 from dropbox_runner.on_hpc import claims
 from dropbox_runner.on_hpc.files import read_json, write_json
-from dropbox_runner.on_hpc.headnode import node_use
+from dropbox_runner.on_hpc.headnode import node_use, requeue_lost_claims
 from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.protocol import RunnerState
-from dropbox_runner.on_hpc.schedulers import RunnerInfo
+from dropbox_runner.on_hpc.schedulers import RunnerInfo, connector
 from helpers import wait_until
 from test_ensure_runners import FakeScheduler, cycle
 from test_ensure_runners import stage as stage_meta
@@ -239,3 +240,39 @@ def test_a_runner_whose_journal_is_removed_writes_it_again_with_its_running_jobs
             log = ""
     assert "released %s" % job in log
     assert not os.path.exists(store.claims_path(runner.runner_id))      # gone with the runner
+
+
+def test_a_sigkilled_runners_job_is_killed_from_its_journal_before_the_journal_goes(tmp_path):
+    """A real runner SIGKILLed mid-job: the head node reads its journal, kills the job's
+    process group left running (by the pgid there, on this host), counts attempt 1, and
+    only then forgets the runner with its journal."""
+    store = JobStore(str(tmp_path / "ws"))
+    store.ensure_layout()
+    job = stage(store, "sub.orphan", "sleep 60 & echo $! > child; wait")
+    runner = start_runner(store)
+    claim = wait_until(lambda: store.claim_of(job, runner.runner_id), 20, what="the job to start")
+    child = int(wait_until(lambda: open(os.path.join(store.job_dir(job), "child")).read().strip()
+                           if os.path.exists(os.path.join(store.job_dir(job), "child")) else "", 10))
+    runner.kill()
+    runner.wait()
+    sched = connector("local", store)
+    try:
+        requeued = requeue_lost_claims(store, sched, sched.list_runners(),
+                                       SimpleNamespace(heartbeat_timeout=300, max_attempts=3))
+        assert [entry["outcome"] for entry in requeued] == ["requeued"]
+        wait_until(lambda: not _alive(claim["pgid"]) and not _alive(child), 10, what="the orphaned run to be killed")
+        assert [entry["attempt"] for entry in read_json(os.path.join(store.job_dir(job), "interruptions.json"))] == [1]
+        assert not os.path.exists(store.claims_path(runner.runner_id))
+    finally:
+        for pid in (claim["pgid"], child):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid):
+    """Running (a zombie left for its dead parent's reaper counts as ended)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
