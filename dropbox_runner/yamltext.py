@@ -102,7 +102,7 @@ def _value(value: Any, head: str, pad: str, lines: list[str], depth: int) -> Non
             inner = pad + "  "
             body = value[:-1] if value.endswith("\n") else value
             lines.append(f"{head} |" if value.endswith("\n") else f"{head} |-")
-            lines.extend(f"{inner}{line}" if line else "" for line in body.split("\n"))
+            lines.append(inner + body.replace("\n", "\n" + inner))   # a blank line: indentation only
             return
         lines.append(f"{head} {_string(value)}")
         return
