@@ -208,20 +208,13 @@ def _config(options: argparse.Namespace):
 
 
 def command_once(options: argparse.Namespace) -> int:
-    from .submitter import run_once
+    from .submitter import run_burst
     config = _config(options)
     transport = open_transport(config)
     try:
-        report = run_once(config, transport)
+        run_burst(config, transport)
     finally:
         transport.close()
-    if report is not None:
-        busy = (report.taken or report.rejected or report.cached or report.cancelled or report.sent
-                or report.finished_ok or report.finished_error or report.requeued or report.runners_submitted)
-        log.log(logging.INFO if busy else logging.DEBUG,
-                "cycle: %d taken, %d rejected, %d sent, %d ok, %d error, %d held, %d runner(s) submitted, %.2fs",
-                report.taken, report.rejected, report.sent, report.finished_ok, report.finished_error,
-                report.held, report.runners_submitted, report.seconds)
     return EXIT_OK
 
 

@@ -31,7 +31,8 @@ from .cluster import ClusterSide
 from .config import Config, load_config
 from .lock import cycle_lock
 from .report import CycleReport
-from .submitter import Submitter, run_cycle
+from .slices import IntakeSlices
+from .submitter import Submitter, log_cycle, run_cycle
 from .transport import TransportError, open_transport
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.05        # a burst of events is over when none came for this long
 MAX_DEBOUNCE_SECONDS = 1.0  # ...or after this long, so a steady stream still gets cycles
 WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
-INTAKE_SLICE = 250          # new jobs a cycle takes; the next cycle follows at once while more wait
+MAX_GATHER_SECONDS = 0.5    # how long finished jobs may gather before the cycle that collects them
 MAX_BACKOFF_SECONDS = 300
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
                        "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}
@@ -117,7 +118,14 @@ class DropHandler(FileSystemEventHandler):
 class FinishWaiter(threading.Thread):
     """Keeps one ``on_hpc wait`` open while this submitter has jobs on the cluster, and
     wakes the loop when one is done.  It has its own connection, so a cycle never waits
-    for it."""
+    for it.
+
+    Once one is done it lets more finish for as long as the last cycle took (at most
+    MAX_GATHER_SECONDS) before waking the loop.  Waking at the first one made a burst of
+    1000 trivial jobs end in some twenty cycles of 25-60 jobs each, every one paying a
+    round trip and the head node's cycle (0.2-0.3 s of CPU on a 2-core machine, taken from
+    the jobs); a cycle's cost is now at most about half of the time.  A lone job's result
+    comes that much later: the last cycle's time, a few tenths of a second."""
 
     def __init__(self, config: Config, wake: Wake):
         super().__init__(name="finish-waiter", daemon=True)
@@ -128,12 +136,14 @@ class FinishWaiter(threading.Thread):
         self.lock = threading.Condition()
         self.held: list[str] = []
         self.ignore: list[str] = []
+        self.gather = 0.0
         self.stopped = False
 
     def update(self, report: CycleReport) -> None:
         with self.lock:
             self.held = report.held_ids
             self.ignore = report.collected_ids
+            self.gather = min(report.seconds, MAX_GATHER_SECONDS)
             self.lock.notify()
 
     def stop(self) -> None:
@@ -164,6 +174,7 @@ class FinishWaiter(threading.Thread):
             if done:
                 with self.lock:
                     self.held = []      # until the cycle that collects them says what is left
+                    self.lock.wait_for(lambda: self.stopped, timeout=self.gather)
                 self.wake.set()
 
 
@@ -214,6 +225,7 @@ class Daemon:
                     next_tick = time.monotonic() + self.config.tick
                     continue
                 backoff = 0.0
+                log_cycle(report)
                 waiter.update(report)
                 next_tick = time.monotonic() + self.config.tick
                 if report.more_new:
@@ -233,7 +245,7 @@ class Daemon:
             waiter.start()
         submitter = Submitter(config, open_transport(config))
         submitter.intake.closed = self.closed
-        submitter.intake_slice = INTAKE_SLICE
+        submitter.slices = IntakeSlices()
         for warning in startup_warnings(config):
             log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)

@@ -41,6 +41,7 @@ from .rendering import TemplateProblem
 from .report import CycleReport
 from .results import error_block
 from .seal import SEAL, HoldSeal
+from .slices import IntakeSlices
 from .space import (
     entry_bytes,
     format_size,
@@ -74,11 +75,9 @@ class Submitter:
                              self.seal)
         self.collector = Collector(config, transport, self.dropbox, self.history, self.finisher, self.boundary)
         self.early = EarlyStart(config, self.cluster)
-        # At most this many new jobs per cycle (None: all).  The watch daemon sets it and
-        # runs the next cycle at once while more wait: a burst's first slice is queued and
-        # running while the rest is still being read, where one cycle taking the whole
-        # burst made the runners wait for all of it (issue 18).
-        self.intake_slice: int | None = None
+        # How many new jobs each cycle takes (None: all); the caller runs the next cycle
+        # at once while more wait (``run_burst``, the watch daemon).
+        self.slices: IntakeSlices | None = None
 
     def close(self) -> None:
         self.history.close()
@@ -95,8 +94,10 @@ class Submitter:
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted)
         self.intake.on_take = self.early if self.early.begin(held, len(listing.new)) else None
-        new = listing.new if self.intake_slice is None else listing.new[:self.intake_slice]
+        new = listing.new if self.slices is None else listing.new[:self.slices.size]
         report.more_new = len(new) < len(listing.new)
+        if self.slices is not None:
+            self.slices.after(report.more_new)
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
                                               new)
@@ -310,6 +311,35 @@ def run_once(config: Config, transport: Transport, submitter: Submitter | None =
         finally:
             if own:
                 submitter.close()
+
+
+def run_burst(config: Config, transport: Transport) -> list[CycleReport] | None:
+    """``once``: cycles back to back under one lock, each taking a slice of the new jobs
+    (``slices.py``), until none is left; None when another process holds the lock."""
+    with cycle_lock(Path(config.lockfile)) as locked:
+        if not locked:
+            log.info("another cycle is running on %s; nothing to do", config.dropbox)
+            return None
+        submitter = Submitter(config, transport)
+        submitter.slices = IntakeSlices()
+        reports = []
+        try:
+            while not reports or reports[-1].more_new:
+                reports.append(run_cycle(config, submitter))
+                log_cycle(reports[-1])
+        finally:
+            submitter.close()
+        return reports
+
+
+def log_cycle(report: CycleReport) -> None:
+    """One line for a cycle that did something (with ``-v`` for one that did not)."""
+    busy = (report.taken or report.rejected or report.cached or report.cancelled or report.sent
+            or report.finished_ok or report.finished_error or report.requeued or report.runners_submitted)
+    log.log(logging.INFO if busy else logging.DEBUG,
+            "cycle: %d taken, %d rejected, %d sent, %d ok, %d error, %d held, %d runner(s) submitted, %.2fs",
+            report.taken, report.rejected, report.sent, report.finished_ok, report.finished_error,
+            report.held, report.runners_submitted, report.seconds)
 
 
 def run_cycle(config: Config, submitter: Submitter) -> CycleReport:

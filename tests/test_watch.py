@@ -1,4 +1,5 @@
 """The watch daemon on the local backend: events, signals, the shared lock, metrics."""
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from helpers import run_cli, stop_local_runners, wait_until, write_config
 
 from dropbox_runner.client import submit
 from dropbox_runner.config import load_config
+from dropbox_runner.slices import FIRST_SLICE, IntakeSlices
 
 
 class Watch:
@@ -142,15 +144,14 @@ def test_metrics_textfile_is_written(watched, tmp_path):
 
 
 def test_a_burst_larger_than_a_slice_is_taken_by_cycles_that_follow_at_once(watched, tmp_path):
-    """The daemon takes INTAKE_SLICE new jobs a cycle, so the first slice runs while the
+    """The daemon takes a slice of the new jobs a cycle, so the first slice runs while the
     rest is read; the next cycle must come at once, not at the next tick or event (here an
     hour away, and every job was there before the daemon started)."""
-    from dropbox_runner.daemon import INTAKE_SLICE
 
     config_path = write_config(tmp_path, tick="1h")
     config = load_config(config_path)
     paths = []
-    for n in range(INTAKE_SLICE + 30):
+    for n in range(FIRST_SLICE + 30):
         paths.append(config.dropbox / f"j{n:04d}.job")
         paths[-1].write_text("script: no_such_template\n")
         os.utime(paths[-1], (1, 1))         # long settled
@@ -172,12 +173,76 @@ def test_a_cycle_with_an_intake_slice_takes_that_many_oldest_first_and_says_more
         (config.dropbox / f"j{n:02d}.job").write_text("script: no_such_template\n")
         os.utime(config.dropbox / f"j{n:02d}.job", (n + 1, n + 1))      # j00 oldest
     submitter = Submitter(config, LocalTransport())
-    submitter.intake_slice = 10
+    submitter.slices = IntakeSlices(first=4, largest=16)
     try:
         reports = [submitter.cycle()]
         first = sorted(p.name for p in config.dropbox.glob("*.finished"))
         reports += [submitter.cycle() for _ in range(2)]
+        size_after_the_burst = submitter.slices.size
     finally:
         submitter.close()
-    assert first == [f"j{n:02d}.job.finished" for n in range(10)]
-    assert [r.rejected for r in reports] == [10, 10, 5] and [r.more_new for r in reports] == [True, True, False]
+    assert first == [f"j{n:02d}.job.finished" for n in range(4)]
+    # each slice larger than the last (up to the largest), and small again once the burst is over
+    assert [r.rejected for r in reports] == [4, 16, 5] and [r.more_new for r in reports] == [True, True, False]
+    assert size_after_the_burst == 4
+
+
+def test_once_takes_a_burst_in_slices_within_one_call(config_factory, caplog):
+    """``once`` takes every new job (a cron minute is too long to leave work for), but in
+    slices: cycles back to back, so the first slice is queued before the rest is read."""
+    from dropbox_runner.submitter import run_burst
+    from dropbox_runner.transport.local import LocalTransport
+
+    config = config_factory()
+    for n in range(FIRST_SLICE * 2):
+        (config.dropbox / f"j{n:03d}.job").write_text("script: no_such_template\n")
+        os.utime(config.dropbox / f"j{n:03d}.job", (n + 1, n + 1))
+    with caplog.at_level(logging.INFO, logger="dropbox_runner"):
+        reports = run_burst(config, LocalTransport())
+    assert [r.rejected for r in reports] == [FIRST_SLICE, FIRST_SLICE]
+    assert not list(config.dropbox.glob("*.job"))
+    assert sum("cycle: 0 taken, %d rejected" % FIRST_SLICE in r.getMessage() for r in caplog.records) == 2
+
+
+class DoneAtOnce:
+    """A cluster side whose ``wait`` reports a finished job at once."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def wait(self, ignore, timeout):
+        self.calls += 1
+        return ["a-job"]
+
+
+def test_finished_jobs_gather_for_as_long_as_the_last_cycle_took_before_the_loop_wakes(config_factory):
+    """Waking the loop at the first finished job made a burst end in some twenty small
+    collecting cycles; the waiter now lets more finish first, for the last cycle's time
+    (capped), and a stop still ends that wait at once."""
+    import time
+
+    from dropbox_runner.daemon import MAX_GATHER_SECONDS, FinishWaiter, Wake
+    from dropbox_runner.report import CycleReport
+
+    wake = Wake()
+    waiter = FinishWaiter(config_factory(), wake)
+    waiter.cluster = DoneAtOnce()
+    waiter.update(CycleReport(held_ids=["a-job"], seconds=0.4))
+    started = time.monotonic()
+    waiter.start()
+    try:
+        assert wake.event.wait(5)
+        assert 0.4 <= time.monotonic() - started < 2
+        waiter.update(CycleReport(held_ids=["a-job"], seconds=30))     # a long cycle: the cap holds
+        assert waiter.gather == MAX_GATHER_SECONDS
+        wake.event.clear()
+        assert wake.event.wait(5)
+        wake.event.clear()
+        waiter.update(CycleReport(held_ids=["a-job"], seconds=MAX_GATHER_SECONDS))
+        time.sleep(0.1)         # inside a gathering wait now
+        stopping = time.monotonic()
+        waiter.stop()
+        waiter.join(5)
+        assert not waiter.is_alive() and time.monotonic() - stopping < MAX_GATHER_SECONDS
+    finally:
+        waiter.stop()

@@ -1,0 +1,30 @@
+"""How many new jobs each cycle of a burst takes.
+
+A cycle that took a whole burst of 1000 jobs kept the runners waiting for all of it:
+some 3 s of intake on a 2-core machine before the first job ran.  Taken in slices, the
+first slice is queued and running while the next is read, and the cycles that take the
+later slices also collect what the first ones finished.  The first slice is small, so
+the runners start within moments of the drop; each next one is larger, so a big burst
+costs few cycles (each pays one round trip to the cluster, some 0.1 s of CPU there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIRST_SLICE = 50
+GROWTH = 4
+LARGEST_SLICE = 1000
+
+
+@dataclass
+class IntakeSlices:
+    first: int = FIRST_SLICE
+    largest: int = LARGEST_SLICE
+    size: int = FIRST_SLICE
+
+    def __post_init__(self) -> None:
+        self.size = self.first
+
+    def after(self, more_new: bool) -> None:
+        """A burst goes on (more new jobs wait): the next slice is larger; over: start small again."""
+        self.size = min(self.size * GROWTH, self.largest) if more_new else self.first
