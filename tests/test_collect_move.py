@@ -206,3 +206,28 @@ def test_an_output_swapped_between_the_check_and_the_link_is_unlinked_again_and_
         place_files([(folder.held["output/a.txt"], str(destination / "a.txt"))], Boundaries())
     assert os.listdir(destination) == ["a.txt"] and (destination / "a.txt").read_text() == "a.txt\n"
     assert (output / "a.txt").stat().st_nlink == 1 and len(copies) == 1
+
+
+def test_in_a_setgid_folder_a_linked_output_gets_the_folders_group_as_a_copy_would(tmp_path, copies):
+    output, folder = held_job(tmp_path, ("a.txt",))
+    destination = tmp_path / "shared"
+    destination.mkdir()
+    os.chown(destination, -1, 65534)                          # the tools' group (nogroup here)
+    destination.chmod(0o2775)
+    (destination / "a-copy.txt").write_text("what a new file gets\n")
+    with folder:
+        place_files([(folder.held["output/a.txt"], str(destination / "a.txt"))], Boundaries())
+    placed, copy = (destination / "a.txt").stat(), (destination / "a-copy.txt").stat()
+    assert copies == [] and placed.st_gid == copy.st_gid == 65534 and placed.st_uid == copy.st_uid
+
+
+def test_an_output_owned_by_another_account_is_copied_so_the_result_is_the_daemons(tmp_path, copies):
+    output, folder = held_job(tmp_path, ("a.txt",))
+    os.chown(output / "a.txt", 65534, 65534)
+    destination = tmp_path / "dest"
+    destination.mkdir()
+    with folder:
+        place_files([(folder.held["output/a.txt"], str(destination / "a.txt"))], Boundaries())
+    placed = (destination / "a.txt").stat()
+    assert len(copies) == 1 and placed.st_uid == os.geteuid() and placed.st_nlink == 1
+    assert (output / "a.txt").stat().st_uid == 65534
