@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 
-from . import coming, policy, policy_state
+from . import coming, policy, policy_state, sweep
 from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
@@ -124,6 +124,7 @@ def cycle(request, sched=None):
                 answer.finished.append({"id": job_id, "record": record})
     if request.remove_collected:
         answer.removed = remove_collected(store, states, request.submitter, in_flight)
+    sweep.start(store)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
     answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
                          for job_id in store.claimed_jobs(runner_id) if job_id in held}

@@ -9,6 +9,8 @@ operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS in
                                link to its job.json: a marker that makes no inode)
     claimed/<runner>/<id>      being run by that runner (the folder name is the owner)
     done/<id>                  finished.json is complete; the submitter may collect
+    trash/<id>.<ns>            a collected job's folder, moved there in one rename and
+                               removed by a detached sweep (``sweep.py``)
 
 Two runners racing for one job both try the same rename and exactly one wins.  A job
 with ``finished.json`` is never run again, whatever happens to its marker afterwards.
@@ -43,6 +45,9 @@ class JobStore(object):
 
     def done_dir(self):
         return os.path.join(self.root, "done")
+
+    def trash_dir(self):
+        return os.path.join(self.root, "trash")
 
     def runners_dir(self):
         return os.path.join(self.root, "runners")
@@ -118,12 +123,22 @@ class JobStore(object):
         return os.path.exists(os.path.join(self.job_dir(job_id), "cancel"))
 
     def remove(self, job_id):
-        """Forget a collected job: its marker first, so it never looks half-removed."""
+        """Forget a collected job: its marker first, so it never looks half-removed; its
+        folder goes to the trash in one rename, for a sweep off the cycle (``sweep.py``)."""
         try:
             os.unlink(os.path.join(self.done_dir(), job_id))
         except FileNotFoundError:
             pass
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+        if not os.path.lexists(self.job_dir(job_id)):
+            return
+        if self.trash_dir() not in self._made:
+            os.makedirs(self.trash_dir(), mode=0o700, exist_ok=True)
+            self._made.add(self.trash_dir())
+        try:
+            # a name of its own: an earlier folder of the same id may still be in the trash
+            os.rename(self.job_dir(job_id), os.path.join(self.trash_dir(), "%s.%d" % (job_id, time.time_ns())))
+        except OSError:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
     # -- the runner's side ------------------------------------------------------------
     def ready_jobs(self, job_class, ordered=True):

@@ -1,0 +1,86 @@
+"""Collected jobs' folders leave the cycle in one rename each and are removed by a
+detached sweep (``on_hpc/sweep.py``), so the submitter never waits for the removal."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dropbox_runner.on_hpc import sweep
+from dropbox_runner.on_hpc.protocol import FinishedRecord
+from helpers import wait_until
+from test_on_hpc import FakeConnector, run_cycle, staged_store
+
+
+def collected(tmp_path, job_ids):
+    """Jobs of submitter ``s`` that are done and no longer held: the next cycle removes them."""
+    store = staged_store(tmp_path, job_ids)
+    for job_id in job_ids:
+        store.claim("default", job_id, "r")
+        Path(store.job_dir(job_id), "output").mkdir()
+        Path(store.job_dir(job_id), "output", "o").write_text("x")
+        store.finish("r", job_id, FinishedRecord(rc=0))
+    return store
+
+
+def test_a_collected_jobs_folder_leaves_at_once_and_the_sweep_removes_it(tmp_path, monkeypatch):
+    store = collected(tmp_path, ["s.a", "s.b"])
+    answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+    assert answer["removed"] == ["s.a", "s.b"]
+    assert not os.path.exists(store.job_dir("s.a")) and not os.path.exists(store.job_dir("s.b"))
+    wait_until(lambda: sweep.trash_entries(store) == [], 30, what="the sweep to empty the trash")
+
+
+def test_one_sweep_at_a_time_and_a_later_cycle_finishes_what_one_left(tmp_path, monkeypatch):
+    """While a sweep holds the lock no second one starts; the trash it left (killed, say)
+    is emptied by the sweep a later cycle starts."""
+    store = collected(tmp_path, ["s.a"])
+    os.makedirs(store.trash_dir())
+    held = sweep._lock(store)          # a sweep at work
+    try:
+        run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+        assert not sweep.start(store)
+        time.sleep(1)
+        assert len(sweep.trash_entries(store)) == 1
+    finally:
+        os.close(held)
+    run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+    wait_until(lambda: sweep.trash_entries(store) == [], 30, what="the next sweep to empty the trash")
+
+
+def test_the_sweep_removes_a_jobs_links_never_what_they_point_to(tmp_path, monkeypatch):
+    """A job may leave symbolic links in its folder, to a folder or a file outside it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    store = collected(tmp_path / "ws", ["s.a"])
+    os.symlink(outside, Path(store.job_dir("s.a"), "output", "to-folder"))
+    os.symlink(outside / "keep.txt", Path(store.job_dir("s.a"), "to-file"))
+    run_cycle(tmp_path / "ws", FakeConnector(), {}, monkeypatch)
+    wait_until(lambda: sweep.trash_entries(store) == [], 30, what="the sweep")
+    assert (outside / "keep.txt").read_text() == "mine"
+
+
+def test_a_sweep_run_by_hand_empties_the_trash_and_a_second_finds_nothing(tmp_path, monkeypatch):
+    store = collected(tmp_path, ["s.a", "s.b", "s.c"])
+    monkeypatch.setattr(sweep, "start", lambda store: False)       # no detached sweep: this test runs it
+    run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+    assert len(sweep.trash_entries(store)) == 3
+    package = sweep.__name__.rpartition(".")[0]
+    argv = [sys.executable, "-m", package, "sweep"]
+    first = subprocess.run(argv, input=('{"root": "%s"}' % tmp_path).encode(), capture_output=True, timeout=60)
+    assert first.returncode == 0 and b'"swept": 3' in first.stdout
+    again = subprocess.run(argv, input=('{"root": "%s"}' % tmp_path).encode(), capture_output=True, timeout=60)
+    assert again.returncode == 0 and b'"swept": 0' in again.stdout
+    assert sweep.trash_entries(store) == []
+
+
+def test_a_sweep_killed_half_way_leaves_nothing_a_job_could_trip_on(tmp_path, monkeypatch):
+    """The trash is apart from jobs/, ready/, claimed/ and done/: a job id that comes
+    again while its old folder is still in the trash is staged and run afresh."""
+    store = collected(tmp_path, ["s.a"])
+    monkeypatch.setattr(sweep, "start", lambda store: False)
+    run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+    staged_store(tmp_path, ["s.a"])         # the same id staged again
+    assert store.states() == {"s.a": "queued"}
+    assert len(sweep.trash_entries(store)) == 1
