@@ -23,6 +23,7 @@ from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
 from .results import error_block, read_stream, resource_provenance, run_block
+from .safefs import HeldFile
 from .staging import JOBS_FOLDER
 from .transport import Transport, TransportError
 
@@ -108,7 +109,7 @@ class Collector:
         wanted = ["stdout", "stderr", *names.values()]
         if not self.transport.reads_in_place:
             pulled = self.inbox / job.job_id
-            self._finish_run(job, record, {relative: pulled / relative for relative in wanted}, names)
+            self._finish_run(job, record, {relative: pulled / relative for relative in wanted}, names, {})
             return
         try:
             folder = JobFolder(self.jobs, job.job_id, wanted)
@@ -120,12 +121,13 @@ class Collector:
             self._fail(job, f"its output could not be read on the cluster side: {describe(error)}")
             return
         with folder:
-            self._finish_run(job, record, folder.files, names)
+            self._finish_run(job, record, folder.files, names, folder.held)
 
-    def _finish_run(self, job: HeldJob, record: FinishedRecord, files: dict[str, Path], names: dict[str, str]) -> None:
+    def _finish_run(self, job: HeldJob, record: FinishedRecord, files: dict[str, Path], names: dict[str, str],
+                    held: dict[str, HeldFile]) -> None:
         """``files``: the job's ``stdout``, ``stderr`` and outputs (``names``: output key to
-        ``output/<name>``) to read, pulled here or held open where they lie; one missing
-        is one the job did not leave."""
+        ``output/<name>``) to read, pulled here or held open where they lie (``held``: those
+        may be linked into place); one missing is one the job did not leave."""
         streams = [read_stream(files[name]) if name in files else "" for name in ("stdout", "stderr")]
         block = run_block(job.job_id, record, *streams, job.submitted_at)
         block["job_digest"] = job.job_digest
@@ -135,6 +137,7 @@ class Collector:
         self.finisher.finish(Outcome(
             job.name, job.description, block, kind=RAN,
             produced={key: files[name] for key, name in names.items() if name in files},
+            linkable={key: held[name] for key, name in names.items() if name in held},
             cache_key=job.cache_key, scratch=self._scratch(job),
             record={"attempts": block["attempts"], "runner": block["runner"]}))
 

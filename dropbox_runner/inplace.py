@@ -8,7 +8,9 @@ descriptor, one component at a time, never following a link (a job may leave its
 blocking (``O_NONBLOCK``: a FIFO).  Only regular files are kept, by descriptor, so what
 was checked is what is read: readers are given ``/proc/self/fd/N``, and opening that opens
 the held file itself, whatever the job has put at its name since.  What the job left that
-is not a regular file is treated as absent, as the pull skipped it.
+is not a regular file is treated as absent, as the pull skipped it.  Each file's folder
+stays open too (``held``), so an output can be linked into place from exactly where it
+was checked (``safefs.HeldFile``) rather than copied.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import errno
 import os
 import stat
 from pathlib import Path
+
+from .safefs import HeldFile
 
 FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -28,13 +32,15 @@ class JobFolder:
     open until ``close``: ``files`` maps each name (``stdout``, ``output/x.txt``) the job
     left as a regular file to a path that opens it.  An ``OSError`` (a file the job made
     unreadable, a failing disk) names the file, and leaves nothing open; whose fault it is
-    stays the caller's to sort."""
+    stays the caller's to sort.  ``held`` gives the same files with their folders."""
 
     def __init__(self, jobs: Path, job_id: str, relatives: list[str]):
         self.path = jobs / job_id
         self.files: dict[str, Path] = {}
+        self.held: dict[str, HeldFile] = {}
         self._held: list[int] = []
         self._folder: int | None = None
+        self._folders: dict[str, int | None] = {}      # "output" -> its descriptor (None: unusable)
         try:
             parent = self._open(str(jobs), None, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, jobs)  # the operator's
             if parent is None:
@@ -54,29 +60,34 @@ class JobFolder:
     def _file(self, relative: str) -> Path | None:
         *folders, name = relative.split("/")
         shown = self.path / relative
-        opened: list[int] = []
-        try:
-            folder = self._folder
-            for part in folders:
-                folder = None if folder is None else self._open(part, folder, FOLDER_FLAGS, shown)
-                if folder is None:
-                    return None
-                opened.append(folder)
-            fd = None if folder is None else self._open(name, folder, FILE_FLAGS, shown)
-        finally:
-            for descriptor in opened:
-                os.close(descriptor)
+        folder = self._folder
+        if folder is None:
+            return None         # the job's folder itself is not one (a link, say)
+        for depth, part in enumerate(folders):
+            key = "/".join(folders[:depth + 1])
+            if key not in self._folders:
+                opened = self._open(part, folder, FOLDER_FLAGS, shown)
+                self._folders[key] = opened
+                if opened is not None:
+                    self._held.append(opened)
+            folder = self._folders[key]
+            if folder is None:
+                return None
+        fd = self._open(name, folder, FILE_FLAGS, shown)
         if fd is None:
             return None
         self._held.append(fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None         # a FIFO, a device, a folder: closed with the rest
+        self.held[relative] = HeldFile(folder, name, fd)
         return Path(f"/proc/self/fd/{fd}")
 
     def close(self) -> None:
         for fd in self._held:
             os.close(fd)
         self._held.clear()
+        self._folders.clear()
+        self.held.clear()
         if self._folder is not None:
             os.close(self._folder)
             self._folder = None

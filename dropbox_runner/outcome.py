@@ -32,7 +32,7 @@ from .faults import fault_point
 from .history import History
 from .on_hpc.protocol import JobState
 from .results import OutputProblem, place_outputs
-from .safefs import Boundaries
+from .safefs import Boundaries, HeldFile
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class Outcome:
     kind: str = FAILED
     held: bool = True                           # cleared hold: ``.submitted`` (True) or ``.job``
     produced: dict[str, Path] = field(default_factory=dict)   # output key -> file to place
+    linkable: dict[str, HeldFile] = field(default_factory=dict)   # those held where the job left them
     cache_key: str | None = None                # keep an ok run's outputs under this key
     scratch: list[Path] = field(default_factory=list)          # folders here to remove
     record: dict[str, Any] = field(default_factory=dict)       # extra history columns
@@ -78,7 +79,7 @@ class Finisher:
         if outcome.ok and outcome.kind in (RAN, CACHED):
             outputs = (outcome.description or {}).get("output_map") or {}
             try:
-                place_outputs(outcome.produced, outputs, self.boundaries)
+                place_outputs(outcome.produced, outputs, self.boundaries, outcome.linkable)
             except OutputProblem as problem:
                 if outcome.kind == CACHED:
                     log.warning("%s: cache entry unusable (%s); running the job", outcome.name, problem)

@@ -1,8 +1,9 @@
 """Result blocks (the ``job:`` part of ``.job.finished``) and placing outputs.
 
-Outputs are placed all or nothing: each is first copied next to its destination under a
-hidden, unpredictable temporary name, and only when every one is complete are they renamed
-into place.
+Outputs are placed all or nothing: each is first copied (or, held where the job left it,
+hard-linked: ``safefs.place_files``) next to its destination under a hidden,
+unpredictable temporary name, and only when every one is complete are they renamed into
+place.
 A tool that sees ``status: ok`` finds every output whole; on error it finds none of them
 half-written.
 """
@@ -17,7 +18,7 @@ from typing import Any
 from . import __version__
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
-from .safefs import Boundaries, FileRefused, place_files
+from .safefs import Boundaries, FileRefused, HeldFile, place_files
 
 MAX_STREAM_BYTES = 1 << 20
 
@@ -99,17 +100,20 @@ class OutputProblem(Exception):
     """An output could not be placed; nothing of this job was left at any destination."""
 
 
-def place_outputs(produced: dict[str, Path], destinations: dict[str, str], boundaries: Boundaries) -> None:
+def place_outputs(produced: dict[str, Path], destinations: dict[str, str], boundaries: Boundaries,
+                  linkable: dict[str, HeldFile] | None = None) -> None:
     """Copy every produced file to its destination, all or nothing, with the boundaries
-    checked again on each resolved destination as it is placed (``safefs.place_files``).
-    An output of ``destinations`` not in ``produced`` is as missing as one not there."""
+    checked again on each resolved destination as it is placed (``safefs.place_files``);
+    one also in ``linkable`` may be linked instead.  An output of ``destinations`` not in
+    ``produced`` is as missing as one not there."""
     missing = [key for key in destinations if key not in produced or not produced[key].is_file()]
     if missing:
         names = workspace_names(destinations)
         raise OutputProblem("the script did not write " + ", ".join(
             f"{key} (expected at output/{names[key]})" for key in sorted(missing)))
     try:
-        place_files([(produced[key], destinations[key]) for key in produced], boundaries)
+        linkable = linkable or {}
+        place_files([(linkable.get(key) or produced[key], destinations[key]) for key in produced], boundaries)
     except FileRefused as refused:
         raise OutputProblem(f"output not placed: {refused}") from None
     except OSError as error:

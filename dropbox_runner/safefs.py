@@ -12,7 +12,9 @@ privileged account.  So, here:
   renamed, inside the folder that was opened and checked, over nothing or over a regular
   file only (never a device, FIFO, folder or symbolic link);
 - where a path may go is decided on the resolved path (``Boundaries``), again at the
-  moment of placing.
+  moment of placing;
+- a job's output read where it lies (``HeldFile``) is hard-linked, not copied, under the
+  temporary name when that is clearly the same as a copy: see ``_link_in``.
 
 Linux only: the real place of an open descriptor is read from ``/proc/self/fd``.
 """
@@ -26,6 +28,8 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from .faults import fault_point
 
 CHUNK = 1 << 20
 FICLONE = 0x40049409     # linux/fs.h: share the source's blocks (btrfs, XFS): a copy at no cost
@@ -170,6 +174,21 @@ def _target_problem(folder: int, name: str) -> str | None:
     return f"is {kinds.get(stat.S_IFMT(info.st_mode), 'not a regular file')}; only a regular file may be replaced"
 
 
+@dataclass(frozen=True)
+class HeldFile:
+    """A job's output held open (``file``) in the folder it lies in, also held open
+    (``folder``, as ``name``): what ``place_files`` may link into place instead of copying.
+    The caller keeps both open until placing is done and closes them."""
+
+    folder: int
+    name: str
+    file: int
+
+    @property
+    def path(self) -> Path:
+        return Path(f"/proc/self/fd/{self.file}")
+
+
 @dataclass
 class _Placement:
     destination: str
@@ -179,13 +198,15 @@ class _Placement:
     file: int | None = None      # kept open until placed, so its inode number cannot be reused
 
 
-def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int = 0o666) -> None:
-    """Copy each source (a file of the submitter's own) to its destination, all or nothing.
+def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries, mode: int = 0o666) -> None:
+    """Copy each source (a file of the submitter's own, or a job's output it holds) to its
+    destination, all or nothing.
 
-    Every destination's folder is opened and checked, every copy made under a temporary
-    name in it; only when all are complete is each renamed into place, after its folder
-    and target are checked once more.  ``mode`` is masked by the umask.  Raises
-    FileRefused (the job's fault) or OSError (a full disk: nothing was left behind).
+    Every destination's folder is opened and checked, every copy made (or held output
+    linked) under a temporary name in it; only when all are complete is each renamed into
+    place, after its folder and target are checked once more.  ``mode`` is masked by the
+    umask.  Raises FileRefused (the job's fault) or OSError (a full disk: nothing was left
+    behind, and a linked output is still where it was).
     """
     placements: list[_Placement] = []
     try:
@@ -193,9 +214,12 @@ def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int
             placement = _Placement(destination, _open_folder(destination), os.path.basename(destination))
             placements.append(placement)
             _check_place(placement, boundaries)
+            if isinstance(source, HeldFile) and _link_in(placement, source, mode):
+                continue
             placement.file, placement.temporary = _temporary(placement.folder, placement.name, mode)
-            with open(source, "rb") as data:
+            with open(source.path if isinstance(source, HeldFile) else source, "rb") as data:
                 _copy(data.fileno(), placement.file)
+            fault_point("output_staged")
         for placement in placements:
             _check_place(placement, boundaries)
             _check_ours(placement, placement.temporary)
@@ -217,6 +241,70 @@ def place_files(pairs: list[tuple[Path, str]], boundaries: Boundaries, mode: int
             os.close(placement.folder)
             if placement.file is not None:
                 os.close(placement.file)
+
+
+def _link_in(placement: _Placement, held: HeldFile, mode: int) -> bool:
+    """Put a held output under a temporary name beside its destination by a hard link,
+    where that is the same as a copy (True), instead of writing a new file: creating a file
+    is what a collection costs most here (issue 18).  The same as a copy means: a regular
+    file with no other name (no alias of a file elsewhere, which writing through the result
+    would change), the submitter's own (a copy would be), given the mode and group a copy
+    would get (no setuid bit or group write the job set), and on the destination's
+    filesystem.  What is linked is checked to be the held file; anything else is undone
+    and the output copied (False).  The job's own name is left as it is, so whatever
+    happens before the result is written (a refusal, a full disk, a crash) finds every
+    output where the job left it: the next cycle collects the job whole.  The job's folder
+    is removed once collected, leaving the destination the only name."""
+    info = os.fstat(held.file)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        return False
+    try:
+        found = os.lstat(held.name, dir_fd=held.folder)
+        if (found.st_dev, found.st_ino) != (info.st_dev, info.st_ino):
+            return False        # swapped since it was opened: the held file is copied
+        folder = os.fstat(placement.folder)
+        group = folder.st_gid if folder.st_mode & stat.S_ISGID else os.getegid()
+        if info.st_gid != group:
+            os.fchown(held.file, -1, group)
+        wanted = mode & ~_umask()
+        if stat.S_IMODE(info.st_mode) != wanted:
+            os.fchmod(held.file, wanted)
+        while True:
+            temporary = f".{placement.name[:64]}.{secrets.token_hex(8)}.partial"
+            try:
+                os.link(held.name, temporary, src_dir_fd=held.folder, dst_dir_fd=placement.folder,
+                        follow_symlinks=False)
+                break
+            except FileExistsError:
+                continue
+    except OSError:
+        return False            # another filesystem (EXDEV), a link refused: copied as before
+    placement.temporary, placement.file = temporary, os.dup(held.file)
+    try:
+        linked = os.lstat(temporary, dir_fd=placement.folder)
+        same = (linked.st_dev, linked.st_ino) == (info.st_dev, info.st_ino)
+    except FileNotFoundError:
+        same = False
+    if not same or os.fstat(held.file).st_nlink != 2:
+        try:
+            os.unlink(temporary, dir_fd=placement.folder)   # raced: another file, or another name made
+        except FileNotFoundError:
+            pass
+        os.close(placement.file)
+        placement.temporary = placement.file = None
+        return False
+    fault_point("output_staged")
+    return True
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it: ``os.umask`` sets it, for a moment,
+    for every thread."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    raise OSError("no Umask in /proc/self/status")
 
 
 def _open_folder(destination: str) -> int:
