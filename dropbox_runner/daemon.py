@@ -120,12 +120,15 @@ class FinishWaiter(threading.Thread):
     wakes the loop when one is done.  It has its own connection, so a cycle never waits
     for it.
 
-    Once one is done it lets more finish for as long as the last cycle took (at most
-    MAX_GATHER_SECONDS) before waking the loop.  Waking at the first one made a burst of
-    1000 trivial jobs end in some twenty cycles of 25-60 jobs each, every one paying a
-    round trip and the head node's cycle (0.2-0.3 s of CPU on a 2-core machine, taken from
-    the jobs); a cycle's cost is now at most about half of the time.  A lone job's result
-    comes that much later: the last cycle's time, a few tenths of a second."""
+    Once one is done it lets more finish, until as long as the last cycle took (at most
+    MAX_GATHER_SECONDS) has passed since that cycle ended, before waking the loop; when a
+    cycle ran meanwhile, it may have collected them: the next ``wait`` tells; when every
+    held job is done there is nothing to gather.  Waking at
+    the first one made a burst of 1000 trivial jobs end in some twenty cycles of 25-60
+    jobs each, every one paying a round trip and the head node's cycle (0.2-0.3 s of CPU
+    on a 2-core machine, taken from the jobs), and a cycle followed each long one at once
+    for what finished during it; cycles now take at most about half of the time.  A lone
+    job's result comes that much later: the last cycle's time, a few tenths of a second."""
 
     def __init__(self, config: Config, wake: Wake):
         super().__init__(name="finish-waiter", daemon=True)
@@ -137,14 +140,40 @@ class FinishWaiter(threading.Thread):
         self.held: list[str] = []
         self.ignore: list[str] = []
         self.gather = 0.0
+        self.cycle_running = False
+        self.cycle_ended = 0.0
+        self.cycles = 0
         self.stopped = False
 
-    def update(self, report: CycleReport) -> None:
+    def cycle_starts(self) -> None:
         with self.lock:
-            self.held = report.held_ids
-            self.ignore = report.collected_ids
-            self.gather = min(report.seconds, MAX_GATHER_SECONDS)
+            self.cycle_running = True
+
+    def update(self, report: CycleReport | None) -> None:
+        """After each cycle: what it left held (None: it failed, nothing changes but the time)."""
+        with self.lock:
+            if report is not None:
+                self.held = report.held_ids
+                self.ignore = report.collected_ids
+                self.gather = min(report.seconds, MAX_GATHER_SECONDS)
+            self.cycle_running = False
+            self.cycle_ended = time.monotonic()
+            self.cycles += 1
             self.lock.notify()
+
+    def _gathered(self) -> bool:
+        """Under the lock: wait out the running cycle and the gathering time after it;
+        False when a cycle ran meanwhile (or the waiter stopped)."""
+        seen = self.cycles
+        while not self.stopped:
+            if self.cycle_running:
+                self.lock.wait()
+                continue
+            left = self.cycle_ended + self.gather - time.monotonic()
+            if left <= 0:
+                return self.cycles == seen
+            self.lock.wait(left)
+        return False
 
     def stop(self) -> None:
         with self.lock:
@@ -160,7 +189,7 @@ class FinishWaiter(threading.Thread):
                     self.lock.wait()
                 if self.stopped:
                     return
-                ignore = list(self.ignore)
+                ignore, held = list(self.ignore), set(self.held)
             try:
                 done = self.cluster.wait(ignore, WAIT_SECONDS)
                 backoff = 1.0
@@ -173,8 +202,9 @@ class FinishWaiter(threading.Thread):
                 continue
             if done:
                 with self.lock:
+                    if not held <= set(done) and not self._gathered():     # all done: nothing to gather
+                        continue
                     self.held = []      # until the cycle that collects them says what is left
-                    self.lock.wait_for(lambda: self.stopped, timeout=self.gather)
                 self.wake.set()
 
 
@@ -212,15 +242,18 @@ class Daemon:
                     self._stop(observer, waiter, submitter)
                     self._reload_config()
                     observer, waiter, submitter = self._start()
+                waiter.cycle_starts()
                 try:
                     report = run_cycle(self.config, submitter)
                 except TransportError as error:
+                    waiter.update(None)
                     backoff = min(max(backoff * 2, 2.0), MAX_BACKOFF_SECONDS)
                     log.error("cluster unreachable, retrying in %.0fs: %s", backoff, error)
                     submitter.transport.close()
                     next_tick = time.monotonic() + backoff
                     continue
                 except Exception:  # noqa: BLE001 - a broken cycle must not end the daemon
+                    waiter.update(None)
                     log.exception("cycle failed; the next one runs on the next tick")
                     next_tick = time.monotonic() + self.config.tick
                     continue

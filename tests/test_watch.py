@@ -227,22 +227,67 @@ def test_finished_jobs_gather_for_as_long_as_the_last_cycle_took_before_the_loop
     wake = Wake()
     waiter = FinishWaiter(config_factory(), wake)
     waiter.cluster = DoneAtOnce()
-    waiter.update(CycleReport(held_ids=["a-job"], seconds=0.4))
     started = time.monotonic()
+    waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.4))
     waiter.start()
     try:
         assert wake.event.wait(5)
         assert 0.4 <= time.monotonic() - started < 2
-        waiter.update(CycleReport(held_ids=["a-job"], seconds=30))     # a long cycle: the cap holds
+        waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=30))     # a long cycle: the cap holds
         assert waiter.gather == MAX_GATHER_SECONDS
         wake.event.clear()
         assert wake.event.wait(5)
         wake.event.clear()
-        waiter.update(CycleReport(held_ids=["a-job"], seconds=MAX_GATHER_SECONDS))
+        waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=MAX_GATHER_SECONDS))
         time.sleep(0.1)         # inside a gathering wait now
         stopping = time.monotonic()
         waiter.stop()
         waiter.join(5)
         assert not waiter.is_alive() and time.monotonic() - stopping < MAX_GATHER_SECONDS
+    finally:
+        waiter.stop()
+
+
+def test_finished_jobs_found_during_a_cycle_wait_for_its_end_and_the_gathering_after_it(config_factory):
+    """A job done while a cycle runs must not wake another cycle the moment that one
+    ends (that cycle may have collected it): the waiter asks again once it has ended,
+    and wakes the loop only after the gathering time."""
+    import time
+
+    from dropbox_runner.daemon import FinishWaiter, Wake
+    from dropbox_runner.report import CycleReport
+
+    wake = Wake()
+    waiter = FinishWaiter(config_factory(), wake)
+    waiter.cluster = DoneAtOnce()
+    waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.1))
+    waiter.cycle_starts()
+    waiter.start()
+    try:
+        assert not wake.event.wait(1.0)         # the cycle runs on
+        asks = waiter.cluster.calls
+        ended = time.monotonic()
+        waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.3))
+        assert wake.event.wait(5)
+        assert 0.3 <= time.monotonic() - ended < 2
+        assert waiter.cluster.calls == asks + 1     # asked again after the cycle, before waking
+    finally:
+        waiter.stop()
+
+
+def test_when_every_held_job_is_done_the_loop_wakes_without_gathering(config_factory):
+    import time
+
+    from dropbox_runner.daemon import FinishWaiter, Wake
+    from dropbox_runner.report import CycleReport
+
+    wake = Wake()
+    waiter = FinishWaiter(config_factory(), wake)
+    waiter.cluster = DoneAtOnce()         # reports "a-job" done: the only one held
+    started = time.monotonic()
+    waiter.update(CycleReport(held_ids=["a-job"], seconds=30))
+    waiter.start()
+    try:
+        assert wake.event.wait(5) and time.monotonic() - started < 0.4
     finally:
         waiter.stop()
