@@ -4,8 +4,11 @@ A cycle that took a whole burst of 1000 jobs kept the runners waiting for all of
 some 3 s of intake on a 2-core machine before the first job ran.  Taken in slices, the
 first slice is queued and running while the next is read, and the cycles that take the
 later slices also collect what the first ones finished.  The first slice is small, so
-the runners start within moments of the drop; each next one is larger, so a big burst
-costs few cycles (each pays one round trip to the cluster, some 0.1 s of CPU there).
+the runners start within moments of the drop; each next one is larger, up to a size
+whose intake (about a second here) is not much longer than the runners take to drain
+the slice before: intake is slower than the runners, so they idle between slices, and
+a slice of 750 left them idle for most of its 3 s.  Each slice pays one round trip to
+the cluster, some 0.1-0.2 s of CPU there.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 FIRST_SLICE = 50
 GROWTH = 4
-LARGEST_SLICE = 1000
+LARGEST_SLICE = 250
 
 
 @dataclass
