@@ -130,7 +130,12 @@ def cycle(request, sched=None):
                          for job_id in store.claimed_jobs(runner_id) if job_id in held}
     answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
     answer.counts = count_states(states)
-    answer.workspace_free_bytes = free_bytes(store.root)
+    # What the trash holds is as good as free (a sweep is removing it): counted so that a
+    # job is never refused as too big for room that is being freed (measured first, so a
+    # sweep in between can only make it look roomier, and a push then meets a full disk:
+    # the jobs wait a cycle).
+    trash = sweep.trash_bytes(store)
+    answer.workspace_free_bytes = free_bytes(store.root) + trash
     return answer.to_json()
 
 

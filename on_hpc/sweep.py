@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 
+from .files import tree_bytes
+
 LOCK_NAME = ".sweep.lock"
 
 
@@ -24,6 +26,11 @@ def trash_entries(store):
         return [name for name in os.listdir(store.trash_dir()) if name != LOCK_NAME]
     except OSError:
         return []
+
+
+def trash_bytes(store):
+    """The bytes waiting in the trash (none when it is empty, the usual case)."""
+    return tree_bytes(store.trash_dir()) if trash_entries(store) else 0
 
 
 def start(store):
@@ -35,7 +42,7 @@ def start(store):
     try:
         child = subprocess.Popen([sys.executable, "-m", package, "sweep"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
-                                 start_new_session=True, env=env)
+                                 start_new_session=True, env=env, cwd="/")     # holds no mount busy
         child.stdin.write(json.dumps({"root": store.root}).encode())
         child.stdin.close()
     except OSError as error:        # nothing lost: the next cycle tries again

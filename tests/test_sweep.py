@@ -84,3 +84,17 @@ def test_a_sweep_killed_half_way_leaves_nothing_a_job_could_trip_on(tmp_path, mo
     staged_store(tmp_path, ["s.a"])         # the same id staged again
     assert store.states() == {"s.a": "queued"}
     assert len(sweep.trash_entries(store)) == 1
+
+
+def test_the_room_a_sweep_is_freeing_counts_as_free_in_the_answer(tmp_path, monkeypatch):
+    """The submitter fails a job whose inputs exceed the free space the last cycle
+    reported: room still held by the trash must not make a job that fits look too big."""
+    from dropbox_runner.on_hpc.files import free_bytes
+
+    store = collected(tmp_path, ["s.a"])
+    with open(Path(store.job_dir("s.a"), "output", "big"), "wb") as handle:
+        handle.write(b"x" * (4 << 20))
+    monkeypatch.setattr(sweep, "start", lambda store: False)        # the sweep has not run yet
+    answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
+    assert sweep.trash_bytes(store) >= 4 << 20
+    assert answer["workspace_free_bytes"] >= free_bytes(str(tmp_path)) + (4 << 20) - (1 << 20)
