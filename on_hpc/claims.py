@@ -23,6 +23,8 @@ many as jobs run, and when someone removed it; so it stays under ~REWRITE_LINES 
 import json
 import os
 
+from .files import remove_file
+
 SUFFIX = ".claims.jsonl"
 REWRITE_LINES = 4096
 MAX_READ_BYTES = 16 * 1024 * 1024
@@ -76,7 +78,7 @@ class Journal(object):
         """Write the journal afresh with these claims: a new file of this runner's own
         renamed over the path (never following what someone else put there)."""
         tmp = "%s.tmp-%d" % (self.path, os.getpid())
-        _remove(tmp)
+        remove_file(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             data = "".join(_line(claim) for claim in claims).encode("utf-8")
@@ -85,7 +87,7 @@ class Journal(object):
             os.rename(tmp, self.path)
         except BaseException:
             os.close(fd)
-            _remove(tmp)
+            remove_file(tmp)
             raise
         self.close()
         self.fd, self.lines, self.torn = fd, len(claims), False
@@ -169,10 +171,3 @@ def _whole(value):
 
 def _line(claim):
     return json.dumps(claim, sort_keys=True, separators=(",", ":")) + "\n"
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

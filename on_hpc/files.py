@@ -135,6 +135,14 @@ def listdir(path):
         return []
 
 
+def remove_file(path):
+    """Unlink ``path``; one already gone is fine (any other failure is raised)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _remove_quietly(path):
     try:
         os.unlink(path)

@@ -134,8 +134,7 @@ def cycle(request, sched=None):
     # job is never refused as too big for room that is being freed (measured first, so a
     # sweep in between can only make it look roomier, and a push then meets a full disk:
     # the jobs wait a cycle).
-    trash = sweep.trash_bytes(store)
-    answer.workspace_free_bytes = free_bytes(store.root) + trash
+    answer.workspace_free_bytes = sweep.trash_bytes(store) + free_bytes(store.root)
     return answer.to_json()
 
 

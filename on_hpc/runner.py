@@ -20,7 +20,7 @@ import sys
 import time
 
 from . import claims, coming, policy_state
-from .files import free_bytes, read_json, tree_bytes, write_json
+from .files import free_bytes, read_json, remove_file, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
 from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
@@ -257,7 +257,7 @@ class Runner(object):
         if self.steps:
             # Slurm binds the step's own GPUs; the allocation's list must not leak in.
             env.pop("CUDA_VISIBLE_DEVICES", None)
-            _remove(os.path.join(job_dir, STEP_ID_FILE))
+            remove_file(os.path.join(job_dir, STEP_ID_FILE))
             argv = self.sched.step_argv(_script_argv(os.path.join(job_dir, "job.sh")), job_id, request,
                                         placement, STEP_ID_FILE)
         else:
@@ -502,13 +502,6 @@ def _out_of_memory(stderr_path):
             return SRUN_OUT_OF_MEMORY.search(handle.read()) is not None
     except OSError:
         return False
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _script_argv(script):

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 
-from .files import tree_bytes
+from .files import remove_file, tree_bytes
 
 LOCK_NAME = ".sweep.lock"
 
@@ -69,7 +69,7 @@ def sweep(request):
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
-                    _unlink(path)
+                    remove_file(path)
                 swept += 1
     finally:
         os.close(lock)
@@ -95,10 +95,3 @@ def _lock(store):
             return None
         raise
     return fd
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
