@@ -25,6 +25,7 @@ from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
 from .jobs import JobInvalid, echoable, read_job
+from .on_hpc.batchfile import BatchFile
 from .on_hpc.protocol import JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
@@ -59,6 +60,7 @@ class Intake:
         self.closed: set[str] = set()    # known complete: seen closed or renamed in (watch), or stable
         self.outbox = config.state_dir / "outbox"
         self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
+        self.metas: BatchFile | None = None     # the job.json of every job this cycle takes
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str], names: list[str] | None = None) -> IntakeCounts:
         """Take every new job (or only ``names`` of them); files changed in the last
@@ -67,12 +69,17 @@ class Intake:
         counts = IntakeCounts()
         held_names = set(listing.submitted)
         unsettled: list[str] = []
-        self._take_all(listing.new if names is None else names, listing, held_names, keys_in_flight, counts,
-                       unsettled)
-        if unsettled:
-            self._peek(unsettled)
-            self._wait_to_settle(unsettled)
-            self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
+        self.metas = BatchFile(str(self.outbox))
+        try:
+            self._take_all(listing.new if names is None else names, listing, held_names, keys_in_flight, counts,
+                           unsettled)
+            if unsettled:
+                self._peek(unsettled)
+                self._wait_to_settle(unsettled)
+                self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
+        finally:
+            self.metas.close()
+            self.metas = None
         return counts
 
     def _take_all(self, names: list[str], listing: Listing, held_names: set[str], keys_in_flight: set[str],
@@ -219,7 +226,7 @@ class Intake:
               provenance: dict[str, Any]) -> dict[str, Any]:
         """Stage the inputs, hold the job, drop its ``.job``; the provenance returned
         describes the inputs as copied, which is what runs and what the cache key names."""
-        staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries)
+        staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries, self.metas)
         if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.items()):
             log.warning("%s: an input changed while the job was being taken; its digests are those of the copy",
                         name)

@@ -39,8 +39,9 @@ def known_free(state_dir: Path) -> int | None:
 
 
 def entry_bytes(folder: Path) -> int:
-    """What sending an outbox entry costs on the cluster (its links followed)."""
-    return tree_bytes(folder, follow_links=True)
+    """What sending an outbox entry costs on the cluster (its links followed; its
+    ``job.json``, one file for the intake cycle's jobs, sent once for them all)."""
+    return tree_bytes(folder, follow_links=True, shared=True)
 
 
 def split_by_room(sizes: dict[str, int], free: int | None) -> tuple[list[str], list[str], list[str]]:

@@ -29,6 +29,8 @@ from .jobs import (
     parse_job,
     workspace_names,
 )
+from .on_hpc.batchfile import BATCH_PREFIX, BatchFile
+from .on_hpc.files import remove_file
 from .on_hpc.resources import gres_gpus, job_request, never_fits
 from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
@@ -140,8 +142,12 @@ def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
     return None
 
 
-def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, boundaries: Boundaries) -> dict[str, str]:
+def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, boundaries: Boundaries,
+                       metas: BatchFile | None = None) -> dict[str, str]:
     """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt.
+    Its ``job.json`` is a line of ``metas``, the cycle's one file for every job it takes,
+    linked in (``on_hpc/batchfile.py``: a file made per job was the dearest part of
+    intake); a job staged alone gets a file of its own.
 
     Returns the sha256 of each input as copied.  JobInvalid when an input can no longer be
     taken (gone, moved out of bounds, no longer a regular file): the job's fault."""
@@ -155,7 +161,10 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
     meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,
             "expected_seconds": expected, "submitter": submitter_id,
             **job.template.resources, **job.description.resources}
-    (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    if metas is None:
+        (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    else:
+        metas.add(job.job_id, meta, str(entry / "job.json"))
     digests, problems = {}, []
     for key, target in job.input_names.items():
         value = job.description.input_map[key]
@@ -179,6 +188,8 @@ def prune_outbox(outbox: Path, keep: set[str]) -> list[str]:
     for entry in os.scandir(outbox):
         if entry.name in keep:
             waiting.append(entry.name)
+        elif entry.name.startswith(BATCH_PREFIX):
+            remove_file(entry.path)      # the metas of a cycle killed before it closed them
         else:
             shutil.rmtree(entry.path, ignore_errors=True)
     return sorted(waiting)

@@ -159,14 +159,18 @@ def free_bytes(path):
     return info.f_bavail * info.f_frsize
 
 
-def tree_bytes(folder, follow_links=False):
-    """The bytes of every file under ``folder``; a file that vanishes meanwhile counts 0."""
+def tree_bytes(folder, follow_links=False, shared=False):
+    """The bytes of every file under ``folder``; a file that vanishes meanwhile counts 0.
+    ``shared``: a file with several names counts its share under each (a batch's
+    ``job.json``, ``batchfile``: sent and freed once); else its whole size under each,
+    as a copy would cost (a job's output, which could link one big file many times)."""
     size = 0
     measure = os.stat if follow_links else os.lstat
     for root, _, files in os.walk(folder):
         for name in files:
             try:
-                size += measure(os.path.join(root, name)).st_size
+                info = measure(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            size += info.st_size // max(info.st_nlink, 1) if shared else info.st_size
     return size

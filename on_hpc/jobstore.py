@@ -3,7 +3,8 @@
 A job's state is where its marker file stands, and every move is one ``rename``, the only
 operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS included):
 
-    jobs/<id>/                 what the submitter staged: job.sh, job.json, input/; the
+    jobs/<id>/                 what the submitter staged: job.sh, job.json (a link to the
+                               intake cycle's one file of metas, ``batchfile``), input/; the
                                runner adds output/, stdout, stderr, finished.json
     ready/<class>/<id>         waiting for a runner of that resource class (a hard
                                link to its job.json: a marker that makes no inode)
@@ -21,6 +22,7 @@ import shutil
 import time
 
 from . import claims
+from .batchfile import read_record
 from .files import listdir, read_json, touch_new, write_json, write_json_together
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
@@ -64,7 +66,7 @@ class JobStore(object):
     def job_meta(self, job_id):
         if self._metas is not None and job_id in self._metas:
             return self._metas[job_id]
-        meta = read_json(os.path.join(self.job_dir(job_id), "job.json"), {})
+        meta = read_record(os.path.join(self.job_dir(job_id), "job.json"), job_id, {})
         if self._metas is not None and meta:
             self._metas[job_id] = meta
         return meta

@@ -30,7 +30,7 @@ def trash_entries(store):
 
 def trash_bytes(store):
     """The bytes waiting in the trash (none when it is empty, the usual case)."""
-    return tree_bytes(store.trash_dir()) if trash_entries(store) else 0
+    return tree_bytes(store.trash_dir(), shared=True) if trash_entries(store) else 0
 
 
 def start(store):

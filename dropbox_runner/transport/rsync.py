@@ -118,14 +118,16 @@ def host_spec(host: str) -> str:
 def rsync_push_argv(rsh: str, host: str, local_dir: Path, remote_dir: str) -> list[str]:
     """Send the contents of ``local_dir`` into ``remote_dir``.
 
-    Links are followed (the outbox links to the input files).  Folders arrive 0700 and
+    Links are followed (the outbox links to the input files); hard links among the sent
+    files are kept (every ``job.json`` of an intake cycle is one file, ``on_hpc/batchfile.py``:
+    sent once, made once on the cluster).  Folders arrive 0700 and
     files lose group and other bits (the workspace is private; job.sh keeps its owner
     bits and the runner runs it through bash anyway).  Owner and group are not sent.
     The remote shell first makes ``remote_dir`` and its parents under ``umask 077``,
     which also works with rsyncs older than ``--mkpath`` (3.2.3).  Nothing is deleted.
     """
     prepare = f"umask 077 && mkdir -p -- {shlex.quote(remote_dir)} && rsync"
-    return ["rsync", "--recursive", "--times", "--perms", "--copy-links", "--chmod=D700,Fgo=",
+    return ["rsync", "--recursive", "--times", "--perms", "--copy-links", "--hard-links", "--chmod=D700,Fgo=",
             f"--partial-dir={PARTIAL_DIR}", f"--timeout={IO_TIMEOUT_SECONDS}",
             f"--rsync-path={prepare}", "-e", rsh,
             f"{local_dir}/", f"{host_spec(host)}:{remote_dir}/"]
