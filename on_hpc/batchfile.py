@@ -22,6 +22,7 @@ import collections
 import json
 import os
 import secrets
+import stat
 
 from .files import remove_file
 
@@ -76,14 +77,15 @@ class BatchFile(object):
 
 def read_record(path, key, default=None):
     """The record of ``key`` in the file at ``path``: its line in a batch, or the file's one
-    document.  ``default`` when missing, unreadable, too large, or not a JSON object."""
+    document.  ``default`` when missing, unreadable, too large, not a regular file (a FIFO
+    is opened without waiting for a writer), or not a JSON object."""
     try:
-        with open(path, "rb") as handle:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
             info = os.fstat(handle.fileno())
             stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
             records = _parsed.get(stamp)
             if records is None:
-                if info.st_size > MAX_READ_BYTES:
+                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_READ_BYTES:
                     return default
                 data = handle.read(MAX_READ_BYTES + 1)
                 if not data.startswith(_LINE_START):
