@@ -1,6 +1,5 @@
 """Atomic file writes: a reader on the cluster or the submitter never sees half a file."""
 import ctypes
-import ctypes.util
 import json
 import os
 import tempfile
@@ -69,9 +68,18 @@ def write_json_together(items):
 
 
 def _syncfs_function():
+    """libc's ``syncfs``: from the symbols this process already has (glibc, musl), else
+    by name; ``ctypes.util.find_library`` runs ``ldconfig`` (a program started, in every
+    ``on_hpc`` command), so it is the last resort."""
+    for name in (None, "libc.so.6"):
+        try:
+            return ctypes.CDLL(name, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            continue
+    from ctypes.util import find_library
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).syncfs
-    except (OSError, AttributeError):
+        return ctypes.CDLL(find_library("c"), use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):
         return None
 
 

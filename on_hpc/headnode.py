@@ -21,6 +21,7 @@ from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
 from .protocol import (
+    START_ERROR_SUFFIX,
     CycleAnswer,
     CycleRequest,
     FinishedRecord,
@@ -30,7 +31,6 @@ from .protocol import (
     WaitRequest,
     class_setting,
 )
-from .runner import START_ERROR_SUFFIX
 from .schedulers import (
     RunnerInfo,
     SchedulerUnavailable,

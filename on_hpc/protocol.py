@@ -80,6 +80,7 @@ DEFAULT_USER_LIMIT = 0           # the site's per-user job limit, all classes to
 DEFAULT_SPECULATE = 1            # runners kept pending for any backlog at all
 DEFAULT_SUBMIT_CAP = 8           # most runner submissions per class per cycle
 DEFAULT_SUBMIT_PER_HOUR = 24     # most runner submissions per class in any hour
+START_ERROR_SUFFIX = ".start-error"  # beside a runner's spec: why it could not start (runner, head node)
 DEFAULT_ADAPTIVE_LINGER = False  # linger only while recent arrivals pay for it (idle_timeout: the most)
 
 # Where runners wait in a queue (Slurm, Grid Engine), a class the config says nothing more

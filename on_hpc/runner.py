@@ -23,12 +23,18 @@ from . import claims, coming, policy_state
 from .files import free_bytes, read_json, remove_file, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
-from .protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_WARN_SECONDS, FinishedRecord, cancelled_record
+from .protocol import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_WARN_SECONDS,
+    START_ERROR_SUFFIX,
+    FinishedRecord,
+    cancelled_record,
+)
 from .resources import Ledger, job_request
 from .schedulers import connector, effective_warn_seconds, too_long_message
 
 POLL_SECONDS = 0.2
-START_ERROR_SUFFIX = ".start-error"   # beside the runner's spec: why it could not start
 SRUN_OUT_OF_MEMORY = re.compile(rb"^srun: error: \S+: task \d+: Out Of Memory", re.MULTILINE)
 STEP_ID_FILE = "step.id"     # in the job's folder: "<job id>.<step id>" of its Slurm step
 HEARTBEAT_SECONDS = 10
