@@ -120,8 +120,11 @@ def write_linked(path, entries):
     ``path`` is unnamed at the end.  A writer killed before leaves it behind, outside every
     target's folder and never read: the writer's next call removes it first (removing, not
     truncating, as targets linked before the kill may still name it)."""
-    remove_file(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fd = _create(path)
+    except FileExistsError:
+        remove_file(path)
+        fd = _create(path)
     try:
         try:
             data = memoryview(b"".join(_line(key, record) for key, record, _ in entries))
@@ -135,6 +138,10 @@ def write_linked(path, entries):
         sync_folders(set(os.path.dirname(target) or "." for _, _, target in entries))
     finally:
         _remove_quietly(path)
+
+
+def _create(path):
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _line(key, record):
