@@ -135,8 +135,9 @@ def free_bytes(path):
 def tree_bytes(folder, follow_links=False, shared=False):
     """The bytes of every file under ``folder``; a file that vanishes meanwhile counts 0.
     ``shared``: a file with several names counts its share under each (a batch's
-    ``job.json``, ``batchfile``: sent and freed once); else its whole size under each,
-    as a copy would cost (a job's output, which could link one big file many times)."""
+    ``job.json`` or ``finished.json``, ``batchfile``: sent and freed once); else its whole
+    size under each, as a copy would cost (a job's output, which could link one big file
+    many times)."""
     size = 0
     measure = os.stat if follow_links else os.lstat
     for root, _, files in os.walk(folder):
