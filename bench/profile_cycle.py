@@ -1,6 +1,7 @@
-"""Where a cycle's time goes: one `once` cycle taking N new jobs, then one collecting them.
+"""Where a cycle's time goes: one `once` call taking N new jobs, then one collecting them.
 
-Both cycles run in this process under cProfile, on the local backend with the trivial
+Both calls run in this process under cProfile (the first runs several cycles, as ``once``
+takes a burst in slices, and collects what ended meanwhile), on the local backend with the trivial
 jobs of ``bench/overhead.py`` (renamed into the dropbox at once, as there); between them
 the local runners run the jobs.  Prints each cycle's wall time and its top entries
 (cumulative, then own time).  On a loaded disk the top entries are the calls that make
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         intake = profiled_cycle(config, save, "intake")
         deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
         done = root / "cluster" / "workspace" / "done"       # a marker per job a runner has ended
-        while not done.is_dir() or len(list(done.iterdir())) < options.jobs:
+        # ``once`` takes a burst in slices and collects what ended meanwhile: the jobs left
+        # are those neither collected nor done yet.
+        while (len(list(done.iterdir())) if done.is_dir() else 0) + count_finished(root / "dropbox") < options.jobs:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the jobs did not run in {RUN_TIMEOUT_SECONDS} s")
             time.sleep(0.2)

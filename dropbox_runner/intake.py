@@ -44,6 +44,7 @@ PEEK_AT_MOST = 8      # unsettled jobs read for the early start's guess at a cla
 class IntakeCounts:
     names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
                                                      # counted by the Finisher)
+    held: dict[str, HeldJob] = field(default_factory=dict)  # their holds by job id, as written (not read back)
 
 
 class Intake:
@@ -169,17 +170,17 @@ class Intake:
         if self.on_take is not None:
             self.on_take(job)      # the submitter's early start: the runner is asked for before staging
         try:
-            provenance = self._take(name, raw, job, digest, provenance)
+            hold = self._take(name, raw, job, digest, provenance)
         except JobInvalid as problem:
             self._reject(name, raw, problem.problems, digest)
             return
         except OSError:     # the state folder's disk, not the job: it waits, and the boundary says so
             shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
             raise
-        key = provenance.get("cache_key")
-        if key:
-            keys_in_flight.add(key)
+        if hold.cache_key:
+            keys_in_flight.add(hold.cache_key)
         counts.names.append(name)
+        counts.held[hold.job_id] = hold
 
     def _settled(self, name: str) -> bool:
         """A job file written in place (not renamed) must not be taken half-written: it is
@@ -223,8 +224,8 @@ class Intake:
         return provenance
 
     def _take(self, name: str, raw: dict[str, Any], job: PreparedJob, digest: str,
-              provenance: dict[str, Any]) -> dict[str, Any]:
-        """Stage the inputs, hold the job, drop its ``.job``; the provenance returned
+              provenance: dict[str, Any]) -> HeldJob:
+        """Stage the inputs, hold the job, drop its ``.job``; the hold's provenance
         describes the inputs as copied, which is what runs and what the cache key names."""
         staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries, self.metas)
         if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.items()):
@@ -234,14 +235,14 @@ class Intake:
                 provenance["inputs"][key]["sha256"] = sha
             provenance = self._keyed(job, provenance)
         fault_point("after_outbox")
-        self.dropbox.hold(HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(),
-                                  digest, provenance), self.seal)
+        hold = HeldJob(name, job.job_id, raw, job.fingerprint, job.job_class, time.time(), digest, provenance)
+        self.dropbox.hold(hold, self.seal)
         fault_point("after_hold")
         self.dropbox.discard(name, "")
         self.history.record(name, JobState.SUBMITTED, job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
-        return provenance
+        return hold
 
     def _serve_from_cache(self, name: str, raw: dict[str, Any], key: str, digest: str,
                           provenance: dict[str, Any]) -> bool:

@@ -27,6 +27,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .faults import fault_point
@@ -58,21 +59,39 @@ class Boundaries:
 
     def problem(self, real: Path, output: bool) -> str | None:
         """Why ``real`` (a resolved path) is out of bounds, or None."""
-        for zone in self.no_go:
-            if inside(real, (zone,)):
+        text = str(real)
+        zones, output_roots, input_roots = self._texts
+        for zone, texts in zip(self.no_go, zones):
+            if _inside_text(text, (texts,)):
                 return f"is inside {zone}, which jobs may never use"
-        roots = self.output_roots if output else self.input_roots
-        if roots and not inside(real, roots):
+        roots = output_roots if output else input_roots
+        if roots and not _inside_text(text, roots):
             return f"is outside the allowed {'output' if output else 'input'} folders"
         return None
 
+    @cached_property
+    def _texts(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+        """Each zone's and root's texts (``_root_texts``), made once, not for every file of
+        every job."""
+        return ([_root_texts(zone) for zone in self.no_go], [_root_texts(root) for root in self.output_roots],
+                [_root_texts(root) for root in self.input_roots])
+
 
 def inside(path: Path, roots: tuple[Path, ...] | list[Path]) -> bool:
-    """``path`` is a root or below one.  Both are resolved, absolute and normalised, so
-    comparing their text is exact (walking ``path.parents`` made a Path object for each
-    level of each root, for every file of every job)."""
-    text = str(path)
-    return any(text == str(root) or text.startswith(str(root).rstrip("/") + "/") for root in roots)
+    """``path`` is a root or below one."""
+    return _inside_text(str(path), [_root_texts(root) for root in roots])
+
+
+def _root_texts(root: Path) -> tuple[str, str]:
+    """A root's text, and what the text of a path below it starts with.  Paths and roots
+    are resolved, absolute and normalised, so comparing their text is exact (walking
+    ``path.parents`` made a Path object for each level of each root)."""
+    text = str(root)
+    return text, text.rstrip("/") + "/"
+
+
+def _inside_text(text: str, roots: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> bool:
+    return any(text == exact or text.startswith(below) for exact, below in roots)
 
 
 def descriptor_path(fd: int) -> Path:

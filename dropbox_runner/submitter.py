@@ -20,6 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from .boundaries import boundaries_for
 from .boundary import Boundary
@@ -78,6 +79,9 @@ class Submitter:
         # How many new jobs each cycle takes (None: all); the caller runs the next cycle
         # at once while more wait (``run_burst``, the watch daemon).
         self.slices: IntakeSlices | None = None
+        # The hold each name's document (as Dropbox.read_held shares it while the file is
+        # the same) was verified as: a later cycle neither parses nor re-seals it.
+        self._verified: dict[str, tuple[dict[str, Any], HeldJob]] = {}
 
     def close(self) -> None:
         self.history.close()
@@ -104,7 +108,7 @@ class Submitter:
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
-        held.update(self._held_jobs(taken.names))
+        held.update(taken.held)
         report.held = len(held)
         report.runners_submitted = len(self.early.submitted)
         self._drop_stray_cancels(listing, held)
@@ -177,6 +181,7 @@ class Submitter:
     def _held_jobs(self, names: list[str]) -> dict[str, HeldJob]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
         held: dict[str, HeldJob] = {}
+        self._verified = {name: known for name, known in self._verified.items() if name in names}
         for name in names:
             if not self.boundary.contain(name, "reading its .submitted file",
                                          lambda name=name: self._read_hold(name, held),
@@ -187,6 +192,10 @@ class Submitter:
     def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:
         try:
             document = self.dropbox.read_held(name)
+            known = self._verified.get(name)
+            if known is not None and known[0] is document:
+                self._note_held(name, known[1], held)
+                return
             job = HeldJob.from_document(name, document)
         except (ValueError, KeyError, TypeError) as error:
             self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})")
@@ -196,6 +205,10 @@ class Submitter:
                                    if SEAL in document else ".submitted has no seal (edited, or written by a "
                                    "version before seals): resubmit the job")
             return
+        self._verified[name] = (document, job)
+        self._note_held(name, job, held)
+
+    def _note_held(self, name: str, job: HeldJob, held: dict[str, HeldJob]) -> None:
         finished = self.dropbox.read_result(name)
         if finished and (finished.get("job") or {}).get("id") == job.job_id:
             self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup

@@ -15,14 +15,16 @@ file alone) reads as that record, whatever key is asked for.
 
 Every job's file is a name of the same inode, so anything written through one name is seen
 through all: the same trust as before, since the jobs of one account could already write
-each other's files.  The runner writes a pass's finished.json records
-the same way (``write_linked``).  A reader never reads more than MAX_READ_BYTES, and parses a batch once
-per process (the few last, by inode, size and mtime).
+each other's files.  A reader never reads more than MAX_READ_BYTES, and parses a batch once
+per process (the few last, by inode, size and mtime).  A runner writes the finished.json
+records of a pass of its loop the same way (``write_linked``).
 """
 import collections
+import errno
 import json
 import os
 import secrets
+import stat
 
 from .files import remove_file, sync_files, sync_folders
 
@@ -76,7 +78,8 @@ class BatchFile(object):
 
 def read_record(path, key, default=None):
     """The record of ``key`` in the file at ``path``: its line in a batch, or the file's one
-    document.  ``default`` when missing, unreadable, too large, or not a JSON object."""
+    document.  ``default`` when missing, unreadable, too large, not a regular file (a FIFO
+    is opened without waiting for a writer), or not a JSON object."""
     try:
         return load_record(path, key)
     except (OSError, ValueError):
@@ -87,11 +90,15 @@ def load_record(path, key):
     """``read_record`` for a reader that must tell whose fault a missing record is: an
     ``OSError`` when the file cannot be read (the filesystem's), a ``ValueError`` saying
     why when it reads but holds no JSON object for ``key`` (what wrote it)."""
-    with open(path, "rb") as handle:
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
         info = os.fstat(handle.fileno())
         stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         records = _parsed.get(stamp)
         if records is None:
+            if stat.S_ISDIR(info.st_mode):      # as reading it would say
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
             if info.st_size > MAX_READ_BYTES:
                 raise ValueError("larger than %d bytes" % MAX_READ_BYTES)
             data = handle.read(MAX_READ_BYTES + 1)

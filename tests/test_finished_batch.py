@@ -188,3 +188,12 @@ def test_the_local_runner_drains_twenty_jobs_and_every_result_is_its_own(config)
         if n % 3:
             assert (Path(config.dropbox).parent / "outputs" / f"out{n}.txt").read_text() == f"text {n}\n"
     assert [name for name in os.listdir(Path(config.workspace) / "runners") if name.startswith(".finished-")] == []
+
+
+def test_a_fifo_as_finished_json_is_the_jobs_fault_at_once_and_never_blocks_the_head_node(tmp_path):
+    store = claimed_store(tmp_path / "ws", JOBS)
+    os.mkfifo(store.finished_path("sub.a"))      # no writer: a plain open would wait for ever
+    errors = []
+    assert read_finished_record(store, "sub.a", errors) == {
+        "rc": -1, "error": "its finished record is unreadable (not a regular file)"}
+    assert errors == []

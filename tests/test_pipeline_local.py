@@ -212,3 +212,22 @@ def test_a_hand_edited_submitted_file_ends_in_a_clear_error(config):
     results = drain(config, ["edited.job", "garbled.job"])
     assert "edited after the job was taken" in results["edited.job"]["job"]["message"]
     assert "cannot be read" in results["garbled.job"]["job"]["message"]
+
+
+def test_a_hold_edited_between_two_cycles_of_one_submitter_is_checked_again(config):
+    """The watch daemon's cycles do not re-check a hold they verified while its file stays
+    the same one; an edit makes it another file, and the seal is checked again."""
+    from dropbox_runner.submitter import Submitter
+
+    drop(config, "edited.job", {"script": "sleep_then_write", "args": {"seconds": 3}, "cache": False,
+                                "output_map": {"out": str(Path(config.dropbox).parent / "outputs" / "slept.txt")}})
+    submitter = Submitter(config, LocalTransport())
+    try:
+        submitter.cycle()
+        submitter.cycle()                               # verified, then remembered
+        held = config.dropbox / "edited.job.submitted"
+        held.write_text(held.read_text().replace("sleep_then_write", "copy"))
+        results = drain(config, ["edited.job"], cycle=submitter.cycle)
+    finally:
+        submitter.close()
+    assert "edited after the job was taken" in results["edited.job"]["job"]["message"]

@@ -126,6 +126,29 @@ def test_push_and_pull_roundtrip(tmp_path, sshd, scratch, transports, transfer, 
     wait_until(lambda: not ssh_client_processes(sshd.port))         # ...is gone
 
 
+@pytest.mark.parametrize("transfer", ["rsync", "sftp"])
+def test_names_of_one_local_file_arrive_as_one_file_on_the_cluster(tmp_path, sshd, scratch, transports, transfer):
+    """Every job.json of an intake cycle is one file (on_hpc/batchfile.py): sending it once
+    per job would make the cycle's bytes grow with the square of its jobs."""
+    transport = _transport(transports, tmp_path, sshd, transfer=transfer)
+    source = tmp_path / "outbox"
+    for job in ("job1", "job2", "job3"):
+        (source / job).mkdir(parents=True)
+        (source / job / "job.sh").write_text("#!/bin/bash\necho hi\n")
+    (source / "job1" / "job.json").write_text('{"key": "job1", "record": {}}\n' * 50)
+    for job in ("job2", "job3"):
+        os.link(source / "job1" / "job.json", source / job / "job.json")
+    transport.push(source, f"{scratch}/jobs")
+    arrived = [os.stat(Path(scratch, "jobs", job, "job.json")) for job in ("job1", "job2", "job3")]
+    assert {(info.st_ino, info.st_nlink) for info in arrived} == {(arrived[0].st_ino, 3)}
+    assert Path(scratch, "jobs", "job3", "job.json").read_text() == '{"key": "job1", "record": {}}\n' * 50
+    assert not [name for name in os.listdir(Path(scratch, "jobs", "job2")) if "partial" in name]
+    (source / "job2" / "job.json").unlink()
+    (source / "job2" / "job.json").write_text("{}")        # changed since: sent, the others stay linked
+    transport.push(source, f"{scratch}/jobs")
+    assert Path(scratch, "jobs", "job2", "job.json").read_text() == "{}"
+
+
 def test_a_killed_rsync_master_is_replaced_and_nothing_is_left_running(tmp_path, sshd, scratch, transports):
     transport = _transport(transports, tmp_path, sshd, transfer="rsync")
     source = _local_tree(tmp_path)

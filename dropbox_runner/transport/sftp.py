@@ -5,7 +5,10 @@ skipped on pull, folders are made 0700, files whose size and mtime already match
 sent again, and a file only appears under its final name once it is complete (written
 to a hidden temporary name, then renamed with ``posix-rename``).  It costs a few round
 trips per file rather than one per tree, but no extra login: the SFTP channel rides on
-the connection that runs the commands.
+the connection that runs the commands.  Names of one local file (every ``job.json`` of an
+intake cycle is one file, ``on_hpc/batchfile.py``) are sent once and linked on the cluster
+(OpenSSH's ``hardlink@openssh.com``), as rsync ``--hard-links`` does; a server without that
+extension gets a copy under each name.
 """
 from __future__ import annotations
 
@@ -32,9 +35,11 @@ def unchanged(size: int, mtime: float, other_size: int | None, other_mtime: floa
 class SftpTransfer:
     def __init__(self, sftp: paramiko.SFTPClient):
         self.sftp = sftp
+        self.sent: dict[tuple[int, int], str] = {}     # a linked file's first name sent by this push
 
     # -- push ----------------------------------------------------------------------------
     def push(self, local_dir: Path, remote_dir: str) -> None:
+        self.sent = {}
         self._makedirs(remote_dir)
         for folder, folders, files in os.walk(local_dir, followlinks=True):
             relative = os.path.relpath(folder, local_dir)
@@ -78,11 +83,31 @@ class SftpTransfer:
                 return
         except FileNotFoundError:
             pass
+        if mine.st_nlink > 1 and self._link_to_sent(mine, target):
+            return
         partial = partial_name(target)
         self.sftp.put(str(source), partial)
         self.sftp.chmod(partial, stat.S_IMODE(mine.st_mode) & 0o700)
         self.sftp.utime(partial, (mine.st_atime, mine.st_mtime))
         self.sftp.posix_rename(partial, target)
+        if mine.st_nlink > 1:
+            self.sent[(mine.st_dev, mine.st_ino)] = target
+
+    def _link_to_sent(self, mine: os.stat_result, target: str) -> bool:
+        """Link ``target`` to the name this push sent the same file under; False when
+        there is none, or the server cannot link (the file is then sent again)."""
+        first = self.sent.get((mine.st_dev, mine.st_ino))
+        if first is None:
+            return False
+        partial = partial_name(target)
+        try:
+            # paramiko has no call for this OpenSSH extension; its own posix_rename is made
+            # the same way.
+            self.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", first, partial)
+        except OSError:
+            return False
+        self.sftp.posix_rename(partial, target)
+        return True
 
     # -- pull ------------------------------------------------------------------------------
     def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
