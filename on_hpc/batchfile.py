@@ -16,15 +16,17 @@ file alone) reads as that record, whatever key is asked for.
 Every job's file is a name of the same inode, so anything written through one name is seen
 through all: the same trust as before, since the jobs of one account could already write
 each other's files.  A reader never reads more than MAX_READ_BYTES, and parses a batch once
-per process (the few last, by inode, size and mtime).
+per process (the few last, by inode, size and mtime).  A runner writes the finished.json
+records of a pass of its loop the same way (``write_linked``).
 """
 import collections
+import errno
 import json
 import os
 import secrets
 import stat
 
-from .files import remove_file
+from .files import remove_file, sync_files, sync_folders
 
 MAX_READ_BYTES = 16 * 1024 * 1024
 BATCH_PREFIX = ".batch-"     # a batch file's own name, hidden; it goes when the batch is closed
@@ -48,8 +50,7 @@ class BatchFile(object):
         name: an existing one is an error, as with ``O_EXCL``)."""
         if self.fd is None:
             self._open()
-        data = (("\n" if self.torn else "") + json.dumps({"key": key, "record": record}, sort_keys=True)
-                + "\n").encode("utf-8")
+        data = (b"\n" if self.torn else b"") + _line(key, record)
         self.torn = True
         if os.write(self.fd, data) != len(data):
             raise OSError("short write to %s" % self.path)
@@ -80,30 +81,107 @@ def read_record(path, key, default=None):
     document.  ``default`` when missing, unreadable, too large, not a regular file (a FIFO
     is opened without waiting for a writer), or not a JSON object."""
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
-            info = os.fstat(handle.fileno())
-            stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-            records = _parsed.get(stamp)
-            if records is None:
-                if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_READ_BYTES:
-                    return default
-                data = handle.read(MAX_READ_BYTES + 1)
-                if not data.startswith(_LINE_START):
-                    return _document(data, default)
-                records = _parse_lines(data)
-                _remember(stamp, records)
-    except OSError:
+        return load_record(path, key)
+    except (OSError, ValueError):
         return default
+
+
+def load_record(path, key):
+    """``read_record`` for a reader that must tell whose fault a missing record is: an
+    ``OSError`` when the file cannot be read (the filesystem's), a ``ValueError`` saying
+    why when it reads but holds no JSON object for ``key`` (what wrote it)."""
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+        info = os.fstat(handle.fileno())
+        stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        records = _parsed.get(stamp)
+        if records is None:
+            if stat.S_ISDIR(info.st_mode):      # as reading it would say
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError("not a regular file")
+            if info.st_size > MAX_READ_BYTES:
+                raise ValueError("larger than %d bytes" % MAX_READ_BYTES)
+            data = handle.read(MAX_READ_BYTES + 1)
+            if not data.startswith(_LINE_START):
+                return _document(data)
+            records = _parse_lines(data)
+            _remember(stamp, records)
     record = records.get(key)
-    return record if isinstance(record, dict) else default
+    if record is None:
+        raise ValueError("no record for %s in its batch" % key)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
 
 
-def _document(data, default):
+def write_linked(path, entries):
+    """Write ``entries`` (``(key, record, target)``) as one batch at ``path`` (a hidden
+    name of the writer's own, on the targets' filesystem) and link it in as every target:
+    one inode for all, where a file each made one per target.  Neither sync can go: the
+    data's, before any link (without it a crash could leave a finished.json linked in but
+    empty: a job never run again, with no record); the links', before the caller moves
+    anything that says the targets are there (a journal-less ext4 orders nothing: a
+    marker's move to done/ could reach the disk before the link).  A target that exists
+    is replaced atomically (linked in beside it, renamed over).
+
+    ``path`` is unnamed at the end.  A writer killed before leaves it behind, outside every
+    target's folder and never read: the writer's next call removes it first (removing, not
+    truncating, as targets linked before the kill may still name it)."""
     try:
-        document = json.loads(data.decode("utf-8"))
-    except ValueError:
-        return default
-    return document if isinstance(document, dict) else default
+        fd = _create(path)
+    except FileExistsError:
+        remove_file(path)
+        fd = _create(path)
+    try:
+        try:
+            data = memoryview(b"".join(_line(key, record) for key, record, _ in entries))
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        sync_files([path])
+        for _, _, target in entries:
+            _link_over(path, target)
+        sync_folders(set(os.path.dirname(target) or "." for _, _, target in entries))
+    finally:
+        _remove_quietly(path)
+
+
+def _create(path):
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _line(key, record):
+    return (json.dumps({"key": key, "record": record}, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _link_over(source, target):
+    try:
+        os.link(source, target, follow_symlinks=False)
+        return
+    except FileExistsError:
+        pass
+    aside = os.path.join(os.path.dirname(target) or ".", ".tmp-" + secrets.token_hex(8))
+    os.link(source, aside, follow_symlinks=False)
+    try:
+        os.replace(aside, target)
+    except BaseException:
+        _remove_quietly(aside)
+        raise
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _document(data):
+    document = json.loads(data.decode("utf-8"))     # a ValueError, as UnicodeDecodeError is one
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document
 
 
 def _parse_lines(data):

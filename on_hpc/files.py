@@ -40,33 +40,6 @@ def write_json(path, value, durable=True):
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable=durable)
 
 
-def write_json_together(items):
-    """Write several JSON files (``(path, value)`` pairs), each atomically, made durable
-    together: every file's data with one ``syncfs`` (one fsync each where there is none),
-    then the renames, then one more ``syncfs`` for them (one fsync per folder).  What
-    depends on them comes after; a crash before the renames leaves none of them, only
-    hidden temporary files.  Neither sync can go: without the first, a crash could leave a
-    finished.json renamed in but empty (a job that is never run again, with no record);
-    without the second, a marker's move to done/ could reach the disk before the rename (a
-    journal-less ext4 orders nothing).  The second costs little: about 2% of a runner's
-    samples draining trivial jobs (py-spy of ``bench/runner_alone.py``), the first 6%."""
-    written = []
-    try:
-        for path, value in items:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-            written.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))
-        sync_files([tmp for tmp, _ in written])
-        for tmp, path in written:
-            os.replace(tmp, path)
-        sync_folders(set(os.path.dirname(path) or "." for _, path in written))
-    except BaseException:
-        for tmp, _ in written:
-            _remove_quietly(tmp)
-        raise
-
-
 def _syncfs_function():
     """libc's ``syncfs``: from the symbols this process already has (glibc, musl), else
     by name; ``ctypes.util.find_library`` runs ``ldconfig`` (a program started, in every
@@ -170,8 +143,9 @@ def free_bytes(path):
 def tree_bytes(folder, follow_links=False, shared=False):
     """The bytes of every file under ``folder``; a file that vanishes meanwhile counts 0.
     ``shared``: a file with several names counts its share under each (a batch's
-    ``job.json``, ``batchfile``: sent and freed once); else its whole size under each,
-    as a copy would cost (a job's output, which could link one big file many times)."""
+    ``job.json`` or ``finished.json``, ``batchfile``: sent and freed once); else its whole
+    size under each, as a copy would cost (a job's output, which could link one big file
+    many times)."""
     size = 0
     measure = os.stat if follow_links else os.lstat
     for root, _, files in os.walk(folder):

@@ -9,7 +9,6 @@ truth about which runners exist; when it does not answer, the last listing is ke
 nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ import time
 import uuid
 
 from . import coming, policy, policy_state, sweep
+from .batchfile import load_record
 from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
@@ -144,26 +144,16 @@ def read_finished_record(store, job_id, errors):
     A read that fails (NFS EIO, ESTALE, a permission glitch) is the filesystem's fault,
     not the job's: the job stays done and is reported again next cycle.  A record that
     reads but is not JSON was spoiled where the job could write: the job's fault."""
-    path = store.finished_path(job_id)
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
+        return load_record(store.finished_path(job_id), job_id)
     except FileNotFoundError:
         return {"rc": -1, "error": "the run left no finished record"}
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         errors.append("%s: cannot read its finished record just now (%s); it is collected later" % (job_id, error))
         sys.stderr.write(errors[-1] + "\n")
         return None
-    try:
-        record = json.loads(text)
     except ValueError as error:
-        record = None
-        why = str(error)
-    else:
-        why = "not a JSON object"
-    if not isinstance(record, dict):
-        return {"rc": -1, "error": "its finished record is unreadable (%s)" % why}
-    return record
+        return {"rc": -1, "error": "its finished record is unreadable (%s)" % error}
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS in
 
     jobs/<id>/                 what the submitter staged: job.sh, job.json (a link to the
                                intake cycle's one file of metas, ``batchfile``), input/; the
-                               runner adds output/, stdout, stderr, finished.json
+                               runner adds output/, stdout, stderr, finished.json (a link
+                               to one file of the records of a pass, ``finish_many``)
     ready/<class>/<id>         waiting for a runner of that resource class (a hard
                                link to its job.json: a marker that makes no inode)
     claimed/<runner>/<id>      being run by that runner (the folder name is the owner)
@@ -13,6 +14,8 @@ operation that is atomic on the filesystems clusters share (NFS, Lustre, GPFS in
     trash/<id>.<ns>            a collected job's folder, moved there in one rename and
                                removed by a detached sweep (``sweep.py``)
     runners/<runner>.claims.jsonl   a line per job the runner started (see ``claims``)
+    runners/.finished-<runner>      a pass's records before they are linked in; one left by
+                               a killed runner is removed by its next pass or ``forget_runner``
 
 Two runners racing for one job both try the same rename and exactly one wins.  A job
 with ``finished.json`` is never run again, whatever happens to its marker afterwards.
@@ -22,8 +25,8 @@ import shutil
 import time
 
 from . import claims
-from .batchfile import read_record
-from .files import listdir, read_json, touch_new, write_json, write_json_together
+from .batchfile import read_record, write_linked
+from .files import listdir, read_json, remove_file, touch_new, write_json
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
 
@@ -58,6 +61,9 @@ class JobStore(object):
 
     def finished_path(self, job_id):
         return os.path.join(self.job_dir(job_id), "finished.json")
+
+    def finished_batch_path(self, runner_id):
+        return os.path.join(self.runners_dir(), ".finished-" + runner_id)
 
     def ensure_layout(self):
         for sub in ("jobs", "ready", "claimed", "done", "runners"):
@@ -203,9 +209,12 @@ class JobStore(object):
         self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
 
     def finish_many(self, runner_id, ended):
-        """Record the end of several jobs (``(job id, FinishedRecord)`` pairs) at once: their
-        finished.json files made durable together, then their markers moved to done."""
-        write_json_together([(self.finished_path(job_id), record.to_json()) for job_id, record in ended])
+        """Record the end of several jobs (``(job id, FinishedRecord)`` pairs) at once: one
+        file of their records, made durable and linked in as each one's finished.json
+        (``batchfile.write_linked``: one inode for all), then their markers moved to done.
+        Readers take their own job's line (``batchfile.read_record``)."""
+        write_linked(self.finished_batch_path(runner_id),
+                     [(job_id, record.to_json(), self.finished_path(job_id)) for job_id, record in ended])
         for job_id, _ in ended:
             self._to_done(os.path.join(self.claimed_dir(runner_id), job_id), job_id)
 
@@ -252,7 +261,10 @@ class JobStore(object):
 
     def forget_runner(self, runner_id):
         """Drop an ended runner's empty claim folder and its records; its claims journal
-        stays while jobs are still claimed by it (the head node reads it to requeue them)."""
+        stays while jobs are still claimed by it (the head node reads it to requeue them).
+        A batch of finished records it was killed writing goes too: what it holds is read
+        only through the links made from it."""
+        remove_file(self.finished_batch_path(runner_id))
         suffixes = (".json", ".alive.json", claims.SUFFIX)
         try:
             os.rmdir(self.claimed_dir(runner_id))

@@ -159,6 +159,7 @@ def test_held_jobs_are_parsed_once_across_cycles_and_a_changed_file_is_read_agai
 
 
 def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path, monkeypatch):
+    from dropbox_runner.on_hpc.batchfile import read_record
     from dropbox_runner.on_hpc.jobstore import JobStore
     from dropbox_runner.on_hpc.protocol import FinishedRecord
 
@@ -175,5 +176,5 @@ def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path
     store.finish_many("r1", ended)
     assert counter.total <= 2, (counter.fsyncs, counter.syncfs)      # was 6: one fsync per finished.json
     assert sorted(os.listdir(store.done_dir())) == [job_id for job_id, _ in ended]
-    assert [files.read_json(store.finished_path(job_id))["rc"] for job_id, _ in ended] == list(range(6))
+    assert [read_record(store.finished_path(job_id), job_id)["rc"] for job_id, _ in ended] == list(range(6))
     assert not [name for job_id, _ in ended for name in os.listdir(store.job_dir(job_id)) if name.startswith(".")]
