@@ -78,7 +78,7 @@ def test_values_with_spaces_are_quoted_for_ssh_and_for_rsync():
 def test_push_argv_follows_links_makes_private_folders_and_resumes():
     argv = rsync_push_argv("ssh -p 2222", "hpc", Path("/state/outbox"), "/work/dbr ws/jobs")
     assert argv == [
-        "rsync", "--recursive", "--times", "--perms", "--copy-links", "--chmod=D700,Fgo=",
+        "rsync", "--recursive", "--times", "--perms", "--copy-links", "--hard-links", "--chmod=D700,Fgo=",
         "--partial-dir=.rsync-partial", "--timeout=300",
         "--rsync-path=umask 077 && mkdir -p -- '/work/dbr ws/jobs' && rsync",
         "-e", "ssh -p 2222", "/state/outbox/", "hpc:/work/dbr ws/jobs/"]
