@@ -27,6 +27,7 @@ from .durable import DurableBatch
 from .entries import UnusableEntry, kind_of, load_bounded_document, load_bounded_yaml, read_regular
 from .faults import on_fault
 from .jobs import MAX_JOB_FILE_BYTES, dump_yaml
+from .on_hpc.files import remove_file
 from .safefs import write_atomic
 from .seal import SEAL, HoldSeal
 
@@ -82,8 +83,9 @@ class HeldJob:
 
 
 class Dropbox:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, staging: Path | None = None):
         self.folder = folder
+        self.staging = staging      # a private folder for a batch's temporary files (durable.py)
         self._batch: DurableBatch | None = None
         self._held_documents: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
@@ -92,7 +94,9 @@ class Dropbox:
         """Results, holds and removals inside are made durable together when it ends
         (``durable.py``): a file appears, and a removal happens, only once everything
         written before it is on disk.  Nothing inside may read back what it wrote."""
-        self._batch = DurableBatch(BATCH_PREFIX)
+        if self.staging is not None:
+            self.staging.mkdir(mode=0o700, exist_ok=True)
+        self._batch = DurableBatch(BATCH_PREFIX, self.staging)
         forget = on_fault(self._batch.commit)
         try:
             yield
@@ -102,10 +106,19 @@ class Dropbox:
             batch.commit()
 
     def remove_batch_leftovers(self, listing: Listing) -> None:
-        """Temporary files of a batch killed before its end (only the lock holder may call
-        this: a batch in progress has such files too)."""
+        """Temporary files of a batch killed before its end, in the dropbox (a version
+        before the staging folder, or one on another filesystem) and in the staging folder
+        (only the lock holder may call this: a batch in progress has such files too)."""
         for name in listing.batch_leftovers:
             self.discard(name, "")
+        if self.staging is None:
+            return
+        try:
+            leftovers = [entry.name for entry in os.scandir(self.staging) if entry.name.startswith(BATCH_PREFIX)]
+        except FileNotFoundError:       # no batch made one yet
+            return
+        for name in leftovers:
+            remove_file(self.staging / name)
 
     def _write(self, path: Path, data: bytes) -> None:
         if self._batch is not None:

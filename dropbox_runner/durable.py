@@ -12,11 +12,18 @@ wait; at the end of the batch one ``syncfs`` per filesystem makes every written 
 durable, the renames are done, one more ``syncfs`` makes them durable, and only then
 are the removals made.  Killed before the end, the batch has renamed nothing and removed
 nothing: the next cycle finds the state before it, which every step already handles.
+
+The temporary files are made in a private staging folder of the submitter's when it is
+on the same filesystem, and renamed from there: the watch daemon's inotify watch on the
+dropbox then sees one event per file (its arrival) instead of four (made, closed, moved
+from, moved to), and watchdog held every "moved from" in a queue that it searched for
+each later event (0.4 ms of the daemon's CPU a job, a 1000-job burst on tmpfs).
 """
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from .faults import fault_point
@@ -31,14 +38,18 @@ class DurableBatch:
     ``O_EXCL|O_NOFOLLOW`` inside the opened folder, renamed there, ``mode`` masked by the
     umask), less the fsync of each file."""
 
-    def __init__(self, prefix: str = ".tmp-") -> None:
+    def __init__(self, prefix: str = ".tmp-", staging: Path | None = None) -> None:
         self.prefix = prefix
-        self.writes: list[tuple[Path, str, str]] = []      # (folder, temporary name, final name), in order
+        self.staging = staging      # where temporaries are made, if on the targets' filesystem
+        self.writes: list[tuple[Path, str, str]] = []      # (folder made in, temporary name, final name)
+        self.targets: list[Path] = []                       # the final names' folders, in the same order
         self.removals: list[Path] = []
 
     def write(self, path: Path, data: bytes, mode: int = 0o666) -> None:
-        """Write ``data`` beside ``path`` under a hidden temporary name; renamed at commit."""
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """Write ``data`` under a hidden temporary name, in the staging folder or beside
+        ``path``; renamed to ``path`` at commit."""
+        made_in = self._folder_for(path.parent)
+        folder = os.open(made_in, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             while True:
                 temporary = f"{self.prefix}{path.name[:64]}.{secrets.token_hex(8)}"
@@ -55,27 +66,52 @@ class DurableBatch:
                 raise
         finally:
             os.close(folder)
-        self.writes.append((path.parent, temporary, path.name))
+        self.writes.append((made_in, temporary, path.name))
+        self.targets.append(path.parent)
+
+    def _folder_for(self, target: Path) -> Path:
+        """The staging folder when a rename from it into ``target`` works (same
+        filesystem), else ``target`` itself."""
+        if self.staging is None:
+            return target
+        try:
+            if _private(self.staging) and _private(self.staging.parent) and (
+                    os.stat(self.staging, follow_symlinks=False).st_dev == os.stat(target).st_dev):
+                return self.staging
+        except OSError:
+            pass
+        return target
 
     def remove(self, path: Path) -> None:
         """Remove ``path`` once everything written before it is durable."""
         self.removals.append(path)
 
     def commit(self) -> None:
-        writes, removals = self.writes, self.removals
-        self.writes, self.removals = [], []
+        writes, targets, removals = self.writes, self.targets, self.removals
+        self.writes, self.targets, self.removals = [], [], []
         if writes:
             sync_files([str(folder / temporary) for folder, temporary, _ in writes])
             fault_point("in_batch")
-            for folder, temporary, name in writes:
-                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.rename(temporary, name, src_dir_fd=fd, dst_dir_fd=fd)
-                finally:
+            opened: dict[Path, int] = {}
+            try:
+                for (made_in, temporary, name), target in zip(writes, targets):
+                    for folder in (made_in, target):
+                        if folder not in opened:
+                            opened[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    os.rename(temporary, name, src_dir_fd=opened[made_in], dst_dir_fd=opened[target])
+            finally:
+                for fd in opened.values():
                     os.close(fd)
-            sync_folders({str(folder) for folder, _, _ in writes})
+            sync_folders({str(folder) for folder, _, _ in writes} | {str(folder) for folder in targets})
         for path in removals:
             _unlink(path)
+
+
+def _private(folder: Path) -> bool:
+    """A folder (not a link) of this account's that no one else may write into: what is
+    made there stays as made until renamed out."""
+    info = os.stat(folder, follow_symlinks=False)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _unlink(path: str | Path, folder: int | None = None) -> None:

@@ -63,7 +63,7 @@ class Submitter:
     def __init__(self, config: Config, transport: Transport):
         self.config = config
         self.transport = transport
-        self.dropbox = Dropbox(config.dropbox)
+        self.dropbox = Dropbox(config.dropbox, config.state_dir / "staging")
         self.cluster = ClusterSide(config, transport)
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"

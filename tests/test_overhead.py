@@ -96,10 +96,12 @@ def test_a_submitter_killed_mid_batch_changed_nothing_and_the_next_cycle_sweeps_
     assert once(config_path, "in_batch").returncode == -9      # files written, none renamed
     listing = Dropbox(config.dropbox).scan()
     assert listing.new == names and listing.submitted == []       # nothing taken: the batch never ended
-    assert listing.batch_leftovers
+    staging = config.state_dir / "staging"                          # made there, not in the watched dropbox
+    assert not listing.batch_leftovers and [p for p in staging.iterdir() if p.name.startswith(BATCH_PREFIX)]
     results = drain(config, names)
     assert {r["job"]["status"] for r in results.values()} == {"ok"}
     assert not [p for p in config.dropbox.iterdir() if p.name.startswith(BATCH_PREFIX)]
+    assert not [p for p in staging.iterdir() if p.name.startswith(BATCH_PREFIX)]
     assert sorted((tmp_path / "ledger").read_text().split()) == sorted(r["job"]["id"] for r in results.values())
 
 
@@ -178,3 +180,39 @@ def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path
     assert sorted(os.listdir(store.done_dir())) == [job_id for job_id, _ in ended]
     assert [read_record(store.finished_path(job_id), job_id)["rc"] for job_id, _ in ended] == list(range(6))
     assert not [name for job_id, _ in ended for name in os.listdir(store.job_dir(job_id)) if name.startswith(".")]
+
+
+def _made_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_batch_makes_its_files_in_the_staging_folder_so_the_dropbox_sees_only_their_arrival(tmp_path):
+    dropbox, staging = tmp_path / "dropbox", tmp_path / "state" / "staging"
+    dropbox.mkdir()
+    staging.mkdir(parents=True, mode=0o700)
+    (tmp_path / "state").chmod(0o700)
+    batch = durable.DurableBatch(BATCH_PREFIX, staging)
+    batch.write(dropbox / "a.job.finished", b"a")
+    assert _made_in(dropbox) == [] and len(_made_in(staging)) == 1          # nothing in the watched folder yet
+    batch.commit()
+    assert _made_in(dropbox) == ["a.job.finished"] and _made_in(staging) == []
+    assert (dropbox / "a.job.finished").read_bytes() == b"a"
+
+
+def test_a_staging_folder_that_is_a_link_or_open_to_others_is_not_used(tmp_path):
+    dropbox, state, elsewhere = tmp_path / "dropbox", tmp_path / "state", tmp_path / "elsewhere"
+    for folder in (dropbox, state, elsewhere):
+        folder.mkdir()
+    state.chmod(0o700)
+    (state / "staging").symlink_to(elsewhere)                  # swapped in by someone else
+    batch = durable.DurableBatch(BATCH_PREFIX, state / "staging")
+    batch.write(dropbox / "a.job.finished", b"a")
+    assert _made_in(elsewhere) == [] and len(_made_in(dropbox)) == 1     # beside its target, as before
+    batch.commit()
+    (state / "staging").unlink()
+    (state / "staging").mkdir(mode=0o777)
+    (state / "staging").chmod(0o777)                            # others may write in it
+    batch.write(dropbox / "b.job.finished", b"b")
+    assert _made_in(state / "staging") == []
+    batch.commit()
+    assert _made_in(dropbox) == ["a.job.finished", "b.job.finished"]
