@@ -200,12 +200,27 @@ class FinishWaiter(threading.Thread):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
+            if done and not held <= set(done):
+                done = self._gather_on_cluster(ignore, held) or done
             if done:
                 with self.lock:
                     if not held <= set(done) and not self._gathered():     # all done: nothing to gather
                         continue
                     self.held = []      # until the cycle that collects them says what is left
                 self.wake.set()
+
+    def _gather_on_cluster(self, ignore: list[str], held: set[str]) -> list[str]:
+        """Let the cluster wait out the gathering time, returning early once every held
+        job is done: the end of a burst is collected when its last job ends, not half a
+        second later.  Nothing (the caller waits here) when a cycle runs or the time is up."""
+        with self.lock:
+            left = self.cycle_ended + self.gather - time.monotonic()
+            if self.cycle_running or left <= 0:
+                return []
+        try:
+            return self.cluster.wait(ignore, left, every=sorted(held))
+        except TransportError:
+            return []       # the gathering then waits here, as without it
 
 
 class Daemon:

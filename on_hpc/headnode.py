@@ -48,6 +48,7 @@ from .schedulers import (
 SUBMIT_GRACE_SECONDS = 120
 MAX_WAIT_SECONDS = 300
 WAIT_INTERVAL_SECONDS = 0.25
+GATHER_INTERVAL_SECONDS = 0.05      # ``wait`` for every job of a list: a wait under half a second
 HEADNODE_RUNNER = "headnode"      # claims jobs the head node itself must end
 
 
@@ -237,7 +238,9 @@ def node_use(store, runner_id):
 
 
 def wait(request):
-    """Return as soon as a job of this submitter is done, or after a bounded wait.
+    """Return as soon as a job of this submitter is done (or every job of
+    ``request.every``: the daemon gathering finished jobs stops waiting once the last is
+    done), or after a bounded wait.
 
     The watch daemon keeps this one command open while jobs run, so results come back
     within moments of finishing while the head node sees a single quiet connection
@@ -246,14 +249,14 @@ def wait(request):
     request = WaitRequest.from_json(request)
     store = JobStore(request.root)
     prefix = request.submitter + "."
-    ignore = set(request.ignore)
+    ignore, every = set(request.ignore), set(request.every)
     deadline = time.time() + min(float(request.timeout), MAX_WAIT_SECONDS)
     while True:
         done = [job_id for job_id in listdir(store.done_dir())
                 if job_id.startswith(prefix) and job_id not in ignore]
-        if done or time.time() >= deadline:
+        if (every <= set(done) if every else done) or time.time() >= deadline:
             return {"done": done}
-        time.sleep(WAIT_INTERVAL_SECONDS)
+        time.sleep(GATHER_INTERVAL_SECONDS if every else WAIT_INTERVAL_SECONDS)
 
 
 def requeue_lost_claims(store, sched, runners, request):

@@ -219,12 +219,14 @@ class EarlyRequest(object):
 @dataclass
 class WaitRequest(object):
     """What the watch daemon sends to ``on_hpc wait``: return once a job of this
-    submitter not in ``ignore`` is done, or after ``timeout`` seconds."""
+    submitter not in ``ignore`` is done (once every job of ``every`` is, when given), or
+    after ``timeout`` seconds."""
 
     root: str
     submitter: str
     ignore: List[str] = field(default_factory=list)
     timeout: float = 30
+    every: List[str] = field(default_factory=list)
 
     from_json = classmethod(_from_json)
 

@@ -210,7 +210,7 @@ class DoneAtOnce:
     def __init__(self):
         self.calls = 0
 
-    def wait(self, ignore, timeout):
+    def wait(self, ignore, timeout, every=None):
         self.calls += 1
         return ["a-job"]
 
@@ -291,3 +291,62 @@ def test_when_every_held_job_is_done_the_loop_wakes_without_gathering(config_fac
         assert wake.event.wait(5) and time.monotonic() - started < 0.4
     finally:
         waiter.stop()
+
+
+class DoneOneByOne:
+    """A cluster side where one of two held jobs is done at once and the other a moment
+    later: ``wait`` for every held job returns then."""
+
+    def __init__(self):
+        self.gathering = []
+
+    def wait(self, ignore, timeout, every=None):
+        import time
+        if every:
+            self.gathering.append(timeout)
+            time.sleep(0.1)
+            return ["a-job", "another"]
+        return ["a-job"]
+
+
+def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(config_factory):
+    """At the end of a burst the gathering waited its whole time (up to half a second)
+    after the last job had ended; the cluster now tells when every held job is done."""
+    import time
+
+    from dropbox_runner.daemon import MAX_GATHER_SECONDS, FinishWaiter, Wake
+    from dropbox_runner.report import CycleReport
+
+    wake = Wake()
+    waiter = FinishWaiter(config_factory(), wake)
+    waiter.cluster = DoneOneByOne()
+    started = time.monotonic()
+    waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=30))
+    waiter.start()
+    try:
+        assert wake.event.wait(5)
+        assert time.monotonic() - started < MAX_GATHER_SECONDS - 0.15
+        assert waiter.cluster.gathering and 0 < waiter.cluster.gathering[0] <= MAX_GATHER_SECONDS
+    finally:
+        waiter.stop()
+
+
+def test_the_cluster_side_wait_for_every_job_returns_when_the_last_is_done_or_at_its_timeout(tmp_path):
+    import threading
+    import time
+
+    from dropbox_runner.on_hpc import headnode
+    from dropbox_runner.on_hpc.jobstore import JobStore
+
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    open(os.path.join(store.done_dir(), "sub.a"), "w").close()
+    later = threading.Timer(0.3, lambda: open(os.path.join(store.done_dir(), "sub.b"), "w").close())
+    started = time.monotonic()
+    later.start()
+    answer = headnode.wait({"root": str(tmp_path), "submitter": "sub", "every": ["sub.a", "sub.b"], "timeout": 5})
+    assert sorted(answer["done"]) == ["sub.a", "sub.b"] and 0.3 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    answer = headnode.wait({"root": str(tmp_path), "submitter": "sub", "every": ["sub.a", "sub.never"],
+                            "timeout": 0.4})
+    assert sorted(answer["done"]) == ["sub.a", "sub.b"] and 0.4 <= time.monotonic() - started < 1.5
