@@ -169,9 +169,11 @@ class FinishWaiter(threading.Thread):
             if self.cycle_running:
                 self.lock.wait()
                 continue
+            if self.cycles != seen:
+                return False        # ask again at once: that cycle may have collected them
             left = self.cycle_ended + self.gather - time.monotonic()
             if left <= 0:
-                return self.cycles == seen
+                return True
             self.lock.wait(left)
         return False
 
