@@ -41,6 +41,7 @@ class DurableBatch:
     def __init__(self, prefix: str = ".tmp-", staging: Path | None = None) -> None:
         self.prefix = prefix
         self.staging = staging      # where temporaries are made, if on the targets' filesystem
+        self._made_in: dict[Path, Path] = {}     # target folder -> where its temporaries go, once a batch
         self.writes: list[tuple[Path, str, str]] = []      # (folder made in, temporary name, final name)
         self.targets: list[Path] = []                       # the final names' folders, in the same order
         self.removals: list[Path] = []
@@ -71,16 +72,20 @@ class DurableBatch:
 
     def _folder_for(self, target: Path) -> Path:
         """The staging folder when a rename from it into ``target`` works (same
-        filesystem), else ``target`` itself."""
+        filesystem), else ``target`` itself; asked once a batch for each target folder."""
+        if target not in self._made_in:
+            self._made_in[target] = self.staging if self._stages_for(target) else target
+        return self._made_in[target]
+
+    def _stages_for(self, target: Path) -> bool:
         if self.staging is None:
-            return target
+            return False
         try:
-            if _private(self.staging) and _private(self.staging.parent) and (
-                    os.stat(self.staging, follow_symlinks=False).st_dev == os.stat(target).st_dev):
-                return self.staging
+            staging = _private_folder(self.staging)
+            return staging is not None and _private_folder(self.staging.parent) is not None and (
+                staging.st_dev == os.stat(target).st_dev)
         except OSError:
-            pass
-        return target
+            return False
 
     def remove(self, path: Path) -> None:
         """Remove ``path`` once everything written before it is durable."""
@@ -88,7 +93,7 @@ class DurableBatch:
 
     def commit(self) -> None:
         writes, targets, removals = self.writes, self.targets, self.removals
-        self.writes, self.targets, self.removals = [], [], []
+        self.writes, self.targets, self.removals, self._made_in = [], [], [], {}
         if writes:
             sync_files([str(folder / temporary) for folder, temporary, _ in writes])
             fault_point("in_batch")
@@ -107,11 +112,12 @@ class DurableBatch:
             _unlink(path)
 
 
-def _private(folder: Path) -> bool:
-    """A folder (not a link) of this account's that no one else may write into: what is
-    made there stays as made until renamed out."""
+def _private_folder(folder: Path) -> os.stat_result | None:
+    """The folder's stat when it is a folder (not a link) of this account's that no one
+    else may write into (what is made there stays as made until renamed out), else None."""
     info = os.stat(folder, follow_symlinks=False)
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+    private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+    return info if private else None
 
 
 def _unlink(path: str | Path, folder: int | None = None) -> None:

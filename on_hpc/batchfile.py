@@ -26,7 +26,7 @@ import os
 import secrets
 import stat
 
-from .files import remove_file, sync_files, sync_folders
+from .files import remove_file, remove_quietly, sync_files, sync_folders
 
 MAX_READ_BYTES = 16 * 1024 * 1024
 BATCH_PREFIX = ".batch-"     # a batch file's own name, hidden; it goes when the batch is closed
@@ -144,7 +144,7 @@ def write_linked(path, entries):
             _link_over(path, target)
         sync_folders(set(os.path.dirname(target) or "." for _, _, target in entries))
     finally:
-        _remove_quietly(path)
+        remove_quietly(path)
 
 
 def _create(path):
@@ -166,15 +166,8 @@ def _link_over(source, target):
     try:
         os.replace(aside, target)
     except BaseException:
-        _remove_quietly(aside)
+        remove_quietly(aside)
         raise
-
-
-def _remove_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def _document(data):

@@ -32,7 +32,7 @@ def write_atomic(path, data, mode=None, durable=True, mark_written=False):
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
 
 
@@ -124,7 +124,8 @@ def remove_file(path):
         pass
 
 
-def _remove_quietly(path):
+def remove_quietly(path):
+    """Unlink ``path`` on a path already failing: whatever goes wrong here is not news."""
     try:
         os.unlink(path)
     except OSError:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import drain, drop, make_config, write_config
+from helpers import drain, drop, make_config, mounted_tmpfs, write_config
 
 from dropbox_runner import safefs
 from dropbox_runner.config import load_config
@@ -46,11 +46,8 @@ def copies(monkeypatch):
 
 @pytest.fixture
 def other_filesystem(tmp_path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mount:
+        yield mount
 
 
 # -- whole cycles on local runners -------------------------------------------------------------

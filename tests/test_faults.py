@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import drain, drop, wait_until, write_config
+from helpers import drain, drop, mounted_tmpfs, wait_until, write_config
 
 from dropbox_runner.config import load_config
 from dropbox_runner.dropbox import Dropbox
@@ -23,11 +23,8 @@ def ledger_job(root, number):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 64 KiB tmpfs: the outputs' filesystem runs out of space."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "small", "64k") as mount:
+        yield mount
 
 
 def test_a_full_output_disk_gives_an_error_and_leaves_nothing_half_written(config, small_disk):

@@ -215,18 +215,26 @@ class DoneAtOnce:
         return ["a-job"]
 
 
+def waiter_on(config_factory, cluster):
+    """A FinishWaiter (not started) whose cluster side is ``cluster``, and the Wake it sets."""
+    from dropbox_runner.daemon import FinishWaiter, Wake
+
+    wake = Wake()
+    waiter = FinishWaiter(config_factory(), wake)
+    waiter.cluster = cluster
+    return wake, waiter
+
+
 def test_finished_jobs_gather_for_as_long_as_the_last_cycle_took_before_the_loop_wakes(config_factory):
     """Waking the loop at the first finished job made a burst end in some twenty small
     collecting cycles; the waiter now lets more finish first, for the last cycle's time
     (capped), and a stop still ends that wait at once."""
     import time
 
-    from dropbox_runner.daemon import MAX_GATHER_SECONDS, FinishWaiter, Wake
+    from dropbox_runner.daemon import MAX_GATHER_SECONDS
     from dropbox_runner.report import CycleReport
 
-    wake = Wake()
-    waiter = FinishWaiter(config_factory(), wake)
-    waiter.cluster = DoneAtOnce()
+    wake, waiter = waiter_on(config_factory, DoneAtOnce())
     started = time.monotonic()
     waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.4))
     waiter.start()
@@ -254,12 +262,9 @@ def test_finished_jobs_found_during_a_cycle_wait_for_its_end_and_the_gathering_a
     and wakes the loop only after the gathering time."""
     import time
 
-    from dropbox_runner.daemon import FinishWaiter, Wake
     from dropbox_runner.report import CycleReport
 
-    wake = Wake()
-    waiter = FinishWaiter(config_factory(), wake)
-    waiter.cluster = DoneAtOnce()
+    wake, waiter = waiter_on(config_factory, DoneAtOnce())
     waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.1))
     waiter.cycle_starts()
     waiter.start()
@@ -279,12 +284,9 @@ def test_finished_jobs_found_during_a_cycle_wait_for_its_end_and_the_gathering_a
 def test_when_every_held_job_is_done_the_loop_wakes_without_gathering(config_factory):
     import time
 
-    from dropbox_runner.daemon import FinishWaiter, Wake
     from dropbox_runner.report import CycleReport
 
-    wake = Wake()
-    waiter = FinishWaiter(config_factory(), wake)
-    waiter.cluster = DoneAtOnce()         # reports "a-job" done: the only one held
+    wake, waiter = waiter_on(config_factory, DoneAtOnce())    # reports "a-job" done: the only one held
     started = time.monotonic()
     waiter.update(CycleReport(held_ids=["a-job"], seconds=30))
     waiter.start()
@@ -315,12 +317,10 @@ def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(
     after the last job had ended; the cluster now tells when every held job is done."""
     import time
 
-    from dropbox_runner.daemon import MAX_GATHER_SECONDS, FinishWaiter, Wake
+    from dropbox_runner.daemon import MAX_GATHER_SECONDS
     from dropbox_runner.report import CycleReport
 
-    wake = Wake()
-    waiter = FinishWaiter(config_factory(), wake)
-    waiter.cluster = DoneOneByOne()
+    wake, waiter = waiter_on(config_factory, DoneOneByOne())
     started = time.monotonic()
     waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=30))
     waiter.start()
