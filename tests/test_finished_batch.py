@@ -193,7 +193,10 @@ def test_the_local_runner_drains_twenty_jobs_and_every_result_is_its_own(config)
 def test_a_fifo_as_finished_json_is_the_jobs_fault_at_once_and_never_blocks_the_head_node(tmp_path):
     store = claimed_store(tmp_path / "ws", JOBS)
     os.mkfifo(store.finished_path("sub.a"))      # no writer: a plain open would wait for ever
+    store.finish_many("r1", [("sub.b", FinishedRecord(rc=0)), ("sub.c", FinishedRecord(rc=5))])
     errors = []
     assert read_finished_record(store, "sub.a", errors) == {
         "rc": -1, "error": "its finished record is unreadable (not a regular file)"}
+    # the bystanders ended in the same pass are read as theirs, in the same cycle
+    assert [read_finished_record(store, job_id, errors)["rc"] for job_id in ("sub.b", "sub.c")] == [0, 5]
     assert errors == []

@@ -227,7 +227,9 @@ def test_a_hold_edited_between_two_cycles_of_one_submitter_is_checked_again(conf
         submitter.cycle()                               # verified, then remembered
         held = config.dropbox / "edited.job.submitted"
         held.write_text(held.read_text().replace("sleep_then_write", "copy"))
-        results = drain(config, ["edited.job"], cycle=submitter.cycle)
+        drop(config, "bystander.job", copy_job(config, 7))
+        results = drain(config, ["edited.job", "bystander.job"], cycle=submitter.cycle)
     finally:
         submitter.close()
     assert "edited after the job was taken" in results["edited.job"]["job"]["message"]
+    assert results["bystander.job"]["job"]["status"] == "ok"
