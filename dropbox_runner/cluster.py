@@ -89,7 +89,11 @@ class ClusterSide:
 
     def deploy(self) -> None:
         """Install this version of on_hpc; the stamp goes last, so a half-done deploy is
-        redone rather than used."""
+        redone rather than used.  The code is compiled there, by the cluster's own
+        ``python``, before the stamp: every ``on_hpc`` command and runner then loads
+        bytecode instead of compiling 20 modules afresh (some 18 ms a start, paid by each
+        cycle and by each runner), which Python would not save for them where
+        ``PYTHONDONTWRITEBYTECODE`` is set, as HPC sites often set it for shared homes."""
         log.info("deploying on_hpc %s to %s", self.stamp, self.deploy_dir)
         with tempfile.TemporaryDirectory(prefix="dbr-deploy-") as tmp:
             package = Path(tmp, "code", "on_hpc")
@@ -97,10 +101,20 @@ class ClusterSide:
             for path in ON_HPC_SOURCE.glob("*.py"):
                 (package / path.name).write_bytes(path.read_bytes())
             self.transport.push(Path(tmp, "code"), self.deploy_dir)
+            self._compile()
             stamp = Path(tmp, "stamp")
             stamp.mkdir()
             (stamp / STAMP_FILE).write_text(self.stamp + "\n")
             self.transport.push(stamp, self.deploy_dir)
+
+    def _compile(self) -> None:
+        """Not needed for correctness, so a failure is one warning: the modules still load
+        from source.  Private like the rest of the deploy (``umask 077``)."""
+        folder = shlex.quote(self.deploy_dir)
+        result = self.transport.run(f"umask 077 && cd {folder} && exec {shlex.quote(self.config.python)} -m compileall -q on_hpc")
+        if result.returncode != 0:
+            log.warning("on_hpc could not be compiled on the cluster (each command compiles it afresh): %s",
+                        _tail(result.stdout + result.stderr))
 
 
 def _tail(data: bytes, lines: int = 5) -> str:

@@ -257,6 +257,8 @@ def test_deploy_installs_on_hpc_in_private_folders(tmp_path, sshd, scratch, caps
     deployed = Path(capsys.readouterr().out.strip())
     assert deployed.parent == scratch / "scripts"
     assert (deployed / STAMP_FILE).exists() and (deployed / "on_hpc" / "runner.py").exists()
+    compiled = {path.name.split(".")[0] for path in (deployed / "on_hpc" / "__pycache__").glob("*.pyc")}
+    assert compiled == {path.stem for path in (deployed / "on_hpc").glob("*.py")}
     folders = [mode for path, mode in modes_below(sshd.home, scratch).items() if (sshd.home / path).is_dir()]
     assert set(folders) == {0o700}
 
