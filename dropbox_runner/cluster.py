@@ -111,7 +111,8 @@ class ClusterSide:
         """Not needed for correctness, so a failure is one warning: the modules still load
         from source.  Private like the rest of the deploy (``umask 077``)."""
         folder = shlex.quote(self.deploy_dir)
-        result = self.transport.run(f"umask 077 && cd {folder} && exec {shlex.quote(self.config.python)} -m compileall -q on_hpc")
+        python = shlex.quote(self.config.python)
+        result = self.transport.run(f"umask 077 && cd {folder} && exec {python} -m compileall -q on_hpc")
         if result.returncode != 0:
             log.warning("on_hpc could not be compiled on the cluster (each command compiles it afresh): %s",
                         _tail(result.stdout + result.stderr))
