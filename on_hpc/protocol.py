@@ -15,7 +15,7 @@ It holds three things:
 
 Standard library only, Python 3.8.
 """
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 
@@ -133,6 +133,13 @@ def _from_json(cls, data):
     return cls(**{key: value for key, value in (data or {}).items() if key in known})
 
 
+def _to_json(message):
+    """The message's fields as a JSON object.  Shallow, unlike ``dataclasses.asdict``: its
+    values are already plain JSON values, and the deep copy was a quarter of a 250-job
+    ``on_hpc cycle``."""
+    return {f.name: getattr(message, f.name) for f in fields(message)}
+
+
 @dataclass
 class CycleRequest(object):
     """What the submitter sends to ``on_hpc cycle``: everything the cluster side needs to
@@ -152,9 +159,7 @@ class CycleRequest(object):
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
 
     from_json = classmethod(_from_json)
-
-    def to_json(self):
-        return asdict(self)
+    to_json = _to_json
 
 
 @dataclass
@@ -176,9 +181,7 @@ class CycleAnswer(object):
     workspace_free_bytes: Optional[int] = None                 # room left where jobs are sent
 
     from_json = classmethod(_from_json)
-
-    def to_json(self):
-        return asdict(self)
+    to_json = _to_json
 
 
 @dataclass
@@ -189,9 +192,7 @@ class StatusRequest(object):
     scheduler: str
 
     from_json = classmethod(_from_json)
-
-    def to_json(self):
-        return asdict(self)
+    to_json = _to_json
 
 
 @dataclass
@@ -211,9 +212,7 @@ class EarlyRequest(object):
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     from_json = classmethod(_from_json)
-
-    def to_json(self):
-        return asdict(self)
+    to_json = _to_json
 
 
 @dataclass
@@ -229,9 +228,7 @@ class WaitRequest(object):
     every: List[str] = field(default_factory=list)
 
     from_json = classmethod(_from_json)
-
-    def to_json(self):
-        return asdict(self)
+    to_json = _to_json
 
 
 @dataclass
@@ -263,7 +260,7 @@ class FinishedRecord(object):
 
     def to_json(self):
         """Only the keys that say something, so the file stays readable by eye."""
-        return {key: value for key, value in asdict(self).items() if value is not None and value is not False}
+        return {key: value for key, value in _to_json(self).items() if value is not None and value is not False}
 
 
 CANCELLED_MESSAGE = "cancelled"
