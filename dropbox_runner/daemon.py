@@ -29,6 +29,7 @@ from watchdog.observers.polling import PollingObserver
 from .boundaries import startup_warnings
 from .cluster import ClusterSide
 from .config import Config, load_config
+from .inotify import DropboxInotify, InotifyUnavailable
 from .lock import cycle_lock
 from .report import CycleReport
 from .slices import IntakeSlices
@@ -106,13 +107,16 @@ class DropHandler(FileSystemEventHandler):
 
     def _maybe_wake(self, path: str | bytes, complete: bool = False) -> None:
         try:
-            name = Path(path.decode() if isinstance(path, bytes) else path).name
-            if name.endswith((".job", ".job.cancel")) and not name.startswith("."):
-                if complete and name.endswith(".job"):
-                    self.closed.add(name)
-                self.wake.set()
+            self.heard(Path(path.decode() if isinstance(path, bytes) else path).name, complete)
         except Exception:  # noqa: BLE001 - see the class docstring
             log.exception("dropbox event handler failed")
+
+    def heard(self, name: str, complete: bool) -> None:
+        """A name made, closed or renamed in (``complete``: closed or renamed in)."""
+        if name.endswith((".job", ".job.cancel")) and not name.startswith("."):
+            if complete and name.endswith(".job"):
+                self.closed.add(name)
+            self.wake.set()
 
 
 class FinishWaiter(threading.Thread):
@@ -288,9 +292,7 @@ class Daemon:
         config = self.config
         waiter = FinishWaiter(config, self.wake)
         with signals_kept_for_the_main_thread():    # watchdog starts threads from its constructors on
-            observer = PollingObserver(timeout=1) if _wants_polling(config) else _native_observer()
-            observer.schedule(DropHandler(self.wake, self.closed), str(config.dropbox), recursive=False,
-                              event_filter=WATCHED_EVENTS)
+            observer = _observer(config, DropHandler(self.wake, self.closed))
             observer.start()
             waiter.start()
         submitter = Submitter(config, open_transport(config))
@@ -329,6 +331,26 @@ class Daemon:
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
         self.wake.set()
+
+
+def _observer(config: Config, handler: DropHandler):
+    """inotify read by the daemon's own thread (``inotify.DropboxInotify``) on a local
+    filesystem; watchdog's polling observer on a network filesystem (or where inotify
+    cannot watch the folder: too many watches or instances), its native observer on a
+    platform without inotify."""
+    if not _wants_polling(config):
+        try:
+            return DropboxInotify(str(config.dropbox), handler.heard, handler.wake.set)
+        except InotifyUnavailable:
+            observer = _native_observer()
+        except OSError as error:
+            log.warning("cannot watch %s with inotify (%s; see fs.inotify.max_user_watches and "
+                        "max_user_instances): polling it every second instead", config.dropbox, error)
+            observer = PollingObserver(timeout=1)
+    else:
+        observer = PollingObserver(timeout=1)
+    observer.schedule(handler, str(config.dropbox), recursive=False, event_filter=WATCHED_EVENTS)
+    return observer
 
 
 def _native_observer():

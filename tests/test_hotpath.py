@@ -107,8 +107,9 @@ def test_a_bystander_of_a_job_leaving_a_fifo_and_a_link_is_collected_in_the_same
     assert first == both or first == {"plain.job"}, seen    # never the odd job alone first
 
 
-def test_the_daemon_hears_of_new_and_renamed_jobs_but_not_of_reads_and_removals(tmp_path):
-    """The cycle's own reads and removals in the dropbox reach no watchdog thread."""
+def test_watchdogs_observer_where_there_is_no_inotify_hears_only_what_the_daemon_acts_on(tmp_path):
+    """The cycle's own reads and removals in the dropbox reach no watchdog thread (the
+    fallback on platforms without inotify; ``test_inotify.py`` for the reader used here)."""
     from watchdog.events import FileSystemEventHandler
 
     from dropbox_runner import daemon
