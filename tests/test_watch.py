@@ -296,6 +296,22 @@ def test_when_every_held_job_is_done_the_loop_wakes_without_gathering(config_fac
         waiter.stop()
 
 
+def test_no_wait_is_opened_while_a_burst_is_still_being_taken(config_factory):
+    """The cycle taking the next slice of a burst runs at once and collects what is done:
+    a wait kept open meanwhile started an ``on_hpc`` command per slice for nothing."""
+    from dropbox_runner.report import CycleReport
+
+    wake, waiter = waiter_on(config_factory, DoneAtOnce())
+    waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.1, more_new=True))
+    waiter.start()
+    try:
+        assert not wake.event.wait(0.5) and waiter.cluster.calls == 0
+        waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.1))    # the burst is taken
+        assert wake.event.wait(5) and waiter.cluster.calls >= 1
+    finally:
+        waiter.stop()
+
+
 class DoneOneByOne:
     """A cluster side where one of two held jobs is done at once and the other a moment
     later: ``wait`` for every held job returns then."""
