@@ -32,7 +32,7 @@ from .config import Config, load_config
 from .inotify import DropboxInotify, InotifyUnavailable
 from .lock import cycle_lock
 from .report import CycleReport
-from .slices import IntakeSlices
+from .slices import MAX_GATHER_SECONDS, IntakeSlices
 from .submitter import Submitter, log_cycle, run_cycle
 from .transport import TransportError, open_transport
 
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.05        # a burst of events is over when none came for this long
 MAX_DEBOUNCE_SECONDS = 1.0  # ...or after this long, so a steady stream still gets cycles
 WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
-MAX_GATHER_SECONDS = 0.5    # how long finished jobs may gather before the cycle that collects them
 MAX_BACKOFF_SECONDS = 300
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
                        "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}

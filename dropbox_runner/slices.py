@@ -17,6 +17,7 @@ from dataclasses import dataclass
 FIRST_SLICE = 50
 GROWTH = 4
 LARGEST_SLICE = 250
+MAX_GATHER_SECONDS = 0.5    # how long finished jobs may gather before the cycle that collects them
 
 
 @dataclass

@@ -164,6 +164,42 @@ def test_a_burst_larger_than_a_slice_is_taken_by_cycles_that_follow_at_once(watc
     assert all("there is no template" in result["job"]["message"] for result in results)
 
 
+def test_once_collects_the_jobs_it_took_when_they_end_within_the_gathering_time(config_factory, monkeypatch):
+    """Jobs that end moments after the burst that took them were collected by the next
+    ``once``, a cron period later; the call now waits for them (the cluster answers when
+    the last one ends) and collects them in one more cycle."""
+    from dropbox_runner import submitter
+    from dropbox_runner.submitter import run_burst
+    from dropbox_runner.transport.local import LocalTransport
+
+    monkeypatch.setattr(submitter, "MAX_GATHER_SECONDS", 60)     # however slow this machine
+    config = config_factory()
+    (config.dropbox / "quick.job").write_text(yaml.safe_dump(
+        {"script": "echo_args", "args": {"first": "1", "second": "2"}, "cache": False,
+         "output_map": {"out": str(config.dropbox.parent / "outputs" / "quick.txt")}}))
+    reports = run_burst(config, LocalTransport())
+    assert [(r.taken, r.finished_ok) for r in reports] == [(1, 0), (0, 1)]
+    assert (config.dropbox / "quick.job.finished").exists()
+
+
+def test_once_leaves_jobs_still_running_after_the_gathering_time_to_the_next_call(config_factory, monkeypatch):
+    import time
+
+    from dropbox_runner import submitter
+    from dropbox_runner.submitter import run_burst
+    from dropbox_runner.transport.local import LocalTransport
+
+    monkeypatch.setattr(submitter, "MAX_GATHER_SECONDS", 0.3)
+    config = config_factory()
+    (config.dropbox / "slow.job").write_text(yaml.safe_dump(
+        {"script": "sleep", "args": {"seconds": "30"}, "cache": False,
+         "output_map": {"out": str(config.dropbox.parent / "outputs" / "slow.txt")}}))
+    started = time.monotonic()
+    reports = run_burst(config, LocalTransport())
+    assert [r.taken for r in reports] == [1] and time.monotonic() - started < 20
+    assert (config.dropbox / "slow.job.submitted").exists()
+
+
 def test_the_loops_own_call_for_a_bursts_next_slice_waits_for_no_quiet_time():
     """A file event starts a quiet time (let the burst of events end); the loop's call for
     its next slice is no event: it cost 50 ms a slice, two seconds over 10,000 jobs."""
