@@ -14,8 +14,8 @@ from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
 
 
-def ledger_job(tmp_path, n):
-    return {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+def ledger_job(tmp_path, n, seconds=0):
+    return {"script": "ledger", "args": {"seconds": seconds}, "cache": False,
             "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}}
 
 
@@ -110,7 +110,8 @@ def test_killed_mid_batch_at_intake_or_collection_every_job_still_finishes_exact
     config = load_config(config_path)
     names = [f"j{n}.job" for n in range(6)]
     for n, name in enumerate(names):
-        drop(config, name, ledger_job(tmp_path, n))
+        # longer than a once call's gathering, so the jobs are collected by a later call
+        drop(config, name, ledger_job(tmp_path, n, seconds=1))
     kills = 0
     for attempt in range(40):
         faulty = attempt % 2 == 0        # every other cycle dies in its batch, intake's or collection's
