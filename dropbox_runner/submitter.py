@@ -337,17 +337,19 @@ def run_burst(config: Config, transport: Transport) -> list[CycleReport] | None:
             return None
         submitter = Submitter(config, transport)
         submitter.slices = IntakeSlices()
-        reports = []
+        reports: list[CycleReport] = []
+
+        def cycle() -> CycleReport:
+            reports.append(run_cycle(config, submitter))
+            log_cycle(reports[-1])
+            return reports[-1]
+
         try:
-            gathered = False
-            while True:
-                reports.append(run_cycle(config, submitter))
-                log_cycle(reports[-1])
-                if reports[-1].more_new:
-                    continue
-                if gathered or not _all_done_soon(submitter, reports[-1]):
-                    break
-                gathered = True
+            while cycle().more_new:
+                pass
+            if _all_done_soon(submitter, reports[-1]):
+                while cycle().more_new:     # the gathered jobs' cycle (and any dropped meanwhile)
+                    pass
         finally:
             submitter.close()
         return reports
@@ -355,9 +357,9 @@ def run_burst(config: Config, transport: Transport) -> list[CycleReport] | None:
 
 def _all_done_soon(submitter: Submitter, report: CycleReport) -> bool:
     """Whether every job the last cycle left held is done within ``MAX_GATHER_SECONDS``,
-    asked of the cluster, which answers when the last one ends.  The jobs of a burst a ``once`` has just taken were
-    otherwise collected by the next call, a cron period later: the 1000 trivial jobs of
-    the benchmark, a second and a process start later."""
+    asked of the cluster, which answers when the last one ends.  The jobs of a burst a
+    ``once`` has just taken were otherwise collected by the next call, a cron period
+    later: the 1000 trivial jobs of the benchmark, a second and a process start later."""
     if not report.held_ids:
         return False
     try:

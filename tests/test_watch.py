@@ -287,8 +287,8 @@ def test_finished_jobs_gather_for_as_long_as_the_last_cycle_took_before_the_loop
     (capped), and a stop still ends that wait at once."""
     import time
 
-    from dropbox_runner.daemon import MAX_GATHER_SECONDS
     from dropbox_runner.report import CycleReport
+    from dropbox_runner.slices import MAX_GATHER_SECONDS
 
     wake, waiter = waiter_on(config_factory, DoneAtOnce())
     started = time.monotonic()
@@ -389,8 +389,8 @@ def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(
     after the last job had ended; the cluster now tells when every held job is done."""
     import time
 
-    from dropbox_runner.daemon import MAX_GATHER_SECONDS
     from dropbox_runner.report import CycleReport
+    from dropbox_runner.slices import MAX_GATHER_SECONDS
 
     wake, waiter = waiter_on(config_factory, DoneOneByOne())
     started = time.monotonic()
