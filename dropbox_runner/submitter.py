@@ -96,12 +96,12 @@ class Submitter:
         listing = self.dropbox.scan()
         self.dropbox.remove_batch_leftovers(listing)
         note_unusable(self.config.state_dir, listing.unusable)
-        held = self._held_jobs(listing.submitted)
+        held = self._held_jobs(listing.submitted, listing.finished)
         self.intake.on_take = self.early if self.early.begin(held, len(listing.new)) else None
         new = listing.new if self.slices is None else listing.new[:self.slices.size]
         report.more_new = len(new) < len(listing.new)
         if self.slices is not None:
-            self.slices.after(report.more_new)
+            self.slices.after(report.more_new, len(held) + len(new))
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
                                               new)
@@ -178,23 +178,25 @@ class Submitter:
         return send
 
     # -- what the submitter holds ----------------------------------------------------------
-    def _held_jobs(self, names: list[str]) -> dict[str, HeldJob]:
-        """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them)."""
+    def _held_jobs(self, names: list[str], finished: set[str]) -> dict[str, HeldJob]:
+        """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them;
+        ``finished``: the names whose ``.finished`` that scan saw)."""
         held: dict[str, HeldJob] = {}
-        self._verified = {name: known for name, known in self._verified.items() if name in names}
+        still = set(names)
+        self._verified = {name: known for name, known in self._verified.items() if name in still}
         for name in names:
             if not self.boundary.contain(name, "reading its .submitted file",
-                                         lambda name=name: self._read_hold(name, held),
+                                         lambda name=name: self._read_hold(name, held, name in finished),
                                          lambda message, name=name: self._drop_broken_hold(name, message)):
                 self.unread_holds += 1
         return held
 
-    def _read_hold(self, name: str, held: dict[str, HeldJob]) -> None:
+    def _read_hold(self, name: str, held: dict[str, HeldJob], has_result: bool) -> None:
         try:
             document = self.dropbox.read_held(name)
             known = self._verified.get(name)
             if known is not None and known[0] is document:
-                self._note_held(name, known[1], held)
+                self._note_held(name, known[1], held, has_result)
                 return
             job = HeldJob.from_document(name, document)
         except (ValueError, KeyError, TypeError) as error:
@@ -206,10 +208,13 @@ class Submitter:
                                    "version before seals): resubmit the job")
             return
         self._verified[name] = (document, job)
-        self._note_held(name, job, held)
+        self._note_held(name, job, held, has_result)
 
-    def _note_held(self, name: str, job: HeldJob, held: dict[str, HeldJob]) -> None:
-        finished = self.dropbox.read_result(name)
+    def _note_held(self, name: str, job: HeldJob, held: dict[str, HeldJob], has_result: bool) -> None:
+        """Hold the job, unless its result was written and a crash came before its
+        ``.submitted`` was removed (looked for only where the scan saw a result: a read
+        that fails for every held job of every cycle cost more than the rest of it)."""
+        finished = self.dropbox.read_result(name) if has_result else None
         if finished and (finished.get("job") or {}).get("id") == job.job_id:
             self.dropbox.discard(name, ".submitted")    # result written, crash before cleanup
             return

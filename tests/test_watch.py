@@ -243,6 +243,74 @@ def test_a_cycle_with_an_intake_slice_takes_that_many_oldest_first_and_says_more
     assert size_after_the_burst == 4
 
 
+def test_a_slice_is_never_smaller_than_a_share_of_the_jobs_held():
+    """Behind a queue wait every job taken stays held and each cycle goes over them all:
+    slices of a fixed size made a burst's cost grow with its square."""
+    from dropbox_runner.slices import HELD_PER_NEW
+
+    slices = IntakeSlices(first=4, largest=16)
+    slices.after(True, held=4)
+    assert slices.size == 16
+    slices.after(True, held=1000)
+    assert slices.size == 1000 // HELD_PER_NEW
+    slices.after(False, held=1000)
+    assert slices.size == 4
+
+
+def test_a_burst_taken_while_its_jobs_stay_held_takes_slices_that_grow_with_them(config_factory):
+    from dropbox_runner.slices import HELD_PER_NEW
+    from dropbox_runner.submitter import Submitter
+    from dropbox_runner.transport.local import LocalTransport
+
+    config = config_factory()
+
+    def drop_sleepers(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            (config.dropbox / f"s{n:03d}.job").write_text(yaml.safe_dump(
+                {"script": "sleep", "args": {"seconds": "60"}, "cache": False,
+                 "output_map": {"out": str(config.dropbox.parent / "outputs" / f"s{n}.txt")}}))
+            os.utime(config.dropbox / f"s{n:03d}.job", (n + 1, n + 1))
+
+    drop_sleepers(0, 40)
+    submitter = Submitter(config, LocalTransport())
+    try:
+        assert submitter.cycle().held == 40          # no slices: all forty taken, and held
+        drop_sleepers(40, 40)
+        submitter.slices = IntakeSlices(first=2, largest=2)
+        taken = [submitter.cycle().taken for _ in range(3)]
+    finally:
+        submitter.close()
+    assert taken == [2, (40 + 2) // HELD_PER_NEW, (40 + 2 + 10) // HELD_PER_NEW]
+
+
+def test_a_held_jobs_result_is_read_only_where_the_scan_saw_one(config_factory, monkeypatch):
+    """Looking for a result written before a crash, for every held job in every cycle, was
+    a failed open a job a cycle; the scan already says which results exist."""
+    from dropbox_runner.dropbox import Dropbox
+    from dropbox_runner.submitter import Submitter
+    from dropbox_runner.transport.local import LocalTransport
+
+    config = config_factory()
+    for n in range(3):
+        (config.dropbox / f"s{n}.job").write_text(yaml.safe_dump(
+            {"script": "sleep", "args": {"seconds": "60"}, "cache": False,
+             "output_map": {"out": str(config.dropbox.parent / "outputs" / f"s{n}.txt")}}))
+    reads = []
+    real_read_result = Dropbox.read_result
+    monkeypatch.setattr(Dropbox, "read_result", lambda self, name: reads.append(name) or real_read_result(self, name))
+    submitter = Submitter(config, LocalTransport())
+    try:
+        submitter.cycle()
+        assert submitter.cycle().held == 3 and reads == []
+        # a result written, then a crash before its .submitted was removed: found and cleaned up
+        hold = yaml.safe_load((config.dropbox / "s0.job.submitted").read_text())
+        (config.dropbox / "s0.job.finished").write_text(yaml.safe_dump({"job": {"id": hold["id"]}}))
+        assert submitter.cycle().held == 2 and reads == ["s0.job"]
+    finally:
+        submitter.close()
+    assert not (config.dropbox / "s0.job.submitted").exists()
+
+
 def test_once_takes_a_burst_in_slices_within_one_call(config_factory, caplog):
     """``once`` takes every new job (a cron minute is too long to leave work for), but in
     slices: cycles back to back, so the first slice is queued before the rest is read."""
