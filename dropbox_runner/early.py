@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from .cluster import ClusterSide
 from .config import Config
-from .dropbox import HeldJob
+from .dropbox import HeldSummary
 from .faults import fault_point
 from .on_hpc.protocol import EarlyRequest
 from .transport import TransportError
@@ -46,7 +46,7 @@ class EarlyStart:
         self.coming = 0
         self.submitted: list[dict] = []
 
-    def begin(self, held: dict[str, HeldJob], new_jobs: int) -> bool:
+    def begin(self, held: dict[str, HeldSummary], new_jobs: int) -> bool:
         """A new cycle: ``held`` its jobs in flight, ``new_jobs`` the ``.job`` files it found;
         False when this cycle has nothing to ask early (intake need not tell it anything)."""
         self.busy = {job.job_class for job in held.values()}

@@ -20,7 +20,7 @@ from .boundaries import boundaries_for
 from .boundary import Boundary
 from .cache import ResultCache, cache_key
 from .config import Config
-from .dropbox import Dropbox, HeldJob, Listing
+from .dropbox import Dropbox, HeldJob, HeldSummary, Listing
 from .entries import UnusableEntry
 from .faults import fault_point
 from .history import History
@@ -44,7 +44,7 @@ PEEK_AT_MOST = 8      # unsettled jobs read for the early start's guess at a cla
 class IntakeCounts:
     names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
                                                      # counted by the Finisher)
-    held: dict[str, HeldJob] = field(default_factory=dict)  # their holds by job id, as written (not read back)
+    held: dict[str, HeldSummary] = field(default_factory=dict)  # their holds by job id, as written (not read back)
 
 
 class Intake:
@@ -180,7 +180,7 @@ class Intake:
         if hold.cache_key:
             keys_in_flight.add(hold.cache_key)
         counts.names.append(name)
-        counts.held[hold.job_id] = hold
+        counts.held[hold.job_id] = hold.summary()
 
     def _settled(self, name: str) -> bool:
         """A job file written in place (not renamed) must not be taken half-written: it is

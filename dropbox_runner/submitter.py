@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .boundaries import boundaries_for
 from .boundary import Boundary
@@ -28,7 +28,7 @@ from .cache import ResultCache
 from .cluster import ClusterSide
 from .collect import Collector
 from .config import Config
-from .dropbox import Dropbox, HeldJob
+from .dropbox import Dropbox, HeldJob, HeldSummary, HoldIdentity
 from .early import EarlyStart
 from .faults import fault_point
 from .history import History
@@ -79,9 +79,9 @@ class Submitter:
         # How many new jobs each cycle takes (None: all); the caller runs the next cycle
         # at once while more wait (``run_burst``, the watch daemon).
         self.slices: IntakeSlices | None = None
-        # The hold each name's document (as Dropbox.read_held shares it while the file is
-        # the same) was verified as: a later cycle neither parses nor re-seals it.
-        self._verified: dict[str, tuple[dict[str, Any], HeldJob]] = {}
+        # Each held name's hold as last verified, while its file stays the same one: a
+        # later cycle neither parses nor re-seals it (``_held_jobs``).
+        self._known: dict[str, tuple[HoldIdentity, HeldSummary]] = {}
 
     def close(self) -> None:
         self.history.close()
@@ -105,6 +105,7 @@ class Submitter:
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
                                               new)
+        self._remember_taken(taken.held.values())
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
@@ -151,7 +152,8 @@ class Submitter:
         with self.history.batch(), self.dropbox.durable_batch():
             if any(item["id"] in held for item in answer.finished):
                 self.cleanup_pending.touch()      # the next cycle removes them on the cluster
-            collected = self.collector.collect(held, answer.finished)
+            done, ended = self._done_jobs(held, answer.finished)
+            collected = self.collector.collect(done, answer.finished) + ended
         report.finished_ok = tally["ran_ok"]
         report.finished_error = tally[FAILED] + tally["ran_error"]
         report.collected_ids = collected
@@ -160,7 +162,7 @@ class Submitter:
         report.seconds = time.monotonic() - started
         return report
 
-    def _fitting(self, waiting: list[str], held: dict[str, HeldJob], report: CycleReport) -> list[str]:
+    def _fitting(self, waiting: list[str], held: dict[str, HeldSummary], report: CycleReport) -> list[str]:
         """Only what fits in the cluster's free space (as last reported) is sent; a job
         that alone exceeds it fails, so it cannot fail every other job's push."""
         free = known_free(self.config.state_dir)
@@ -170,20 +172,21 @@ class Submitter:
         send, wait, never = split_by_room(sizes, free)
         for job_id_ in never:
             report.abandoned.append(job_id_)     # what a push may have left of it goes too
-            job = held.pop(job_id_)
-            self._fail(job, too_big_message(sizes[job_id_], free), scratch=[self.outbox / job_id_])
+            job = self._whole(held.pop(job_id_))
+            if job is not None:
+                self._fail(job, too_big_message(sizes[job_id_], free), scratch=[self.outbox / job_id_])
         if wait:
             report.environment_errors.append(f"{len(wait)} job(s) wait for room in the cluster workspace")
             log.warning("the cluster workspace has %s free: %d job(s) wait for room", format_size(free), len(wait))
         return send
 
     # -- what the submitter holds ----------------------------------------------------------
-    def _held_jobs(self, names: list[str], finished: set[str]) -> dict[str, HeldJob]:
+    def _held_jobs(self, names: list[str], finished: set[str]) -> dict[str, HeldSummary]:
         """Read the named ``.submitted`` files (one scan of the dropbox per cycle names them;
         ``finished``: the names whose ``.finished`` that scan saw)."""
-        held: dict[str, HeldJob] = {}
+        held: dict[str, HeldSummary] = {}
         still = set(names)
-        self._verified = {name: known for name, known in self._verified.items() if name in still}
+        self._known = {name: known for name, known in self._known.items() if name in still}
         for name in names:
             if not self.boundary.contain(name, "reading its .submitted file",
                                          lambda name=name: self._read_hold(name, held, name in finished),
@@ -191,26 +194,71 @@ class Submitter:
                 self.unread_holds += 1
         return held
 
-    def _read_hold(self, name: str, held: dict[str, HeldJob], has_result: bool) -> None:
+    def _read_hold(self, name: str, held: dict[str, HeldSummary], has_result: bool) -> None:
+        identity = self.dropbox.hold_identity(name)
+        known = self._known.get(name)
+        if known is not None and known[0] == identity:
+            self._note_held(name, known[1], held, has_result)
+            return
+        job = self._verified_hold(name)
+        if job is not None:
+            self._known[name] = (identity, job.summary())
+            self._note_held(name, job.summary(), held, has_result)
+
+    def _verified_hold(self, name: str) -> HeldJob | None:
+        """The hold as its file says now, its seal checked; None when it cannot be trusted
+        (the job then has its error result)."""
         try:
             document = self.dropbox.read_held(name)
-            known = self._verified.get(name)
-            if known is not None and known[0] is document:
-                self._note_held(name, known[1], held, has_result)
-                return
             job = HeldJob.from_document(name, document)
         except (ValueError, KeyError, TypeError) as error:
             self._drop_broken_hold(name, f"its .submitted file cannot be read ({error})")
-            return
+            return None
         if not self.seal.verify(document):
             self._drop_broken_hold(name, ".submitted was edited after the job was taken (its seal does not match)"
                                    if SEAL in document else ".submitted has no seal (edited, or written by a "
                                    "version before seals): resubmit the job")
-            return
-        self._verified[name] = (document, job)
-        self._note_held(name, job, held, has_result)
+            return None
+        return job
 
-    def _note_held(self, name: str, job: HeldJob, held: dict[str, HeldJob], has_result: bool) -> None:
+    def _remember_taken(self, taken: Iterable[HeldSummary]) -> None:
+        """Intake wrote these holds itself: the next cycle need not read them back."""
+        for job in taken:
+            self._known[job.name] = (self.dropbox.hold_identity(job.name), job)
+
+    def _whole(self, summary: HeldSummary) -> HeldJob | None:
+        """The whole hold of a job about to be finished or sent again, read now and its seal
+        checked (what a tool wrote since is caught here, when it is used); None when it
+        cannot be trusted any longer, and the job has its error result."""
+        job = self._verified_hold(summary.name)
+        if job is not None and job.job_id != summary.job_id:
+            self._drop_broken_hold(summary.name, f".submitted now names job {job.job_id}, not {summary.job_id}")
+            return None
+        return job
+
+    def _done_jobs(self, held: dict[str, HeldSummary],
+                   finished: list[dict[str, Any]]) -> tuple[dict[str, HeldJob], list[str]]:
+        """The done jobs this submitter holds, whole; and the ids of those whose hold could
+        no longer be trusted (they ended with their error result)."""
+        done: dict[str, HeldJob] = {}
+        ended: list[str] = []
+        for item in finished:
+            summary = held.get(item["id"])
+            if summary is None:
+                continue
+
+            def read(summary=summary) -> None:
+                job = self._whole(summary)
+                if job is None:
+                    ended.append(summary.job_id)
+                else:
+                    done[summary.job_id] = job
+
+            self.boundary.contain(summary.name, "reading its .submitted file", read,
+                                  lambda message, name=summary.name: self._drop_broken_hold(name, message))
+        return done, ended
+
+    def _note_held(self, name: str, job: HeldSummary, held: dict[str, HeldSummary], has_result: bool) -> None:
         """Hold the job, unless its result was written and a crash came before its
         ``.submitted`` was removed (looked for only where the scan saw a result: a read
         that fails for every held job of every cycle cost more than the rest of it)."""
@@ -231,7 +279,7 @@ class Submitter:
                                                  job_digest=digest if isinstance(digest, str) else None),
                                      detail=why, log_level=logging.ERROR))
 
-    def _drop_stray_cancels(self, listing, held: dict[str, HeldJob]) -> None:
+    def _drop_stray_cancels(self, listing, held: dict[str, HeldSummary]) -> None:
         held_names = {job.name for job in held.values()}
         for name in listing.cancel - held_names - set(listing.new):
             log.info("%s: nothing to cancel (no such job waiting or running)", name)
@@ -239,7 +287,7 @@ class Submitter:
                                   None)
 
     # -- 3. queue states ----------------------------------------------------------------------
-    def _note_queue_states(self, held: dict[str, HeldJob], answer: CycleAnswer,
+    def _note_queue_states(self, held: dict[str, HeldSummary], answer: CycleAnswer,
                            sent: list[str], report: CycleReport) -> None:
         known = {row.name: row for row in self.history.jobs(states=list(JobState.IN_FLIGHT),
                                                              limit=len(held) + 1000)}
@@ -272,11 +320,13 @@ class Submitter:
         report.states = answer.counts
         report.runners = answer.runners
 
-    def _note_state(self, job: HeldJob, state: str, answer: CycleAnswer, sent: list[str], last) -> None:
+    def _note_state(self, job: HeldSummary, state: str, answer: CycleAnswer, sent: list[str], last) -> None:
         runner = answer.claimed_by.get(job.job_id)
         if state == JobState.ABSENT:
             log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job.job_id)
-            self._rebuild_outbox_entry(job)
+            whole = self._whole(job)
+            if whole is not None:
+                self._rebuild_outbox_entry(whole)
             return
         if job.job_id in sent:
             shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)

@@ -140,25 +140,67 @@ def test_the_local_transport_moves_a_new_entry_and_copies_into_one_already_there
     assert sorted(p.name for p in (workspace / "new").iterdir()) == ["input", "job.sh"]
 
 
-def test_held_jobs_are_parsed_once_across_cycles_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
-    from dropbox_runner import dropbox as dropbox_module
+def sleeper(config, name, seconds="60"):
+    import yaml
 
-    (tmp_path / "a.job.submitted").write_text("id: one\n")
-    box = Dropbox(tmp_path)
-    parsed = []
-    real = dropbox_module.load_bounded_document
-    monkeypatch.setattr(dropbox_module, "load_bounded_document", lambda text: parsed.append(text) or real(text))
-    for _ in range(3):
-        box.scan()
-        assert box.read_held("a.job") == {"id": "one"}
-    assert len(parsed) == 1
-    (tmp_path / "a.job.submitted").write_text("id: two\n")      # same size, same inode, new mtime
-    os.utime(tmp_path / "a.job.submitted", ns=(1, 1))
-    assert box.read_held("a.job") == {"id": "two"}
-    (tmp_path / "a.job.submitted").unlink()
-    box.scan()
-    assert box._held_documents == {}
+    (config.dropbox / name).write_text(yaml.safe_dump(
+        {"script": "sleep", "args": {"seconds": seconds}, "cache": False,
+         "output_map": {"out": str(config.dropbox.parent / "outputs" / (name + ".txt"))}}))
 
+
+def test_held_jobs_are_kept_as_summaries_never_read_back_after_intake_and_read_again_when_changed(
+        config_factory, monkeypatch):
+    """Between cycles a held job is its name, id, class and cache key (its whole hold was
+    some 3 KB parsed: 300 MB for a 100,000-job burst behind a queue wait); the holds intake
+    wrote are not read back, and one whose file changed in any way is read again."""
+    from dropbox_runner.dropbox import HeldSummary
+    from dropbox_runner.submitter import Submitter
+
+    config = config_factory()
+    for name in ("a.job", "b.job"):
+        sleeper(config, name)
+    reads = []
+    real_read_held = Dropbox.read_held
+    monkeypatch.setattr(Dropbox, "read_held", lambda self, name: reads.append(name) or real_read_held(self, name))
+    submitter = Submitter(config, LocalTransport())
+    try:
+        assert submitter.cycle().taken == 2
+        assert [submitter.cycle().held for _ in range(2)] == [2, 2] and reads == []
+        assert all(type(known[1]) is HeldSummary for known in submitter._known.values())
+        hold = config.dropbox / "a.job.submitted"
+        before = hold.stat()
+        hold.write_bytes(hold.read_bytes())         # the same bytes, size and mtime: only the ctime moves
+        os.utime(hold, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert submitter.cycle().held == 2 and reads == ["a.job"]
+    finally:
+        submitter.close()
+
+
+def test_a_hold_is_read_and_its_seal_checked_again_when_its_job_is_finished(config_factory, monkeypatch):
+    """A hold changed where no cycle saw it change is caught when it is used: the result
+    is written from the hold as read then, never from what a cycle remembered."""
+    import yaml
+    from helpers import wait_until
+
+    from dropbox_runner.submitter import Submitter
+
+    config = config_factory()
+    sleeper(config, "a.job", seconds="0")
+    submitter = Submitter(config, LocalTransport())
+    try:
+        submitter.cycle()
+        hold = config.dropbox / "a.job.submitted"
+        document = yaml.safe_load(hold.read_text())
+        document["description"]["output_map"]["out"] = "/etc/elsewhere"
+        hold.write_text(yaml.safe_dump(document))
+        known = dict(submitter._known)
+        monkeypatch.setattr(Dropbox, "hold_identity", lambda self, name: known[name][0])   # unseen
+        wait_until(lambda: submitter.cycle().collected_ids, what="the job collected")
+    finally:
+        submitter.close()
+    block = yaml.safe_load((config.dropbox / "a.job.finished").read_text())["job"]
+    assert block["status"] == "error" and "seal does not match" in block["message"]
+    assert not (config.dropbox / "a.job.submitted").exists() and not os.path.exists("/etc/elsewhere")
 
 
 def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path, monkeypatch):
