@@ -80,11 +80,12 @@ class ClusterSide:
         return self.call("status", StatusRequest(root=self.config.workspace, scheduler=self.config.scheduler).to_json(),
                          deploy=False)
 
-    def wait(self, ignore: list[str], timeout: float, every: list[str] | None = None) -> list[str]:
+    def wait(self, ignore: list[str], timeout: float, every: list[str] | None = None,
+             gather: float | None = None) -> list[str]:
         """Block until one of this submitter's jobs is done (every job of ``every``, when
-        given), or ``timeout``; the done ids."""
+        given; or one, and ``gather`` seconds have passed), or ``timeout``; the done ids."""
         request = WaitRequest(root=self.config.workspace, submitter=self.config.submitter_id,
-                              ignore=ignore, timeout=timeout, every=every or [])
+                              ignore=ignore, timeout=timeout, every=every or [], gather=gather)
         return self.call("wait", request.to_json())["done"]
 
     def deploy(self) -> None:

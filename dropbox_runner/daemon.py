@@ -132,7 +132,9 @@ class FinishWaiter(threading.Thread):
     Once one is done it lets more finish, until as long as the last cycle took (at most
     MAX_GATHER_SECONDS) has passed since that cycle ended, before waking the loop; when a
     cycle ran meanwhile, it may have collected them: the next ``wait`` tells; when every
-    held job is done there is nothing to gather.  Waking at
+    held job is done there is nothing to gather.  The cluster does the gathering within
+    the same ``wait`` (it answers once every held job is done, or once the time is over),
+    so the end of a burst is collected when its last job ends.  Waking at
     the first one made a burst of 1000 trivial jobs end in some twenty cycles of 25-60
     jobs each, every one paying a round trip and the head node's cycle (0.2-0.3 s of CPU
     on a 2-core machine, taken from the jobs), and a cycle followed each long one at once
@@ -204,8 +206,11 @@ class FinishWaiter(threading.Thread):
                 if self.stopped:
                     return
                 ignore, held = list(self.ignore), set(self.held)
+                # the cluster gathers: it answers when every held job is done, or when
+                # one is and the gathering time after the last cycle is over
+                gather = max(0.0, self.cycle_ended + self.gather - time.monotonic())
             try:
-                done = self.cluster.wait(ignore, WAIT_SECONDS)
+                done = self.cluster.wait(ignore, WAIT_SECONDS, every=sorted(held), gather=gather)
                 backoff = 1.0
             except TransportError as error:
                 if self.stopped:
@@ -214,27 +219,12 @@ class FinishWaiter(threading.Thread):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
-            if done and not held <= set(done):
-                done = self._gather_on_cluster(ignore, held) or done
             if done:
                 with self.lock:
                     if not held <= set(done) and not self._gathered():     # all done: nothing to gather
                         continue
                     self.held = []      # until the cycle that collects them says what is left
                 self.wake.set()
-
-    def _gather_on_cluster(self, ignore: list[str], held: set[str]) -> list[str]:
-        """Let the cluster wait out the gathering time, returning early once every held
-        job is done: the end of a burst is collected when its last job ends, not half a
-        second later.  Nothing (the caller waits here) when a cycle runs or the time is up."""
-        with self.lock:
-            left = self.cycle_ended + self.gather - time.monotonic()
-            if self.cycle_running or left <= 0:
-                return []
-        try:
-            return self.cluster.wait(ignore, left, every=sorted(held))
-        except TransportError:
-            return []       # the gathering then waits here, as without it
 
 
 class Daemon:

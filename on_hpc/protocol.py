@@ -218,14 +218,16 @@ class EarlyRequest(object):
 @dataclass
 class WaitRequest(object):
     """What the watch daemon sends to ``on_hpc wait``: return once a job of this
-    submitter not in ``ignore`` is done (once every job of ``every`` is, when given), or
-    after ``timeout`` seconds."""
+    submitter not in ``ignore`` is done (once every job of ``every`` is, when given; or,
+    with ``gather`` too, once one is done and ``gather`` seconds have passed since the
+    call), or after ``timeout`` seconds."""
 
     root: str
     submitter: str
     ignore: List[str] = field(default_factory=list)
     timeout: float = 30
     every: List[str] = field(default_factory=list)
+    gather: Optional[float] = None
 
     from_json = classmethod(_from_json)
     to_json = _to_json

@@ -334,7 +334,7 @@ class DoneAtOnce:
     def __init__(self):
         self.calls = 0
 
-    def wait(self, ignore, timeout, every=None):
+    def wait(self, ignore, timeout, every=None, gather=None):
         self.calls += 1
         return ["a-job"]
 
@@ -399,8 +399,8 @@ def test_finished_jobs_found_during_a_cycle_wait_for_its_end_and_the_gathering_a
         waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=0.3))
         assert wake.event.wait(5)
         assert 0.3 <= time.monotonic() - ended < 2
-        # asked again after the cycle, then let the cluster gather (every held job), before waking
-        assert waiter.cluster.calls == asks + 2
+        # asked again after the cycle (the cluster gathering, in the same call), before waking
+        assert waiter.cluster.calls == asks + 1
     finally:
         waiter.stop()
 
@@ -443,13 +443,11 @@ class DoneOneByOne:
     def __init__(self):
         self.gathering = []
 
-    def wait(self, ignore, timeout, every=None):
+    def wait(self, ignore, timeout, every=None, gather=None):
         import time
-        if every:
-            self.gathering.append(timeout)
-            time.sleep(0.1)
-            return ["a-job", "another"]
-        return ["a-job"]
+        self.gathering.append((sorted(every or []), gather))
+        time.sleep(0.1)
+        return ["a-job", "another"]
 
 
 def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(config_factory):
@@ -467,7 +465,9 @@ def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(
     try:
         assert wake.event.wait(5)
         assert time.monotonic() - started < MAX_GATHER_SECONDS - 0.15
-        assert waiter.cluster.gathering and 0 < waiter.cluster.gathering[0] <= MAX_GATHER_SECONDS
+        # one command: it waits for every held job, gathering at most the capped time
+        [(every, gather)] = waiter.cluster.gathering
+        assert every == ["a-job", "another"] and 0 < gather <= MAX_GATHER_SECONDS
     finally:
         waiter.stop()
 
@@ -491,3 +491,24 @@ def test_the_cluster_side_wait_for_every_job_returns_when_the_last_is_done_or_at
     answer = headnode.wait({"root": str(tmp_path), "submitter": "sub", "every": ["sub.a", "sub.never"],
                             "timeout": 0.4})
     assert sorted(answer["done"]) == ["sub.a", "sub.b"] and 0.4 <= time.monotonic() - started < 1.5
+
+
+def test_the_cluster_side_wait_gathers_after_the_first_job_for_the_time_it_is_given(tmp_path):
+    """The watch daemon's one command: it answers once every held job is done, or once
+    one is and the gathering time is over; with none done, only at its timeout."""
+    import time
+
+    from dropbox_runner.on_hpc import headnode
+    from dropbox_runner.on_hpc.jobstore import JobStore
+
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    request = {"root": str(tmp_path), "submitter": "sub", "every": ["sub.a", "sub.never"], "gather": 0.3,
+               "timeout": 5}
+    started = time.monotonic()
+    assert headnode.wait(dict(request, timeout=0.6)) == {"done": []}
+    assert 0.6 <= time.monotonic() - started < 1.5              # nothing done: the gathering time alone ends nothing
+    open(os.path.join(store.done_dir(), "sub.a"), "w").close()
+    started = time.monotonic()
+    assert headnode.wait(request) == {"done": ["sub.a"]}
+    assert 0.3 <= time.monotonic() - started < 1.5
