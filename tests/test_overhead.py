@@ -178,14 +178,17 @@ def test_held_jobs_are_kept_as_summaries_never_read_back_after_intake_and_read_a
 
 def test_a_hold_is_read_and_its_seal_checked_again_when_its_job_is_finished(config_factory, monkeypatch):
     """A hold changed where no cycle saw it change is caught when it is used: the result
-    is written from the hold as read then, never from what a cycle remembered."""
+    is written from the hold as read then, never from what a cycle remembered; a job
+    collected beside it finishes in the same cycle."""
     import yaml
+    from dropbox_runner.on_hpc.jobstore import JobStore
     from helpers import wait_until
 
     from dropbox_runner.submitter import Submitter
 
     config = config_factory()
-    sleeper(config, "a.job", seconds="0")
+    for name in ("a.job", "bystander.job"):
+        sleeper(config, name, seconds="0")
     submitter = Submitter(config, LocalTransport())
     try:
         submitter.cycle()
@@ -195,12 +198,15 @@ def test_a_hold_is_read_and_its_seal_checked_again_when_its_job_is_finished(conf
         hold.write_text(yaml.safe_dump(document))
         known = dict(submitter._known)
         monkeypatch.setattr(Dropbox, "hold_identity", lambda self, name: known[name][0])   # unseen
-        wait_until(lambda: submitter.cycle().collected_ids, what="the job collected")
+        done = JobStore(config.workspace).done_dir()
+        wait_until(lambda: len(os.listdir(done)) == 2, what="both jobs done on the cluster")
+        assert len(submitter.cycle().collected_ids) == 2
     finally:
         submitter.close()
     block = yaml.safe_load((config.dropbox / "a.job.finished").read_text())["job"]
     assert block["status"] == "error" and "seal does not match" in block["message"]
     assert not (config.dropbox / "a.job.submitted").exists() and not os.path.exists("/etc/elsewhere")
+    assert yaml.safe_load((config.dropbox / "bystander.job.finished").read_text())["job"]["status"] == "ok"
 
 
 def test_jobs_ending_together_are_recorded_with_one_sync_and_each_whole(tmp_path, monkeypatch):
