@@ -202,8 +202,9 @@ class Submitter:
             return
         job = self._verified_hold(name)
         if job is not None:
-            self._known[name] = (identity, job.summary())
-            self._note_held(name, job.summary(), held, has_result)
+            summary = job.summary()
+            self._known[name] = (identity, summary)
+            self._note_held(name, summary, held, has_result)
 
     def _verified_hold(self, name: str) -> HeldJob | None:
         """The hold as its file says now, its seal checked; None when it cannot be trusted

@@ -259,9 +259,8 @@ def wait(request):
         done = [job_id for job_id in listdir(store.done_dir())
                 if job_id.startswith(prefix) and job_id not in ignore]
         now = time.time()
-        if done and (not every or every <= set(done) or (gathered is not None and now >= gathered)):
-            return {"done": done}
-        if now >= deadline:
+        answered = done and (not every or every <= set(done) or (gathered is not None and now >= gathered))
+        if answered or now >= deadline:
             return {"done": done}
         time.sleep(GATHER_INTERVAL_SECONDS if every and (done or gathered is None) else WAIT_INTERVAL_SECONDS)
 
