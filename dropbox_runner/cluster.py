@@ -17,7 +17,7 @@ from typing import Any
 
 from . import on_hpc
 from .config import Config
-from .on_hpc.protocol import CycleAnswer, CycleRequest, StatusRequest, WaitRequest
+from .on_hpc.protocol import ON_HPC_ARGV, CycleAnswer, CycleRequest, StatusRequest, WaitRequest
 from .transport import NotDeployed, RemoteCommandFailed, Transport
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def remote_command(deploy_dir: str, python: str, verb: str) -> str:
     (so a stray ``on_hpc`` in the login folder can never shadow it)."""
     folder = shlex.quote(deploy_dir)
     return (f"test -f {folder}/{STAMP_FILE} || exit {DEPLOY_NEEDED}; "
-            f"cd {folder} && PYTHONPATH={folder} exec {shlex.quote(python)} -m on_hpc {verb}")
+            f"cd {folder} && PYTHONPATH={folder} exec {shlex.quote(python)} {' '.join(ON_HPC_ARGV)} {verb}")
 
 
 class ClusterSide:

@@ -21,6 +21,7 @@ from .files import free_bytes, listdir, read_json, write_json
 from .jobstore import JobStore
 from .locks import FileLock
 from .protocol import (
+    ON_HPC_ARGV,
     START_ERROR_SUFFIX,
     CycleAnswer,
     CycleRequest,
@@ -473,7 +474,7 @@ def submit_runner(store, sched, job_class, settings, request):
     # PYTHONPATH is also on the command line: some sites start batch jobs with a clean
     # environment (SBATCH_EXPORT=NONE).
     argv = ["env", "PYTHONPATH=" + request.pythonpath, request.python or sys.executable,
-            "-m", "on_hpc", "run", spec_path]
+            *ON_HPC_ARGV, "run", spec_path]
     try:
         spec["sched_id"] = sched.submit(spec, spec_path, argv, env)
     except SubmitFailed as error:
