@@ -101,7 +101,13 @@ def load_record(path, key):
                 raise ValueError("not a regular file")
             if info.st_size > MAX_READ_BYTES:
                 raise ValueError("larger than %d bytes" % MAX_READ_BYTES)
-            data = handle.read(MAX_READ_BYTES + 1)
+            # As much as fstat saw, and one byte to tell it grew: a read of the most
+            # allowed allocates that much (16 MiB) before it reads a 300-byte job.json.
+            data = handle.read(info.st_size + 1)
+            if len(data) > info.st_size:
+                data += handle.read(MAX_READ_BYTES + 1 - len(data))
+                if len(data) > MAX_READ_BYTES:
+                    raise ValueError("larger than %d bytes" % MAX_READ_BYTES)
             if not data.startswith(_LINE_START):
                 return _document(data)
             records = _parse_lines(data)

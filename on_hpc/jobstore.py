@@ -168,12 +168,7 @@ class JobStore(object):
     def claim(self, job_class, job_id, runner_id):
         """Take a ready job for a runner; False when another runner was faster."""
         claimed = self.claimed_dir(runner_id)
-        os.makedirs(claimed, mode=0o700, exist_ok=True)
-        try:
-            os.rename(os.path.join(self.ready_dir(job_class), job_id), os.path.join(claimed, job_id))
-        except FileNotFoundError:
-            return False
-        return True
+        return _move_into(os.path.join(self.ready_dir(job_class), job_id), claimed, job_id)
 
     def claimed_jobs(self, runner_id):
         return listdir(self.claimed_dir(runner_id))
@@ -280,14 +275,30 @@ class JobStore(object):
 
     def _to_done(self, marker, job_id):
         """Move a marker to done/ (or create one there when there is no marker to move)."""
+        if marker is not None and _move_into(marker, self.done_dir(), job_id):
+            return
         os.makedirs(self.done_dir(), mode=0o700, exist_ok=True)
-        if marker is not None:
-            try:
-                os.rename(marker, os.path.join(self.done_dir(), job_id))
-                return
-            except FileNotFoundError:
-                pass
         touch_new(os.path.join(self.done_dir(), job_id))
+
+
+def _move_into(path, folder, name):
+    """Rename ``path`` to ``folder/name``, making the folder when it is missing; False when
+    ``path`` is gone (another runner was faster, or there was no marker).  The folder is
+    made only when the rename says it is missing: a ``makedirs`` before each of a runner's
+    moves was two system calls a job for a folder that is there."""
+    target = os.path.join(folder, name)
+    try:
+        os.rename(path, target)
+        return True
+    except FileNotFoundError:
+        if os.path.isdir(folder):
+            return False
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _mark(job_json, marker):

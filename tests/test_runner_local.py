@@ -126,3 +126,68 @@ def test_a_freed_slot_is_refilled_before_the_ended_job_is_recorded(tmp_path):
     assert json.loads(done.stdout.splitlines()[-1]) == [
         ["start", "j1"], ["start", "j2"], ["record", ["j1"]], ["record", ["j2"]]]
     assert sorted(store.states().items()) == [("j1", "done"), ("j2", "done")]
+
+
+COUNTING_RUNNER = """
+import json, os, sys
+from dropbox_runner.on_hpc import batchfile, jobstore, runner
+
+counts = {"makedirs": 0, "cancel looks": 0, "largest read": 0}
+makedirs, cancel_requested, real_open = os.makedirs, jobstore.JobStore.cancel_requested, open
+
+def counting_makedirs(*args, **kwargs):
+    counts["makedirs"] += 1
+    return makedirs(*args, **kwargs)
+
+def counting_cancel(store, job_id):
+    counts["cancel looks"] += 1
+    return cancel_requested(store, job_id)
+
+class Reads:
+    def __init__(self, handle):
+        self.handle = handle
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+    def fileno(self):
+        return self.handle.fileno()
+    def read(self, size=-1):
+        counts["largest read"] = max(counts["largest read"], size)
+        return self.handle.read(size)
+
+jobstore.os.makedirs = counting_makedirs
+jobstore.JobStore.cancel_requested = counting_cancel
+batchfile.open = lambda *args, **kwargs: Reads(real_open(*args, **kwargs))
+runner.Runner({"id": "default-1-a", "class": "default", "root": sys.argv[1], "scheduler": "local",
+               "slots": 4, "idle_timeout": 0}).run()
+print(json.dumps(counts))
+"""
+
+
+def test_a_runner_does_no_work_per_job_for_what_is_the_same_for_every_job(tmp_path):
+    """Per job, a runner made the claimed and done folders again (two system calls each),
+    looked for a cancel of every running job in every pass of its loop (passes come as
+    often as jobs end), and read each job.json into a 16 MiB buffer: a runner's CPU per job
+    decides how fast it starts jobs where they share the machine's cores with it."""
+    import subprocess
+    import sys
+
+    from dropbox_runner.on_hpc.files import write_json
+
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    jobs = [f"j{n:02d}" for n in range(40)]
+    for job_id in jobs:
+        os.makedirs(store.job_dir(job_id))
+        write_json(os.path.join(store.job_dir(job_id), "job.json"), {"id": job_id, "class": "default"})
+        Path(store.job_dir(job_id), "job.sh").write_text("true\n")
+        store.make_ready(job_id, store.states())
+    os.rmdir(store.done_dir())      # made again by the first job that ends
+    done = subprocess.run([sys.executable, "-c", COUNTING_RUNNER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    counts = json.loads(done.stdout.splitlines()[-1])
+    assert sorted(store.states().items()) == [(job_id, "done") for job_id in jobs]
+    assert counts["makedirs"] <= 2                  # the runner's claimed folder, done/ once
+    assert counts["cancel looks"] < len(jobs)
+    assert 0 < counts["largest read"] < 1000
