@@ -27,6 +27,7 @@ GROWTH = 4
 LARGEST_SLICE = 250
 HELD_PER_NEW = 4            # a slice takes at least one new job for each this many held
 MAX_GATHER_SECONDS = 0.5    # how long finished jobs may gather before the cycle that collects them
+ONCE_GATHER_LIMIT_SECONDS = 30     # the most a ``once`` goes on collecting jobs that keep ending
 
 
 @dataclass

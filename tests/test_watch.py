@@ -182,6 +182,28 @@ def test_once_collects_the_jobs_it_took_when_they_end_within_the_gathering_time(
     assert (config.dropbox / "quick.job.finished").exists()
 
 
+def test_once_goes_on_collecting_while_the_jobs_it_took_keep_ending(config_factory, monkeypatch):
+    """Jobs ending one after another, further apart in all than the gathering time: the
+    call gathered only when every one ended within it, and otherwise left even those
+    already done to the next call.  It now collects them in rounds as they end."""
+    from dropbox_runner import submitter
+    from dropbox_runner.submitter import run_burst
+    from dropbox_runner.transport.local import LocalTransport
+
+    monkeypatch.setattr(submitter, "MAX_GATHER_SECONDS", 3)
+    config = config_factory()
+    names = []
+    for seconds in (0, 2, 4):
+        names.append(f"s{seconds}.job")
+        (config.dropbox / names[-1]).write_text(yaml.safe_dump(
+            {"script": "sleep", "args": {"seconds": str(seconds)}, "cache": False,
+             "output_map": {"out": str(config.dropbox.parent / "outputs" / f"s{seconds}.txt")}}))
+    reports = run_burst(config, LocalTransport())
+    assert reports[0].taken == 3 and sum(report.finished_ok for report in reports) == 3
+    assert len(reports) >= 3          # collected in rounds, as they ended
+    assert all((config.dropbox / f"{name}.finished").exists() for name in names)
+
+
 def test_once_leaves_jobs_still_running_after_the_gathering_time_to_the_next_call(config_factory, monkeypatch):
     import time
 
