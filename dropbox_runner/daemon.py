@@ -74,9 +74,9 @@ class Wake:
         self.event.set()
 
     def again(self) -> None:
-        """The loop's own call for its next cycle (a burst's next slice): no event came,
-        so there is no burst of events to let finish (50 ms lost a slice when it counted
-        as one)."""
+        """A call for a cycle that is no file event (the loop's own, for a burst's next
+        slice; the finish waiter's, for jobs done): there is no burst of events to let
+        finish (50 ms lost a slice, and after every gathering, when it counted as one)."""
         self.event.set()
 
     def debounce(self) -> None:
@@ -224,7 +224,7 @@ class FinishWaiter(threading.Thread):
                     if not held <= set(done) and not self._gathered():     # all done: nothing to gather
                         continue
                     self.held = []      # until the cycle that collects them says what is left
-                self.wake.set()
+                self.wake.again()
 
 
 class Daemon:

@@ -494,6 +494,26 @@ def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(
         waiter.stop()
 
 
+def test_jobs_done_wake_the_loop_without_a_quiet_time(config_factory):
+    """The quiet time lets a burst of file events end before a cycle; the waiter's call,
+    for jobs done, is no file event, and waited it out (50 ms) before every collection."""
+    import time
+
+    from dropbox_runner.daemon import QUIET_SECONDS
+    from dropbox_runner.report import CycleReport
+
+    wake, waiter = waiter_on(config_factory, DoneOneByOne())
+    waiter.update(CycleReport(held_ids=["a-job", "another"], seconds=30))
+    waiter.start()
+    try:
+        assert wake.event.wait(5)
+        started = time.monotonic()
+        wake.debounce()
+        assert time.monotonic() - started < QUIET_SECONDS / 2
+    finally:
+        waiter.stop()
+
+
 def test_the_cluster_side_wait_for_every_job_returns_when_the_last_is_done_or_at_its_timeout(tmp_path):
     import threading
     import time
