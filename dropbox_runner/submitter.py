@@ -20,7 +20,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .boundaries import boundaries_for
 from .boundary import Boundary
@@ -385,7 +385,8 @@ def run_once(config: Config, transport: Transport, submitter: Submitter | None =
 def run_burst(config: Config, transport: Transport) -> list[CycleReport] | None:
     """``once``: cycles back to back under one lock, each taking a slice of the new jobs
     (``slices.py``), until none is left, then more while the jobs still held keep ending
-    (``_gather``); None when another process holds the lock."""
+    (``_some_held_ended``), for at most ``ONCE_GATHER_LIMIT_SECONDS``; None when another
+    process holds the lock."""
     with cycle_lock(Path(config.lockfile)) as locked:
         if not locked:
             log.info("another cycle is running on %s; nothing to do", config.dropbox)
@@ -403,37 +404,34 @@ def run_burst(config: Config, transport: Transport) -> list[CycleReport] | None:
                     return reports[-1]
 
         try:
-            _gather(submitter, burst(), burst)
+            report, ends = burst(), time.monotonic() + ONCE_GATHER_LIMIT_SECONDS
+            while time.monotonic() < ends and _some_held_ended(submitter, report):
+                report = burst()
+                if not report.collected_ids:    # a result that cannot be written waits for the next call
+                    break
         finally:
             submitter.close()
         return reports
 
 
-def _gather(submitter: Submitter, report: CycleReport, burst: Callable[[], CycleReport]) -> None:
-    """Collect the jobs a ``once`` left held while they keep ending, instead of leaving
-    them to the next call, a cron period and a process start later.
+def _some_held_ended(submitter: Submitter, report: CycleReport) -> bool:
+    """Whether a job the last cycle left held has ended, so that ``once`` collects it now
+    instead of leaving it to the next call, a cron period and a process start later.
 
-    Each round asks the cluster to answer once a held job has ended and as long again as
-    the last cycle took has passed (at once when every one has ended), then collects what
-    ended; the round stops at ``MAX_GATHER_SECONDS`` without one.  Collecting in rounds
-    while the runners drain, rather than all at the end, leaves the end of a burst only
-    its last jobs to collect (1000 trivial jobs: 569 collected after the last one ended,
-    a third of a second on one core while the other idled).  The call ends when a round
-    sees no job end or collects none (a result that cannot be written waits for the next
-    call), or after ``ONCE_GATHER_LIMIT_SECONDS``."""
-    ends = time.monotonic() + ONCE_GATHER_LIMIT_SECONDS
-    while report.held_ids and time.monotonic() < ends:
-        try:
-            done = submitter.cluster.wait(report.collected_ids, MAX_GATHER_SECONDS, every=report.held_ids,
-                                          gather=min(report.seconds, MAX_GATHER_SECONDS))
-        except TransportError as error:
-            log.debug("no gathering after the burst: %s", error)
-            return
-        if not set(done) & set(report.held_ids):
-            return
-        report = burst()
-        if not report.collected_ids:
-            return
+    The cluster answers once one has ended and as long again as that cycle took has
+    passed (at once when every one has), or after ``MAX_GATHER_SECONDS`` without one.
+    Collecting in such rounds while the runners drain, rather than all at the end, leaves
+    the end of a burst only its last jobs to collect (1000 trivial jobs: 569 were collected
+    after the last one ended, a third of a second on one core while the other idled)."""
+    if not report.held_ids:
+        return False
+    try:
+        done = submitter.cluster.wait(report.collected_ids, MAX_GATHER_SECONDS, every=report.held_ids,
+                                      gather=min(report.seconds, MAX_GATHER_SECONDS))
+    except TransportError as error:
+        log.debug("no gathering after the burst: %s", error)
+        return False
+    return bool(set(done) & set(report.held_ids))
 
 
 def log_cycle(report: CycleReport) -> None:

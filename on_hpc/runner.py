@@ -8,6 +8,7 @@ never starts a job that expects more time than the allocation has left, and when
 stop (the scheduler's early warning, SIGTERM, Ctrl-C) it ends its jobs and hands them back to the queue as interrupted.
 """
 import collections
+import contextlib
 import errno
 import os
 import re
@@ -277,16 +278,9 @@ class Runner(object):
             argv = _script_argv(os.path.join(job_dir, "job.sh"))
         start = time.time()
         try:
-            out = _create(os.path.join(job_dir, "stdout"))
-            try:
-                err = _create(os.path.join(job_dir, "stderr"))
-                try:
-                    process = subprocess.Popen(argv, cwd=job_dir, env=env, stdin=self.devnull, stdout=out,
-                                               stderr=err, start_new_session=True)
-                finally:
-                    os.close(err)
-            finally:
-                os.close(out)
+            with _created(os.path.join(job_dir, "stdout")) as out, _created(os.path.join(job_dir, "stderr")) as err:
+                process = subprocess.Popen(argv, cwd=job_dir, env=env, stdin=self.devnull, stdout=out, stderr=err,
+                                           start_new_session=True)
         except OSError as error:
             with open(os.path.join(job_dir, "stderr"), "ab") as err:
                 err.write(("dropbox-runner: cannot start job.sh: %s\n" % error).encode())
@@ -576,10 +570,16 @@ def _empty_folder(path):
         os.mkdir(path, 0o700)
 
 
-def _create(path):
-    """A job's stdout or stderr: a descriptor for its process, truncated when an earlier
-    attempt left one (no file object: its buffering and checks are never used)."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+@contextlib.contextmanager
+def _created(path):
+    """A job's stdout or stderr as a descriptor for its process, closed after, truncated
+    when an earlier attempt left one (no file object: its buffering and checks are never
+    used)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def disk_full(path):
