@@ -16,7 +16,10 @@ file alone) reads as that record, whatever key is asked for.
 Every job's file is a name of the same inode, so anything written through one name is seen
 through all: the same trust as before, since the jobs of one account could already write
 each other's files.  A reader never reads more than MAX_READ_BYTES, and parses a batch once
-per process (the few last, by inode, size and mtime).  A runner writes the finished.json
+per process (the few last, by inode, size and mtime).  A reader of a few fields of many
+jobs (the head node's cycle reads every ready job's class and expected time) names them,
+and keeps only those of each record it parses: a batch of 25,000 jobs' whole records is
+some 100 MiB in Python.  A runner writes the finished.json
 records of a pass of its loop the same way (``write_linked``).
 """
 import collections
@@ -29,32 +32,41 @@ import stat
 from .files import remove_file, remove_quietly, sync_files, sync_folders
 
 MAX_READ_BYTES = 16 * 1024 * 1024
+MAX_BATCH_BYTES = 1024 * 1024       # some 4,000 jobs' metas a file
 BATCH_PREFIX = ".batch-"     # a batch file's own name, hidden; it goes when the batch is closed
 _LINE_START = b'{"key": '
 _CACHED_BATCHES = 8
-_parsed = collections.OrderedDict()     # (dev, ino, size, mtime_ns) -> {key: record}
+_parsed = collections.OrderedDict()     # ((dev, ino, size, mtime_ns), fields) -> {key: record}
 
 
 class BatchFile(object):
     """The writer's side: a hidden file in ``folder`` (on the filesystem of the targets),
-    made at the first ``add`` and unnamed by ``close``; the targets keep it."""
+    made at the first ``add`` and unnamed by ``close``; the targets keep it.  A file that
+    reaches ``MAX_BATCH_BYTES`` is closed and the next record starts another, so a reader
+    never meets one too large to read (``MAX_READ_BYTES``) and parses a bounded file for
+    its one record, whatever the size of the cycle that wrote it."""
 
     def __init__(self, folder):
         self.folder = folder
         self.path = None
         self.fd = None
+        self.size = 0
         self.torn = False       # a write failed part-way: the next line starts on a fresh one
 
     def add(self, key, record, target):
         """Append ``record`` under ``key`` and link the file in as ``target`` (a fresh
         name: an existing one is an error, as with ``O_EXCL``)."""
+        line = _line(key, record)
+        if self.fd is not None and self.size + len(line) > MAX_BATCH_BYTES:
+            self.close()
         if self.fd is None:
             self._open()
-        data = (b"\n" if self.torn else b"") + _line(key, record)
+        data = (b"\n" if self.torn else b"") + line
         self.torn = True
         if os.write(self.fd, data) != len(data):
             raise OSError("short write to %s" % self.path)
         self.torn = False
+        self.size += len(data)
         os.link(self.path, target)
 
     def close(self):
@@ -62,6 +74,8 @@ class BatchFile(object):
             return
         os.close(self.fd)
         self.fd = None
+        self.size = 0
+        self.torn = False
         remove_file(self.path)
 
     def _open(self):
@@ -76,23 +90,24 @@ class BatchFile(object):
             return
 
 
-def read_record(path, key, default=None):
+def read_record(path, key, default=None, fields=None):
     """The record of ``key`` in the file at ``path``: its line in a batch, or the file's one
-    document.  ``default`` when missing, unreadable, too large, not a regular file (a FIFO
-    is opened without waiting for a writer), or not a JSON object."""
+    document; with ``fields``, only those of its keys it has.  ``default`` when missing,
+    unreadable, too large, not a regular file (a FIFO is opened without waiting for a
+    writer), or not a JSON object."""
     try:
-        return load_record(path, key)
+        return load_record(path, key, fields)
     except (OSError, ValueError):
         return default
 
 
-def load_record(path, key):
+def load_record(path, key, fields=None):
     """``read_record`` for a reader that must tell whose fault a missing record is: an
     ``OSError`` when the file cannot be read (the filesystem's), a ``ValueError`` saying
     why when it reads but holds no JSON object for ``key`` (what wrote it)."""
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
         info = os.fstat(handle.fileno())
-        stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        stamp = ((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns), fields)
         records = _parsed.get(stamp)
         if records is None:
             if stat.S_ISDIR(info.st_mode):      # as reading it would say
@@ -109,8 +124,8 @@ def load_record(path, key):
                 if len(data) > MAX_READ_BYTES:
                     raise ValueError("larger than %d bytes" % MAX_READ_BYTES)
             if not data.startswith(_LINE_START):
-                return _document(data)
-            records = _parse_lines(data)
+                return _only(_document(data), fields)
+            records = _parse_lines(data, fields)
             _remember(stamp, records)
     record = records.get(key)
     if record is None:
@@ -183,7 +198,7 @@ def _document(data):
     return document
 
 
-def _parse_lines(data):
+def _parse_lines(data, fields):
     records = {}
     for line in data.split(b"\n")[:-1]:     # what follows the last newline is a torn line
         try:
@@ -191,8 +206,16 @@ def _parse_lines(data):
         except ValueError:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("key"), str):
-            records[entry["key"]] = entry.get("record")
+            records[entry["key"]] = _only(entry.get("record"), fields)
     return records
+
+
+def _only(record, fields):
+    """The ``fields`` of a record that is a JSON object; anything else as it is, for the
+    reader to refuse."""
+    if fields is None or not isinstance(record, dict):
+        return record
+    return {field: record[field] for field in fields if field in record}
 
 
 def _remember(stamp, records):

@@ -57,7 +57,7 @@ def cycle(request, sched=None):
     """The whole cycle's work for one submitter: a CycleRequest in (as JSON), a
     CycleAnswer out (as JSON)."""
     request = CycleRequest.from_json(request)
-    store = JobStore(request.root, remember_metas=True)
+    store = JobStore(request.root, remember_briefs=True)
     store.ensure_layout()
     sched = sched or connector(request.scheduler, store)
     in_flight = sorted(set(request.in_flight))
@@ -332,7 +332,7 @@ def refuse_hopeless(store, job_class, settings):
         return []
     refused = []
     for job_id in store.ready_jobs(job_class, ordered=False):
-        expected = store.job_meta(job_id).get("expected_seconds") or 0
+        expected = _expected_seconds(store.job_brief(job_id))
         if expected <= usable:
             continue
         if not store.claim(job_class, job_id, HEADNODE_RUNNER):
@@ -352,7 +352,7 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
     now = time.time()
     rules = policy.settings_from(settings)
     state = policy_state.load(store, job_class, now)
-    state["arrivals"] += [now for job_id in arrived if store.job_meta(job_id).get("class") == job_class]
+    state["arrivals"] += [now for job_id in arrived if store.job_brief(job_id).get("class") == job_class]
     mine = {runner_id: info for runner_id, info in runners.items()
             if _runner_class(store, runner_id) == job_class}
     _observe_queue_waits(store, mine, state)
@@ -360,7 +360,7 @@ def ensure_runner(store, sched, runners, job_class, settings, request, arrived=(
     views = [policy.Runner(runner_id, info.state, len(store.claimed_jobs(runner_id)), usable(info))
              for runner_id, info in sorted(mine.items())]
     others = sum(1 for runner_id, info in runners.items() if runner_id not in mine and info.state != RunnerState.ENDING)
-    ready = [_expected_seconds(store.job_meta(job_id)) for job_id in store.ready_jobs(job_class, ordered=False)]
+    ready = [_expected_seconds(store.job_brief(job_id)) for job_id in store.ready_jobs(job_class, ordered=False)]
     ready += [_expected_seconds({"expected_seconds": seconds}) for seconds in coming]
     decision = policy.decide(rules, ready, views, others, len(state["submitted"]), state["queue_wait"])
     cancelled = cancel_pending(store, sched, mine, decision.cancel) if may_cancel else []

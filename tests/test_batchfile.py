@@ -154,3 +154,54 @@ def test_a_batch_changed_in_place_is_read_again(tmp_path):
     with open(path, "a") as handle:
         handle.write(json.dumps({"key": "a", "record": {"v": 2}}, sort_keys=True) + "\n")
     assert read_record(str(path), "a") == {"v": 2}
+
+
+def test_a_batch_that_reaches_its_size_starts_another_and_every_job_still_reads_its_own(tmp_path, monkeypatch):
+    """A cycle's metas in one file had no bound: 25,000 jobs of 700 bytes passed the
+    readers' MAX_READ_BYTES, and every one of them would read as absent on the cluster."""
+    monkeypatch.setattr(batchfile, "MAX_BATCH_BYTES", 400)
+    batch = BatchFile(str(tmp_path))
+    keys = [f"j{number}" for number in range(12)]
+    for key in keys:
+        (tmp_path / key).mkdir()
+        batch.add(key, {"id": key, "pad": "x" * 60}, str(tmp_path / key / "job.json"))
+    batch.close()
+    files = [os.stat(tmp_path / key / "job.json") for key in keys]
+    assert len({info.st_ino for info in files}) == 4                    # three records of ~100 bytes a file
+    assert max(info.st_size for info in files) <= 400
+    assert [read_record(str(tmp_path / key / "job.json"), key)["id"] for key in keys] == keys
+    assert sorted(os.listdir(tmp_path)) == sorted(keys)                 # every batch's own name is gone
+
+
+def test_a_reader_of_some_fields_keeps_only_those_and_a_whole_reader_still_gets_all(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text("".join(json.dumps({"key": key, "record": {"class": "gpu", "expected_seconds": 5, "env": "x" * 99}})
+                            + "\n" for key in ("a", "b")) + json.dumps({"key": "c", "record": [1]}) + "\n")
+    assert read_record(str(path), "a", {}, ("class", "expected_seconds")) == {"class": "gpu", "expected_seconds": 5}
+    assert read_record(str(path), "b", {}, ("class", "gone")) == {"class": "gpu"}
+    assert read_record(str(path), "c", {}, ("class",)) == {}                        # not an object: as before
+    assert read_record(str(path), "a")["env"] == "x" * 99
+
+
+def test_the_head_nodes_cycle_keeps_only_each_ready_jobs_class_and_expected_time(tmp_path, monkeypatch):
+    """It reads every ready job's record each cycle (the runner policy's backlog): whole
+    records of a 100,000-job burst held 150 MiB there."""
+    from test_on_hpc import FakeConnector, run_cycle
+
+    store = JobStore(str(tmp_path))
+    store.ensure_layout()
+    batch = BatchFile(os.path.join(str(tmp_path), "jobs"))
+    ids = [f"s.j{number}" for number in range(20)]
+    for job_id in ids:
+        os.makedirs(store.job_dir(job_id))
+        batch.add(job_id, {"id": job_id, "class": "default", "expected_seconds": 3, "env": {"PAD": "x" * 500}},
+                  os.path.join(store.job_dir(job_id), "job.json"))
+        with open(os.path.join(store.job_dir(job_id), "job.sh"), "w") as handle:
+            handle.write("true\n")
+    batch.close()
+    monkeypatch.setattr(batchfile, "_parsed", batchfile.collections.OrderedDict())
+    answer = run_cycle(tmp_path, FakeConnector(), {"default": {"slots": 4, "max_runners": 1}}, monkeypatch,
+                       in_flight=ids)
+    assert answer["states"] == dict.fromkeys(ids, "queued") and len(answer["submitted"]) == 1
+    kept = [record for records in batchfile._parsed.values() for record in records.values()]
+    assert len(kept) == 20 and all(set(record) == {"class", "expected_seconds"} for record in kept)
