@@ -290,8 +290,7 @@ class Submitter:
     # -- 3. queue states ----------------------------------------------------------------------
     def _note_queue_states(self, held: dict[str, HeldSummary], answer: CycleAnswer,
                            sent: list[str], report: CycleReport) -> None:
-        known = {row.name: row for row in self.history.jobs(states=list(JobState.IN_FLIGHT),
-                                                             limit=len(held) + 1000)}
+        known = self.history.in_flight()
         for job_id_, state in answer.states.items():
             job = held.get(job_id_)
             if job is not None and job_id_ not in report.unsent:
@@ -321,7 +320,9 @@ class Submitter:
         report.states = answer.counts
         report.runners = answer.runners
 
-    def _note_state(self, job: HeldSummary, state: str, answer: CycleAnswer, sent: list[str], last) -> None:
+    def _note_state(self, job: HeldSummary, state: str, answer: CycleAnswer, sent: list[str],
+                    last: tuple[str, str | None] | None) -> None:
+        """``last``: the state and runner the history has for the job."""
         runner = answer.claimed_by.get(job.job_id)
         if state == JobState.ABSENT:
             log.warning("%s: the cluster has no trace of %s; sending it again", job.name, job.job_id)
@@ -331,11 +332,10 @@ class Submitter:
             return
         if job.job_id in sent:
             shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
-        if state == JobState.QUEUED and (last is None or last.state != JobState.QUEUED):
+        if state == JobState.QUEUED and (last is None or last[0] != JobState.QUEUED):
             self.history.record(job.name, JobState.QUEUED, job.job_id)
             log.info("%s: staged and queued as %s", job.name, job.job_id)
-        elif state == JobState.RUNNING and (last is None or last.state != JobState.RUNNING
-                                            or last.runner != runner):
+        elif state == JobState.RUNNING and last != (JobState.RUNNING, runner):
             self.history.record(job.name, JobState.RUNNING, job.job_id, detail=runner, runner=runner)
             log.info("%s: running on runner %s", job.name, runner)
 
