@@ -45,6 +45,7 @@ class IntakeCounts:
     names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
                                                      # counted by the Finisher)
     held: dict[str, HeldSummary] = field(default_factory=dict)  # their holds by job id, as written (not read back)
+    unsettled: int = 0          # still being written, left for the next cycle (``leave_unsettled``)
 
 
 class Intake:
@@ -63,10 +64,17 @@ class Intake:
         self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
         self.metas: BatchFile | None = None     # the job.json of every job this cycle takes
 
-    def take_new_jobs(self, listing: Listing, keys_in_flight: set[str], names: list[str] | None = None) -> IntakeCounts:
+    def take_new_jobs(self, listing: Listing, keys_in_flight: set[str], names: list[str] | None = None,
+                      leave_unsettled: bool = False) -> IntakeCounts:
         """Take every new job (or only ``names`` of them); files changed in the last
         ``settle_seconds`` are waited for once, within this cycle (at most that long), so
-        a job dropped just before a cron cycle does not wait for the next one."""
+        a job dropped just before a cron cycle does not wait for the next one.
+
+        With ``leave_unsettled`` (a caller that runs the next cycle at once while jobs are
+        left: ``run_burst``, the watch daemon), a cycle that took other jobs leaves those
+        files to the next cycle instead: the jobs taken are staged and queued first, not
+        held back up to ``settle_seconds`` for one file (a 1000-job burst took 2.7 s
+        instead of 2.0 when its last file was renamed in within the tick of its write)."""
         counts = IntakeCounts()
         held_names = set(listing.submitted)
         unsettled: list[str] = []
@@ -76,8 +84,11 @@ class Intake:
                            unsettled)
             if unsettled:
                 self._peek(unsettled)
-                self._wait_to_settle(unsettled)
-                self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
+                if leave_unsettled and counts.names:
+                    counts.unsettled = len(unsettled)
+                else:
+                    self._wait_to_settle(unsettled)
+                    self._take_all(unsettled, listing, held_names, keys_in_flight, counts, None)
         finally:
             self.metas.close()
             self.metas = None

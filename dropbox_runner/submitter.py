@@ -104,7 +104,8 @@ class Submitter:
             self.slices.after(report.more_new, len(held) + len(new))
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
-                                              new)
+                                              new, leave_unsettled=self.slices is not None)
+        report.more_new = report.more_new or taken.unsettled > 0
         self._remember_taken(taken.held.values())
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (

@@ -188,6 +188,30 @@ def test_a_job_written_in_place_is_taken_only_once_settled(config_factory):
         assert "there is no template" in result(config, name)["job"]["message"]
 
 
+def test_a_file_still_being_written_never_holds_back_the_jobs_taken_beside_it(config_factory):
+    """In a burst (``once``, ``watch``), a cycle that takes other jobs leaves a file that
+    has not settled to the next cycle, which the burst runs at once: the jobs taken are
+    staged and queued first, not after a wait of up to settle_seconds for that one file."""
+    import time
+
+    from dropbox_runner.submitter import run_burst
+
+    config = config_factory(settle_seconds=2)
+    names = [bystander(config, number) for number in range(3)]
+    for name in names:
+        old = time.time() - 60
+        os.utime(config.dropbox / name, (old, old))      # written a minute ago: settled
+    late = bystander(config, 3)                          # written in place just now: not yet
+    started = time.monotonic()
+    reports = run_burst(config, LocalTransport())
+    assert (reports[0].taken, reports[0].more_new) == (3, True)
+    assert reports[0].seconds < 1.5                      # it did not wait for the late file
+    assert sum(report.taken for report in reports) == 4 and time.monotonic() - started >= 1.5
+    results = drain(config, names + [late])
+    assert [results[name]["job"]["status"] for name in names + [late]] == ["ok"] * 4
+    assert_each_ran_once(config, results)
+
+
 def test_a_job_renamed_in_is_taken_by_a_cron_cycle_without_waiting_to_settle(config_factory):
     """The rename shows in the file's ctime, past the mtime of its last write: `once` sees
     the file is complete as `watch` sees the move."""
