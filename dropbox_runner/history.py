@@ -133,7 +133,7 @@ class History:
 
     def in_flight(self) -> dict[str, tuple[str, str | None]]:
         """Each in-flight job's state and runner, all a cycle compares the cluster's answer
-        with: whole rows of 100,000 held jobs were 40 MiB a cycle."""
+        with: whole rows were a cycle's peak, 15 MiB at 30,000 held jobs."""
         states = {state: state for state in JobState.IN_FLIGHT}     # one string per state, not per row
         query = f"SELECT name, state, runner FROM jobs WHERE state IN ({', '.join('?' * len(states))})"
         return {name: (states[state], runner) for name, state, runner in self.db.execute(query, list(states))}

@@ -18,8 +18,8 @@ through all: the same trust as before, since the jobs of one account could alrea
 each other's files.  A reader never reads more than MAX_READ_BYTES, and parses a batch once
 per process (the few last, by inode, size and mtime).  A reader of a few fields of many
 jobs (the head node's cycle reads every ready job's class and expected time) names them,
-and keeps only those of each record it parses: a batch of 25,000 jobs' whole records is
-some 100 MiB in Python.  A runner writes the finished.json
+and keeps only those of each record it parses: whole records took the head node's cycle
+to 186 MiB at 100,000 ready jobs, briefs to 105.  A runner writes the finished.json
 records of a pass of its loop the same way (``write_linked``).
 """
 import collections
