@@ -90,42 +90,68 @@ def test_runner_per_job_gives_every_job_its_own_runner(config_factory):
 
 
 RECORDING_RUNNER = """
-import json, sys
+import json, sys, time
 from dropbox_runner.on_hpc import runner
 from dropbox_runner.on_hpc.jobstore import JobStore
 
 events = []
 claim, finish_many = JobStore.claim, JobStore.finish_many
-JobStore.claim = lambda store, *args: events.append(["start", args[1]]) or claim(store, *args)
+JobStore.claim = lambda store, *args: events.append(["start", args[1], time.time()]) or claim(store, *args)
 JobStore.finish_many = lambda store, runner_id, ended: (
-    events.append(["record", [job_id for job_id, _ in ended]]) or finish_many(store, runner_id, ended))
+    events.append(["record", [job_id for job_id, _ in ended], time.time()]) or finish_many(store, runner_id, ended))
 runner.Runner({"id": "default-1-a", "class": "default", "root": sys.argv[1], "scheduler": "local",
-               "slots": 1, "idle_timeout": 0}).run()
+               "slots": int(sys.argv[2]), "idle_timeout": 0}).run()
 print(json.dumps(events))
 """
+
+
+def run_recording_runner(root, scripts, slots):
+    """Run a runner over jobs with these scripts (job id -> script) until it leaves;
+    return its claims and records in order, as ``[kind, job id(s), time]``."""
+    import subprocess
+    import sys
+
+    from dropbox_runner.on_hpc.files import write_json
+
+    store = JobStore(str(root))
+    store.ensure_layout()
+    for job_id, script in scripts.items():
+        os.makedirs(store.job_dir(job_id))
+        write_json(os.path.join(store.job_dir(job_id), "job.json"), {"id": job_id, "class": "default"})
+        Path(store.job_dir(job_id), "job.sh").write_text("#!/bin/sh\n" + script + "\n")
+        store.make_ready(job_id, store.states())
+    done = subprocess.run([sys.executable, "-c", RECORDING_RUNNER, str(root), str(slots)], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert sorted(store.states().items()) == [(job_id, "done") for job_id in sorted(scripts)]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_a_freed_slot_is_refilled_before_the_ended_job_is_recorded(tmp_path):
     """The record's sync (two syncfs) ran while the freed slot stood empty; the next job
     now runs during it."""
-    import subprocess
-    import sys
+    events = run_recording_runner(tmp_path, {"j1": "true", "j2": "true"}, slots=1)
+    assert [event[:2] for event in events][:2] == [["start", "j1"], ["start", "j2"]]
+    assert [job for kind, jobs, _ in events if kind == "record" for job in jobs] == ["j1", "j2"]
 
-    from dropbox_runner.on_hpc.files import write_json
-    from dropbox_runner.on_hpc.jobstore import JobStore
 
-    store = JobStore(str(tmp_path))
-    store.ensure_layout()
-    for job_id in ("j1", "j2"):
-        os.makedirs(store.job_dir(job_id))
-        write_json(os.path.join(store.job_dir(job_id), "job.json"), {"id": job_id, "class": "default"})
-        Path(store.job_dir(job_id), "job.sh").write_text("#!/bin/sh\ntrue\n")
-        store.make_ready(job_id, store.states())
-    done = subprocess.run([sys.executable, "-c", RECORDING_RUNNER, str(tmp_path)], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert json.loads(done.stdout.splitlines()[-1]) == [
-        ["start", "j1"], ["start", "j2"], ["record", ["j1"]], ["record", ["j2"]]]
-    assert sorted(store.states().items()) == [("j1", "done"), ("j2", "done")]
+def test_jobs_ending_one_after_another_are_recorded_together_and_soon(tmp_path):
+    """Short jobs end one at a time, each in its own pass of the runner's loop, and each
+    pass recorded its one end: two syncfs a job, which on ext4 with a journal cost 0.8 s
+    of a 3.3 s burst of 1000 jobs.  Ends are now recorded together, but no later than
+    RECORD_SECONDS after the first of them, even while a long job holds another slot."""
+    from dropbox_runner.on_hpc.runner import RECORD_SECONDS
+
+    short = [f"s{n:02d}" for n in range(30)]
+    events = run_recording_runner(tmp_path, {"long": "sleep 2", **{job_id: "true" for job_id in short}}, slots=2)
+    records = [(jobs, at) for kind, jobs, at in events if kind == "record"]
+    assert sorted(job for jobs, _ in records for job in jobs) == sorted(short + ["long"])
+    assert len(records) <= 6, records          # was one per short job
+    long_started = next(at for kind, job, at in events if kind == "start" and job == "long")
+    starts = {job: at for kind, job, at in events if kind == "start"}
+    for jobs, at in records:
+        if "long" not in jobs:                 # recorded while the long job still ran
+            assert at < long_started + 1.5
+            assert at - min(starts[job] for job in jobs) < RECORD_SECONDS + 0.5
 
 
 COUNTING_RUNNER = """
