@@ -149,7 +149,6 @@ class Runner(object):
                     self._finish(job, code, end)
                 if self.stop_reason:
                     self._shutdown()
-                    self._record_pass()
                     break
                 now = time.time()
                 if now - last_beat >= HEARTBEAT_SECONDS:
@@ -170,9 +169,11 @@ class Runner(object):
                 self._nap(POLL_SECONDS if self.ending_since is None
                           else max(0.0, min(POLL_SECONDS, self.ending_since + RECORD_SECONDS - now)))
         finally:
-            self._record_pass()
-            self.store.forget_runner(self.runner_id)
-            os.close(self.devnull)
+            try:
+                self._record_pass()     # ends still waiting for their RECORD_SECONDS
+            finally:
+                self.store.forget_runner(self.runner_id)
+                os.close(self.devnull)
 
     def _heartbeat(self):
         """Touch the heartbeat; recreate it when someone removed it (a cleanup script, a
