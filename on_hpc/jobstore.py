@@ -255,12 +255,7 @@ class JobStore(object):
                 error="interrupted %d times (last: %s); not retried" % (len(history), reason)))
             return Release.FAILED
         ready = self.ready_dir(self.job_brief(job_id).get("class", "default"))
-        os.makedirs(ready, mode=0o700, exist_ok=True)
-        try:
-            os.rename(marker, os.path.join(ready, job_id))
-        except FileNotFoundError:
-            return Release.GONE
-        return Release.REQUEUED
+        return Release.REQUEUED if _move_into(marker, ready, job_id) else Release.GONE
 
     def attempts_before(self, job_id):
         return len(read_json(os.path.join(self.job_dir(job_id), "interruptions.json"), []))

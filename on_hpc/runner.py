@@ -166,8 +166,7 @@ class Runner(object):
                 elif now - idle_since >= self._linger(now) and not self._work_coming(now):
                     log("idle for %ds; leaving" % (now - idle_since))
                     break
-                self._nap(POLL_SECONDS if self.ending_since is None
-                          else max(0.0, min(POLL_SECONDS, self.ending_since + RECORD_SECONDS - now)))
+                self._nap(self._nap_seconds(now))
         finally:
             try:
                 self._record_pass()     # ends still waiting for their RECORD_SECONDS
@@ -330,6 +329,12 @@ class Runner(object):
         at most, where the submitter's wait looks every few tenths of a second anyway."""
         return bool(self.ending) and (not self.jobs or bool(self.stop_reason)
                                       or time.time() - self.ending_since >= RECORD_SECONDS)
+
+    def _nap_seconds(self, now):
+        """A poll's length, or less when ends wait to be recorded."""
+        if self.ending_since is None:
+            return POLL_SECONDS
+        return max(0.0, min(POLL_SECONDS, self.ending_since + RECORD_SECONDS - now))
 
     def _record_pass(self):
         ending, jobs = self.ending, self.ending_jobs
