@@ -26,10 +26,9 @@ import collections
 import errno
 import json
 import os
-import secrets
 import stat
 
-from .files import remove_file, remove_quietly, sync_files, sync_folders
+from .files import create_unique, remove_file, remove_quietly, sync_files, sync_folders
 
 MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024       # some 4,000 jobs' metas a file
@@ -79,15 +78,7 @@ class BatchFile(object):
         remove_file(self.path)
 
     def _open(self):
-        while True:
-            path = os.path.join(self.folder, BATCH_PREFIX + secrets.token_hex(8))
-            try:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            self.path = path
-            return
+        self.fd, self.path = create_unique(self.folder, BATCH_PREFIX, os.O_APPEND)
 
 
 def read_record(path, key, default=None, fields=None):
@@ -182,7 +173,7 @@ def _link_over(source, target):
         return
     except FileExistsError:
         pass
-    aside = os.path.join(os.path.dirname(target) or ".", ".tmp-" + secrets.token_hex(8))
+    aside = os.path.join(os.path.dirname(target) or ".", ".tmp-" + os.urandom(8).hex())
     os.link(source, aside, follow_symlinks=False)
     try:
         os.replace(aside, target)

@@ -10,14 +10,12 @@ nothing is requeued, submitted or failed on the strength of a missing answer.
 """
 import contextlib
 import os
-import shutil
 import sys
 import time
-import uuid
 
 from . import coming, policy, policy_state, sweep
 from .batchfile import load_record
-from .files import free_bytes, listdir, read_json, write_json
+from .files import free_bytes, listdir, read_json, remove_tree, write_json
 from .jobstore import JobStore
 from .locks import FileLock
 from .protocol import (
@@ -70,7 +68,7 @@ def cycle(request, sched=None):
         if job_id in unsent and job_id not in states:
             # Its push failed half-way (a full disk): what arrived is removed, not queued;
             # the submitter sends it again when there is room.
-            shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+            remove_tree(store.job_dir(job_id))
             states[job_id] = JobState.SUBMITTED
             continue
         # Idempotent: queues what was just staged, leaves the rest where it stands.
@@ -453,7 +451,7 @@ def ensure_runner_per_job(store, sched, runners, job_class, settings, request, a
 
 
 def submit_runner(store, sched, job_class, settings, request):
-    runner_id = "%s-%s-%s" % (job_class, time.strftime("%Y%m%dT%H%M%S"), uuid.uuid4().hex[:6])
+    runner_id = "%s-%s-%s" % (job_class, time.strftime("%Y%m%dT%H%M%S"), os.urandom(3).hex())
     spec = {
         "id": runner_id,
         "class": job_class,

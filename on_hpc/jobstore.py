@@ -21,12 +21,11 @@ Two runners racing for one job both try the same rename and exactly one wins.  A
 with ``finished.json`` is never run again, whatever happens to its marker afterwards.
 """
 import os
-import shutil
 import time
 
 from . import claims
 from .batchfile import read_record, write_linked
-from .files import listdir, read_json, remove_file, touch_new, write_json
+from .files import listdir, read_json, remove_file, remove_tree, touch_new, write_json
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
 
 BRIEF_FIELDS = ("class", "expected_seconds")
@@ -160,7 +159,7 @@ class JobStore(object):
             # a name of its own: an earlier folder of the same id may still be in the trash
             os.rename(self.job_dir(job_id), os.path.join(self.trash_dir(), "%s.%d" % (job_id, time.time_ns())))
         except OSError:
-            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            remove_tree(self.job_dir(job_id))
 
     # -- the runner's side ------------------------------------------------------------
     def ready_jobs(self, job_class, ordered=True):

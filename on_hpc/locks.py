@@ -13,9 +13,9 @@ import errno
 import fcntl
 import json
 import os
-import shutil
-import socket
 import time
+
+from .files import remove_tree
 
 FLOCK_REFUSED = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 STALE_SECONDS = 600
@@ -45,7 +45,7 @@ class FileLock(object):
 
     def release(self):
         if self.kind == "folder":
-            shutil.rmtree(self.folder, ignore_errors=True)
+            remove_tree(self.folder)
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -79,7 +79,7 @@ class FileLock(object):
                 return False
             _remove_stale(self.folder, owner)
             return self._try_folder(takeover=False)      # whoever is first after the removal
-        owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        owner = {"host": os.uname().nodename, "pid": os.getpid(), "since": time.time()}
         try:
             with open(os.path.join(self.folder, "owner.json"), "w") as handle:
                 json.dump(owner, handle)
@@ -98,7 +98,7 @@ class FileLock(object):
             except FileNotFoundError:
                 return None
             return {} if old else None
-        if owner.get("host") == socket.gethostname():
+        if owner.get("host") == os.uname().nodename:
             return owner if not _alive(owner.get("pid")) else None
         try:
             return owner if time.time() - float(owner.get("since")) > self.stale_seconds else None
@@ -139,4 +139,4 @@ def _remove_stale(folder, owner):
             return
         except OSError:
             pass
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_tree(aside)

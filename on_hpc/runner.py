@@ -13,15 +13,13 @@ import errno
 import os
 import re
 import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 from . import claims, coming, policy_state
-from .files import free_bytes, read_json, remove_file, tree_bytes, write_json
+from .files import free_bytes, read_json, remove_file, remove_tree, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
 from .protocol import (
@@ -89,7 +87,7 @@ class Runner(object):
         self.job_class = spec["class"]
         self.store = JobStore(spec["root"])
         self.sched = connector(spec["scheduler"], self.store)
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename
         self.sched_id = self.sched.allocation_id() or str(os.getpid())
         # The allocation's time, read once; the runner stops taking work and hands its
         # jobs back ``warn`` seconds before the end (the scheduler's warning signal may
@@ -589,7 +587,7 @@ def _empty_folder(path):
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         os.mkdir(path, 0o700)
 
 
@@ -627,7 +625,7 @@ def free_space_of_failed_job(job_dir, why):
     for the others, and its record says so (the job's fault, not a reason to run it again)."""
     output = os.path.join(job_dir, "output")
     size = tree_bytes(output)
-    shutil.rmtree(output, ignore_errors=True)
+    remove_tree(output)
     return ("the cluster's disk was full when the job ended (%s): its output was removed "
             "(%d bytes) to free the disk for other jobs" % (why, size))
 

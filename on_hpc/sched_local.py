@@ -5,7 +5,6 @@ queue code as Slurm does, so it is also how the pipeline is tested quickly.
 """
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -63,7 +62,7 @@ class LocalConnector(Connector):
         """This machine, with the class's CPUs (or its slots) and memory, and its GPUs
         (``gpus``: NoGpus when a GPU class finds none)."""
         gpus = local_gpus(resources.get("gpus"), wants_gpus(resources))
-        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")), gpus)]
+        return [Node(os.uname().nodename, node_cpus(resources), memory_mb(resources.get("memory")), gpus)]
 
 
 

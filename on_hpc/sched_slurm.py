@@ -7,7 +7,6 @@ its time left; ``sacct`` is never used (clusters without slurmdbd have none).
 """
 import os
 import shlex
-import socket
 
 from . import commands
 from .durations import parse_clock
@@ -124,7 +123,7 @@ def allocation_layout(environ, resources, hostnames=None):
     memory from ``SLURM_MEM_PER_NODE`` or the class.  Plain processes can only run on the
     batch node, with the class's CPUs (or its slots) and the GPUs Slurm gave that node.
     """
-    batch_node = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    batch_node = environ.get("SLURMD_NODENAME") or os.uname().nodename
     gpus = allocated_gpus(environ)
     memory = memory_mb(environ.get("SLURM_MEM_PER_NODE")) or memory_mb(resources.get("memory"))
     if not launches_steps(resources):

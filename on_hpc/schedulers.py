@@ -10,7 +10,6 @@ import hashlib
 import importlib
 import os
 import signal
-import socket
 
 from .durations import format_duration
 from .files import read_json, write_json
@@ -119,7 +118,7 @@ class Connector(object):
         """Inside a runner: the nodes of its allocation (``resources.Node``), which the
         runner's ledger packs jobs onto.  By default one: this host, with the class's CPUs
         and memory and the allocation's GPUs."""
-        return [Node(socket.gethostname(), node_cpus(resources), memory_mb(resources.get("memory")),
+        return [Node(os.uname().nodename, node_cpus(resources), memory_mb(resources.get("memory")),
                      self.allocation_gpus())]
 
     def launches_steps(self, resources):
@@ -162,7 +161,7 @@ class BatchConnector(Connector):
         """The scheduler ends what a lost allocation left running, except processes it does
         not track (a job's own session, where processes are tracked by group).  On the head
         node's own host those can be ended here, as the local scheduler does."""
-        if claim.get("host") == socket.gethostname():
+        if claim.get("host") == os.uname().nodename:
             kill_job_group(claim.get("pgid"), job_id)
 
 

@@ -12,11 +12,10 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-from .files import remove_file, tree_bytes
+from .files import remove_file, remove_tree, tree_bytes
 
 LOCK_NAME = ".sweep.lock"
 
@@ -67,7 +66,7 @@ def sweep(request):
             for name in names:
                 path = os.path.join(store.trash_dir(), name)
                 if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
+                    remove_tree(path)
                 else:
                     remove_file(path)
                 swept += 1

@@ -1,6 +1,7 @@
 """The cluster side's queue, without a scheduler: claims, releases, runner bookkeeping."""
 import ast
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -42,6 +43,15 @@ def test_on_hpc_is_python38_stdlib_only():
             for name in names:
                 assert name.split(".")[0] in stdlib, f"{path.name} imports {name}"
         assert path.stem not in stdlib, f"{path.name} shadows a stdlib module"
+
+
+def test_a_cycle_or_runner_start_leaves_out_the_slow_imports():
+    """Each cycle, wait and runner is a fresh interpreter: these modules were a sixth of
+    its start and are not needed to begin (``shutil`` is imported where a tree is removed)."""
+    probe = "import sys, on_hpc.headnode, on_hpc.runner, on_hpc.early; print(' '.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-S", "-c", probe], env={**os.environ, "PYTHONPATH": str(ON_HPC.parent)},
+                          capture_output=True, text=True, check=True)
+    assert set(done.stdout.split()) & {"secrets", "uuid", "tempfile", "socket", "shutil", "platform"} == set()
 
 
 def test_exactly_one_of_many_racing_runners_claims_a_job(tmp_path):
