@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import coming, policy, policy_state, sweep
+from . import coming, doorbell, policy, policy_state, sweep
 from .batchfile import load_record
 from .files import free_bytes, listdir, read_json, remove_tree, write_json
 from .jobstore import JobStore
@@ -74,6 +74,8 @@ def cycle(request, sched=None):
         # Idempotent: queues what was just staged, leaves the rest where it stands.
         states[job_id] = store.make_ready(job_id, states)
     arrived = [job_id for job_id in in_flight if job_id not in known and states[job_id] == JobState.QUEUED]
+    if arrived:
+        doorbell.ring(store.runners_dir())     # an idle runner here starts them now, not at its next poll
     coming.arrived(store, request.classes)     # what an early call announced is queued (or is not coming)
 
     answer = CycleAnswer()

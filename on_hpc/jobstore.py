@@ -23,7 +23,7 @@ with ``finished.json`` is never run again, whatever happens to its marker afterw
 import os
 import time
 
-from . import claims
+from . import claims, doorbell
 from .batchfile import read_record, write_linked
 from .files import listdir, read_json, remove_file, remove_tree, touch_new, write_json
 from .protocol import FinishedRecord, JobState, Release, cancelled_record
@@ -265,7 +265,7 @@ class JobStore(object):
         A batch of finished records it was killed writing goes too: what it holds is read
         only through the links made from it."""
         remove_file(self.finished_batch_path(runner_id))
-        suffixes = (".json", ".alive.json", claims.SUFFIX)
+        suffixes = (".json", ".alive.json", doorbell.SUFFIX, claims.SUFFIX)
         try:
             os.rmdir(self.claimed_dir(runner_id))
         except FileNotFoundError:

@@ -19,6 +19,7 @@ import sys
 import time
 
 from . import claims, coming, policy_state
+from .doorbell import Doorbell
 from .files import free_bytes, read_json, remove_file, remove_tree, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -82,6 +83,7 @@ class Runner(object):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.doorbell = None                  # rung when work is queued (run() installs it)
         self.spec = spec
         self.runner_id = spec["id"]
         self.job_class = spec["class"]
@@ -136,6 +138,9 @@ class Runner(object):
         self.alive = {"pid": os.getpid(), "host": self.host, "sched_id": self.sched_id,
                       "started": time.time(), "deadline": self.deadline, "nodes": self.ledger.describe()}
         write_json(self.alive_path, self.alive)
+        self.doorbell = Doorbell.install(self.store.runners_dir(), self.runner_id)
+        if self.doorbell is None:
+            log("cannot make a doorbell FIFO in %s; new work is found by polling only" % self.store.runners_dir())
         log("runner %s up on %s: %s; jobs as %s; %s" % (
             self.runner_id, self.host, "; ".join(_node_text(node) for node in self.ledger.nodes),
             "job steps" if self.steps else "processes", self._left_text()))
@@ -171,6 +176,8 @@ class Runner(object):
             finally:
                 self.store.forget_runner(self.runner_id)
                 os.close(self.devnull)
+                if self.doorbell is not None:
+                    self.doorbell.close()
 
     def _heartbeat(self):
         """Touch the heartbeat; recreate it when someone removed it (a cleanup script, a
@@ -493,13 +500,17 @@ class Runner(object):
         return self._coming_read[1]
 
     def _nap(self, seconds):
-        """Sleep until a signal comes (a job ended, a stop) or ``seconds`` pass."""
-        if select.select([self._wake_read], [], [], seconds)[0]:
+        """Sleep until a signal comes (a job ended, a stop), the doorbell rings (work
+        was queued) or ``seconds`` pass."""
+        bells = [self._wake_read] + ([self.doorbell.fd] if self.doorbell is not None else [])
+        if select.select(bells, [], [], seconds)[0]:
             try:
                 while os.read(self._wake_read, 512):
                     pass
             except (BlockingIOError, InterruptedError):
                 pass
+            if self.doorbell is not None:
+                self.doorbell.clear()
 
     def _on_signal(self, signum, frame):
         self.stop_reason = "runner %s got %s" % (self.runner_id, _signal_name(signum))
