@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dropbox_runner.on_hpc.jobstore import JobStore
+from dropbox_runner.on_hpc.sweep import trash_entries
 from helpers import drain, drop, wait_until
 
 from dropbox_runner.submitter import Submitter, run_once
@@ -145,11 +146,16 @@ def test_a_disk_filled_by_someone_else_is_not_the_jobs_fault(config_factory, sma
     claimed = wait_until(lambda: list((Path(config.workspace) / "claimed").glob("*/*")), timeout=30,
                          what="the job claimed")
     job_id = claimed[0].name
+    # The first job's folder, removed by a sweep after the cycle that collected it, must be
+    # gone before the disk is filled: freed after, it made room for the run's output (a
+    # runner rung by the cycle claims the job before the sweep is done).
+    store = JobStore(config.workspace)
+    wait_until(lambda: not trash_entries(store), timeout=30, what="the sweep to finish")
     filler = small_cluster / "filler"
     subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
     assert free_bytes(small_cluster) < 64 * 1024
     # The run fails writing its output; its end cannot be recorded on the full disk.
-    claim = JobStore(config.workspace).claim_of(job_id)
+    claim = store.claim_of(job_id)
     wait_until(lambda: not os.path.exists(f"/proc/{claim['pgid']}"), timeout=30, what="the run to end")
     runner_pid = json.loads(next(runners.glob("*.alive.json")).read_text())["pid"]
     assert os.path.exists(f"/proc/{runner_pid}")        # the runner outlived the full disk
