@@ -50,15 +50,20 @@ class Doorbell(object):
 
     def clear(self):
         """Take every ring waiting, so the next nap sleeps until a new one."""
-        try:
-            while os.read(self.fd, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        drain(self.fd)
 
     def close(self):
         os.close(self.fd)
         os.close(self._keep_open)
+
+
+def drain(fd):
+    """Read a non-blocking pipe empty (a doorbell, or the runner's signal wake-up pipe)."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def ring(runners_dir):

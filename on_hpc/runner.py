@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import claims, coming, policy_state
-from .doorbell import Doorbell
+from .doorbell import Doorbell, drain
 from .files import free_bytes, read_json, remove_file, remove_tree, tree_bytes, write_json
 from .gpus import NoGpus
 from .jobstore import JobStore
@@ -504,11 +504,7 @@ class Runner(object):
         was queued) or ``seconds`` pass."""
         bells = [self._wake_read] + ([self.doorbell.fd] if self.doorbell is not None else [])
         if select.select(bells, [], [], seconds)[0]:
-            try:
-                while os.read(self._wake_read, 512):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
+            drain(self._wake_read)
             if self.doorbell is not None:
                 self.doorbell.clear()
 
