@@ -42,6 +42,7 @@ class DurableBatch:
         self.prefix = prefix
         self.staging = staging      # where temporaries are made, if on the targets' filesystem
         self._made_in: dict[Path, Path] = {}     # target folder -> where its temporaries go, once a batch
+        self._opened: dict[Path, int] = {}       # folders opened by this batch, until its commit
         self.writes: list[tuple[Path, str, str]] = []      # (folder made in, temporary name, final name)
         self.targets: list[Path] = []                       # the final names' folders, in the same order
         self.removals: list[Path] = []
@@ -50,23 +51,20 @@ class DurableBatch:
         """Write ``data`` under a hidden temporary name, in the staging folder or beside
         ``path``; renamed to ``path`` at commit."""
         made_in = self._folder_for(path.parent)
-        folder = os.open(made_in, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            while True:
-                temporary = f"{self.prefix}{path.name[:64]}.{secrets.token_hex(8)}"
-                try:
-                    fd = os.open(temporary, CREATE_FLAGS, mode, dir_fd=folder)
-                    break
-                except FileExistsError:
-                    continue
+        folder = self._open(made_in)
+        while True:
+            temporary = f"{self.prefix}{path.name[:64]}.{secrets.token_hex(8)}"
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-            except BaseException:
-                _unlink(temporary, folder)
-                raise
-        finally:
-            os.close(folder)
+                fd = os.open(temporary, CREATE_FLAGS, mode, dir_fd=folder)
+                break
+            except FileExistsError:
+                continue
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except BaseException:
+            _unlink(temporary, folder)
+            raise
         self.writes.append((made_in, temporary, path.name))
         self.targets.append(path.parent)
 
@@ -91,23 +89,27 @@ class DurableBatch:
         """Remove ``path`` once everything written before it is durable."""
         self.removals.append(path)
 
+    def _open(self, folder: Path) -> int:
+        """The folder's descriptor, opened once a batch: the temporaries are made in it and
+        renamed from it (a link swapped in for the folder later is never followed)."""
+        if folder not in self._opened:
+            self._opened[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return self._opened[folder]
+
     def commit(self) -> None:
         writes, targets, removals = self.writes, self.targets, self.removals
         self.writes, self.targets, self.removals, self._made_in = [], [], [], {}
-        if writes:
-            sync_files([str(folder / temporary) for folder, temporary, _ in writes])
-            fault_point("in_batch")
-            opened: dict[Path, int] = {}
-            try:
+        try:
+            if writes:
+                sync_files([str(folder / temporary) for folder, temporary, _ in writes])
+                fault_point("in_batch")
                 for (made_in, temporary, name), target in zip(writes, targets):
-                    for folder in (made_in, target):
-                        if folder not in opened:
-                            opened[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                    os.rename(temporary, name, src_dir_fd=opened[made_in], dst_dir_fd=opened[target])
-            finally:
-                for fd in opened.values():
-                    os.close(fd)
-            sync_folders({str(folder) for folder, _, _ in writes} | {str(folder) for folder in targets})
+                    os.rename(temporary, name, src_dir_fd=self._open(made_in), dst_dir_fd=self._open(target))
+                sync_folders({str(folder) for folder, _, _ in writes} | {str(folder) for folder in targets})
+        finally:
+            opened, self._opened = self._opened, {}
+            for fd in opened.values():
+                os.close(fd)
         for path in removals:
             _unlink(path)
 

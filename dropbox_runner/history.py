@@ -114,10 +114,10 @@ class History:
         self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?, ?)", (name, job_id, state, now, detail))
         columns = {"job_id": job_id, "state": state, "updated_at": now, **fields}
         columns = {key: value for key, value in columns.items() if value is not None}
-        self.db.execute("INSERT INTO jobs (name, first_seen, state) VALUES (?, ?, ?) ON CONFLICT(name) DO NOTHING",
-                        (name, now, state))
-        assignments = ", ".join(f"{key} = ?" for key in columns)
-        self.db.execute(f"UPDATE jobs SET {assignments} WHERE name = ?", (*columns.values(), name))
+        assignments = ", ".join(f"{key} = excluded.{key}" for key in columns)
+        self.db.execute(f"INSERT INTO jobs (name, first_seen, {', '.join(columns)}) "
+                        f"VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT(name) DO UPDATE SET {assignments}",
+                        (name, now, *columns.values()))
 
     def jobs(self, states: list[str] | None = None, pattern: str | None = None, limit: int = 1000) -> list[JobRow]:
         query, params = "SELECT * FROM jobs WHERE 1", []

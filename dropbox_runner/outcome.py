@@ -32,7 +32,7 @@ from .faults import fault_point
 from .history import History
 from .on_hpc.protocol import JobState
 from .results import OutputProblem, place_outputs
-from .safefs import Boundaries, HeldFile
+from .safefs import Boundaries, HeldFile, current_umask
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,12 @@ class Finisher:
         self.cache = cache
         self.boundaries = boundaries     # where outputs may go, checked again as each is placed
         self.tally: Counter[str] = Counter()
+        self.umask: int | None = None   # what linked outputs are masked by; read when not known
+
+    def begin_cycle(self) -> None:
+        """A fresh tally, and the umask read once for the cycle's outputs."""
+        self.tally.clear()
+        self.umask = current_umask()
 
     def finish(self, outcome: Outcome) -> bool:
         """Write the outcome; False only for a cache hit whose outputs cannot be placed
@@ -79,7 +85,7 @@ class Finisher:
         if outcome.ok and outcome.kind in (RAN, CACHED):
             outputs = (outcome.description or {}).get("output_map") or {}
             try:
-                place_outputs(outcome.produced, outputs, self.boundaries, outcome.linkable)
+                place_outputs(outcome.produced, outputs, self.boundaries, outcome.linkable, self.umask)
             except OutputProblem as problem:
                 if outcome.kind == CACHED:
                     log.warning("%s: cache entry unusable (%s); running the job", outcome.name, problem)

@@ -101,7 +101,7 @@ class OutputProblem(Exception):
 
 
 def place_outputs(produced: dict[str, Path], destinations: dict[str, str], boundaries: Boundaries,
-                  linkable: dict[str, HeldFile] | None = None) -> None:
+                  linkable: dict[str, HeldFile] | None = None, umask: int | None = None) -> None:
     """Copy every produced file to its destination, all or nothing, with the boundaries
     checked again on each resolved destination as it is placed (``safefs.place_files``);
     one also in ``linkable`` may be linked instead.  An output of ``destinations`` not in
@@ -113,7 +113,8 @@ def place_outputs(produced: dict[str, Path], destinations: dict[str, str], bound
             f"{key} (expected at output/{names[key]})" for key in sorted(missing)))
     try:
         linkable = linkable or {}
-        place_files([(linkable.get(key) or produced[key], destinations[key]) for key in produced], boundaries)
+        place_files([(linkable.get(key) or produced[key], destinations[key]) for key in produced], boundaries,
+                    umask=umask)
     except FileRefused as refused:
         raise OutputProblem(f"output not placed: {refused}") from None
     except OSError as error:

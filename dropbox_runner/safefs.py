@@ -217,15 +217,17 @@ class _Placement:
     file: int | None = None      # kept open until placed, so its inode number cannot be reused
 
 
-def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries, mode: int = 0o666) -> None:
+def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries, mode: int = 0o666,
+                umask: int | None = None) -> None:
     """Copy each source (a file of the submitter's own, or a job's output it holds) to its
     destination, all or nothing.
 
     Every destination's folder is opened and checked, every copy made (or held output
     linked) under a temporary name in it; only when all are complete is each renamed into
     place, after its folder and target are checked once more.  ``mode`` is masked by the
-    umask.  Raises FileRefused (the job's fault) or OSError (a full disk: nothing was left
-    behind, and a linked output is still where it was).
+    umask (``umask``, read once per cycle by the caller; read here when not given).
+    Raises FileRefused (the job's fault) or OSError (a full disk: nothing was left behind,
+    and a linked output is still where it was).
     """
     placements: list[_Placement] = []
     try:
@@ -233,7 +235,8 @@ def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries
             placement = _Placement(destination, _open_folder(destination), os.path.basename(destination))
             placements.append(placement)
             _check_place(placement, boundaries)
-            if isinstance(source, HeldFile) and _link_in(placement, source, mode):
+            if isinstance(source, HeldFile) and _link_in(
+                    placement, source, mode & ~(current_umask() if umask is None else umask)):
                 continue
             placement.file, placement.temporary = _temporary(placement.folder, placement.name, mode)
             with open(source.path if isinstance(source, HeldFile) else source, "rb") as data:
@@ -262,13 +265,13 @@ def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries
                 os.close(placement.file)
 
 
-def _link_in(placement: _Placement, held: HeldFile, mode: int) -> bool:
+def _link_in(placement: _Placement, held: HeldFile, wanted: int) -> bool:
     """Put a held output under a temporary name beside its destination by a hard link,
     where that is the same as a copy (True), instead of writing a new file: creating a file
     is what a collection costs most here (issue 18).  The same as a copy means: a regular
     file with no other name (no alias of a file elsewhere, which writing through the result
-    would change), the submitter's own (a copy would be), given the mode and group a copy
-    would get (no setuid bit or group write the job set), and on the destination's
+    would change), the submitter's own (a copy would be), given the mode (``wanted``) and
+    group a copy would get (no setuid bit or group write the job set), and on the destination's
     filesystem.  What is linked is checked to be the held file; anything else is undone
     and the output copied (False).  The job's own name is left as it is, so whatever
     happens before the result is written (a refusal, a full disk, a crash) finds every
@@ -285,7 +288,6 @@ def _link_in(placement: _Placement, held: HeldFile, mode: int) -> bool:
         group = folder.st_gid if folder.st_mode & stat.S_ISGID else os.getegid()
         if info.st_gid != group:
             os.fchown(held.file, -1, group)
-        wanted = mode & ~_umask()
         if stat.S_IMODE(info.st_mode) != wanted:
             os.fchmod(held.file, wanted)
         while True:
@@ -316,9 +318,10 @@ def _link_in(placement: _Placement, held: HeldFile, mode: int) -> bool:
     return True
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without setting it: ``os.umask`` sets it, for a moment,
-    for every thread."""
+    for every thread.  Reading ``/proc/self/status`` costs tens of µs (the kernel writes
+    out every field), so a burst reads it once per cycle, not once per job."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("Umask:"):

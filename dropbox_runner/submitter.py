@@ -90,7 +90,7 @@ class Submitter:
         """Run one cycle; the caller holds the dropbox lock."""
         started = time.monotonic()
         report = CycleReport()
-        self.finisher.tally.clear()
+        self.finisher.begin_cycle()
         self.boundary.environment_errors = report.environment_errors
         self.unread_holds = 0      # holds this cycle could not read: their jobs are not in_flight
         listing = self.dropbox.scan()

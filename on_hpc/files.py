@@ -78,25 +78,43 @@ _SYNCFS = _syncfs_function()
 
 def sync_files(paths):
     """Make the files' data durable: one ``syncfs`` per filesystem where Linux has it (one
-    journal commit for all), else one ``fsync`` per file."""
-    if _SYNCFS is not None:
-        one_per_device = {}
-        for path in paths:
-            one_per_device.setdefault(os.stat(path).st_dev, path)
-        if all(_syncfs(path) for path in one_per_device.values()):
-            return
+    journal commit for all), else one ``fsync`` per file.  The files are ones this program
+    made, each on its folder's filesystem (only a bind mount puts a file elsewhere), so
+    one file per folder is looked at: a burst syncs a thousand files of one folder."""
+    one_per_folder = {}
+    for path in paths:
+        one_per_folder.setdefault(os.path.dirname(path), path)
+    if not _sync_filesystems(one_per_folder.values()):
+        _fsync_each(paths)
+
+
+def sync_folders(folders):
+    """Make renames into these folders durable: one ``syncfs`` again (the renames' journal
+    commit), else one ``fsync`` of each folder.  Each folder is looked at: one may be a
+    mount point."""
+    folders = sorted(folders)
+    if not _sync_filesystems(folders):
+        _fsync_each(folders)
+
+
+def _sync_filesystems(paths):
+    """One ``syncfs`` per filesystem the paths are on; False where there is no
+    ``syncfs`` or one failed."""
+    if _SYNCFS is None:
+        return False
+    one_per_device = {}
+    for path in paths:
+        one_per_device.setdefault(os.stat(path).st_dev, path)
+    return all(_syncfs(path) for path in one_per_device.values())
+
+
+def _fsync_each(paths):
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def sync_folders(folders):
-    """Make renames into these folders durable: one ``syncfs`` again (the renames' journal
-    commit), else one ``fsync`` of each folder."""
-    sync_files(sorted(folders))
 
 
 def _syncfs(path):

@@ -1,0 +1,124 @@
+"""Work the submitter did once per job that it now does once per cycle, batch or second
+(issue 18, thirteenth round): each test counts the calls that used to grow with the jobs."""
+import logging
+import os
+import stat
+from datetime import datetime
+
+from dropbox_runner.on_hpc import files
+from helpers import drain, drop, make_config
+
+from dropbox_runner import durable, logsetup, outcome, safefs
+from dropbox_runner.history import History
+
+
+def test_a_batch_opens_each_folder_once_and_stats_one_file_per_folder(tmp_path, monkeypatch):
+    """Each write opened and closed its folder, and the commit stat'ed every temporary to
+    find its filesystem: three system calls a file that a burst of 1000 paid 1000 times."""
+    staging, target = tmp_path / "staging", tmp_path / "dropbox"
+    staging.mkdir(mode=0o700)
+    target.mkdir()
+    opened, stats = [], []
+    real_open, real_stat = os.open, os.stat
+
+    def counting_open(path, flags, *args, **kwargs):
+        if flags & os.O_DIRECTORY:
+            opened.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def counting_stat(path, *args, **kwargs):
+        stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    monkeypatch.setattr(os, "stat", counting_stat)
+    batch = durable.DurableBatch(staging=staging)
+    for n in range(50):
+        batch.write(target / f"f{n}", f"{n}\n".encode())
+    batch.commit()
+    assert [(target / f"f{n}").read_text() for n in range(50)] == [f"{n}\n" for n in range(50)]
+    assert not os.listdir(staging)
+    assert sorted(opened) == sorted([str(staging), str(target)])          # was 50 + 2
+    # the staging folder, its parent and the target, checked once a batch; one of the
+    # temporaries; the two folders whose renames are synced.  Was 50 temporaries + 5.
+    assert len(stats) == 6, stats
+
+
+def test_without_syncfs_a_batch_still_fsyncs_every_file(tmp_path, monkeypatch):
+    """Looking at one file per folder is only for finding filesystems: the fallback
+    still syncs every file."""
+    monkeypatch.setattr(files, "_SYNCFS", None)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    batch = durable.DurableBatch()
+    for n in range(7):
+        batch.write(tmp_path / f"f{n}", b"x")
+    batch.commit()
+    assert len(synced) == 7 + 1
+
+
+def test_the_umask_is_read_once_a_cycle_not_once_an_output(tmp_path, monkeypatch):
+    """Reading ``/proc/self/status`` for each linked output was 2% of a burst's CPU."""
+    reads = []
+    real = safefs.current_umask
+
+    def counted():
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(outcome, "current_umask", counted)
+    monkeypatch.setattr(safefs, "current_umask", counted)
+    config = make_config(tmp_path)
+    names = [f"j{n}.job" for n in range(12)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    cycles = []
+    real_cycle = outcome.Finisher.begin_cycle
+    monkeypatch.setattr(outcome.Finisher, "begin_cycle", lambda self: cycles.append(1) or real_cycle(self))
+    results = drain(config, names)
+    assert {result["job"]["status"] for result in results.values()} == {"ok"}
+    assert len(reads) == len(cycles), (len(reads), len(cycles))      # was one more per job
+    mode = stat.S_IMODE((tmp_path / "outputs" / "o0.txt").stat().st_mode)
+    assert mode == 0o666 & ~real(), oct(mode)
+
+
+def test_a_transition_is_two_statements(tmp_path):
+    """A row of ``jobs`` is inserted or updated in one upsert, not an insert that may do
+    nothing followed by an update: a job passes four transitions in a burst."""
+    history = History(tmp_path / "history.sqlite")
+    statements = []
+    history.db.set_trace_callback(statements.append)
+    history.record("a.job", "submitted", "id-1", detail="class default", **{"class": "default"})
+    history.record("a.job", "running", runner="r-1")
+    history.record("a.job", "finished", "id-1", status="ok", message="processed OK")
+    assert len(statements) == 3 * 2, statements
+    row = history.jobs()[0]
+    assert (row.job_id, row.state, row.status, row.job_class, row.runner) == ("id-1", "finished", "ok", "default",
+                                                                              "r-1")
+    assert row.first_seen <= row.updated_at
+    assert [state for state, _, _ in history.transitions("a.job")] == ["submitted", "running", "finished"]
+
+
+def test_log_times_read_the_same_and_ask_for_the_zone_once_a_second(monkeypatch):
+    asked = []
+
+    class CountingDatetime(datetime):
+        @classmethod
+        def fromtimestamp(cls, *args, **kwargs):
+            asked.append(args)
+            return datetime.fromtimestamp(*args, **kwargs)
+
+    formatter = logsetup.IsoFormatter("%(asctime)s %(message)s")
+    stamps = [1795400000 + n / 1000 for n in range(0, 3000, 7)] + [1795400002.9996, 1795400003.0]
+    monkeypatch.setattr(logsetup, "datetime", CountingDatetime)
+    lines = []
+    for stamp in stamps:
+        record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+        record.created = stamp
+        lines.append(formatter.formatTime(record))
+    monkeypatch.undo()
+    assert len(asked) == 4, len(asked)         # seconds ...00 to ...03; was one per line
+    expected = [datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="milliseconds") for stamp in stamps]
+    assert lines == expected
