@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class Template:
     cache: bool | None = None
     resources: dict[str, int] = field(default_factory=dict)   # what each of its jobs asks for
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
@@ -81,13 +82,23 @@ _ENV.filters["raw"] = lambda value: Raw("" if value is None else str(value))
 
 
 def load_template(folder: Path, name: str) -> Template:
+    """The template, read and parsed once per version of its file: a burst takes a thousand
+    jobs of a few templates.  The file's identity (inode, size, times) is looked at for
+    every job, so an edit (which moves the ctime) applies from the next job on."""
     path = folder / f"{name}.template"
     try:
-        text = path.read_text(encoding="utf-8")
+        info = os.stat(path)
+        return _parsed(name, path, (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
     except FileNotFoundError:
         raise TemplateProblem(f"script {name!r}: there is no template {path}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise TemplateProblem(f"script {name!r}: cannot read {path}: {error}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(name: str, path: Path, identity: tuple[int, ...]) -> Template:
+    """``identity`` is only part of the cache's key: another version of the file is another key."""
+    text = path.read_text(encoding="utf-8")
     settings = {}
     for line in HEADER.findall(text):
         for word in line.split():

@@ -9,6 +9,7 @@ job is queued, and rebuilt if the cluster ever loses it.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -47,8 +48,16 @@ class PreparedJob:
     template: Template
     job_class: str
     script: str
-    neutral_script: str      # rendered with a workspace path that is the same for every job
     fingerprint: dict[str, list[int]]
+    variables: dict[str, Any]   # what the script was rendered with, less the workspace
+
+    @functools.cached_property
+    def neutral_script(self) -> str:
+        """The script rendered with a workspace path and file names that are the same for
+        every job, for the cache key; rendered only when a key is made (a second render
+        of every job was wasted where the cache is off)."""
+        return render(self.template, {**self.variables, **neutral_names(self.description.input_map),
+                                      **neutral_names(self.description.output_map), "workspace": NEUTRAL_WORKSPACE})
 
     @property
     def cacheable(self) -> bool:
@@ -96,9 +105,7 @@ def prepare(config: Config, name: str, raw: dict[str, Any],
     variables.update(workspace_names(description.input_map))
     variables.update(workspace_names(description.output_map))
     script = render(template, {**variables, "workspace": remote_job_dir(config, the_id)})
-    neutral = render(template, {**variables, **neutral_names(description.input_map),
-                                **neutral_names(description.output_map), "workspace": NEUTRAL_WORKSPACE})
-    return PreparedJob(name, the_id, description, template, job_class, script, neutral, prints)
+    return PreparedJob(name, the_id, description, template, job_class, script, prints, variables)
 
 
 def neutral_names(paths: dict[str, str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ from datetime import datetime
 from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config
 
-from dropbox_runner import durable, logsetup, outcome, safefs
+from dropbox_runner import durable, logsetup, outcome, rendering, safefs, staging
 from dropbox_runner.history import History
 
 
@@ -122,3 +122,39 @@ def test_log_times_read_the_same_and_ask_for_the_zone_once_a_second(monkeypatch)
     assert len(asked) == 4, len(asked)         # seconds ...00 to ...03; was one per line
     expected = [datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="milliseconds") for stamp in stamps]
     assert lines == expected
+
+
+def test_a_template_is_parsed_once_a_version_and_an_edit_applies_to_the_next_job(tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    template = templates / "say.template"
+    template.write_text("# dropbox-runner: class=default\necho one > <<workspace>>/output/<<out>>\n")
+    config = make_config(tmp_path, templates=str(templates))
+    rendering._parsed.cache_clear()
+    names = [f"j{n}.job" for n in range(8)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "say", "cache": False, "output_map": {"out": str(tmp_path / f"o{n}.txt")}})
+    assert {result["job"]["status"] for result in drain(config, names).values()} == {"ok"}
+    assert rendering._parsed.cache_info().misses == 1        # was a read and a parse per job
+    template.write_text("# dropbox-runner: class=default\necho two > <<workspace>>/output/<<out>>\n")
+    drop(config, "edited.job", {"script": "say", "cache": False, "output_map": {"out": str(tmp_path / "e.txt")}})
+    assert drain(config, ["edited.job"])["edited.job"]["job"]["status"] == "ok"
+    assert (tmp_path / "e.txt").read_text() == "two\n" and (tmp_path / "o0.txt").read_text() == "one\n"
+
+
+def test_a_job_is_rendered_once_where_the_cache_is_off(tmp_path, monkeypatch):
+    """The cache key's neutral rendering is made only when a key is."""
+    rendered = []
+    real = staging.render
+    monkeypatch.setattr(staging, "render", lambda *args: rendered.append(1) or real(*args))
+    config = make_config(tmp_path)
+    names = [f"j{n}.job" for n in range(6)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                            "output_map": {"out": str(tmp_path / f"o{n}.txt")}})
+    drop(config, "cached.job", {"script": "ledger", "args": {"seconds": 0},
+                                "output_map": {"out": str(tmp_path / "c.txt")}})
+    results = drain(config, [*names, "cached.job"])
+    assert {result["job"]["status"] for result in results.values()} == {"ok"}
+    assert "cache_key" in results["cached.job"]["job"]["provenance"]
+    assert len(rendered) == len(names) + 2, len(rendered)       # was two per job
