@@ -89,11 +89,14 @@ class DurableBatch:
         """Remove ``path`` once everything written before it is durable."""
         self.removals.append(path)
 
-    def _open(self, folder: Path) -> int:
-        """The folder's descriptor, opened once a batch: the temporaries are made in it and
-        renamed from it (a link swapped in for the folder later is never followed)."""
+    def _open(self, folder: Path, follow: bool = False) -> int:
+        """The folder's descriptor, opened once a batch.  Where temporaries are made it is
+        opened without following a link, and they are made in it and renamed from it; a
+        target folder only (the dropbox, which the operator may name through a link) is
+        opened as named."""
         if folder not in self._opened:
-            self._opened[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+            self._opened[folder] = os.open(folder, flags)
         return self._opened[folder]
 
     def commit(self) -> None:
@@ -104,7 +107,8 @@ class DurableBatch:
                 sync_files([str(folder / temporary) for folder, temporary, _ in writes])
                 fault_point("in_batch")
                 for (made_in, temporary, name), target in zip(writes, targets):
-                    os.rename(temporary, name, src_dir_fd=self._open(made_in), dst_dir_fd=self._open(target))
+                    os.rename(temporary, name, src_dir_fd=self._open(made_in),
+                              dst_dir_fd=self._open(target, follow=True))
                 sync_folders({str(folder) for folder, _, _ in writes} | {str(folder) for folder in targets})
         finally:
             opened, self._opened = self._opened, {}
