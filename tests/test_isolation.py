@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import drain, drop, result
+from helpers import TEST_TEMPLATES, drain, drop, result
 
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.status import format_status, gather_status
@@ -488,3 +488,25 @@ def test_an_arg_named_true_is_its_jobs_invalid_result_and_the_job_beside_it_runs
     assert report.rejected == 1 and report.taken == 1
     assert "True: keys must be identifiers" in result(config, "bool_key.job")["job"]["message"]
     assert drain(config, ["plain.job"])["plain.job"]["job"]["status"] == "ok"
+
+
+def test_a_broken_template_fails_only_its_jobs_and_its_fix_applies_to_the_next(config_factory, tmp_path):
+    """Templates are parsed once per version of their file: a broken one is the job's error
+    (the bystander of another template runs), and once fixed the next job uses the fix."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "ledger.template").write_text((TEST_TEMPLATES / "ledger.template").read_text())
+    broken = templates / "say.template"
+    broken.write_text("# dropbox-runner: expected_time=soon\necho hi > <<workspace>>/output/<<out>>\n")
+    config = config_factory(templates=str(templates))
+    say = {"script": "say", "cache": False, "output_map": {"out": str(tmp_path / "outputs" / "say.txt")}}
+    drop(config, "say.job", say)
+    name = bystander(config)
+    results = drain(config, ["say.job", name])
+    assert results["say.job"]["job"]["status"] == "error"
+    assert "expected_time" in results["say.job"]["job"]["message"]
+    assert results[name]["job"]["status"] == "ok"
+    broken.write_text("# dropbox-runner: expected_time=1m\necho hi > <<workspace>>/output/<<out>>\n")
+    drop(config, "again.job", say)
+    assert drain(config, ["again.job"])["again.job"]["job"]["status"] == "ok"
+    assert (tmp_path / "outputs" / "say.txt").read_text() == "hi\n"
