@@ -230,13 +230,13 @@ def place_files(pairs: list[tuple[Path | HeldFile, str]], boundaries: Boundaries
     and a linked output is still where it was).
     """
     placements: list[_Placement] = []
+    linked_mode = mode & ~(current_umask() if umask is None else umask)     # the mode a copy gets
     try:
         for source, destination in pairs:
             placement = _Placement(destination, _open_folder(destination), os.path.basename(destination))
             placements.append(placement)
             _check_place(placement, boundaries)
-            if isinstance(source, HeldFile) and _link_in(
-                    placement, source, mode & ~(current_umask() if umask is None else umask)):
+            if isinstance(source, HeldFile) and _link_in(placement, source, linked_mode):
                 continue
             placement.file, placement.temporary = _temporary(placement.folder, placement.name, mode)
             with open(source.path if isinstance(source, HeldFile) else source, "rb") as data:
