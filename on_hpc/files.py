@@ -3,9 +3,9 @@
 Every ``on_hpc`` command is a fresh interpreter, so what this module imports is paid by
 each cycle and runner start: it makes its temporary names and removes trees without
 ``tempfile`` and ``shutil`` at import (with ``secrets``, ``uuid`` and ``socket`` left out
-elsewhere, some 12 ms of a cycle's 50 ms start here).
+elsewhere, some 12 ms of a cycle's 50 ms start here), and looks ``syncfs`` up with
+``ctypes`` only when it first syncs (most cycles never do: 3 ms of their start).
 """
-import ctypes
 import json
 import os
 
@@ -57,10 +57,11 @@ def write_json(path, value, durable=True):
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable=durable)
 
 
-def _syncfs_function():
+def _lookup_syncfs():
     """libc's ``syncfs``: from the symbols this process already has (glibc, musl), else
-    by name; ``ctypes.util.find_library`` runs ``ldconfig`` (a program started, in every
-    ``on_hpc`` command), so it is the last resort."""
+    by name; ``ctypes.util.find_library`` runs ``ldconfig`` (a program started), so it is
+    the last resort."""
+    import ctypes
     for name in (None, "libc.so.6"):
         try:
             return ctypes.CDLL(name, use_errno=True).syncfs
@@ -73,7 +74,16 @@ def _syncfs_function():
         return None
 
 
-_SYNCFS = _syncfs_function()
+_NOT_LOOKED_UP = object()
+_SYNCFS = _NOT_LOOKED_UP      # libc's syncfs once looked up; None where there is none
+
+
+def syncfs_function():
+    """libc's ``syncfs`` (None where there is none), looked up at the first call."""
+    global _SYNCFS
+    if _SYNCFS is _NOT_LOOKED_UP:
+        _SYNCFS = _lookup_syncfs()
+    return _SYNCFS
 
 
 def sync_files(paths):
@@ -100,7 +110,7 @@ def sync_folders(folders):
 def _sync_filesystems(paths):
     """One ``syncfs`` per filesystem the paths are on; False where there is no
     ``syncfs`` or one failed."""
-    if _SYNCFS is None:
+    if syncfs_function() is None:
         return False
     one_per_device = {}
     for path in paths:

@@ -7,7 +7,6 @@ list (``none`` for none), ``nvidia-smi -L``, then the driver's ``/proc/driver/nv
 """
 import os
 import re
-import subprocess
 
 PROC_GPUS = "/proc/driver/nvidia/gpus"
 NVIDIA_SMI_TIMEOUT_SECONDS = 20
@@ -69,6 +68,7 @@ def proc_gpus(proc_dir=PROC_GPUS):
 
 
 def _run_smi():
+    import subprocess  # when first needed (commands.py)
     try:
         done = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               universal_newlines=True, timeout=NVIDIA_SMI_TIMEOUT_SECONDS)

@@ -9,15 +9,12 @@ It holds three things:
 - one vocabulary of job states, used by the dropbox, the history store and the cluster's
   job queue alike (each layer sees the part of the life it can see);
 - the request and answer of ``python3 -m on_hpc cycle``, and the finished record a runner
-  writes for each job, as small dataclasses with tolerant ``from_json`` readers (an older
-  file with fewer keys, or a newer one with more, still reads);
+  writes for each job, as small message classes with tolerant ``from_json`` readers (an
+  older file with fewer keys, or a newer one with more, still reads);
 - the defaults of a resource class, so a missing setting means the same on both sides.
 
 Standard library only, Python 3.8.
 """
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional
-
 
 class JobState(object):
     """Where a job is in its life; each moves only forward (a requeue is RUNNING -> QUEUED).
@@ -132,114 +129,134 @@ def class_setting(settings, name):
 
 
 # ------------------------------------------------------------------------------ messages
-def _from_json(cls, data):
-    """Build ``cls`` from a JSON object, ignoring keys this version does not know."""
-    known = {f.name for f in fields(cls)}
-    return cls(**{key: value for key, value in (data or {}).items() if key in known})
+REQUIRED = object()     # a field's default: none, the message must be given it
 
 
-def _to_json(message):
-    """The message's fields as a JSON object.  Shallow, unlike ``dataclasses.asdict``: its
-    values are already plain JSON values, and the deep copy was a quarter of a 250-job
-    ``on_hpc cycle``."""
-    return {f.name: getattr(message, f.name) for f in fields(message)}
+class Message(object):
+    """A flat record of JSON values, declared as class attributes holding each field's
+    default (``REQUIRED`` for none; a list or dict is copied for each message).
+
+    Not a ``dataclass``: every on_hpc command is a fresh interpreter (each cycle, each wait,
+    each runner and sweep), and ``dataclasses`` with the ``inspect``, ``ast`` and
+    ``typing`` it imports was a quarter of such a command's start (8.5 of 36 ms, measured
+    as in the README, "Per-job overhead, fourteenth round")."""
+
+    FIELDS = ()     # the field names in order, filled in for each subclass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.FIELDS = tuple(name for name, value in vars(cls).items()
+                           if not name.startswith("_") and name != "FIELDS" and not callable(value)
+                           and not isinstance(value, (classmethod, staticmethod, property)))
+
+    def __init__(self, **values):
+        for name in self.FIELDS:
+            if name in values:
+                value = values.pop(name)
+            else:
+                value = getattr(type(self), name)
+                if value is REQUIRED:
+                    raise TypeError("%s needs %s" % (type(self).__name__, name))
+                if isinstance(value, (list, dict)):
+                    value = type(value)(value)
+            setattr(self, name, value)
+        if values:
+            raise TypeError("%s has no field %s" % (type(self).__name__, ", ".join(sorted(values))))
+
+    @classmethod
+    def from_json(cls, data):
+        """Build the message from a JSON object, ignoring keys this version does not know."""
+        return cls(**{key: value for key, value in (data or {}).items() if key in cls.FIELDS})
+
+    def to_json(self):
+        """The fields as a JSON object.  Shallow: the values are already plain JSON values
+        (a deep copy was a quarter of a 250-job ``on_hpc cycle``)."""
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self.to_json() == other.to_json()
+
+    __hash__ = None     # mutable, as a dataclass is
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (name, getattr(self, name))
+                                                          for name in self.FIELDS))
 
 
-@dataclass
-class CycleRequest(object):
+class CycleRequest(Message):
     """What the submitter sends to ``on_hpc cycle``: everything the cluster side needs to
     do a whole cycle's work in one command."""
 
-    root: str                                   # the workspace
-    scheduler: str                              # a connector's name (schedulers.CONNECTORS)
-    submitter: str                              # the submitter id: the prefix of its job ids
-    pythonpath: str = ""                        # the deployed on_hpc folder, for runners
-    python: str = ""                            # the interpreter runners start with
-    in_flight: List[str] = field(default_factory=list)   # every job id the submitter holds
-    cancel: List[str] = field(default_factory=list)
-    unsent: List[str] = field(default_factory=list)      # held, but their push failed: not to be queued
-    remove_collected: bool = True      # False when the submitter could not read all its holds
-    classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
-
-    from_json = classmethod(_from_json)
-    to_json = _to_json
+    root = REQUIRED                 # the workspace
+    scheduler = REQUIRED            # a connector's name (schedulers.CONNECTORS)
+    submitter = REQUIRED            # the submitter id: the prefix of its job ids
+    pythonpath = ""                 # the deployed on_hpc folder, for runners
+    python = ""                     # the interpreter runners start with
+    in_flight = []                  # every job id the submitter holds
+    cancel = []
+    unsent = []                     # held, but their push failed: not to be queued
+    remove_collected = True         # False when the submitter could not read all its holds
+    classes = {}                    # class -> its settings
+    max_attempts = DEFAULT_MAX_ATTEMPTS
+    heartbeat_timeout = DEFAULT_HEARTBEAT_TIMEOUT
 
 
-@dataclass
-class CycleAnswer(object):
+class CycleAnswer(Message):
     """What ``on_hpc cycle`` answers about the submitter's jobs and the runners."""
 
-    states: Dict[str, str] = field(default_factory=dict)       # held job id -> JobState
-    claimed_by: Dict[str, str] = field(default_factory=dict)   # running job id -> runner id
-    finished: List[Dict[str, Any]] = field(default_factory=list)   # {"id", "record"} of DONE jobs
-    removed: List[str] = field(default_factory=list)           # collected jobs deleted now
-    requeued: List[Dict[str, Any]] = field(default_factory=list)   # {"id", "outcome", "reason"}
-    refused: List[Dict[str, Any]] = field(default_factory=list)    # {"id", "reason"}
-    submitted: List[Dict[str, Any]] = field(default_factory=list)  # {"runner", "class", "sched_id"}
-    cancelled_runners: List[Dict[str, Any]] = field(default_factory=list)  # {"runner", "sched_id"}, were pending
-    scheduler_ok: bool = True
-    errors: List[str] = field(default_factory=list)
-    runners: List[Dict[str, Any]] = field(default_factory=list)    # headnode.describe_runner rows
-    counts: Dict[str, int] = field(default_factory=dict)       # JobState -> jobs on the cluster
-    workspace_free_bytes: Optional[int] = None                 # room left where jobs are sent
-
-    from_json = classmethod(_from_json)
-    to_json = _to_json
+    states = {}                     # held job id -> JobState
+    claimed_by = {}                 # running job id -> runner id
+    finished = []                   # {"id", "record"} of DONE jobs
+    removed = []                    # collected jobs deleted now
+    requeued = []                   # {"id", "outcome", "reason"}
+    refused = []                    # {"id", "reason"}
+    submitted = []                  # {"runner", "class", "sched_id"}
+    cancelled_runners = []          # {"runner", "sched_id"}, were pending
+    scheduler_ok = True
+    errors = []
+    runners = []                    # headnode.describe_runner rows
+    counts = {}                     # JobState -> jobs on the cluster
+    workspace_free_bytes = None     # room left where jobs are sent
 
 
-@dataclass
-class StatusRequest(object):
+class StatusRequest(Message):
     """What ``dropbox-runner status`` sends to ``on_hpc status``."""
 
-    root: str
-    scheduler: str
-
-    from_json = classmethod(_from_json)
-    to_json = _to_json
+    root = REQUIRED
+    scheduler = REQUIRED
 
 
-@dataclass
-class EarlyRequest(object):
+class EarlyRequest(Message):
     """What the submitter sends to ``on_hpc early`` when a cycle's intake first meets work
     of a class, before that work is staged: the class's runners are asked for now, so the
     scheduler's queue wait runs while the burst is rendered and sent (``on_hpc/early.py``)."""
 
-    root: str
-    scheduler: str
-    submitter: str
-    pythonpath: str = ""
-    python: str = ""
-    coming: Dict[str, int] = field(default_factory=dict)            # class -> new jobs of the cycle, at most
-    expected_seconds: Dict[str, float] = field(default_factory=dict)  # class -> what its first job expects
-    classes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-
-    from_json = classmethod(_from_json)
-    to_json = _to_json
+    root = REQUIRED
+    scheduler = REQUIRED
+    submitter = REQUIRED
+    pythonpath = ""
+    python = ""
+    coming = {}                     # class -> new jobs of the cycle, at most
+    expected_seconds = {}           # class -> what its first job expects
+    classes = {}
+    max_attempts = DEFAULT_MAX_ATTEMPTS
 
 
-@dataclass
-class WaitRequest(object):
+class WaitRequest(Message):
     """What the watch daemon sends to ``on_hpc wait``: return once a job of this
     submitter not in ``ignore`` is done (once every job of ``every`` is, when given; or,
     with ``gather`` too, once one is done and ``gather`` seconds have passed since the
     call), or after ``timeout`` seconds."""
 
-    root: str
-    submitter: str
-    ignore: List[str] = field(default_factory=list)
-    timeout: float = 30
-    every: List[str] = field(default_factory=list)
-    gather: Optional[float] = None
-
-    from_json = classmethod(_from_json)
-    to_json = _to_json
+    root = REQUIRED
+    submitter = REQUIRED
+    ignore = []
+    timeout = 30
+    every = []
+    gather = None
 
 
-@dataclass
-class FinishedRecord(object):
+class FinishedRecord(Message):
     """``finished.json``: how one run of a job ended, written once by whoever ended it
     (its runner, or the head node for a job it refused, cancelled or gave up on).
 
@@ -248,26 +265,24 @@ class FinishedRecord(object):
     exit (refused, cancelled, interrupted too often).
     """
 
-    rc: int = -1
-    signal: Optional[str] = None
-    error: Optional[str] = None
-    cancelled: bool = False
-    interrupted: Optional[int] = None            # interruptions, when they ended the job
-    attempt: Optional[int] = None
-    start: Optional[float] = None
-    end: Optional[float] = None
-    host: Optional[str] = None
-    runner: Optional[str] = None
-    sched_id: Optional[str] = None
-    node: Optional[str] = None                   # where it ran (multi-node runners)
-    resources: Optional[Dict[str, Any]] = None   # the CPUs, memory and GPUs it was given
-    step_id: Optional[str] = None                # its Slurm job step, when run as one
-
-    from_json = classmethod(_from_json)
+    rc = -1
+    signal = None
+    error = None
+    cancelled = False
+    interrupted = None              # interruptions, when they ended the job
+    attempt = None
+    start = None
+    end = None
+    host = None
+    runner = None
+    sched_id = None
+    node = None                     # where it ran (multi-node runners)
+    resources = None                # the CPUs, memory and GPUs it was given
+    step_id = None                  # its Slurm job step, when run as one
 
     def to_json(self):
         """Only the keys that say something, so the file stays readable by eye."""
-        return {key: value for key, value in _to_json(self).items() if value is not None and value is not False}
+        return {key: value for key, value in Message.to_json(self).items() if value is not None and value is not False}
 
 
 CANCELLED_MESSAGE = "cancelled"

@@ -5,7 +5,6 @@ queue code as Slurm does, so it is also how the pipeline is tested quickly.
 """
 import os
 import signal
-import subprocess
 import time
 
 from .files import listdir, read_json
@@ -19,6 +18,7 @@ class LocalConnector(Connector):
     name = "local"
 
     def submit(self, spec, spec_path, argv, env):
+        import subprocess  # when first needed (commands.py)
         log_path = os.path.join(self.store.runners_dir(), spec["id"] + ".log")
         with open(log_path, "ab") as log:
             process = subprocess.Popen(

@@ -6,7 +6,6 @@ the queue logic lives once, in ``headnode`` and ``runner``.  Adding a scheduler 
 module with a ``Connector`` subclass and one line in ``CONNECTORS``.
 """
 import collections
-import hashlib
 import importlib
 import os
 import signal
@@ -208,7 +207,9 @@ def too_long_message(expected, job_class, time_limit, usable):
 
 def store_tag(root):
     """A short, stable tag of the workspace, so two installations on one account never
-    mistake each other's runners."""
+    mistake each other's runners.  ``hashlib`` (OpenSSL) is imported here, by the
+    connectors that name runners: 2 ms of every ``on_hpc`` start otherwise."""
+    import hashlib
     return hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:6]
 
 

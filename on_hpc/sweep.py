@@ -6,18 +6,19 @@ submitter waits for: 0.7 s for a burst of 1000 jobs.  The cycle now moves each f
 into ``trash/`` with one rename (atomic, so a job is never seen half-removed) and starts
 one detached ``sweep`` that empties the trash and exits.  A sweep killed half-way is
 redone by the next one a later cycle starts; two never run at once (a lock), and a
-cycle whose trash is empty starts none.
+cycle whose trash is empty starts none.  The sweep yields the CPU (``SWEEP_NICENESS``):
+removing what was collected can wait for the jobs and the cycles that share the machine.
 """
 import errno
 import fcntl
 import json
 import os
-import subprocess
 import sys
 
 from .files import remove_file, remove_tree, tree_bytes
 
 LOCK_NAME = ".sweep.lock"
+SWEEP_NICENESS = 10
 
 
 def trash_entries(store):
@@ -36,13 +37,15 @@ def start(store):
     """Start a detached sweep when there is something to remove and none is running."""
     if not trash_entries(store) or _busy(store):
         return False
+    import subprocess  # when first needed (commands.py)
     package = __name__.rpartition(".")[0]      # on_hpc on the cluster, dropbox_runner.on_hpc in the package
+    no_site = ["-S"] if sys.flags.no_site else []      # as this command was started (ON_HPC_ARGV)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path))
     try:
-        child = subprocess.Popen([sys.executable, "-m", package, "sweep"], stdin=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable] + no_site + ["-m", package, "sweep"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
                                  start_new_session=True, env=env, cwd="/")     # holds no mount busy
-        child.stdin.write(json.dumps({"root": store.root}).encode())
+        child.stdin.write(json.dumps({"root": store.root, "niceness": SWEEP_NICENESS}).encode())
         child.stdin.close()
     except OSError as error:        # nothing lost: the next cycle tries again
         sys.stderr.write("cannot start the sweep of collected jobs: %s\n" % error)
@@ -53,6 +56,8 @@ def start(store):
 def sweep(request):
     """Empty the trash (``python3 -m on_hpc sweep``); another sweep running: nothing to do."""
     from .jobstore import JobStore
+    if request.get("niceness"):
+        os.nice(request["niceness"])
     store = JobStore(request["root"])
     lock = _lock(store)
     if lock is None:

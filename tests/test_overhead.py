@@ -22,7 +22,7 @@ def ledger_job(tmp_path, n, seconds=0):
 class SyncCounter:
     def __init__(self, monkeypatch):
         self.fsyncs = self.syncfs = 0
-        real_fsync, real_syncfs = os.fsync, files._SYNCFS
+        real_fsync, real_syncfs = os.fsync, files.syncfs_function()
 
         def fsync(fd):
             self.fsyncs += 1

@@ -1,5 +1,6 @@
 """Collected jobs' folders leave the cycle in one rename each and are removed by a
 detached sweep (``on_hpc/sweep.py``), so the submitter never waits for the removal."""
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,32 @@ def test_the_room_a_sweep_is_freeing_counts_as_free_in_the_answer(tmp_path, monk
     answer = run_cycle(tmp_path, FakeConnector(), {}, monkeypatch)
     assert sweep.trash_bytes(store) >= 4 << 20
     assert answer["workspace_free_bytes"] >= free_bytes(str(tmp_path)) + (4 << 20) - (1 << 20)
+
+
+def test_a_sweep_a_cycle_starts_yields_the_cpu_and_one_run_by_hand_does_not(tmp_path, monkeypatch):
+    """Removing collected folders is the least urgent work on the machine: the jobs and
+    the cycles beside it go first."""
+    store = staged_store(tmp_path, [])
+    os.makedirs(os.path.join(store.trash_dir(), "s.gone"))
+    requests, niced = [], []
+
+    class FakePopen:
+        def __init__(self, argv, stdin, **kwargs):
+            self.argv = argv
+            self.stdin = self
+
+        def write(self, data):
+            requests.append(json.loads(data))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    assert sweep.start(store)
+    assert requests == [{"root": store.root, "niceness": sweep.SWEEP_NICENESS}]
+    monkeypatch.setattr(os, "nice", niced.append)
+    assert sweep.sweep(requests[0]) == {"swept": 1}
+    assert niced == [sweep.SWEEP_NICENESS]
+    os.makedirs(os.path.join(store.trash_dir(), "s.gone"))
+    assert sweep.sweep({"root": store.root}) == {"swept": 1}
+    assert niced == [sweep.SWEEP_NICENESS]
