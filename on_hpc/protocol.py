@@ -141,7 +141,7 @@ class Message(object):
     ``typing`` it imports was a quarter of such a command's start (8.5 of 36 ms, measured
     as in the README, "Per-job overhead, fourteenth round")."""
 
-    FIELDS = ()     # the field names in order, filled in for each subclass
+    FIELDS = ()     # the field names in order, filled in for each direct subclass
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
