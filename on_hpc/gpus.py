@@ -8,6 +8,8 @@ list (``none`` for none), ``nvidia-smi -L``, then the driver's ``/proc/driver/nv
 import os
 import re
 
+from . import commands
+
 PROC_GPUS = "/proc/driver/nvidia/gpus"
 NVIDIA_SMI_TIMEOUT_SECONDS = 20
 
@@ -68,10 +70,8 @@ def proc_gpus(proc_dir=PROC_GPUS):
 
 
 def _run_smi():
-    import subprocess  # when first needed (commands.py)
+    """``nvidia-smi -L``'s listing; empty where it is missing, fails or hangs."""
     try:
-        done = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              universal_newlines=True, timeout=NVIDIA_SMI_TIMEOUT_SECONDS)
-    except (OSError, subprocess.TimeoutExpired):
+        return commands.run(["nvidia-smi", "-L"], NVIDIA_SMI_TIMEOUT_SECONDS)
+    except (commands.CommandUnavailable, commands.CommandFailed):
         return ""
-    return done.stdout if done.returncode == 0 else ""
