@@ -31,6 +31,7 @@ from .protocol import (
     FinishedRecord,
     cancelled_record,
 )
+from .recorder import Recorder
 from .resources import Ledger, job_request
 from .schedulers import connector, effective_warn_seconds, too_long_message
 
@@ -125,6 +126,7 @@ class Runner(object):
         self.ending = []          # (job id, record) ended, recorded together (_record_due); None: one by one
         self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.ending_since = None  # when the first of them ended
+        self.recorder = Recorder(self.store, self.runner_id, wake_write)
         self.unfit_seen = set()
         self.next_cancel_look = 0.0
         self._linger_read = None      # (when, seconds): the adaptive linger last read
@@ -173,6 +175,7 @@ class Runner(object):
         finally:
             try:
                 self._record_pass()     # ends still waiting for their RECORD_SECONDS
+                self._record_refused(self.recorder.wait())
             finally:
                 self.store.forget_runner(self.runner_id)
                 os.close(self.devnull)
@@ -325,34 +328,48 @@ class Runner(object):
                 self.stop_reason = "runner %s reached its time limit less %ds" % (self.runner_id, self.warn)
             return 0 if self.stop_reason else self._fill_slots()
         finally:
+            if not self.recorder.busy():
+                self._record_refused(self.recorder.wait())      # the batch before, once written
             if self._record_due():
                 self._record_pass()
 
     def _record_due(self):
         """Record now when nothing runs (no later end to wait for), when stopping, or once
         the first unrecorded end is RECORD_SECONDS old: a result comes back that much later
-        at most, where the submitter's wait looks every few tenths of a second anyway."""
-        return bool(self.ending) and (not self.jobs or bool(self.stop_reason)
-                                      or time.time() - self.ending_since >= RECORD_SECONDS)
+        at most, where the submitter's wait looks every few tenths of a second anyway.
+        Never while the batch before is still being written: the ends keep gathering, and
+        the recorder wakes the loop when it is done."""
+        return bool(self.ending) and not self.recorder.busy() and (
+            not self.jobs or bool(self.stop_reason) or time.time() - self.ending_since >= RECORD_SECONDS)
 
     def _nap_seconds(self, now):
         """A poll's length, or less when ends wait to be recorded."""
-        if self.ending_since is None:
+        if self.ending_since is None or self.recorder.busy():
             return POLL_SECONDS
         return max(0.0, min(POLL_SECONDS, self.ending_since + RECORD_SECONDS - now))
 
     def _record_pass(self):
+        """Hand the ends gathered so far to the recorder (``recorder.py``), once the batch
+        before them is written."""
+        self._record_refused(self.recorder.wait())
         ending, jobs = self.ending, self.ending_jobs
         if not ending:
             return
-        self.ending, self.ending_jobs = None, {}
+        self.ending, self.ending_jobs, self.ending_since = [], {}, None
+        self.recorder.start(ending, jobs)
+
+    def _record_refused(self, refused):
+        """A batch the filesystem refused (a full disk): its jobs recorded one by one, with
+        the full disk's handling (``_record_end``)."""
+        if refused is None:
+            return
+        ending, jobs = refused
+        gathering, self.ending, self.ending_jobs = (self.ending, self.ending_jobs), None, {}
         try:
-            self.store.finish_many(self.runner_id, ending)
-        except OSError:
-            for job_id, _ in ending:     # one by one, with the full disk's handling
+            for job_id, _ in ending:
                 self._finish(*jobs[job_id])
         finally:
-            self.ending, self.ending_jobs, self.ending_since = [], {}, None
+            self.ending, self.ending_jobs = gathering
 
     def _reap_pass(self):
         now = time.time()

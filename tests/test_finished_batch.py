@@ -1,14 +1,17 @@
 """finished.json once per runner pass: the records of the jobs that ended together in one
 file, linked in as each job's finished.json (``batchfile.write_linked``)."""
+import errno
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dropbox_runner.on_hpc import batchfile
 from dropbox_runner.on_hpc.headnode import read_finished_record
 from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.protocol import FinishedRecord, JobState, Release, cancelled_record
+from dropbox_runner.on_hpc.recorder import Recorder
 from helpers import drain, drop
 
 JOBS = ["sub.a", "sub.b", "sub.c"]
@@ -200,3 +203,31 @@ def test_a_fifo_as_finished_json_is_the_jobs_fault_at_once_and_never_blocks_the_
     # the bystanders ended in the same pass are read as theirs, in the same cycle
     assert [read_finished_record(store, job_id, errors)["rc"] for job_id in ("sub.b", "sub.c")] == [0, 5]
     assert errors == []
+
+
+class RefusingStore:
+    """A store whose batch write fails with ``error``."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def finish_many(self, runner_id, ended):
+        raise self.error
+
+
+def test_the_recorder_hands_a_refused_batch_back_to_the_loop_and_wakes_it():
+    """A batch the filesystem refused comes back whole, for the loop to record one by one
+    with the full disk's handling; any other failure is raised again in the loop, which
+    stops the runner as before the batches were written by a thread."""
+    wake_read, wake_write = os.pipe()
+    ending, jobs = records(JOBS), {job_id: ("job", 0, 1.0) for job_id in JOBS}
+    recorder = Recorder(RefusingStore(OSError(errno.ENOSPC, "No space left on device")), "r1", wake_write)
+    recorder.start(ending, jobs)
+    assert os.read(wake_read, 16) == b"r"       # the loop is woken when the batch is done
+    assert recorder.wait() == (ending, jobs) and recorder.wait() is None
+    recorder = Recorder(RefusingStore(ValueError("a bug")), "r1", wake_write)
+    recorder.start(ending, jobs)
+    with pytest.raises(ValueError, match="a bug"):
+        recorder.wait()
+    os.close(wake_read)
+    os.close(wake_write)
