@@ -175,7 +175,7 @@ class Runner(object):
         finally:
             try:
                 self._record_pass()     # ends still waiting for their RECORD_SECONDS
-                self._record_refused(self.recorder.wait())
+                self._batch_written()
             finally:
                 self.store.forget_runner(self.runner_id)
                 os.close(self.devnull)
@@ -329,7 +329,7 @@ class Runner(object):
             return 0 if self.stop_reason else self._fill_slots()
         finally:
             if not self.recorder.busy():
-                self._record_refused(self.recorder.wait())      # the batch before, once written
+                self._batch_written()
             if self._record_due():
                 self._record_pass()
 
@@ -351,16 +351,17 @@ class Runner(object):
     def _record_pass(self):
         """Hand the ends gathered so far to the recorder (``recorder.py``), once the batch
         before them is written."""
-        self._record_refused(self.recorder.wait())
+        self._batch_written()
         ending, jobs = self.ending, self.ending_jobs
         if not ending:
             return
         self.ending, self.ending_jobs, self.ending_since = [], {}, None
         self.recorder.start(ending, jobs)
 
-    def _record_refused(self, refused):
-        """A batch the filesystem refused (a full disk): its jobs recorded one by one, with
-        the full disk's handling (``_record_end``)."""
+    def _batch_written(self):
+        """Wait for the batch in flight, if any; if the filesystem refused it (a full disk),
+        record its jobs one by one, with the full disk's handling (``_record_end``)."""
+        refused = self.recorder.wait()
         if refused is None:
             return
         ending, jobs = refused
