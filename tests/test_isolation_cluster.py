@@ -13,6 +13,7 @@ from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.sweep import trash_entries
 from helpers import drain, drop, wait_until
 
+from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.submitter import Submitter, run_once
 from dropbox_runner.transport.local import LocalTransport
 
@@ -55,6 +56,27 @@ def test_a_job_whose_output_fills_the_cluster_disk_fails_and_frees_it(config_fac
     run_once(config, LocalTransport())
     assert os.listdir(Path(config.workspace) / "jobs") == []
     wait_until(lambda: free_bytes(small_cluster) > 3 << 20, 30, what="the sweep to free the collected jobs' room")
+
+
+def test_a_bystander_beside_a_job_that_fills_the_disk_is_recorded_in_the_same_cycle(config_factory, small_cluster):
+    """The runner's batch of ends that the full disk refuses comes back to its loop, which
+    records each job alone: the hog's error (its output removed) and the bystander's
+    success, collected by the same cycle."""
+    config = config_factory(cluster_root=str(small_cluster))
+    drop(config, "hog.job", output_job(config, 8000, "hog"))
+    drop(config, "bystander.job", ledger_job(config, 1))
+    cycles, first_seen = [0], {}
+
+    def cycle():
+        run_once(config, LocalTransport())
+        cycles[0] += 1
+        for name in Dropbox(config.dropbox).scan().finished:
+            first_seen.setdefault(name, cycles[0])
+
+    results = drain(config, ["hog.job", "bystander.job"], cycle=cycle)
+    assert results["hog.job"]["job"]["status"] == "error" and "disk was full" in results["hog.job"]["job"]["message"]
+    assert results["bystander.job"]["job"]["status"] == "ok"
+    assert first_seen["bystander.job"] <= first_seen["hog.job"], first_seen
 
 
 def huge_input_job(tmp_path):
