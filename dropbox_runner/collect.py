@@ -22,7 +22,7 @@ from .inplace import JobFolder
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .outcome import RAN, Finisher, Outcome
-from .results import error_block, read_stream, resource_provenance, run_block
+from .results import error_block, read_stream, resource_provenance, run_block, stream_text
 from .safefs import HeldFile
 from .staging import JOBS_FOLDER
 from .transport import Transport, TransportError
@@ -128,7 +128,7 @@ class Collector:
         """``files``: the job's ``stdout``, ``stderr`` and outputs (``names``: output key to
         ``output/<name>``) to read, pulled here or held open where they lie (``held``: those
         may be linked into place); one missing is one the job did not leave."""
-        streams = [read_stream(files[name]) if name in files else "" for name in ("stdout", "stderr")]
+        streams = [_stream(name, files, held) for name in ("stdout", "stderr")]
         block = run_block(job.job_id, record, *streams, job.submitted_at)
         block["job_digest"] = job.job_digest
         block["provenance"] = dict(job.provenance, scheduler_job_id=block["scheduler_job_id"],
@@ -140,6 +140,14 @@ class Collector:
             linkable={key: held[name] for key, name in names.items() if name in held},
             cache_key=job.cache_key, scratch=self._scratch(job),
             record={"attempts": block["attempts"], "runner": block["runner"]}))
+
+
+def _stream(name: str, files: dict[str, Path], held: dict[str, HeldFile]) -> str:
+    """The job's ``stdout`` or ``stderr``: read by the descriptor held where it lies, else
+    from where it was pulled; empty when the job left none."""
+    if name in held:
+        return stream_text(held[name].file)
+    return read_stream(files[name]) if name in files else ""
 
 
 def _parts(item: dict[str, Any]) -> list[str]:

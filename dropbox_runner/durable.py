@@ -27,7 +27,7 @@ import stat
 from pathlib import Path
 
 from .faults import fault_point
-from .on_hpc.files import sync_files, sync_folders
+from .on_hpc.files import sync_files, sync_folders, write_all
 from .safefs import CREATE_FLAGS
 
 
@@ -60,11 +60,12 @@ class DurableBatch:
             except FileExistsError:
                 continue
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            write_all(fd, data)
         except BaseException:
             _unlink(temporary, folder)
             raise
+        finally:
+            os.close(fd)
         self.writes.append((made_in, temporary, path.name))
         self.targets.append(path.parent)
 

@@ -56,5 +56,7 @@ def configure(verbose: bool) -> None:
     root.addHandler(handler)
     _installed.append(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # The lines show no process or thread: not looked up for each (a burst logs a few a job).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(logging.WARNING if verbose else logging.CRITICAL)

@@ -31,7 +31,7 @@ from .jobs import (
     workspace_names,
 )
 from .on_hpc.batchfile import BATCH_PREFIX, BatchFile
-from .on_hpc.files import remove_file
+from .on_hpc.files import remove_file, write_all
 from .on_hpc.resources import gres_gpus, job_request, never_fits
 from .on_hpc.schedulers import too_long_message, usable_seconds
 from .rendering import Template, TemplateProblem, load_template, render
@@ -159,11 +159,14 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
     Returns the sha256 of each input as copied.  JobInvalid when an input can no longer be
     taken (gone, moved out of bounds, no longer a regular file): the job's fault."""
     entry = outbox / job.job_id
-    shutil.rmtree(entry, ignore_errors=True)
-    entry.mkdir(parents=True, mode=0o700)
+    try:
+        entry.mkdir(parents=True, mode=0o700)
+    except FileExistsError:     # left by a crash half-way (looking first cost every job a lookup)
+        shutil.rmtree(entry, ignore_errors=True)
+        entry.mkdir(mode=0o700)
     if job.input_names:         # an empty input/ would be one more folder to make per job (issue 18)
         (entry / "input").mkdir(mode=0o700)
-    (entry / "job.sh").write_text(job.script, encoding="utf-8")
+    _write_new(entry / "job.sh", job.script.encode("utf-8"))
     expected = job.description.expected_seconds or job.template.expected_seconds
     meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,
             "expected_seconds": expected, "submitter": submitter_id,
@@ -185,6 +188,16 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
         shutil.rmtree(entry, ignore_errors=True)
         raise JobInvalid(problems)
     return digests
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """A new file of the outbox's, which only the submitter writes: no temporary name is
+    needed, as a crash half-way rebuilds the whole entry."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def prune_outbox(outbox: Path, keep: set[str]) -> list[str]:

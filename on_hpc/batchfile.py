@@ -28,7 +28,7 @@ import json
 import os
 import stat
 
-from .files import create_unique, remove_file, remove_quietly, sync_files, sync_folders
+from .files import create_unique, remove_file, remove_quietly, sync_files, sync_folders, write_all
 
 MAX_READ_BYTES = 16 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024       # some 4,000 jobs' metas a file
@@ -146,9 +146,7 @@ def write_linked(path, entries):
         fd = _create(path)
     try:
         try:
-            data = memoryview(b"".join(_line(key, record) for key, record, _ in entries))
-            while data:
-                data = data[os.write(fd, data):]
+            write_all(fd, b"".join(_line(key, record) for key, record, _ in entries))
         finally:
             os.close(fd)
         sync_files([path])

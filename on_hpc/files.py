@@ -53,6 +53,14 @@ def create_unique(directory, prefix, flags=0):
             continue
 
 
+def write_all(fd, data):
+    """Write all of ``data`` to ``fd`` with bare ``os.write``: a file object around each of
+    many small files costs four system calls and its Python setup more (issue 18)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_json(path, value, durable=True):
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True), durable=durable)
 

@@ -2,8 +2,10 @@
 (issue 18, thirteenth round): each test counts the calls that used to grow with the jobs."""
 import logging
 import os
+import shutil
 import stat
 from datetime import datetime
+from types import SimpleNamespace
 
 from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config
@@ -158,3 +160,65 @@ def test_a_job_is_rendered_once_where_the_cache_is_off(tmp_path, monkeypatch):
     assert {result["job"]["status"] for result in results.values()} == {"ok"}
     assert "cache_key" in results["cached.job"]["job"]["provenance"]
     assert len(rendered) == len(names) + 2, len(rendered)       # was two per job
+
+
+# -- sixteenth round ---------------------------------------------------------------------------
+def test_a_collected_job_s_streams_are_read_by_the_descriptor_held_where_they_lie(tmp_path, monkeypatch):
+    """Each stream was opened a second time through ``/proc/self/fd/N`` by a file object:
+    twenty system calls a job, and an empty stream was read all the same."""
+    reopened = []
+    real_open, real_os_open = open, os.open
+
+    def counting_open(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            reopened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    def counting_os_open(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            reopened.append(str(path))
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    monkeypatch.setattr(os, "open", counting_os_open)
+    config = make_config(tmp_path)
+    jobs = {"quiet.job": (0, "", ""), "chatty.job": (3, "hello there", "oops"),
+            "flood.job": ((1 << 20) // 4 + 10, "abc", "")}          # 4 bytes a line: past the MiB kept
+    for n, (name, (times, say, complain)) in enumerate(jobs.items()):
+        drop(config, name, {"script": "streams", "args": {"times": times, "say": say, "complain": complain},
+                            "cache": False, "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    results = drain(config, list(jobs))
+    assert {name: result["job"]["status"] for name, result in results.items()} == dict.fromkeys(jobs, "ok")
+    assert not reopened, reopened
+    assert (results["quiet.job"]["job"]["stdout"], results["quiet.job"]["job"]["stderr"]) == ("", "")
+    assert results["chatty.job"]["job"]["stdout"] == "hello there\n" * 3
+    assert results["chatty.job"]["job"]["stderr"] == "oops\n"
+    flood = results["flood.job"]["job"]["stdout"]
+    assert flood == "[dropbox-runner: first 40 bytes cut]\n" + "abc\n" * ((1 << 20) // 4)
+
+
+def test_a_new_outbox_entry_is_made_without_looking_for_an_old_one_and_a_leftover_is_rebuilt(tmp_path, monkeypatch):
+    """Removing a possible leftover before each entry cost every job a failed lookup (2%
+    of intake); the leftover of a crash half-way is still replaced whole."""
+    removed = []
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(staging, "shutil", SimpleNamespace(
+        rmtree=lambda path, **kwargs: removed.append(path) or real_rmtree(path, **kwargs)))
+    config = make_config(tmp_path)
+    names = [f"j{n}.job" for n in range(3)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    assert {result["job"]["status"] for result in drain(config, names).values()} == {"ok"}
+    assert not removed, removed
+
+    job = staging.prepare(config, "again.job", {"script": "ledger", "args": {"seconds": 0},
+                                                "output_map": {"out": str(tmp_path / "outputs" / "again.txt")}})
+    entry = tmp_path / "outbox" / job.job_id
+    (entry / "input").mkdir(parents=True)
+    (entry / "job.sh").write_text("half a script")
+    (entry / "stray").write_text("left by a crash")
+    staging.write_outbox_entry(tmp_path / "outbox", job, "me", safefs.Boundaries())
+    assert sorted(os.listdir(entry)) == ["job.json", "job.sh"]
+    assert (entry / "job.sh").read_text() == job.script
+    assert removed == [entry]
