@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,13 +193,19 @@ def parse_resources(data: dict[str, Any], problems: list[str]) -> dict[str, int]
 
 def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
     """Inputs readable files and outputs writable places, inside the boundaries (on the
-    resolved paths).  Staging and placing check again at the moment they use a path."""
+    resolved paths).  Staging and placing check again at the moment they use a path.
+
+    Each path is looked up and resolved once (``realpath`` walks it a component at a
+    time): asking again what the first lookup told was half of this check's cost, and a
+    tenth of a job's intake (issue 18)."""
     problems = []
+    found: dict[str, os.stat_result] = {}      # what is at each path that exists (not followed)
+    resolved: dict[str, Path] = {}
     for section, paths in (("input_map", job.input_map), ("output_map", job.output_map)):
         for key, value in paths.items():
             try:
-                os.lstat(value)
-                Path(value).resolve()
+                found[value] = os.lstat(value)
+                resolved[value] = Path(value).resolve()
             except FileNotFoundError:
                 pass
             except (OSError, ValueError, RuntimeError) as error:   # too long, a link loop, a NUL
@@ -208,7 +215,7 @@ def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
         return problems
     for key, value in job.input_map.items():
         path = Path(value)
-        why = boundaries.problem(Path(os.path.realpath(value)), output=False)
+        why = boundaries.problem(resolved.get(value) or Path(os.path.realpath(value)), output=False)
         if why:
             problems.append(f"input_map.{key}: {value} {why}")
         elif not path.exists():
@@ -218,15 +225,17 @@ def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
         elif not os.access(path, os.R_OK):
             problems.append(f"input_map.{key}: {value} is not readable")
     for key, value in job.output_map.items():
-        folder = Path(value).parent
-        why = boundaries.problem(Path(os.path.realpath(folder)) / Path(value).name, output=True)
+        path = Path(value)
+        folder = path.parent
+        why = boundaries.problem(Path(os.path.realpath(folder)) / path.name, output=True)
+        there = found.get(value)
         if why:
             problems.append(f"output_map.{key}: {value} {why}")
         elif not folder.is_dir():
             problems.append(f"output_map.{key}: the folder {folder} does not exist")
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"output_map.{key}: the folder {folder} is not writable")
-        elif Path(value).is_symlink() or (Path(value).exists() and not Path(value).is_file()):
+        elif there is not None and not stat.S_ISREG(there.st_mode):     # a link, a folder, a FIFO
             problems.append(f"output_map.{key}: {value} is not a regular file; only a regular file may be replaced")
     return problems
 

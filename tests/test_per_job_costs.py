@@ -1,5 +1,6 @@
 """Work the submitter did once per job that it now does once per cycle, batch or second
 (issue 18, thirteenth round): each test counts the calls that used to grow with the jobs."""
+import json
 import logging
 import os
 import shutil
@@ -11,7 +12,10 @@ from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config
 
 from dropbox_runner import durable, logsetup, outcome, rendering, safefs, staging
+from dropbox_runner.dropbox import Dropbox, HeldJob
 from dropbox_runner.history import History
+from dropbox_runner.jobs import check_files
+from dropbox_runner.seal import HoldSeal
 
 
 def test_a_batch_opens_each_folder_once_and_stats_one_file_per_folder(tmp_path, monkeypatch):
@@ -222,3 +226,42 @@ def test_a_new_outbox_entry_is_made_without_looking_for_an_old_one_and_a_leftove
     assert sorted(os.listdir(entry)) == ["job.json", "job.sh"]
     assert (entry / "job.sh").read_text() == job.script
     assert removed == [entry]
+
+
+def test_an_output_path_is_looked_up_once_when_its_job_is_checked(tmp_path, monkeypatch):
+    """The check asked three times what is at an output's path (``lstat``, then
+    ``is_symlink`` and ``exists``), for every job taken."""
+    output = tmp_path / "out" / "o.txt"
+    output.parent.mkdir()
+    job = SimpleNamespace(input_map={}, output_map={"out": str(output)})
+    looked = []
+    for name in ("stat", "lstat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path, *args, real=real, **kwargs:
+                            looked.append(str(path)) or real(path, *args, **kwargs))
+    assert check_files(job, safefs.Boundaries()) == []
+    assert looked.count(str(output)) == 1, looked
+    for leave in ("link", "folder"):
+        if leave == "link":
+            output.symlink_to(tmp_path / "elsewhere.txt")
+        else:
+            output.unlink()
+            output.mkdir()
+        assert check_files(job, safefs.Boundaries()) == [
+            f"output_map.out: {output} is not a regular file; only a regular file may be replaced"]
+
+
+def test_a_hold_is_written_by_json_s_c_encoder(tmp_path, monkeypatch):
+    """``indent`` made ``json`` encode every hold in Python, at twice the cost."""
+    def python_encoder(*args, **kwargs):
+        raise AssertionError("the hold went through json's Python encoder")
+
+    monkeypatch.setattr(json.encoder, "_make_iterencode", python_encoder)
+    seal = HoldSeal(tmp_path / "state")
+    job = HeldJob("a.job", "vm.a.0123", {"script": "copy", "args": {"n": [1, "é"]}}, "fp", "default", 1.5,
+                  "digest", {"inputs": {}})
+    Dropbox(tmp_path).hold(job, seal)
+    text = (tmp_path / "a.job.submitted").read_text()
+    assert text.startswith("{") and json.loads(text)["description"] == job.description
+    document = Dropbox(tmp_path).read_held("a.job")
+    assert seal.verify(document) and HeldJob.from_document("a.job", document) == job
