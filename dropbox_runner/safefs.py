@@ -31,6 +31,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .faults import fault_point
+from .on_hpc.files import write_all
 
 CHUNK = 1 << 20
 FICLONE = 0x40049409     # linux/fs.h: share the source's blocks (btrfs, XFS): a copy at no cost
@@ -159,9 +160,7 @@ def _clone_or_copy(source: int, destination: int) -> str:
             if not chunk:
                 break
             digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(destination, view):]
+            write_all(destination, chunk)
         return digest.hexdigest()
     os.lseek(destination, 0, os.SEEK_SET)
     while True:
