@@ -59,7 +59,8 @@ def cycle(request, sched=None):
     store.ensure_layout()
     sched = sched or connector(request.scheduler, store)
     in_flight = sorted(set(request.in_flight))
-    states = store.states()
+    claimed_by = {}
+    states = store.states(claimed_by)
     for job_id in request.cancel:
         states[job_id] = store.cancel(job_id, states)
     known = set(states)
@@ -115,9 +116,9 @@ def cycle(request, sched=None):
             runners = with_recent_submissions(store, runners, listing_ok=False)
     answer.errors += start_errors(store)
     if answer.requeued or answer.refused:
-        states = store.states()
+        claimed_by = {}
+        states = store.states(claimed_by)
 
-    held = set(in_flight)
     answer.finished = []
     for job_id in in_flight:
         if states.get(job_id) == JobState.DONE:
@@ -128,8 +129,8 @@ def cycle(request, sched=None):
         answer.removed = remove_collected(store, states, request.submitter, in_flight)
     sweep.start(store)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
-    answer.claimed_by = {job_id: runner_id for runner_id in store.runners_with_claims()
-                         for job_id in store.claimed_jobs(runner_id) if job_id in held}
+    answer.claimed_by = {job_id: claimed_by[job_id] for job_id in in_flight
+                         if answer.states[job_id] == JobState.RUNNING and job_id in claimed_by}
     answer.runners = [describe_runner(store, info) for info in sorted(runners.values())]
     answer.counts = count_states(states)
     # What the trash holds is as good as free (a sweep is removing it): counted so that a

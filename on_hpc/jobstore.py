@@ -89,8 +89,11 @@ class JobStore(object):
         return brief
 
     # -- the submitter's side ----------------------------------------------------------
-    def states(self):
-        """Map every job id with a marker to its state, reading each folder once."""
+    def states(self, claimed_by=None):
+        """Map every job id with a marker to its state, reading each folder once.
+
+        ``claimed_by`` (a dict) gets the runner of each running job from the same listing:
+        read again later in the cycle, a job that ended meanwhile was running on no runner."""
         found = {}
         for job_class in listdir(os.path.join(self.root, "ready")):
             for job_id in listdir(self.ready_dir(job_class)):
@@ -98,6 +101,8 @@ class JobStore(object):
         for runner_id in listdir(os.path.join(self.root, "claimed")):
             for job_id in listdir(self.claimed_dir(runner_id)):
                 found[job_id] = JobState.RUNNING
+                if claimed_by is not None:
+                    claimed_by[job_id] = runner_id
         for job_id in listdir(self.done_dir()):
             found[job_id] = JobState.DONE
         return found

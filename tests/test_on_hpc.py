@@ -247,3 +247,25 @@ def test_collected_jobs_of_this_submitter_only_are_removed(tmp_path, monkeypatch
     assert answer["removed"] == ["s.mine"]
     assert [item["id"] for item in answer["finished"]] == ["s.held"]
     assert set(store.states()) == {"t.theirs", "s.held"}
+
+
+def test_a_running_job_is_answered_with_the_runner_of_the_same_listing(tmp_path, monkeypatch):
+    """A job that ends while the cycle goes on (a trivial job, a cycle of many) was once
+    answered running on no runner: the runners' folders were listed a second time, when
+    it was no longer in any.  The submitter logged "running on runner None" and recorded
+    the job running twice."""
+    store = staged_store(tmp_path, ["s.j1", "s.j2"])
+    assert store.claim("default", "s.j1", "default-live")
+    live = FakeConnector({"default-live": RunnerInfo("default-live", "7", RunnerState.RUNNING, None)})
+    listed = JobStore.states
+
+    def states_then_the_job_ends(self, *args, **kwargs):
+        found = listed(self, *args, **kwargs)
+        if self.claimed_jobs("default-live"):
+            self.finish("default-live", "s.j1", FinishedRecord(rc=0))
+        return found
+
+    monkeypatch.setattr(JobStore, "states", states_then_the_job_ends)
+    answer = run_cycle(tmp_path, live, {}, monkeypatch, in_flight=["s.j1", "s.j2"])
+    assert answer["states"] == {"s.j1": JobState.RUNNING, "s.j2": JobState.QUEUED}
+    assert answer["claimed_by"] == {"s.j1": "default-live"}
