@@ -31,6 +31,12 @@ clock runs from that drop to the last ``.job.finished`` (HyperQueue: from its ``
   under ``strace -f -c -e trace=fsync,fdatasync``, so every process of the pipeline (the
   submitter, ``on_hpc``, runners, SQLite) is counted and the timed runs are not slowed.
 
+Every contestant runs ``--rounds`` times (3 by default), the contestants taking turns
+within each round, and each figure is the median of its rounds, the wall's spread beside
+it.  One round each was not enough to compare contestants this close: the machine's speed
+drifts from one minute to the next, and a Slurm runner starts at one of slurmctld's
+once-a-second scheduling passes, which moves a single run by up to a second either way.
+
     python bench/overhead.py --jobs 1000 --start-cluster --hq          # as root
     python bench/overhead.py --jobs 200 --backends local --modes once  # a first look
     python bench/overhead.py --jobs 1000 --start-cluster --hq --backends slurm --queue-wait 10   # a busy cluster
@@ -44,10 +50,12 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -325,12 +333,28 @@ def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
                ok=len(os.listdir(out)))
 
 
+def median_of(rounds: list[Run]) -> Run:
+    """One contestant's rounds as one row: the median of each figure, every round's wall
+    kept (``notes["walls"]``) for the spread."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def median(name: str):
+        values = [getattr(run, name) for run in rounds if getattr(run, name) is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    oks = [run.ok for run in rounds if run.ok is not None]
+    return Run(rounds[0].contestant, rounds[0].jobs, median("wall_s"), median("submitter_cpu_s"),
+               median("submitter_user_s"), median("dispatch_per_s"), min(oks) if oks else None,
+               median("cycles"), notes={"walls": [run.wall_s for run in rounds]})
+
+
 # -- the table -------------------------------------------------------------------------------------
 def table(runs: list[Run]) -> str:
     floors = {run.jobs: run.wall_s for run in runs if run.contestant.startswith("floor")}
     hq = {run.jobs: run.wall_s for run in runs if run.contestant.startswith("HyperQueue")}
-    rows = ["| jobs | contestant | wall | ÷ floor | ÷ HyperQueue | submitter CPU/job | dispatch/s | fsyncs/job "
-            "| cycles |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| jobs | contestant | wall (spread) | ÷ floor | ÷ HyperQueue | submitter CPU/job | dispatch/s "
+            "| fsyncs/job | cycles |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         ratio = f"{run.wall_s / floors[run.jobs]:.1f}x" if run.jobs in floors else ""
         to_hq = f"{run.wall_s / hq[run.jobs]:.2f}x" if run.jobs in hq and "slurm" in run.contestant else ""
@@ -338,8 +362,10 @@ def table(runs: list[Run]) -> str:
                if run.cpu_ms_per_job is not None else "")
         rate = f"{run.dispatch_per_s:.0f}" if run.dispatch_per_s else ""
         sync = f"{run.fsyncs_per_job:.1f}" if run.fsyncs_per_job is not None else ""
-        rows.append(f"| {run.jobs} | {run.contestant} | {run.wall_s:.2f} s | {ratio} | {to_hq} | {cpu} | {rate} "
-                    f"| {sync} | {run.cycles or ''} |")
+        walls = run.notes.get("walls", [])
+        spread = f" ({min(walls):.2f}-{max(walls):.2f})" if len(walls) > 1 else ""
+        rows.append(f"| {run.jobs} | {run.contestant} | {run.wall_s:.2f} s{spread} | {ratio} | {to_hq} | {cpu} "
+                    f"| {rate} | {sync} | {'' if run.cycles is None else f'{run.cycles:g}'} |")
     return "\n".join(rows)
 
 
@@ -353,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", choices=["step", "process"], default="step",
                         help="Slurm runners: jobs as job steps (srun, the default) or as processes")
     parser.add_argument("--hq", action="store_true", help="run HyperQueue in one Slurm allocation too")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each contestant, taking turns; medians")
     parser.add_argument("--fsync-jobs", type=int, default=200, help="jobs in the strace run (0: none)")
     parser.add_argument("--start-cluster", action="store_true",
                         help="start the tests' single-node Slurm (root) instead of using SLURM_CONF")
@@ -375,14 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     create_us = [file_create_us()]
     try:
         for jobs in sizes:
-            runs.append(within(floor, jobs, options.slots))
-            if options.hq:
-                runs.append(within(hyperqueue, jobs, options.slots))
-            for backend in options.backends:
-                for mode in options.modes:
-                    runs.append(within(dropbox_runner, backend, mode, jobs, options.slots, options.period, None,
-                                       options.launch))
-                    print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            rounds: list[list[Run]] = [[] for _ in contestants(options)]
+            for _ in range(options.rounds):
+                for done, contestant in zip(rounds, contestants(options)):
+                    done.append(within(contestant, jobs))
+                    print(table(done[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            runs += [median_of(done) for done in rounds]
         if options.fsync_jobs and "local" in options.backends and shutil.which("strace"):
             for mode in options.modes:
                 count = within(traced, mode, options.fsync_jobs, options.slots, options.period)
@@ -402,6 +427,18 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=1) if options.json else
           table(runs) + "\n\nA file made here cost %.0f µs of CPU before the runs, %.0f µs after." % tuple(create_us))
     return 0
+
+
+def contestants(options: argparse.Namespace) -> list[Callable[[Path, int], Run]]:
+    """Each contestant as ``run(root, N jobs)``, in the order they take turns."""
+    chosen = [lambda root, jobs: floor(root, jobs, options.slots)]
+    if options.hq:
+        chosen.append(lambda root, jobs: hyperqueue(root, jobs, options.slots))
+    for backend in options.backends:
+        for mode in options.modes:
+            chosen.append(lambda root, jobs, backend=backend, mode=mode: dropbox_runner(
+                root, backend, mode, jobs, options.slots, options.period, None, options.launch))
+    return chosen
 
 
 def file_create_us(files: int = 300) -> float:

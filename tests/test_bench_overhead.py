@@ -1,0 +1,48 @@
+"""bench/overhead.py: contestants take turns over rounds, and each row is their medians."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+OVERHEAD_PATH = Path(__file__).resolve().parent.parent / "bench" / "overhead.py"
+
+
+def load_overhead():
+    """bench/ is not a package; dataclasses need the module registered while it executes."""
+    spec = importlib.util.spec_from_file_location("overhead", OVERHEAD_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["overhead"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+overhead = load_overhead()
+
+
+def test_contestants_take_turns_and_each_row_is_the_median_of_its_rounds(monkeypatch, tmp_path, capsys):
+    """One run each moved with the machine's drift and Slurm's scheduling tick more than
+    the contestants differed; taking turns spreads the drift over all of them."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    order, walls = [], iter([1.0, 3.0, 4.0, 2.0, 9.0, 5.0, 3.0, 1.0, 4.5])
+
+    def floor(root, jobs, slots):
+        order.append("floor")
+        return overhead.Run("floor (xargs -P)", jobs, next(walls), ok=jobs)
+
+    def dropbox_runner(root, scheduler, mode, jobs, slots, period, strace_out=None, launch="step"):
+        order.append(mode)
+        return overhead.Run(f"dropbox-runner {mode}, {scheduler} runners", jobs, next(walls), 1.0 * jobs / 1000,
+                            0.5, 100.0, jobs - (mode == "watch"), 2 if mode == "once" else None)
+
+    monkeypatch.setattr(overhead, "floor", floor)
+    monkeypatch.setattr(overhead, "dropbox_runner", dropbox_runner)
+    monkeypatch.setattr(overhead, "file_create_us", lambda: 1.0)
+    assert overhead.main(["--jobs", "10", "--backends", "local", "--rounds", "3", "--fsync-jobs", "0", "--json"]) == 0
+    assert order == ["floor", "once", "watch"] * 3
+    result = json.loads(capsys.readouterr().out)
+    rows = {run["contestant"].split(",")[0]: run for run in result["runs"]}
+    assert rows["floor (xargs -P)"]["wall_s"] == 2.0 and rows["floor (xargs -P)"]["notes"]["walls"] == [1.0, 2.0, 3.0]
+    assert rows["dropbox-runner once"]["wall_s"] == 3.0 and rows["dropbox-runner once"]["cycles"] == 2
+    assert rows["dropbox-runner watch"]["wall_s"] == 4.5 and rows["dropbox-runner watch"]["ok"] == 9
+    table = overhead.table([overhead.median_of([overhead.Run("floor (xargs -P)", 10, w) for w in (1.0, 3.0, 2.0)])])
+    assert "| 2.00 s (1.00-3.00) | 1.0x |" in table
