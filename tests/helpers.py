@@ -1,6 +1,7 @@
 """Shared helpers for driving the pipeline in tests."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -18,6 +19,17 @@ from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
 
 TEST_TEMPLATES = Path(__file__).with_name("templates")
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench(name: str):
+    """``bench/<name>.py`` as a module: bench/ is not a package, and dataclasses need the
+    module registered while it executes."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_config(root: Path, **overrides: Any) -> Path:

@@ -1,22 +1,9 @@
 """bench/overhead.py: contestants take turns over rounds, and each row is their medians."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-OVERHEAD_PATH = Path(__file__).resolve().parent.parent / "bench" / "overhead.py"
+from helpers import load_bench
 
-
-def load_overhead():
-    """bench/ is not a package; dataclasses need the module registered while it executes."""
-    spec = importlib.util.spec_from_file_location("overhead", OVERHEAD_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["overhead"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-overhead = load_overhead()
+overhead = load_bench("overhead")
 
 
 def test_contestants_take_turns_and_each_row_is_the_median_of_its_rounds(monkeypatch, tmp_path, capsys):

@@ -1,24 +1,11 @@
 """bench/simulate.py: the queue-wait model is deterministic, fair at zero wait, batches bursts, and
 holds every policy to the per-user running limit."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_bench
 
-SIMULATE_PATH = Path(__file__).resolve().parent.parent / "bench" / "simulate.py"
-
-
-def load_simulate():
-    """bench/ is not a package; dataclasses need the module registered while it executes."""
-    spec = importlib.util.spec_from_file_location("simulate", SIMULATE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulate"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sim = load_simulate()
+sim = load_bench("simulate")
 
 
 def classes(slots=2, max_runners=2, idle_minutes=5):
