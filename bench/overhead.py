@@ -424,10 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     create_us = [file_create_us()]
     try:
+        chosen = contestants(options)
         for jobs in sizes:
-            rounds: list[list[Run]] = [[] for _ in contestants(options)]
+            rounds: list[list[Run]] = [[] for _ in chosen]
             for _ in range(options.rounds):
-                for done, contestant in zip(rounds, contestants(options)):
+                for done, contestant in zip(rounds, chosen):
                     done.append(within(contestant, jobs))
                     print(table(done[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             runs += [median_of(done) for done in rounds]
