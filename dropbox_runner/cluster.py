@@ -4,6 +4,13 @@
 changes once complete, so runners still using an older version are not disturbed and a
 version check costs nothing: the remote command itself exits with ``DEPLOY_NEEDED`` when
 its folder is missing, and the submitter deploys and calls again.
+
+A submitter's own calls (its cycles, the ``early`` start, ``once``'s gathering) go to one
+``on_hpc serve`` process kept open while its burst lasts (``keep_open``): a burst of 1000
+jobs makes some eight calls, and each fresh command paid the cluster's Python start and
+imports.  The process ends when the submitter closes this side, or when a cycle leaves
+nothing held (``run_cycle``); one found dead before a call (killed while idle) is replaced.
+A call that fails ends it, as a one-shot command ended, so nothing outlives a failure.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from typing import Any
 from . import on_hpc
 from .config import Config
 from .on_hpc.protocol import ON_HPC_ARGV, CycleAnswer, CycleRequest, StatusRequest, WaitRequest
-from .transport import NotDeployed, RemoteCommandFailed, Transport
+from .transport import CommandResult, NotDeployed, RemoteCommandFailed, Session, Transport
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +50,21 @@ def remote_command(deploy_dir: str, python: str, verb: str) -> str:
 
 
 class ClusterSide:
-    def __init__(self, config: Config, transport: Transport):
+    def __init__(self, config: Config, transport: Transport, keep_open: bool = False):
         self.config = config
         self.transport = transport
         self.stamp = code_stamp()
         self.deploy_dir = f"{config.scripts}/on_hpc-{self.stamp}"
+        self.keep_open = keep_open
+        self._session: Session | None = None
 
     def call(self, verb: str, request: dict[str, Any], deploy: bool = True) -> dict[str, Any]:
         """Run an ``on_hpc`` verb; with ``deploy`` False (``status``) a missing version
         raises NotDeployed instead of being installed."""
         request = dict(request, root=self.config.workspace, scheduler=self.config.scheduler,
                        python=self.config.python, pythonpath=self.deploy_dir)
+        if self.keep_open and deploy:
+            return self._ask(verb, request)
         payload = json.dumps(request).encode()
         command = remote_command(self.deploy_dir, self.config.python, verb)
         result = self.transport.run(command, payload)
@@ -64,13 +75,46 @@ class ClusterSide:
             self.deploy()
             result = self.transport.run(command, payload)
         if result.returncode != 0:
-            raise RemoteCommandFailed(f"on_hpc {verb} failed on the cluster (exit {result.returncode}): "
-                                 f"{_tail(result.stderr)}")
+            raise _failed(verb, result)
         try:
             return json.loads(result.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise RemoteCommandFailed(
                 f"on_hpc {verb} printed no answer: {_tail(result.stdout + result.stderr)}") from None
+
+    def _ask(self, verb: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to the kept-open process; the first call of a version not deployed
+        yet deploys it and starts the process again."""
+        line = json.dumps({"verb": verb, "request": request}).encode() + b"\n"
+        try:
+            answer = self._open_session().ask(line)
+            if answer is None:
+                ended = self.close()
+                if ended.returncode == DEPLOY_NEEDED:
+                    self.deploy()
+                    answer = self._open_session().ask(line)
+                    ended = self.close() if answer is None else ended
+                if answer is None:
+                    raise _failed(verb, ended)
+            return json.loads(answer)
+        except ValueError:
+            self.close()
+            raise RemoteCommandFailed(f"on_hpc {verb} answered what is not JSON: {_tail(answer)}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_session(self) -> Session:
+        if self._session is not None and not self._session.alive():
+            log.debug("the on_hpc process kept open had ended (exit %s); starting another", self.close().returncode)
+        if self._session is None:
+            self._session = self.transport.open_session(remote_command(self.deploy_dir, self.config.python, "serve"))
+        return self._session
+
+    def close(self) -> CommandResult:
+        """End the kept-open process (if any): its exit status and the end of its stderr."""
+        session, self._session = self._session, None
+        return session.close() if session is not None else CommandResult(0, b"", b"")
 
     def cycle(self, request: CycleRequest) -> CycleAnswer:
         return CycleAnswer.from_json(self.call("cycle", request.to_json()))
@@ -117,6 +161,11 @@ class ClusterSide:
         if result.returncode != 0:
             log.warning("on_hpc could not be compiled on the cluster (each command compiles it afresh): %s",
                         _tail(result.stdout + result.stderr))
+
+
+def _failed(verb: str, result: CommandResult) -> RemoteCommandFailed:
+    return RemoteCommandFailed(f"on_hpc {verb} failed on the cluster (exit {result.returncode}): "
+                               f"{_tail(result.stderr)}")
 
 
 def _tail(data: bytes, lines: int = 5) -> str:

@@ -305,8 +305,8 @@ class Daemon:
     def _stop(observer, waiter, submitter) -> None:
         observer.stop()
         waiter.stop()
-        submitter.transport.close()
         submitter.close()
+        submitter.transport.close()
         observer.join(timeout=5)
 
     def _reload_config(self) -> None:

@@ -64,7 +64,7 @@ class Submitter:
         self.config = config
         self.transport = transport
         self.dropbox = Dropbox(config.dropbox, config.state_dir / "staging")
-        self.cluster = ClusterSide(config, transport)
+        self.cluster = ClusterSide(config, transport, keep_open=True)
         self.outbox = config.state_dir / "outbox"
         self.cleanup_pending = config.state_dir / "cleanup-pending"
         self.seal = HoldSeal(config.state_dir)     # first: it makes the state folder, private
@@ -84,6 +84,7 @@ class Submitter:
         self._known: dict[str, tuple[HoldIdentity, HeldSummary]] = {}
 
     def close(self) -> None:
+        self.cluster.close()
         self.history.close()
 
     def cycle(self) -> CycleReport:
@@ -457,4 +458,6 @@ def run_cycle(config: Config, submitter: Submitter) -> CycleReport:
         record_cycle(config, None)
         raise
     record_cycle(config, report)
+    if not report.held_ids and not report.more_new:
+        submitter.cluster.close()       # nothing left to ask in this burst (``cluster.py``)
     return report

@@ -1,4 +1,5 @@
-"""``python3 -m on_hpc cycle|early|status|wait|sweep`` (JSON in, JSON out) and ``python3 -m on_hpc run SPEC``."""
+"""``python3 -m on_hpc cycle|early|status|wait|sweep`` (JSON in, JSON out), ``python3 -m on_hpc
+serve`` (those, one JSON line each, see ``serve.py``) and ``python3 -m on_hpc run SPEC``."""
 import importlib
 import json
 import sys
@@ -9,16 +10,22 @@ VERBS = {"cycle": ("headnode", "cycle"), "early": ("early", "early"), "status": 
          "wait": ("headnode", "wait"), "sweep": ("sweep", "sweep")}
 
 
+def dispatch(verb, request):
+    module, function = VERBS[verb]
+    return getattr(importlib.import_module("." + module, __package__), function)(request)
+
+
 def main(argv):
     if len(argv) == 2 and argv[0] == "run":
         importlib.import_module(".runner", __package__).main(argv[1])
         return 0
+    if argv == ["serve"]:
+        return importlib.import_module(".serve", __package__).serve(dispatch)
     if len(argv) != 1 or argv[0] not in VERBS:
-        sys.stderr.write("usage: python3 -m on_hpc cycle|early|status|wait|sweep < request.json, or run SPEC\n")
+        sys.stderr.write("usage: python3 -m on_hpc cycle|early|status|wait|sweep < request.json, "
+                         "serve < request lines, or run SPEC\n")
         return 2
-    module, function = VERBS[argv[0]]
-    request = json.load(sys.stdin)
-    answer = getattr(importlib.import_module("." + module, __package__), function)(request)
+    answer = dispatch(argv[0], json.load(sys.stdin))
     sys.stdout.write(json.dumps(answer))
     sys.stdout.write("\n")
     return 0

@@ -18,7 +18,7 @@ import realcluster
 import yaml
 
 from dropbox_runner.config import Config, load_config
-from dropbox_runner.transport import CommandResult, Transport
+from dropbox_runner.transport import CommandResult, Session, Transport
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -71,6 +71,11 @@ class CountingTransport:
     def run(self, command: str, stdin: bytes = b"") -> CommandResult:
         self.runs += 1
         return self.inner.run(command, stdin)
+
+    def open_session(self, command: str) -> Session:
+        """A kept-open ``on_hpc serve`` is one remote command (one channel), however many requests it answers."""
+        self.runs += 1
+        return self.inner.open_session(command)
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
         self.pushes += 1

@@ -18,6 +18,10 @@ class CountingTransport(LocalTransport):
         self.commands += 1
         return super().run(command, stdin)
 
+    def open_session(self, command):
+        self.commands += 1
+        return super().open_session(command)
+
     def push(self, local_dir, remote_dir):
         self.pushes += 1
         super().push(local_dir, remote_dir)

@@ -84,6 +84,28 @@ def test_commands_share_one_login_and_return_bytes(tmp_path, sshd, transports):
     assert sshd.logins() == logins + 1
 
 
+def test_a_session_answers_line_by_line_on_one_channel_and_tells_how_it_ended(tmp_path, sshd, transports):
+    """What ``on_hpc serve`` is kept open on: one exec channel, a line in and a line out,
+    each answer whole even when it is larger than a channel window."""
+    transport = _transport(transports, tmp_path, sshd)
+    transport.run("true")                                   # the login, before counting channels
+    sessions = len(sshd.sessions())
+    session = transport.open_session("printf 'ready' >&2; while read -r line; do echo \"$line$line\"; done; exit 4")
+    big = b"x" * 300_000
+    assert session.ask(b"one\n") == b"oneone\n"
+    assert session.ask(big + b"\n") == big + big + b"\n"
+    assert session.alive()
+    ended = session.close()
+    assert (ended.returncode, ended.stderr) == (4, b"ready")
+    assert len(sshd.sessions()) == sessions + 1
+
+    quits = transport.open_session("read -r line; echo 'gone' >&2; exit 3")
+    assert quits.ask(b"anything\n") is None                # it ended without answering
+    assert not quits.alive()
+    ended = quits.close()
+    assert (ended.returncode, ended.stderr) == (3, b"gone\n")
+
+
 # -- transfers -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("transfer, logins_expected", [("rsync", 2), ("sftp", 1)])
 def test_push_and_pull_roundtrip(tmp_path, sshd, scratch, transports, transfer, logins_expected):

@@ -35,6 +35,21 @@ class CommandResult:
     stderr: bytes
 
 
+class Session(Protocol):
+    """A command kept open for a dialogue of lines: one request line in, one answer out."""
+
+    def ask(self, line: bytes) -> bytes | None:
+        """Send ``line`` (ending in a newline) and return the next line the command prints;
+        None when the command ended first (``close`` then tells its exit status)."""
+
+    def alive(self) -> bool:
+        """Whether the command still runs (it may have been killed while idle)."""
+
+    def close(self) -> CommandResult:
+        """End the input, wait for the command to exit: its status and the end of its
+        stderr (stdout is the answers', already read)."""
+
+
 class Transport(Protocol):
     # True where the cluster side's folders are folders of this machine (``local``): the
     # collector then reads a done job's files where they lie (``inplace``) and never pulls.
@@ -51,6 +66,9 @@ class Transport(Protocol):
     def pull(self, remote_dir: str, relative_paths: list[str], local_dir: Path) -> None:
         """Copy the named files and folders under ``remote_dir`` into ``local_dir``,
         keeping their relative paths; a name that does not exist is skipped."""
+
+    def open_session(self, command: str) -> Session:
+        """Start a shell command line that answers line by line (``on_hpc serve``)."""
 
     def close(self) -> None:
         """Release connections."""

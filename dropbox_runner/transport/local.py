@@ -4,9 +4,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from . import CommandResult, TransportError
+
+STDERR_KEPT_BYTES = 65536      # the end of a session's stderr, for the message when it fails
+CLOSE_SECONDS = 10             # a session told its input has ended exits at once; killed after this
 
 
 class LocalTransport:
@@ -15,6 +19,9 @@ class LocalTransport:
     def run(self, command: str, stdin: bytes = b"") -> CommandResult:
         done = subprocess.run(["/bin/sh", "-c", command], input=stdin, capture_output=True)
         return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def open_session(self, command: str) -> LocalSession:
+        return LocalSession(command)
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
         """Like rsync: ``local_dir``'s content ends up in ``remote_dir``.  A folder not there
@@ -41,6 +48,45 @@ class LocalTransport:
 
     def close(self) -> None:
         pass
+
+
+class LocalSession:
+    """A command answering line by line.  Its stderr goes to an unnamed file, read only when
+    it ends: nothing has to drain a pipe meanwhile, and a command that writes much there
+    cannot block on it."""
+
+    def __init__(self, command: str):
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._stderr)
+
+    def ask(self, line: bytes) -> bytes | None:
+        try:
+            self.process.stdin.write(line)
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return None
+        answer = self.process.stdout.readline()
+        return answer if answer.endswith(b"\n") else None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> CommandResult:
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            returncode = self.process.wait(CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            returncode = self.process.wait()
+        self.process.stdout.close()
+        with self._stderr:
+            size = self._stderr.seek(0, os.SEEK_END)
+            self._stderr.seek(max(0, size - STDERR_KEPT_BYTES))
+            return CommandResult(returncode, b"", self._stderr.read())
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -53,6 +53,8 @@ COMMAND_TIMEOUT_SECONDS = 600      # a cluster that hangs must not hold the cycl
 CHUNK = 32768
 SEND_POLL_SECONDS = 0.05           # while stdin waits for the server's window to open
 IDLE_POLL_SECONDS = 1.0            # otherwise arriving data, EOF and close wake the wait at once
+STDERR_KEPT_BYTES = 65536          # the end of a session's stderr, for the message when it fails
+CLOSE_SECONDS = 10                 # a session told its input has ended exits at once
 
 
 def choose_transfer(mode: str, *, local_rsync: bool, passphrase: bool, agent: bool,
@@ -112,12 +114,21 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
     A command may end without reading all its input (``on_hpc`` exits at once when it
     must be deployed first): the rest is dropped and its exit status returned.
     """
-    deadline = time.monotonic() + timeout
     stdout, stderr = bytearray(), bytearray()
-    pending = memoryview(stdin)
-    if not pending:
+    pump(channel, memoryview(stdin), stdout, stderr, timeout, end_input=True)
+    if not channel.status_event.is_set() and not channel.get_transport().is_active():
+        raise TransportError("the connection was lost while a command ran")
+    return CommandResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
+
+
+def pump(channel: paramiko.Channel, pending: memoryview, stdout: bytearray, stderr: bytearray,
+         timeout: float, end_input: bool = False, answered: Callable[[], bool] = lambda: False) -> None:
+    """Send ``pending`` (then end the input, with ``end_input``) while reading both streams,
+    until ``answered()`` or the command has ended and said all it had to say."""
+    deadline = time.monotonic() + timeout
+    if not pending and end_input:
         channel.shutdown_write()
-    while True:
+    while not answered():
         progressed = False
         if pending and channel.send_ready():
             try:
@@ -126,7 +137,7 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
                 if not channel.exit_status_ready():
                     raise
                 pending = pending[:0]
-            if not pending and not channel.closed:
+            if not pending and end_input and not channel.closed:
                 channel.shutdown_write()
             progressed = True
         while channel.recv_ready():
@@ -137,14 +148,50 @@ def exchange(channel: paramiko.Channel, stdin: bytes, timeout: float) -> Command
             progressed = True
         if channel.closed or (channel.exit_status_ready() and channel.eof_received):
             if not (channel.recv_ready() or channel.recv_stderr_ready()):
-                break
+                return
         elif time.monotonic() > deadline:
             raise TransportError(f"the cluster did not finish a command within {timeout:.0f}s")
         if not progressed:
             select.select([channel], [], [], SEND_POLL_SECONDS if pending else IDLE_POLL_SECONDS)
-    if not channel.status_event.is_set() and not channel.get_transport().is_active():
-        raise TransportError("the connection was lost while a command ran")
-    return CommandResult(channel.recv_exit_status(), bytes(stdout), bytes(stderr))
+
+
+class SshSession:
+    """A command on one channel of the command connection, answering line by line."""
+
+    def __init__(self, channel: paramiko.Channel):
+        self.channel = channel
+        self.stdout, self.stderr = bytearray(), bytearray()
+
+    def ask(self, line: bytes) -> bytes | None:
+        try:
+            pump(self.channel, memoryview(line), self.stdout, self.stderr, COMMAND_TIMEOUT_SECONDS,
+                 answered=lambda: b"\n" in self.stdout)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise TransportError(f"the connection failed during a command: {error or type(error).__name__}") from error
+        del self.stderr[:-STDERR_KEPT_BYTES]
+        end = self.stdout.find(b"\n") + 1
+        if not end:
+            if not self.channel.get_transport().is_active():
+                raise TransportError("the connection was lost while a command ran")
+            return None
+        answer = bytes(self.stdout[:end])
+        del self.stdout[:end]
+        return answer
+
+    def alive(self) -> bool:
+        return not (self.channel.closed or self.channel.exit_status_ready())
+
+    def close(self) -> CommandResult:
+        """A command that does not end within ``CLOSE_SECONDS`` of its input's end is left
+        to the channel's close (sshd hangs it up) and reported as exit -1."""
+        try:
+            pump(self.channel, memoryview(b""), self.stdout, self.stderr, CLOSE_SECONDS, end_input=True)
+            returncode = self.channel.recv_exit_status() if self.channel.exit_status_ready() else -1
+        except (TransportError, paramiko.SSHException, OSError, EOFError):
+            returncode = -1
+        finally:
+            self.channel.close()
+        return CommandResult(returncode, bytes(self.stdout), bytes(self.stderr[-STDERR_KEPT_BYTES:]))
 
 
 class SshTransport:
@@ -173,6 +220,16 @@ class SshTransport:
         except (paramiko.SSHException, OSError, EOFError) as error:
             raise TransportError(f"the connection to {self.target} failed during a command: "
                                  f"{error or type(error).__name__}") from error
+
+    def open_session(self, command: str) -> SshSession:
+        client = self._client()
+        try:
+            channel = client.get_transport().open_session(timeout=self.remote.connect_timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as error:
+            raise TransportError(f"the connection to {self.target} failed during a command: "
+                                 f"{error or type(error).__name__}") from error
+        return SshSession(channel)
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
         transfer = self._transfer_tool()
