@@ -9,7 +9,8 @@ A submitter's own calls (its cycles, the ``early`` start, ``once``'s gathering) 
 ``on_hpc serve`` process kept open while its burst lasts (``keep_open``): a burst of 1000
 jobs makes some eight calls, and each fresh command paid the cluster's Python start and
 imports.  The process ends when the submitter closes this side, or when a cycle leaves
-nothing held (``run_cycle``); one found dead before a call (killed while idle) is replaced.
+nothing held (``run_cycle``); one found dead before a call (killed while idle) is replaced,
+and one whose folder lost its stamp (a deploy removed meanwhile) exits for the deploy.
 A call that fails ends it, as a one-shot command ended, so nothing outlives a failure.
 """
 from __future__ import annotations
@@ -24,14 +25,20 @@ from typing import Any
 
 from . import on_hpc
 from .config import Config
-from .on_hpc.protocol import ON_HPC_ARGV, CycleAnswer, CycleRequest, StatusRequest, WaitRequest
+from .on_hpc.protocol import (
+    DEPLOY_NEEDED,
+    ON_HPC_ARGV,
+    STAMP_FILE,
+    CycleAnswer,
+    CycleRequest,
+    StatusRequest,
+    WaitRequest,
+)
 from .transport import CommandResult, NotDeployed, RemoteCommandFailed, Session, Transport
 
 log = logging.getLogger(__name__)
 
 ON_HPC_SOURCE = Path(on_hpc.__file__).parent
-DEPLOY_NEEDED = 99
-STAMP_FILE = "STAMP"
 
 
 def code_stamp() -> str:

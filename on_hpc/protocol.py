@@ -82,6 +82,10 @@ DEFAULT_SUBMIT_PER_HOUR = 24     # most runner submissions per class in any hour
 # 10 ms of each command's start here, paid by every cycle and every runner, and a broken
 # ``.pth`` in a user's site-packages cannot stop a cycle.
 ON_HPC_ARGV = ("-S", "-m", "on_hpc")
+# A deployed version's folder is complete once it holds this file; a command whose folder
+# lacks it exits with DEPLOY_NEEDED (the shell line checks it, ``serve`` before each request).
+STAMP_FILE = "STAMP"
+DEPLOY_NEEDED = 99
 START_ERROR_SUFFIX = ".start-error"  # beside a runner's spec: why it could not start (runner, head node)
 DEFAULT_ADAPTIVE_LINGER = False  # linger only while recent arrivals pay for it (idle_timeout: the most)
 

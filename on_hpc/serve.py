@@ -14,10 +14,17 @@ state outlives a failure.  End of input ends it cleanly.
 
 Between requests it reaps its children that have ended (the embedded scheduler's
 runners, started by cycles): a one-shot command left that to init by exiting.
+
+Before each request it checks that its folder (its working directory) still holds the
+deploy's stamp, as the shell line of a one-shot command does: where the deploy was removed
+meanwhile, the runners a cycle submits would not start, so it exits with DEPLOY_NEEDED
+instead, and the submitter deploys again and asks a fresh process.
 """
 import json
 import os
 import sys
+
+from .protocol import DEPLOY_NEEDED, STAMP_FILE
 
 
 def serve(dispatch, requests=None, answers=None):
@@ -29,6 +36,8 @@ def serve(dispatch, requests=None, answers=None):
     for line in requests:
         if not line.strip():
             continue
+        if not os.path.exists(STAMP_FILE):
+            return DEPLOY_NEEDED
         message = json.loads(line)
         answer = dispatch(message["verb"], message["request"])
         answers.write(json.dumps(answer))

@@ -10,7 +10,7 @@ import pytest
 from helpers import drain, drop, stop_local_runners, wait_until, write_config
 
 from dropbox_runner import on_hpc
-from dropbox_runner.cluster import ClusterSide
+from dropbox_runner.cluster import STAMP_FILE, ClusterSide
 from dropbox_runner.config import load_config
 from dropbox_runner.slices import FIRST_SLICE
 from dropbox_runner.submitter import run_burst
@@ -83,6 +83,19 @@ def test_a_failed_request_ends_the_process_says_why_and_the_next_call_starts_afr
     cluster.close()
 
 
+def test_a_process_whose_deploy_was_removed_meanwhile_exits_for_a_new_deploy(deployed):
+    """Its runners would be started from a folder that is gone: it asks for the deploy, as
+    a one-shot command's shell line does, instead of answering."""
+    transport = CountingTransport()
+    cluster = ClusterSide(deployed, transport, keep_open=True)
+    assert cluster.wait([], 0) == []
+    (Path(cluster.deploy_dir) / STAMP_FILE).unlink()
+    assert cluster.wait([], 0) == []
+    assert (Path(cluster.deploy_dir) / STAMP_FILE).exists()
+    assert [session.process.returncode for session in transport.sessions] == [99, None]
+    cluster.close()
+
+
 def test_the_first_call_of_a_version_not_deployed_deploys_it_then_is_answered(config):
     transport = CountingTransport()
     cluster = ClusterSide(config, transport, keep_open=True)
@@ -114,8 +127,9 @@ def test_only_answers_reach_stdout_and_ended_children_are_reaped_between_request
     """Whatever a verb or its children print goes to stderr: a line on stdout is an answer."""
     server = tmp_path / "server.py"
     server.write_text(SERVER)
+    (tmp_path / STAMP_FILE).write_text("deployed\n")        # the folder it runs from is a complete deploy
     process = subprocess.Popen([sys.executable, str(server), str(Path(on_hpc.__file__).parent.parent)],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     process.stdin.write(json.dumps({"verb": "start", "request": {}}).encode() + b"\n")
     process.stdin.flush()
     started = json.loads(process.stdout.readline())
