@@ -100,7 +100,8 @@ class ClusterSide:
                 if ended.returncode == DEPLOY_NEEDED:
                     self.deploy()
                     answer = self._open_session().ask(line)
-                    ended = self.close() if answer is None else ended
+                    if answer is None:
+                        ended = self.close()
                 if answer is None:
                     raise _failed(verb, ended)
             return json.loads(answer)
