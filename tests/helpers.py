@@ -22,6 +22,32 @@ TEST_TEMPLATES = Path(__file__).with_name("templates")
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
+class CountingTransport(LocalTransport):
+    """The local transport, counting one-shot commands, the kept-open processes it starts
+    (``sessions``, kept to look at) and pushes."""
+
+    def __init__(self):
+        self.runs, self.pushes = 0, 0
+        self.sessions = []
+
+    @property
+    def commands(self) -> int:
+        """Remote commands of either kind: a kept-open process is one, however many requests it answers."""
+        return self.runs + len(self.sessions)
+
+    def run(self, command, stdin=b""):
+        self.runs += 1
+        return super().run(command, stdin)
+
+    def open_session(self, command):
+        self.sessions.append(super().open_session(command))
+        return self.sessions[-1]
+
+    def push(self, local_dir, remote_dir):
+        self.pushes += 1
+        super().push(local_dir, remote_dir)
+
+
 def load_bench(name: str):
     """``bench/<name>.py`` as a module: bench/ is not a package, and dataclasses need the
     module registered while it executes."""

@@ -4,27 +4,10 @@ from pathlib import Path
 
 import yaml
 from dropbox_runner.on_hpc.jobstore import JobStore
-from helpers import drain, drop, run_cli, wait_until
+from helpers import CountingTransport, drain, drop, run_cli, wait_until
 
 from dropbox_runner.submitter import run_once
 from dropbox_runner.transport.local import LocalTransport
-
-
-class CountingTransport(LocalTransport):
-    def __init__(self):
-        self.commands, self.pushes = 0, 0
-
-    def run(self, command, stdin=b""):
-        self.commands += 1
-        return super().run(command, stdin)
-
-    def open_session(self, command):
-        self.commands += 1
-        return super().open_session(command)
-
-    def push(self, local_dir, remote_dir):
-        self.pushes += 1
-        super().push(local_dir, remote_dir)
 
 
 def copy_job(config, text="same input", number=0, source_name="in.txt", **extra):

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import drain, drop, stop_local_runners, wait_until, write_config
+from helpers import CountingTransport, drain, drop, stop_local_runners, wait_until, write_config
 
 from dropbox_runner import on_hpc
 from dropbox_runner.cluster import STAMP_FILE, ClusterSide
@@ -16,22 +16,6 @@ from dropbox_runner.slices import FIRST_SLICE
 from dropbox_runner.submitter import run_burst
 from dropbox_runner.transport import RemoteCommandFailed
 from dropbox_runner.transport.local import LocalTransport
-
-
-class CountingTransport(LocalTransport):
-    """Counts one-shot commands and the kept-open processes it starts."""
-
-    def __init__(self):
-        self.runs = 0
-        self.sessions = []
-
-    def run(self, command, stdin=b""):
-        self.runs += 1
-        return super().run(command, stdin)
-
-    def open_session(self, command):
-        self.sessions.append(super().open_session(command))
-        return self.sessions[-1]
 
 
 def ledger_job(config, number):

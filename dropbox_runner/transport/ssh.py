@@ -155,11 +155,16 @@ def pump(channel: paramiko.Channel, pending: memoryview, stdout: bytearray, stde
             select.select([channel], [], [], SEND_POLL_SECONDS if pending else IDLE_POLL_SECONDS)
 
 
+def command_failed(target: str, error: BaseException) -> TransportError:
+    return TransportError(f"the connection to {target} failed during a command: {error or type(error).__name__}")
+
+
 class SshSession:
     """A command on one channel of the command connection, answering line by line."""
 
-    def __init__(self, channel: paramiko.Channel):
+    def __init__(self, channel: paramiko.Channel, target: str):
         self.channel = channel
+        self.target = target
         self.stdout, self.stderr = bytearray(), bytearray()
 
     def ask(self, line: bytes) -> bytes | None:
@@ -167,7 +172,7 @@ class SshSession:
             pump(self.channel, memoryview(line), self.stdout, self.stderr, COMMAND_TIMEOUT_SECONDS,
                  answered=lambda: b"\n" in self.stdout)
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise TransportError(f"the connection failed during a command: {error or type(error).__name__}") from error
+            raise command_failed(self.target, error) from error
         del self.stderr[:-STDERR_KEPT_BYTES]
         end = self.stdout.find(b"\n") + 1
         if not end:
@@ -209,27 +214,29 @@ class SshTransport:
 
     # -- the Transport protocol ---------------------------------------------------------
     def run(self, command: str, stdin: bytes = b"") -> CommandResult:
-        client = self._client()
+        channel = self._exec(command)
         try:
-            channel = client.get_transport().open_session(timeout=self.remote.connect_timeout)
-            try:
-                channel.exec_command(command)
-                return exchange(channel, stdin, COMMAND_TIMEOUT_SECONDS)
-            finally:
-                channel.close()
+            return exchange(channel, stdin, COMMAND_TIMEOUT_SECONDS)
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise TransportError(f"the connection to {self.target} failed during a command: "
-                                 f"{error or type(error).__name__}") from error
+            raise command_failed(self.target, error) from error
+        finally:
+            channel.close()
 
     def open_session(self, command: str) -> SshSession:
+        return SshSession(self._exec(command), self.target)
+
+    def _exec(self, command: str) -> paramiko.Channel:
+        """A new channel of the command connection, running ``command``."""
         client = self._client()
+        channel = None
         try:
             channel = client.get_transport().open_session(timeout=self.remote.connect_timeout)
             channel.exec_command(command)
+            return channel
         except (paramiko.SSHException, OSError, EOFError) as error:
-            raise TransportError(f"the connection to {self.target} failed during a command: "
-                                 f"{error or type(error).__name__}") from error
-        return SshSession(channel)
+            if channel is not None:
+                channel.close()
+            raise command_failed(self.target, error) from error
 
     def push(self, local_dir: Path, remote_dir: str) -> None:
         transfer = self._transfer_tool()
