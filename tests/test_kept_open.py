@@ -42,6 +42,35 @@ def test_a_burst_of_several_cycles_is_answered_by_one_head_node_process(deployed
     assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
 
 
+def test_a_process_killed_between_two_cycles_of_a_burst_costs_no_job_anything(deployed):
+    """The fault of one process is the environment's: the burst's next cycle starts another,
+    and every job of the burst, a bystander dropped beside them included, ends ok."""
+    config = deployed
+
+    class KilledAfterItsFirstAnswer(CountingTransport):
+        def open_session(self, command):
+            session = super().open_session(command)
+            if len(self.sessions) == 1:
+                ask = session.ask
+
+                def answer_then_die(line):
+                    answer = ask(line)
+                    session.process.kill()
+                    session.process.wait()
+                    return answer
+                session.ask = answer_then_die
+            return session
+
+    names = [drop(config, f"j{n:03d}.job", ledger_job(config, n)).name for n in range(FIRST_SLICE * 2)]
+    names.append(drop(config, "bystander.job", ledger_job(config, "bystander")).name)
+    transport = KilledAfterItsFirstAnswer()
+    reports = run_burst(config, transport)
+    assert len(transport.sessions) == 2
+    assert sum(report.sent for report in reports) == len(names)
+    assert not any(report.environment_errors for report in reports)
+    assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
+
+
 def test_a_kept_open_process_killed_while_idle_is_replaced(deployed):
     """A login node's reaper may end an idle process between two cycles: the next call
     starts another instead of failing."""
