@@ -7,6 +7,7 @@ lost it is rebuilt from the dropbox (``rebuild``), minus the timestamps of the p
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +41,15 @@ CREATE TABLE IF NOT EXISTS earlier_runs (name TEXT NOT NULL, block TEXT NOT NULL
 DIGEST_CHUNK = 1 << 20
 LOCK_WAIT_SECONDS = 30
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def _upsert(columns: tuple[str, ...]) -> str:
+    """A job's row, inserted or updated in the given columns: the statement's text made
+    once for each set of columns (a burst records three or four transitions a job)."""
+    assignments = ", ".join(f"{key} = excluded.{key}" for key in columns)
+    return (f"INSERT INTO jobs (name, first_seen, {', '.join(columns)}) "
+            f"VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT(name) DO UPDATE SET {assignments}")
 
 
 @dataclass
@@ -114,10 +124,11 @@ class History:
         self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?, ?)", (name, job_id, state, now, detail))
         columns = {"job_id": job_id, "state": state, "updated_at": now, **fields}
         columns = {key: value for key, value in columns.items() if value is not None}
-        assignments = ", ".join(f"{key} = excluded.{key}" for key in columns)
-        self.db.execute(f"INSERT INTO jobs (name, first_seen, {', '.join(columns)}) "
-                        f"VALUES (?, ?{', ?' * len(columns)}) ON CONFLICT(name) DO UPDATE SET {assignments}",
-                        (name, now, *columns.values()))
+        self.db.execute(_upsert(tuple(columns)), (name, now, *columns.values()))
+
+    def names_with_earlier_runs(self) -> set[str]:
+        """Almost always none: a result then asks for its earlier runs only where some are."""
+        return {name for (name,) in self.db.execute("SELECT DISTINCT name FROM earlier_runs")}
 
     def jobs(self, states: list[str] | None = None, pattern: str | None = None, limit: int = 1000) -> list[JobRow]:
         query, params = "SELECT * FROM jobs WHERE 1", []

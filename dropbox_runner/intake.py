@@ -110,7 +110,7 @@ class Intake:
 
         def peek(name: str) -> None:
             try:
-                job = prepare(self.config, name, read_job(self.dropbox.path(name))[0])
+                job = prepare(self.config, name, read_job(self.dropbox.path(name))[0], boundaries=self.boundaries)
             except (JobInvalid, TemplateProblem, OSError):
                 return
             self.on_take(job)
@@ -160,7 +160,7 @@ class Intake:
         raw, digest = None, None
         try:
             raw, digest = read_job(self.dropbox.path(name))
-            job = prepare(self.config, name, raw)
+            job = prepare(self.config, name, raw, boundaries=self.boundaries)
             provenance = self._provenance(job)
         except FileNotFoundError:
             return              # taken back by its tool

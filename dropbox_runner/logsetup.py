@@ -8,9 +8,9 @@ refused login, which the cycle reports itself in one line) stays out unless ``-v
 from __future__ import annotations
 
 import logging
-import math
 import sys
-from datetime import datetime
+
+from .isotime import local_iso_seconds, split_seconds
 
 QUIET_LIBRARIES = ("paramiko", "invoke", "fabric", "watchdog")
 
@@ -23,21 +23,11 @@ class IsoFormatter(logging.Formatter):
     _date = _offset = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        second, micro = _split(record.created)
+        second, micro = split_seconds(record.created)
         if second != self._second:
-            stamp = datetime.fromtimestamp(second).astimezone().isoformat()
+            stamp = local_iso_seconds(second)
             self._second, self._date, self._offset = second, stamp[:19], stamp[19:]
         return f"{self._date}.{micro // 1000:03d}{self._offset}"
-
-
-def _split(created: float) -> tuple[int, int]:
-    """Whole seconds and microseconds, rounded as ``datetime.fromtimestamp`` rounds, so a
-    line reads exactly as it did when each was formatted through a datetime."""
-    fraction, whole = math.modf(created)
-    micro = round(fraction * 1_000_000)
-    if micro >= 1_000_000:
-        return int(whole) + 1, micro - 1_000_000
-    return int(whole), micro
 
 
 _installed: list[logging.Handler] = []
@@ -56,7 +46,9 @@ def configure(verbose: bool) -> None:
     root.addHandler(handler)
     _installed.append(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # The lines show no process or thread: not looked up for each (a burst logs a few a job).
+    # The lines show no process, thread or source line: not looked up for each (a burst
+    # logs a few a job); the logging HOWTO's "Optimization" section names these switches.
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    logging._srcfile = None
     for library in QUIET_LIBRARIES:
         logging.getLogger(library).setLevel(logging.WARNING if verbose else logging.CRITICAL)

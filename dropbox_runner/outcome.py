@@ -72,11 +72,16 @@ class Finisher:
         self.boundaries = boundaries     # where outputs may go, checked again as each is placed
         self.tally: Counter[str] = Counter()
         self.umask: int | None = None   # what linked outputs are masked by; read when not known
+        self.earlier: set[str] = set()  # names with earlier runs (``resubmit``) to put in their result
 
     def begin_cycle(self) -> None:
-        """A fresh tally, and the umask read once for the cycle's outputs."""
+        """A fresh tally, the umask read once for the cycle's outputs, and the names with
+        earlier runs, asked once a cycle rather than twice a result (called after the
+        cycle's scan: ``resubmit`` remembers a run before it puts its job back, so every
+        job the scan saw is known by then)."""
         self.tally.clear()
         self.umask = current_umask()
+        self.earlier = self.history.names_with_earlier_runs()
 
     def finish(self, outcome: Outcome) -> bool:
         """Write the outcome; False only for a cache hit whose outputs cannot be placed
@@ -97,7 +102,7 @@ class Finisher:
             fault_point("after_outputs")
         if isinstance(block.get("message"), str):
             block["message"] = bounded_message(block["message"])     # a result and a log line stay readable
-        earlier = self.history.earlier_runs(outcome.name)
+        earlier = self.history.earlier_runs(outcome.name) if outcome.name in self.earlier else []
         if earlier:
             block["earlier_runs"] = earlier
         self.dropbox.write_result(outcome.name, outcome.description, block)
@@ -106,7 +111,9 @@ class Finisher:
         self.dropbox.discard(outcome.name, ".cancel")
         for folder in outcome.scratch:
             shutil.rmtree(folder, ignore_errors=True)
-        self.history.forget_earlier_runs(outcome.name)
+        if earlier:
+            self.history.forget_earlier_runs(outcome.name)
+            self.earlier.discard(outcome.name)
         message = block.get("message")
         self.history.record(outcome.name, JobState.FINISHED, block.get("id"), detail=outcome.detail or message,
                             status=block.get("status"), message=message, **outcome.record)

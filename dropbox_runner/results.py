@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .isotime import local_iso_seconds
 from .jobs import workspace_names
 from .on_hpc.protocol import FinishedRecord
 from .safefs import Boundaries, FileRefused, HeldFile, place_files
@@ -24,9 +24,7 @@ MAX_STREAM_BYTES = 1 << 20
 
 
 def timestamp(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).astimezone().isoformat(timespec="seconds")
+    return None if seconds is None else local_iso_seconds(seconds)
 
 
 def error_block(message: str, job_id: str | None = None, **extra: Any) -> dict[str, Any]:

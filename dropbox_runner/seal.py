@@ -27,11 +27,14 @@ SEAL = "seal"
 class HoldSeal:
     def __init__(self, state_dir: Path):
         self.key = _load_or_create_key(state_dir)
+        self._keyed = hmac.new(self.key, digestmod=hashlib.sha256)    # copied for each seal: the key is set up once
 
     def sign(self, document: dict[str, Any]) -> str:
         body = {key: value for key, value in document.items() if key != SEAL}
         material = json.dumps(_canonical(body), separators=(",", ":"), default=repr)
-        return hmac.new(self.key, material.encode(), hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(material.encode())
+        return mac.hexdigest()
 
     def verify(self, document: dict[str, Any]) -> bool:
         seal = document.get(SEAL)

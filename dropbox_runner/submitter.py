@@ -91,10 +91,10 @@ class Submitter:
         """Run one cycle; the caller holds the dropbox lock."""
         started = time.monotonic()
         report = CycleReport()
-        self.finisher.begin_cycle()
         self.boundary.environment_errors = report.environment_errors
         self.unread_holds = 0      # holds this cycle could not read: their jobs are not in_flight
         listing = self.dropbox.scan()
+        self.finisher.begin_cycle()
         self.dropbox.remove_batch_leftovers(listing)
         note_unusable(self.config.state_dir, listing.unusable)
         held = self._held_jobs(listing.submitted, listing.finished)

@@ -5,16 +5,18 @@ import logging
 import os
 import shutil
 import stat
-from datetime import datetime
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
+import pytest
 from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config
 
-from dropbox_runner import durable, logsetup, outcome, rendering, safefs, staging
+from dropbox_runner import durable, isotime, logsetup, outcome, rendering, safefs, staging
 from dropbox_runner.dropbox import Dropbox, HeldJob
 from dropbox_runner.history import History
 from dropbox_runner.jobs import check_files
+from dropbox_runner.results import timestamp
 from dropbox_runner.seal import HoldSeal
 
 
@@ -90,6 +92,23 @@ def test_the_umask_is_read_once_a_cycle_not_once_an_output(tmp_path, monkeypatch
     assert mode == 0o666 & ~real(), oct(mode)
 
 
+def test_a_result_asks_for_earlier_runs_only_where_resubmit_kept_some(tmp_path, monkeypatch):
+    """Two queries a result (read the earlier runs, forget them) for what is nearly always
+    none: now one query a cycle names the jobs that have any (``resubmit``'s, tested in
+    test_cache_and_verbs)."""
+    asked = []
+    for method in ("earlier_runs", "forget_earlier_runs"):
+        real = getattr(History, method)
+        monkeypatch.setattr(History, method, lambda self, name, real=real: asked.append(name) or real(self, name))
+    config = make_config(tmp_path)
+    names = [f"j{n}.job" for n in range(6)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    assert {result["job"]["status"] for result in drain(config, names).values()} == {"ok"}
+    assert asked == []
+
+
 def test_a_transition_is_two_statements(tmp_path):
     """A row of ``jobs`` is inserted or updated in one upsert, not an insert that may do
     nothing followed by an update: a job passes four transitions in a burst."""
@@ -110,15 +129,13 @@ def test_a_transition_is_two_statements(tmp_path):
 def test_log_times_read_the_same_and_ask_for_the_zone_once_a_second(monkeypatch):
     asked = []
 
-    class CountingDatetime(datetime):
-        @classmethod
-        def fromtimestamp(cls, *args, **kwargs):
-            asked.append(args)
-            return datetime.fromtimestamp(*args, **kwargs)
+    def counting(second):
+        asked.append(second)
+        return isotime.local_iso_seconds(second)
 
     formatter = logsetup.IsoFormatter("%(asctime)s %(message)s")
     stamps = [1795400000 + n / 1000 for n in range(0, 3000, 7)] + [1795400002.9996, 1795400003.0]
-    monkeypatch.setattr(logsetup, "datetime", CountingDatetime)
+    monkeypatch.setattr(logsetup, "local_iso_seconds", counting)
     lines = []
     for stamp in stamps:
         record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
@@ -128,6 +145,26 @@ def test_log_times_read_the_same_and_ask_for_the_zone_once_a_second(monkeypatch)
     assert len(asked) == 4, len(asked)         # seconds ...00 to ...03; was one per line
     expected = [datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="milliseconds") for stamp in stamps]
     assert lines == expected
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/St_Johns", "Asia/Kolkata", "Pacific/Chatham",
+                                  "America/Caracas", "Europe/Amsterdam"])
+def test_result_times_read_as_a_zone_aware_datetime_says_them(zone, monkeypatch):
+    """``timestamp`` no longer goes through datetime (2% of collecting): the same text in
+    every zone, across daylight-saving changes, on the rounding edge of a second, and for
+    a zone whose offset once had seconds (Amsterdam until 1937: +00:19:32)."""
+    import time
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        stamps = [1795400000 + n * 86400 * 7.3 + n / 7 for n in range(60)]
+        stamps += [1795400002.9999996, 1795400002.9999994, 0.0, -1_000_000_000.25, 1711846799.5, 1711846800.0]
+        for stamp in stamps:
+            expected = datetime.fromtimestamp(stamp, timezone.utc).astimezone().isoformat(timespec="seconds")
+            assert timestamp(stamp) == expected, stamp
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_template_is_parsed_once_a_version_and_an_edit_applies_to_the_next_job(tmp_path):
