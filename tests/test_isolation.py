@@ -280,10 +280,10 @@ def test_an_exception_in_one_jobs_intake_becomes_its_error_result(config, monkey
 
     real = intake.prepare
 
-    def explode_for_one(config_, name, raw, *rest):
+    def explode_for_one(config_, name, raw, *rest, **options):
         if name == "cursed.job":
             raise KeyError("something nobody foresaw")
-        return real(config_, name, raw, *rest)
+        return real(config_, name, raw, *rest, **options)
 
     monkeypatch.setattr(intake, "prepare", explode_for_one)
     drop(config, "cursed.job", {"script": "ledger", "args": {"seconds": 0}})
