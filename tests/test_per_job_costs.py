@@ -20,6 +20,15 @@ from dropbox_runner.results import timestamp
 from dropbox_runner.seal import HoldSeal
 
 
+def drop_ledger_jobs(config, outputs, count: int) -> list[str]:
+    """``count`` quick uncached jobs, each with one output in ``outputs``; their names."""
+    names = [f"j{n}.job" for n in range(count)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
+                            "output_map": {"out": str(outputs / f"o{n}.txt")}})
+    return names
+
+
 def test_a_batch_opens_each_folder_once_and_stats_one_file_per_folder(tmp_path, monkeypatch):
     """Each write opened and closed its folder, and the commit stat'ed every temporary to
     find its filesystem: three system calls a file that a burst of 1000 paid 1000 times."""
@@ -78,10 +87,7 @@ def test_the_umask_is_read_once_a_cycle_not_once_an_output(tmp_path, monkeypatch
     monkeypatch.setattr(outcome, "current_umask", counted)
     monkeypatch.setattr(safefs, "current_umask", counted)
     config = make_config(tmp_path)
-    names = [f"j{n}.job" for n in range(12)]
-    for n, name in enumerate(names):
-        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    names = drop_ledger_jobs(config, tmp_path / "outputs", 12)
     cycles = []
     real_cycle = outcome.Finisher.begin_cycle
     monkeypatch.setattr(outcome.Finisher, "begin_cycle", lambda self: cycles.append(1) or real_cycle(self))
@@ -101,10 +107,7 @@ def test_a_result_asks_for_earlier_runs_only_where_resubmit_kept_some(tmp_path, 
         real = getattr(History, method)
         monkeypatch.setattr(History, method, lambda self, name, real=real: asked.append(name) or real(self, name))
     config = make_config(tmp_path)
-    names = [f"j{n}.job" for n in range(6)]
-    for n, name in enumerate(names):
-        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    names = drop_ledger_jobs(config, tmp_path / "outputs", 6)
     assert {result["job"]["status"] for result in drain(config, names).values()} == {"ok"}
     assert asked == []
 
@@ -246,10 +249,7 @@ def test_a_new_outbox_entry_is_made_without_looking_for_an_old_one_and_a_leftove
     monkeypatch.setattr(staging, "shutil", SimpleNamespace(
         rmtree=lambda path, **kwargs: removed.append(path) or real_rmtree(path, **kwargs)))
     config = make_config(tmp_path)
-    names = [f"j{n}.job" for n in range(3)]
-    for n, name in enumerate(names):
-        drop(config, name, {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-                            "output_map": {"out": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    names = drop_ledger_jobs(config, tmp_path / "outputs", 3)
     assert {result["job"]["status"] for result in drain(config, names).values()} == {"ok"}
     assert not removed, removed
 
