@@ -39,6 +39,7 @@ from .transport import CommandResult, NotDeployed, RemoteCommandFailed, Session,
 log = logging.getLogger(__name__)
 
 ON_HPC_SOURCE = Path(on_hpc.__file__).parent
+NO_RESULT = CommandResult(0, b"", b"")       # no process was open, or it answered
 
 
 def code_stamp() -> str:
@@ -94,16 +95,12 @@ class ClusterSide:
         yet deploys it and starts the process again."""
         line = json.dumps({"verb": verb, "request": request}).encode() + b"\n"
         try:
-            answer = self._open_session().ask(line)
+            answer, ended = self._ask_once(line)
+            if answer is None and ended.returncode == DEPLOY_NEEDED:
+                self.deploy()
+                answer, ended = self._ask_once(line)
             if answer is None:
-                ended = self.close()
-                if ended.returncode == DEPLOY_NEEDED:
-                    self.deploy()
-                    answer = self._open_session().ask(line)
-                    if answer is None:
-                        ended = self.close()
-                if answer is None:
-                    raise _failed(verb, ended)
+                raise _failed(verb, ended)
             return json.loads(answer)
         except ValueError:
             self.close()
@@ -111,6 +108,11 @@ class ClusterSide:
         except BaseException:
             self.close()
             raise
+
+    def _ask_once(self, line: bytes) -> tuple[bytes | None, CommandResult]:
+        """The process's answer; or None, and how it ended (it is closed then)."""
+        answer = self._open_session().ask(line)
+        return (answer, NO_RESULT) if answer is not None else (None, self.close())
 
     def _open_session(self) -> Session:
         if self._session is not None and not self._session.alive():
@@ -122,7 +124,7 @@ class ClusterSide:
     def close(self) -> CommandResult:
         """End the kept-open process (if any): its exit status and the end of its stderr."""
         session, self._session = self._session, None
-        return session.close() if session is not None else CommandResult(0, b"", b"")
+        return session.close() if session is not None else NO_RESULT
 
     def cycle(self, request: CycleRequest) -> CycleAnswer:
         return CycleAnswer.from_json(self.call("cycle", request.to_json()))
