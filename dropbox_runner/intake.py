@@ -45,6 +45,7 @@ class IntakeCounts:
     names: list[str] = field(default_factory=list)   # the jobs taken this cycle (the others' ends are
                                                      # counted by the Finisher)
     held: dict[str, HeldSummary] = field(default_factory=dict)  # their holds by job id, as written (not read back)
+    whole: dict[str, HeldJob] = field(default_factory=dict)     # the first ``keep_whole`` of those whole, by name
     unsettled: int = 0          # still being written, left for the next cycle (``leave_unsettled``)
 
 
@@ -63,9 +64,10 @@ class Intake:
         self.outbox = config.state_dir / "outbox"
         self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
         self.metas: BatchFile | None = None     # the job.json of every job this cycle takes
+        self.keep_whole = 0                     # how many of this cycle's holds to return whole
 
     def take_new_jobs(self, listing: Listing, keys_in_flight: set[str], names: list[str] | None = None,
-                      leave_unsettled: bool = False) -> IntakeCounts:
+                      leave_unsettled: bool = False, keep_whole: int = 0) -> IntakeCounts:
         """Take every new job (or only ``names`` of them); files changed in the last
         ``settle_seconds`` are waited for once, within this cycle (at most that long), so
         a job dropped just before a cron cycle does not wait for the next one.
@@ -74,8 +76,13 @@ class Intake:
         left: ``run_burst``, the watch daemon), a cycle that took other jobs leaves those
         files to the next cycle instead: the jobs taken are staged and queued first, not
         held back up to ``settle_seconds`` for one file (a 1000-job burst took 2.7 s
-        instead of 2.0 when its last file was renamed in within the tick of its write)."""
+        instead of 2.0 when its last file was renamed in within the tick of its write).
+
+        The first ``keep_whole`` holds written are returned whole too (``IntakeCounts.whole``),
+        so their collection need not read them back; the rest only as summaries, which keeps
+        a 100,000-job cycle's memory bounded."""
         counts = IntakeCounts()
+        self.keep_whole = keep_whole
         held_names = set(listing.submitted)
         unsettled: list[str] = []
         self.metas = BatchFile(str(self.outbox))
@@ -192,6 +199,8 @@ class Intake:
             keys_in_flight.add(hold.cache_key)
         counts.names.append(name)
         counts.held[hold.job_id] = hold.summary()
+        if len(counts.whole) < self.keep_whole:
+            counts.whole[name] = hold
 
     def _settled(self, name: str) -> bool:
         """A job file written in place (not renamed) must not be taken half-written: it is

@@ -58,6 +58,10 @@ from .unusable import note_unusable
 
 log = logging.getLogger(__name__)
 
+# Whole holds kept in memory for collection (about 3 KB each): a burst's first jobs are
+# collected without reading their holds back; past this, holds are read again.
+WHOLE_HOLDS_KEPT = 4096
+
 
 class Submitter:
     def __init__(self, config: Config, transport: Transport):
@@ -82,6 +86,9 @@ class Submitter:
         # Each held name's hold as last verified, while its file stays the same one: a
         # later cycle neither parses nor re-seals it (``_held_jobs``).
         self._known: dict[str, tuple[HoldIdentity, HeldSummary]] = {}
+        # Whole holds this process wrote, at most WHOLE_HOLDS_KEPT, by name: trusted in
+        # place of the file while ``_known`` says the file is still the one written.
+        self._kept_whole: dict[str, HeldJob] = {}
 
     def close(self) -> None:
         self.cluster.close()
@@ -105,9 +112,11 @@ class Submitter:
             self.slices.after(report.more_new, len(held) + len(new))
         with self.history.batch(), self.dropbox.durable_batch():
             taken = self.intake.take_new_jobs(listing, {job.cache_key for job in held.values() if job.cache_key},
-                                              new, leave_unsettled=self.slices is not None)
+                                              new, leave_unsettled=self.slices is not None,
+                                              keep_whole=WHOLE_HOLDS_KEPT - len(self._kept_whole))
         report.more_new = report.more_new or taken.unsettled > 0
         self._remember_taken(taken.held.values())
+        self._kept_whole.update(taken.whole)
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
@@ -189,6 +198,7 @@ class Submitter:
         held: dict[str, HeldSummary] = {}
         still = set(names)
         self._known = {name: known for name, known in self._known.items() if name in still}
+        self._kept_whole = {name: job for name, job in self._kept_whole.items() if name in still}
         for name in names:
             if not self.boundary.contain(name, "reading its .submitted file",
                                          lambda name=name: self._read_hold(name, held, name in finished),
@@ -202,6 +212,7 @@ class Submitter:
         if known is not None and known[0] == identity:
             self._note_held(name, known[1], held, has_result)
             return
+        self._kept_whole.pop(name, None)         # not the file written any more
         job = self._verified_hold(name)
         if job is not None:
             summary = job.summary()
@@ -232,7 +243,13 @@ class Submitter:
     def _whole(self, summary: HeldSummary) -> HeldJob | None:
         """The whole hold of a job about to be finished or sent again, read now and its seal
         checked (what a tool wrote since is caught here, when it is used); None when it
-        cannot be trusted any longer, and the job has its error result."""
+        cannot be trusted any longer, and the job has its error result.  A hold this
+        process wrote is used as written while its file is the same one (one ``lstat``,
+        not a read, a parse and a seal)."""
+        kept, known = self._kept_whole.get(summary.name), self._known.get(summary.name)
+        if (kept is not None and known is not None and known[0] is not None and kept.job_id == summary.job_id
+                and known[0] == self.dropbox.hold_identity(summary.name)):
+            return kept
         job = self._verified_hold(summary.name)
         if job is not None and job.job_id != summary.job_id:
             self._drop_broken_hold(summary.name, f".submitted now names job {job.job_id}, not {summary.job_id}")

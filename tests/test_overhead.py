@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from dropbox_runner.on_hpc import files
 from helpers import drain, drop, make_config, write_config
 
@@ -176,16 +177,21 @@ def test_held_jobs_are_kept_as_summaries_never_read_back_after_intake_and_read_a
         submitter.close()
 
 
-def test_a_hold_is_read_and_its_seal_checked_again_when_its_job_is_finished(config_factory, monkeypatch):
-    """A hold changed where no cycle saw it change is caught when it is used: the result
-    is written from the hold as read then, never from what a cycle remembered; a job
-    collected beside it finishes in the same cycle."""
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_hold_changed_where_no_cycle_saw_it_is_never_used(config_factory, monkeypatch, kept):
+    """A hold changed where no cycle saw it change is not used.  One this process wrote and
+    keeps whole (``kept``) is finished as written, the file's edit ignored; one it does not
+    keep is read when its job is finished and its seal checked then, never taken from a
+    summary a cycle remembered.  A job collected beside it finishes in the same cycle."""
     import yaml
     from dropbox_runner.on_hpc.jobstore import JobStore
     from helpers import wait_until
 
+    from dropbox_runner import submitter as submitter_module
     from dropbox_runner.submitter import Submitter
 
+    if not kept:
+        monkeypatch.setattr(submitter_module, "WHOLE_HOLDS_KEPT", 0)
     config = config_factory()
     for name in ("a.job", "bystander.job"):
         sleeper(config, name, seconds="0")
@@ -204,7 +210,10 @@ def test_a_hold_is_read_and_its_seal_checked_again_when_its_job_is_finished(conf
     finally:
         submitter.close()
     block = yaml.safe_load((config.dropbox / "a.job.finished").read_text())["job"]
-    assert block["status"] == "error" and "seal does not match" in block["message"]
+    if kept:
+        assert block["status"] == "ok" and (config.dropbox.parent / "outputs" / "a.job.txt").exists()
+    else:
+        assert block["status"] == "error" and "seal does not match" in block["message"]
     assert not (config.dropbox / "a.job.submitted").exists() and not os.path.exists("/etc/elsewhere")
     assert yaml.safe_load((config.dropbox / "bystander.job.finished").read_text())["job"]["status"] == "ok"
 
