@@ -152,6 +152,43 @@ def test_a_transition_is_two_statements(tmp_path):
     assert [state for state, _, _ in history.transitions("a.job")] == ["submitted", "running", "finished"]
 
 
+def test_a_batch_writes_its_transitions_in_one_statement_a_run_in_the_order_recorded(tmp_path):
+    """A cycle's transitions go to SQLite together at the end of its batch, each statement
+    over its run of rows; what is read inside the batch sees them, and a batch that fails
+    writes none of them."""
+    history = History(tmp_path / "history.sqlite")
+    calls = []
+
+    class Counting:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            calls.append(("execute", sql.split()[0]))
+            return self.db.execute(sql, *args)
+
+        def executemany(self, sql, rows):
+            calls.append(("executemany", len(rows)))
+            return self.db.executemany(sql, rows)
+
+    history.db = Counting(history.db)
+    with history.batch():
+        for n in range(50):
+            history.record(f"j{n}.job", "submitted", f"id-{n}", detail="class default", **{"class": "default"})
+        for n in range(50):
+            history.record(f"j{n}.job", "finished", f"id-{n}", status="ok", message="processed OK")
+        assert calls == [("execute", "BEGIN")]
+        assert history.counts() == {"finished": 50}       # a read inside the batch sees what it recorded
+        history.record("j0.job", "queued", "id-0")
+    assert calls[1:] == [("executemany", 100), ("executemany", 50), ("executemany", 50), ("execute", "SELECT"),
+                         ("executemany", 1), ("executemany", 1), ("execute", "COMMIT")]
+    assert [state for state, _, _ in history.transitions("j0.job")] == ["submitted", "finished", "queued"]
+    with pytest.raises(RuntimeError), history.batch():
+        history.record("late.job", "submitted", "id-late")
+        raise RuntimeError("the cycle failed")
+    assert history.transitions("late.job") == [] and history.counts() == {"finished": 49, "queued": 1}
+
+
 def test_log_times_read_the_same_and_ask_for_the_zone_once_a_second(monkeypatch):
     asked = []
 
