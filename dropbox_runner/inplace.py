@@ -42,11 +42,12 @@ class JobFolder:
         self._folder: int | None = None
         self._folders: dict[str, int | None] = {}      # "output" -> its descriptor (None: unusable)
         try:
-            parent = self._open(str(jobs), None, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, jobs)  # the operator's
+            where = str(jobs)       # the operator's: followed
+            parent = self._open(where, None, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, where)
             if parent is None:
                 return
             try:
-                self._folder = self._open(job_id, parent, FOLDER_FLAGS, self.path)
+                self._folder = self._open(job_id, parent, FOLDER_FLAGS, str(self.path))
             finally:
                 os.close(parent)
             for relative in relatives:
@@ -59,7 +60,7 @@ class JobFolder:
 
     def _file(self, relative: str) -> Path | None:
         *folders, name = relative.split("/")
-        shown = self.path / relative
+        shown = f"{self.path}/{relative}"       # for an error message only: a string, not a Path a file
         folder = self._folder
         if folder is None:
             return None         # the job's folder itself is not one (a link, say)
@@ -99,7 +100,7 @@ class JobFolder:
         self.close()
 
     @staticmethod
-    def _open(name: str, folder: int | None, flags: int, shown: Path) -> int | None:
+    def _open(name: str, folder: int | None, flags: int, shown: str) -> int | None:
         """``name`` opened in ``folder``; None where the job left nothing it may be read as."""
         try:
             return os.open(name, flags, dir_fd=folder)
