@@ -128,3 +128,30 @@ def test_a_sweep_a_cycle_starts_yields_the_cpu_and_one_run_by_hand_does_not(tmp_
     os.makedirs(os.path.join(store.trash_dir(), "s.gone"))
     assert sweep.sweep({"root": store.root}) == {"swept": 1}
     assert niced == [sweep.SWEEP_NICENESS]
+
+
+def test_the_trash_is_measured_once_an_entry_by_a_process_and_what_is_gone_is_forgotten(tmp_path, monkeypatch):
+    """The serve process answers every cycle of a burst: it walked the whole trash in each
+    (a third of its CPU), where a collected folder never changes once moved there."""
+    from dropbox_runner.on_hpc.files import tree_bytes
+
+    store = staged_store(tmp_path, [])
+    trash = store.trash_dir()
+    for name, size in (("s.a", 1000), ("s.b", 3000)):
+        os.makedirs(os.path.join(trash, name, "output"))
+        with open(os.path.join(trash, name, "output", "out"), "wb") as handle:
+            handle.write(b"x" * size)
+    with open(os.path.join(trash, "loose"), "wb") as handle:
+        handle.write(b"y" * 500)
+    walked = []
+    monkeypatch.setattr(sweep, "tree_bytes", lambda path, **options: walked.append(os.path.basename(path))
+                        or tree_bytes(path, **options))
+    assert sweep.trash_bytes(store) == tree_bytes(trash, shared=True) == 4500
+    assert sorted(walked) == ["s.a", "s.b"]
+    os.makedirs(os.path.join(trash, "s.c"))
+    with open(os.path.join(trash, "s.c", "stdout"), "wb") as handle:
+        handle.write(b"z" * 200)
+    subprocess.run(["rm", "-rf", os.path.join(trash, "s.a")], check=True)
+    assert sweep.trash_bytes(store) == tree_bytes(trash, shared=True) == 3700
+    assert sorted(walked) == ["s.a", "s.b", "s.c"]          # only the new entry was walked
+    assert sorted(os.path.basename(path) for path, _ in sweep._measured) == ["loose", "s.b", "s.c"]
