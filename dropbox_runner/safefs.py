@@ -74,7 +74,7 @@ class Boundaries:
     def _matchers(self) -> tuple[_RootMatcher, _RootMatcher, _RootMatcher]:
         """The zones and each kind of root as one matcher each, made once, not for every
         file of every job (a path was compared with each of some fifteen roots in turn:
-        45 µs a check, three checks a job)."""
+        9 µs a check, three checks a job)."""
         return (_RootMatcher.of(self.no_go), _RootMatcher.of(self.output_roots),
                 _RootMatcher.of(self.input_roots))
 
