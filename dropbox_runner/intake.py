@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import __version__
-from .boundaries import boundaries_for
 from .boundary import Boundary
 from .cache import ResultCache, cache_key
 from .config import Config
@@ -30,7 +29,7 @@ from .on_hpc.protocol import JobState
 from .outcome import CACHED, CANCELLED, FAILED, REJECTED, Finisher, Outcome
 from .rendering import TemplateProblem
 from .results import error_block
-from .safefs import FileRefused, open_checked
+from .safefs import Boundaries, FileRefused, open_checked
 from .seal import HoldSeal
 from .staging import PreparedJob, prepare, write_outbox_entry
 
@@ -51,10 +50,10 @@ class IntakeCounts:
 
 class Intake:
     def __init__(self, config: Config, dropbox: Dropbox, history: History, cache: ResultCache,
-                 finisher: Finisher, boundary: Boundary, seal: HoldSeal):
+                 finisher: Finisher, boundary: Boundary, seal: HoldSeal, boundaries: Boundaries):
         self.config = config
         self.seal = seal
-        self.boundaries = boundaries_for(config)
+        self.boundaries = boundaries
         self.dropbox = dropbox
         self.history = history
         self.cache = cache

@@ -63,7 +63,7 @@ class Boundaries:
         text = str(real)
         zones, output_roots, input_roots = self._matchers
         if zones.matches(text):
-            zone = next(zone for zone in self.no_go if _RootMatcher.of((zone,)).matches(text))
+            zone = next(zone for zone in self.no_go if inside(real, (zone,)))
             return f"is inside {zone}, which jobs may never use"
         roots = output_roots if output else input_roots
         if roots.exact and not roots.matches(text):      # no roots: anywhere outside the zones
