@@ -79,7 +79,32 @@ def load_bounded_yaml(text: str) -> Any:
     yaml.YAMLError for text that is not YAML.
 
     The event pass runs first because building deeply nested values recurses (in C with
-    libyaml, where no RecursionError saves the process); events are a flat stream."""
+    libyaml, where no RecursionError saves the process); events are a flat stream.  It is
+    left out where the text itself rules both bounds out (``_within_bounds``): a job file's
+    one parse instead of two (issue 18)."""
+    if not _within_bounds(text):
+        _check_events(text)
+    data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    _check_expansion(data)
+    return data
+
+
+# Every mapping or sequence starts at one of these characters: ``{`` ``[`` (flow), ``-``
+# (a block sequence's first entry), ``:`` or ``?`` (a block mapping's first key).
+_NESTING = "{[-:?"
+
+
+def _within_bounds(text: str) -> bool:
+    """Whether ``text`` can neither nest deeper than MAX_DEPTH nor make more than
+    MAX_EVENTS events, without parsing it.  A mapping or sequence needs a character of
+    ``_NESTING`` of its own, so fewer of them than MAX_DEPTH bound the nesting; every
+    event but the stream's and the document's four needs a character of its own too (a
+    scalar, an alias, an indicator; an empty value its indicator, which serves as well
+    its container's start and end, hence four), so a short text bounds the events."""
+    return 4 * len(text) + 4 <= MAX_EVENTS and sum(map(text.count, _NESTING)) < MAX_DEPTH
+
+
+def _check_events(text: str) -> None:
     depth = events = 0
     for event in yaml.parse(text, Loader=_LOADER):
         events += 1
@@ -91,9 +116,6 @@ def load_bounded_yaml(text: str) -> Any:
             depth -= 1
         if events > MAX_EVENTS:
             raise UnusableEntry(f"the YAML has more than {MAX_EVENTS} parts")
-    data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
-    _check_expansion(data)
-    return data
 
 
 def load_bounded_document(text: str) -> Any:
