@@ -45,6 +45,7 @@ class IntakeCounts:
                                                      # counted by the Finisher)
     held: dict[str, HeldSummary] = field(default_factory=dict)  # their holds by job id, as written (not read back)
     whole: dict[str, HeldJob] = field(default_factory=dict)     # the first ``keep_whole`` of those whole, by name
+    staged_bytes: dict[str, int] = field(default_factory=dict)  # their outbox entries' sizes, by job id
     unsettled: int = 0          # still being written, left for the next cycle (``leave_unsettled``)
 
 
@@ -187,7 +188,7 @@ class Intake:
         if self.on_take is not None:
             self.on_take(job)      # the submitter's early start: the runner is asked for before staging
         try:
-            hold = self._take(name, raw, job, digest, provenance)
+            hold, size = self._take(name, raw, job, digest, provenance)
         except JobInvalid as problem:
             self._reject(name, raw, problem.problems, digest)
             return
@@ -198,6 +199,7 @@ class Intake:
             keys_in_flight.add(hold.cache_key)
         counts.names.append(name)
         counts.held[hold.job_id] = hold.summary()
+        counts.staged_bytes[hold.job_id] = size
         if len(counts.whole) < self.keep_whole:
             counts.whole[name] = hold
 
@@ -243,14 +245,15 @@ class Intake:
         return provenance
 
     def _take(self, name: str, raw: dict[str, Any], job: PreparedJob, digest: str,
-              provenance: dict[str, Any]) -> HeldJob:
+              provenance: dict[str, Any]) -> tuple[HeldJob, int]:
         """Stage the inputs, hold the job, drop its ``.job``; the hold's provenance
-        describes the inputs as copied, which is what runs and what the cache key names."""
+        describes the inputs as copied, which is what runs and what the cache key names.
+        Returns the hold and the size of the outbox entry staged."""
         staged = write_outbox_entry(self.outbox, job, self.config.submitter_id, self.boundaries, self.metas)
-        if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.items()):
+        if any(provenance["inputs"][key]["sha256"] != sha for key, sha in staged.digests.items()):
             log.warning("%s: an input changed while the job was being taken; its digests are those of the copy",
                         name)
-            for key, sha in staged.items():
+            for key, sha in staged.digests.items():
                 provenance["inputs"][key]["sha256"] = sha
             provenance = self._keyed(job, provenance)
         fault_point("after_outbox")
@@ -261,7 +264,7 @@ class Intake:
         self.history.record(name, JobState.SUBMITTED, job.job_id, detail=f"class {job.job_class}",
                             **{"class": job.job_class})
         log.info("%s: taken as %s (class %s)", name, job.job_id, job.job_class)
-        return hold
+        return hold, staged.size
 
     def _serve_from_cache(self, name: str, raw: dict[str, Any], key: str, digest: str,
                           provenance: dict[str, Any]) -> bool:

@@ -139,26 +139,26 @@ def open_checked(path: str, boundaries: Boundaries) -> int:
     return fd
 
 
-def stage_copy(path: str, boundaries: Boundaries, target: Path) -> str:
+def stage_copy(path: str, boundaries: Boundaries, target: Path) -> tuple[str, int]:
     """Copy a checked input to ``target`` (a new file in the submitter's own folder) and
-    return the copy's sha256: what is sent and hashed is what was checked, whatever
-    happens at ``path`` afterwards."""
+    return the copy's sha256 and size: what is sent and hashed is what was checked,
+    whatever happens at ``path`` afterwards."""
     source = open_checked(path, boundaries)
     try:
         destination = os.open(target, CREATE_FLAGS & ~os.O_WRONLY | os.O_RDWR, 0o600)   # read back after a reflink
         try:
-            digest = _clone_or_copy(source, destination)
+            copied = _clone_or_copy(source, destination)
         finally:
             os.close(destination)
     finally:
         os.close(source)
-    return digest
+    return copied
 
 
-def _clone_or_copy(source: int, destination: int) -> str:
+def _clone_or_copy(source: int, destination: int) -> tuple[str, int]:
     """A reflink where the filesystem has them (then the hash reads our private clone),
     else one pass that copies and hashes."""
-    digest = hashlib.sha256()
+    digest, size = hashlib.sha256(), 0
     try:
         fcntl.ioctl(destination, FICLONE, source)
     except OSError:
@@ -168,13 +168,15 @@ def _clone_or_copy(source: int, destination: int) -> str:
                 break
             digest.update(chunk)
             write_all(destination, chunk)
-        return digest.hexdigest()
+            size += len(chunk)
+        return digest.hexdigest(), size
     os.lseek(destination, 0, os.SEEK_SET)
     while True:
         chunk = os.read(destination, CHUNK)
         if not chunk:
-            return digest.hexdigest()
+            return digest.hexdigest(), size
         digest.update(chunk)
+        size += len(chunk)
 
 
 def _temporary(folder: int, name: str, mode: int) -> tuple[int, str]:

@@ -68,6 +68,15 @@ class PreparedJob:
         return workspace_names(self.description.input_map)
 
 
+@dataclass(frozen=True)
+class StagedEntry:
+    """What ``write_outbox_entry`` made: each input's sha256 as copied, and what sending
+    the entry costs on the cluster (``space.entry_bytes``'s measure, its ``job.json`` line
+    counted for its share), known as written so the cycle that sends it need not walk it."""
+    digests: dict[str, str]
+    size: int
+
+
 def remote_job_dir(config: Config, the_job_id: str) -> str:
     return f"{config.workspace}/{JOBS_FOLDER}/{the_job_id}"
 
@@ -152,14 +161,14 @@ def known_gpus(config: Config, settings: dict[str, Any]) -> int | None:
 
 
 def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, boundaries: Boundaries,
-                       metas: BatchFile | None = None) -> dict[str, str]:
+                       metas: BatchFile | None = None) -> StagedEntry:
     """(Re)build ``outbox/<id>`` whole: a crash half-way leaves an entry that is rebuilt.
     Its ``job.json`` is a line of ``metas``, the cycle's one file for every job it takes,
     linked in (``on_hpc/batchfile.py``: a file made per job was the dearest part of
     intake); a job staged alone gets a file of its own.
 
-    Returns the sha256 of each input as copied.  JobInvalid when an input can no longer be
-    taken (gone, moved out of bounds, no longer a regular file): the job's fault."""
+    JobInvalid when an input can no longer be taken (gone, moved out of bounds, no longer
+    a regular file): the job's fault."""
     entry = outbox / job.job_id
     try:
         entry.mkdir(parents=True, mode=0o700)
@@ -168,20 +177,24 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
         entry.mkdir(mode=0o700)
     if job.input_names:         # an empty input/ would be one more folder to make per job (issue 18)
         (entry / "input").mkdir(mode=0o700)
-    _write_new(entry / "job.sh", job.script.encode("utf-8"))
+    script = job.script.encode("utf-8")
+    _write_new(entry / "job.sh", script)
     expected = job.description.expected_seconds or job.template.expected_seconds
     meta = {"id": job.job_id, "name": job.name, "class": job.job_class, "script": job.template.name,
             "expected_seconds": expected, "submitter": submitter_id,
             **job.template.resources, **job.description.resources}
     if metas is None:
-        (entry / "job.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        text = json.dumps(meta, indent=1).encode("utf-8")
+        _write_new(entry / "job.json", text)
+        size = len(script) + len(text)
     else:
-        metas.add(job.job_id, meta, str(entry / "job.json"))
+        size = len(script) + metas.add(job.job_id, meta, str(entry / "job.json"))
     digests, problems = {}, []
     for key, target in job.input_names.items():
         value = job.description.input_map[key]
         try:
-            digests[key] = stage_copy(value, boundaries, entry / "input" / target)
+            digests[key], copied = stage_copy(value, boundaries, entry / "input" / target)
+            size += copied
         except FileRefused as refused:
             problems.append(f"input_map.{key}: {value} {refused}")
         except FileNotFoundError:
@@ -189,7 +202,7 @@ def write_outbox_entry(outbox: Path, job: PreparedJob, submitter_id: str, bounda
     if problems:
         shutil.rmtree(entry, ignore_errors=True)
         raise JobInvalid(problems)
-    return digests
+    return StagedEntry(digests, size)
 
 
 def _write_new(path: Path, data: bytes) -> None:

@@ -92,6 +92,9 @@ class Submitter:
         # Whole holds this process wrote, at most WHOLE_HOLDS_KEPT, by name: trusted in
         # place of the file while ``_known`` says the file is still the one written.
         self._kept_whole: dict[str, HeldJob] = {}
+        # The size of each outbox entry this process staged, by job id, while it waits to
+        # be sent: the outbox is the submitter's alone, so an entry stays as written.
+        self._staged_bytes: dict[str, int] = {}
 
     def close(self) -> None:
         self.cluster.close()
@@ -120,6 +123,7 @@ class Submitter:
         report.more_new = report.more_new or taken.unsettled > 0
         self._remember_taken(taken.held.values())
         self._kept_whole.update(taken.whole)
+        self._staged_bytes.update(taken.staged_bytes)
         tally = self.finisher.tally
         report.taken, report.rejected, report.cached, report.cancelled = (
             len(taken.names), tally[REJECTED], tally[CACHED], tally[CANCELLED])
@@ -178,11 +182,15 @@ class Submitter:
 
     def _fitting(self, waiting: list[str], held: dict[str, HeldSummary], report: CycleReport) -> list[str]:
         """Only what fits in the cluster's free space (as last reported) is sent; a job
-        that alone exceeds it fails, so it cannot fail every other job's push."""
+        that alone exceeds it fails, so it cannot fail every other job's push.  An entry
+        this process staged is not walked again to be measured (``_staged_bytes``)."""
+        staged = self._staged_bytes
+        self._staged_bytes = {job_id_: staged[job_id_] for job_id_ in waiting if job_id_ in staged}
         free = known_free(self.config.state_dir)
         if free is None or not waiting:
             return waiting
-        sizes = {job_id_: entry_bytes(self.outbox / job_id_) for job_id_ in waiting}
+        sizes = {job_id_: self._staged_bytes.get(job_id_) or entry_bytes(self.outbox / job_id_)
+                 for job_id_ in waiting}
         send, wait, never = split_by_room(sizes, free)
         for job_id_ in never:
             report.abandoned.append(job_id_)     # what a push may have left of it goes too
@@ -372,10 +380,12 @@ class Submitter:
             except OSError as error:
                 raise JobInvalid([str(error)]) from None
             staged = write_outbox_entry(self.outbox, prepared, self.config.submitter_id, self.boundaries)
-            changed = sorted(key for key, sha in staged.items() if job.provenance["inputs"][key]["sha256"] != sha)
+            changed = sorted(key for key, sha in staged.digests.items()
+                             if job.provenance["inputs"][key]["sha256"] != sha)
             if changed:
                 shutil.rmtree(self.outbox / job.job_id, ignore_errors=True)
                 raise JobInvalid([f"input(s) changed since the job was taken: {', '.join(changed)}"])
+            self._staged_bytes[job.job_id] = staged.size
         except (JobInvalid, TemplateProblem) as problem:
             self._fail(job, f"the job was lost on the cluster and cannot be sent again: {problem}")
 

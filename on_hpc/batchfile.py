@@ -54,7 +54,8 @@ class BatchFile(object):
 
     def add(self, key, record, target):
         """Append ``record`` under ``key`` and link the file in as ``target`` (a fresh
-        name: an existing one is an error, as with ``O_EXCL``)."""
+        name: an existing one is an error, as with ``O_EXCL``); return the bytes its line
+        took, the target's share of the file."""
         line = _line(key, record)
         if self.fd is not None and self.size + len(line) > MAX_BATCH_BYTES:
             self.close()
@@ -67,6 +68,7 @@ class BatchFile(object):
         self.torn = False
         self.size += len(data)
         os.link(self.path, target)
+        return len(data)
 
     def close(self):
         if self.fd is None:

@@ -135,6 +135,51 @@ def test_a_burst_s_holds_are_not_read_back_when_the_process_that_wrote_them_coll
     assert len(reads) == 2 and set(reads) < set(names)       # the two past the limit
 
 
+def test_an_entry_is_measured_for_the_cluster_s_room_as_staged_not_walked_again(tmp_path, monkeypatch):
+    """With the cluster's free space known, every cycle walked each outbox entry it sent to
+    size it (20 µs a job); the sizes staging wrote are used instead.  Entries another
+    process staged (a push that ran out of room, then a restart) are still walked, and the
+    two measures agree."""
+    from dropbox_runner import submitter as submitter_module
+    from dropbox_runner.space import entry_bytes, remember_free
+    from dropbox_runner.submitter import Submitter
+
+    walked = []
+    monkeypatch.setattr(submitter_module, "entry_bytes",
+                        lambda folder: walked.append(folder.name) or entry_bytes(folder))
+    config = make_config(tmp_path)
+    (tmp_path / "inputs" / "in.txt").write_text("x" * 3000)
+    names = [f"j{n}.job" for n in range(3)]
+    for n, name in enumerate(names):
+        drop(config, name, {"script": "copy", "input_map": {"src": str(tmp_path / "inputs" / "in.txt")}, "cache": False,
+                            "output_map": {"dst": str(tmp_path / "outputs" / f"o{n}.txt")}})
+    remember_free(config.state_dir, 1 << 30)
+    first = Submitter(config, LocalTransport())
+    real_push = first.transport.push
+
+    def push(source, destination):
+        if destination.endswith("/jobs"):       # the jobs; the code's deploy goes through
+            raise OSError("rsync: write failed: No space left on device")
+        real_push(source, destination)
+
+    monkeypatch.setattr(first.transport, "push", push)
+    try:
+        report = first.cycle()
+        staged = dict(first._staged_bytes)
+    finally:
+        first.close()
+    assert len(report.unsent) == 3 and walked == []
+    sizes = {job_id: entry_bytes(config.state_dir / "outbox" / job_id) for job_id in report.unsent}
+    assert staged == sizes and min(sizes.values()) > 3000
+    second = Submitter(config, LocalTransport())
+    try:
+        results = drain(config, names, cycle=second.cycle)
+    finally:
+        second.close()
+    assert sorted(walked) == sorted(report.unsent)
+    assert {result["job"]["status"] for result in results.values()} == {"ok"}
+
+
 def test_a_transition_is_two_statements(tmp_path):
     """A row of ``jobs`` is inserted or updated in one upsert, not an insert that may do
     nothing followed by an update: a job passes four transitions in a burst."""
