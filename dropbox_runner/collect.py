@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,7 @@ class Collector:
                     lambda job=job, item=item: self._finish(job, FinishedRecord.from_json(item["record"])),
                     lambda message, job=job: self._fail(job, message)):
                 finished_ids.append(job.job_id)
-            elif not self.dropbox.path(job.name, ".submitted").exists():
+            elif not os.path.exists(self.dropbox.path(job.name, ".submitted")):
                 finished_ids.append(job.job_id)     # ended by its error result
         return finished_ids
 

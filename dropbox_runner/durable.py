@@ -36,24 +36,27 @@ class DurableBatch:
 
     Written as ``safefs.write_atomic`` writes (a fresh unguessable temporary created with
     ``O_EXCL|O_NOFOLLOW`` inside the opened folder, renamed there, ``mode`` masked by the
-    umask), less the fsync of each file."""
+    umask), less the fsync of each file.  Folders are kept as strings: a burst writes two
+    files a job, and pathlib's parse of each name cost more than the write's Python."""
 
     def __init__(self, prefix: str = ".tmp-", staging: Path | None = None) -> None:
         self.prefix = prefix
-        self.staging = staging      # where temporaries are made, if on the targets' filesystem
-        self._made_in: dict[Path, Path] = {}     # target folder -> where its temporaries go, once a batch
-        self._opened: dict[Path, int] = {}       # folders opened by this batch, until its commit
-        self.writes: list[tuple[Path, str, str]] = []      # (folder made in, temporary name, final name)
-        self.targets: list[Path] = []                       # the final names' folders, in the same order
-        self.removals: list[Path] = []
+        self.staging = None if staging is None else os.fspath(staging)   # where temporaries are made,
+                                                                         # if on the targets' filesystem
+        self._made_in: dict[str, str] = {}      # target folder -> where its temporaries go, once a batch
+        self._opened: dict[str, int] = {}       # folders opened by this batch, until its commit
+        self.writes: list[tuple[str, str, str]] = []       # (folder made in, temporary name, final name)
+        self.targets: list[str] = []                        # the final names' folders, in the same order
+        self.removals: list[str | Path] = []
 
-    def write(self, path: Path, data: bytes, mode: int = 0o666) -> None:
+    def write(self, path: str | Path, data: bytes, mode: int = 0o666) -> None:
         """Write ``data`` under a hidden temporary name, in the staging folder or beside
         ``path``; renamed to ``path`` at commit."""
-        made_in = self._folder_for(path.parent)
+        target, name = os.path.split(os.fspath(path))
+        made_in = self._folder_for(target)
         folder = self._open(made_in)
         while True:
-            temporary = f"{self.prefix}{path.name[:64]}.{secrets.token_hex(8)}"
+            temporary = f"{self.prefix}{name[:64]}.{secrets.token_hex(8)}"
             try:
                 fd = os.open(temporary, CREATE_FLAGS, mode, dir_fd=folder)
                 break
@@ -66,31 +69,31 @@ class DurableBatch:
             raise
         finally:
             os.close(fd)
-        self.writes.append((made_in, temporary, path.name))
-        self.targets.append(path.parent)
+        self.writes.append((made_in, temporary, name))
+        self.targets.append(target)
 
-    def _folder_for(self, target: Path) -> Path:
+    def _folder_for(self, target: str) -> str:
         """The staging folder when a rename from it into ``target`` works (same
         filesystem), else ``target`` itself; asked once a batch for each target folder."""
         if target not in self._made_in:
             self._made_in[target] = self.staging if self._stages_for(target) else target
         return self._made_in[target]
 
-    def _stages_for(self, target: Path) -> bool:
+    def _stages_for(self, target: str) -> bool:
         if self.staging is None:
             return False
         try:
             staging = _private_folder(self.staging)
-            return staging is not None and _private_folder(self.staging.parent) is not None and (
+            return staging is not None and _private_folder(os.path.dirname(self.staging)) is not None and (
                 staging.st_dev == os.stat(target).st_dev)
         except OSError:
             return False
 
-    def remove(self, path: Path) -> None:
+    def remove(self, path: str | Path) -> None:
         """Remove ``path`` once everything written before it is durable."""
         self.removals.append(path)
 
-    def _open(self, folder: Path, follow: bool = False) -> int:
+    def _open(self, folder: str, follow: bool = False) -> int:
         """The folder's descriptor, opened once a batch.  Where temporaries are made it is
         opened without following a link, and they are made in it and renamed from it; a
         target folder only (the dropbox, which the operator may name through a link) is
@@ -105,12 +108,12 @@ class DurableBatch:
         self.writes, self.targets, self.removals, self._made_in = [], [], [], {}
         try:
             if writes:
-                sync_files([str(folder / temporary) for folder, temporary, _ in writes])
+                sync_files([f"{folder}/{temporary}" for folder, temporary, _ in writes])
                 fault_point("in_batch")
                 for (made_in, temporary, name), target in zip(writes, targets):
                     os.rename(temporary, name, src_dir_fd=self._open(made_in),
                               dst_dir_fd=self._open(target, follow=True))
-                sync_folders({str(folder) for folder, _, _ in writes} | {str(folder) for folder in targets})
+                sync_folders({folder for folder, _, _ in writes} | set(targets))
         finally:
             opened, self._opened = self._opened, {}
             for fd in opened.values():
@@ -119,7 +122,7 @@ class DurableBatch:
             _unlink(path)
 
 
-def _private_folder(folder: Path) -> os.stat_result | None:
+def _private_folder(folder: str) -> os.stat_result | None:
     """The folder's stat when it is a folder (not a link) of this account's that no one
     else may write into (what is made there stays as made until renamed out), else None."""
     info = os.stat(folder, follow_symlinks=False)

@@ -38,26 +38,27 @@ def kind_of(mode: int) -> str:
     return "not a regular file"
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: str | Path, limit: int) -> bytes:
     """The bytes of a regular file, opened without following a link or blocking.
 
     UnusableEntry for a link, a folder, a FIFO or anything over ``limit`` bytes;
     FileNotFoundError when it is gone; other OSErrors as they come.
     """
+    shown = os.path.basename(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         if os.path.islink(path):
-            raise UnusableEntry(f"{path.name} is a symbolic link") from None
+            raise UnusableEntry(f"{shown} is a symbolic link") from None
         if os.path.isdir(path):
-            raise UnusableEntry(f"{path.name} is a folder") from None
+            raise UnusableEntry(f"{shown} is a folder") from None
         raise error
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnusableEntry(f"{path.name} is {kind_of(info.st_mode)}")
+            raise UnusableEntry(f"{shown} is {kind_of(info.st_mode)}")
         if info.st_size > limit:
-            raise UnusableEntry(f"{path.name} is {info.st_size} bytes; files here are limited to {limit}")
+            raise UnusableEntry(f"{shown} is {info.st_size} bytes; files here are limited to {limit}")
         chunks, left = [], limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
@@ -67,7 +68,7 @@ def read_regular(path: Path, limit: int) -> bytes:
             left -= len(chunk)
         data = b"".join(chunks)
         if len(data) > limit:
-            raise UnusableEntry(f"{path.name} grew past {limit} bytes while being read")
+            raise UnusableEntry(f"{shown} grew past {limit} bytes while being read")
         return data
     finally:
         os.close(fd)

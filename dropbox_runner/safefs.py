@@ -58,9 +58,9 @@ class Boundaries:
     no_go: tuple[Path, ...] = SYSTEM_ZONES
     no_go_files: frozenset[tuple[int, int]] = frozenset()   # (device, inode): a hard link elsewhere is no way in
 
-    def problem(self, real: Path, output: bool) -> str | None:
+    def problem(self, real: str | Path, output: bool) -> str | None:
         """Why ``real`` (a resolved path) is out of bounds, or None."""
-        text = str(real)
+        text = os.fspath(real)
         zones, output_roots, input_roots = self._matchers
         if zones.matches(text):
             zone = next(zone for zone in self.no_go if inside(real, (zone,)))
@@ -97,21 +97,22 @@ class _RootMatcher:
         return text in self.exact or text.startswith(self.below)
 
 
-def inside(path: Path, roots: tuple[Path, ...] | list[Path]) -> bool:
+def inside(path: str | Path, roots: tuple[Path, ...] | list[Path]) -> bool:
     """``path`` is a root or below one."""
-    return _RootMatcher.of(roots).matches(str(path))
+    return _RootMatcher.of(roots).matches(os.fspath(path))
 
 
-def descriptor_path(fd: int) -> Path:
-    """Where an open file or folder is now (the kernel's view, links resolved)."""
-    return Path(os.readlink(f"/proc/self/fd/{fd}"))
+def descriptor_path(fd: int) -> str:
+    """Where an open file or folder is now (the kernel's view, links resolved), as the
+    resolved text that ``Boundaries.problem`` matches."""
+    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 def open_checked(path: str, boundaries: Boundaries) -> int:
     """Open an input for reading: resolved inside the boundaries, a regular file, and
     really the file that was checked (a link swapped in between is caught by asking the
     kernel where the descriptor points).  Raises FileRefused, FileNotFoundError."""
-    real = Path(os.path.realpath(path))
+    real = os.path.realpath(path)
     why = boundaries.problem(real, output=False)
     if why:
         raise FileRefused(why)
@@ -345,7 +346,7 @@ def _open_folder(destination: str) -> int:
 
 
 def _check_place(placement: _Placement, boundaries: Boundaries) -> None:
-    real = descriptor_path(placement.folder) / placement.name
+    real = os.path.join(descriptor_path(placement.folder), placement.name)
     why = boundaries.problem(real, output=True) or _target_problem(placement.folder, placement.name)
     if why:
         raise FileRefused(f"{placement.destination}: {why}")
@@ -376,19 +377,20 @@ def _copy(source: int, destination: int) -> None:
         pass
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o666) -> None:
     """Write a file in a folder others can write (the dropbox): a fresh unguessable
     temporary, fsynced, renamed over ``path`` (a link there is replaced, never followed).
     ``mode`` is masked by the umask, so tools of the dropbox's group can read results."""
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent, name = os.path.split(os.fspath(path))
+    folder = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd, temporary = _temporary(folder, path.name, mode)
+        fd, temporary = _temporary(folder, name, mode)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.rename(temporary, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
             try:
                 os.unlink(temporary, dir_fd=folder)

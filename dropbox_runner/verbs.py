@@ -6,6 +6,7 @@ cycle, exactly as when a tool does the same.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,10 +41,10 @@ def request_cancel(config: Config, names: list[str]) -> list[Said]:
     dropbox = Dropbox(config.dropbox)
     said = []
     for name in map(job_name, names):
-        if dropbox.path(name).exists() or dropbox.path(name, ".submitted").exists():
-            write_atomic(str(dropbox.path(name, ".cancel")), f"requested at {time.time():.0f}\n")
+        if os.path.exists(dropbox.path(name)) or os.path.exists(dropbox.path(name, ".submitted")):
+            write_atomic(dropbox.path(name, ".cancel"), f"requested at {time.time():.0f}\n")
             said.append(Said(f"{name}: cancel requested"))
-        elif dropbox.path(name, ".finished").exists():
+        elif os.path.exists(dropbox.path(name, ".finished")):
             said.append(Said(f"{name}: already finished; nothing to cancel"))
         else:
             said.append(Said(f"{name}: no such job", known=False))
@@ -57,7 +58,7 @@ def resubmit(config: Config, history: History, names: list[str], force: bool = F
     for name in map(job_name, names):
         result = dropbox.read_result(name)
         if result is None:
-            known = dropbox.path(name).exists() or dropbox.path(name, ".submitted").exists()
+            known = os.path.exists(dropbox.path(name)) or os.path.exists(dropbox.path(name, ".submitted"))
             said.append(Said(f"{name}: {'not finished yet' if known else 'no such job'}; nothing to resubmit",
                              known=known))
             continue
@@ -66,7 +67,7 @@ def resubmit(config: Config, history: History, names: list[str], force: bool = F
             said.append(Said(f"{name}: finished ok; use --force to run it again"))
             continue
         history.remember_earlier_run(name, block)
-        write_atomic(str(dropbox.path(name)), dump_yaml(result))
+        write_atomic(dropbox.path(name), dump_yaml(result))
         dropbox.discard(name, ".finished")
         history.record(name, "waiting", detail="resubmitted")
         said.append(Said(f"{name}: resubmitted"))
