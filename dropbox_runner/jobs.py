@@ -67,7 +67,7 @@ class JobDescription:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def read_job(path: Path) -> tuple[dict[str, Any], str]:
+def read_job(path: str | Path) -> tuple[dict[str, Any], str]:
     """The YAML mapping in a ``.job`` file and the sha256 of the bytes it was parsed from
     (read once, so the digest names what was parsed); JobInvalid when it is not one.
 
@@ -226,18 +226,34 @@ def check_files(job: JobDescription, boundaries: Boundaries) -> list[str]:
             problems.append(f"input_map.{key}: {value} is not readable")
     for key, value in job.output_map.items():
         path = Path(value)
-        folder = path.parent
-        why = boundaries.problem(Path(os.path.realpath(folder)) / path.name, output=True)
+        folder = str(path.parent)
+        real, is_folder = _resolved_folder(folder)
+        why = boundaries.problem(os.path.join(real, path.name), output=True)
         there = found.get(value)
         if why:
             problems.append(f"output_map.{key}: {value} {why}")
-        elif not folder.is_dir():
+        elif not is_folder:
             problems.append(f"output_map.{key}: the folder {folder} does not exist")
         elif not os.access(folder, os.W_OK | os.X_OK):
             problems.append(f"output_map.{key}: the folder {folder} is not writable")
         elif there is not None and not stat.S_ISREG(there.st_mode):     # a link, a folder, a FIFO
             problems.append(f"output_map.{key}: {value} is not a regular file; only a regular file may be replaced")
     return problems
+
+
+def _resolved_folder(folder: str) -> tuple[str, bool]:
+    """``folder`` resolved, and whether it is a folder: one open (``O_PATH``, which reads
+    nothing) and the kernel's answer where it is, rather than ``realpath``'s lookup of each
+    component in turn (four system calls and 15 µs an output here); ``realpath`` only
+    for what cannot be opened as a folder."""
+    try:
+        fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return os.path.realpath(folder), False
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}"), True
+    finally:
+        os.close(fd)
 
 
 def unsafe_text(value: Any, where: str = "") -> list[str]:

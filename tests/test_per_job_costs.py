@@ -393,6 +393,35 @@ def test_an_output_path_is_looked_up_once_when_its_job_is_checked(tmp_path, monk
             f"output_map.out: {output} is not a regular file; only a regular file may be replaced"]
 
 
+def test_an_output_s_folder_is_resolved_by_one_open_not_a_walk(tmp_path, monkeypatch):
+    """``realpath`` looked up each component of every output's folder, and ``is_dir``
+    looked once more; the folder is opened once instead and the kernel says where it is,
+    links and all."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "deep" / "er").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "away").symlink_to(outside)
+    boundaries = safefs.Boundaries(output_roots=(allowed,))
+    looked = []
+    for name in ("stat", "lstat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path, *args, real=real, **kwargs:
+                            looked.append(str(path)) or real(path, *args, **kwargs))
+
+    def problems(value):
+        return check_files(SimpleNamespace(input_map={}, output_map={"out": value}), boundaries)
+
+    assert problems(str(allowed / "deep" / "er" / "o.txt")) == []
+    assert looked == [str(allowed / "deep" / "er" / "o.txt")]
+    assert problems(str(allowed / "deep" / "er" / ".." / "o.txt")) == []
+    assert problems(str(allowed / "away" / "o.txt")) == [
+        f"output_map.out: {allowed / 'away' / 'o.txt'} is outside the allowed output folders"]
+    missing = allowed / "none" / "o.txt"
+    assert problems(str(missing)) == [f"output_map.out: the folder {missing.parent} does not exist"]
+    assert problems(str(outside / "none" / "o.txt")) == [
+        f"output_map.out: {outside / 'none' / 'o.txt'} is outside the allowed output folders"]
+
+
 def test_a_hold_is_written_by_json_s_c_encoder(tmp_path, monkeypatch):
     """``indent`` made ``json`` encode every hold in Python, at twice the cost."""
     def python_encoder(*args, **kwargs):
