@@ -113,14 +113,16 @@ def place_outputs(produced: dict[str, Path], destinations: dict[str, str], bound
     """Copy every produced file to its destination, all or nothing, with the boundaries
     checked again on each resolved destination as it is placed (``safefs.place_files``);
     one also in ``linkable`` may be linked instead.  An output of ``destinations`` not in
-    ``produced`` is as missing as one not there."""
-    missing = [key for key in destinations if key not in produced or not produced[key].is_file()]
+    ``produced`` is as missing as one not there; one held (``linkable``) was found a
+    regular file when it was opened, and is not looked at again."""
+    linkable = linkable or {}
+    missing = [key for key in destinations
+               if key not in produced or (key not in linkable and not produced[key].is_file())]
     if missing:
         names = workspace_names(destinations)
         raise OutputProblem("the script did not write " + ", ".join(
             f"{key} (expected at output/{names[key]})" for key in sorted(missing)))
     try:
-        linkable = linkable or {}
         place_files([(linkable.get(key) or produced[key], destinations[key]) for key in produced], boundaries,
                     umask=umask)
     except FileRefused as refused:

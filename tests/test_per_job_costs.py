@@ -314,9 +314,10 @@ def test_a_job_is_rendered_once_where_the_cache_is_off(tmp_path, monkeypatch):
 # -- sixteenth round ---------------------------------------------------------------------------
 def test_a_collected_job_s_streams_are_read_by_the_descriptor_held_where_they_lie(tmp_path, monkeypatch):
     """Each stream was opened a second time through ``/proc/self/fd/N`` by a file object:
-    twenty system calls a job, and an empty stream was read all the same."""
+    twenty system calls a job, and an empty stream was read all the same.  A held output,
+    found a regular file when it was opened, was also looked at through it once more."""
     reopened = []
-    real_open, real_os_open = open, os.open
+    real_open, real_os_open, real_stat = open, os.open, os.stat
 
     def counting_open(path, *args, **kwargs):
         if str(path).startswith("/proc/self/fd/"):
@@ -328,8 +329,14 @@ def test_a_collected_job_s_streams_are_read_by_the_descriptor_held_where_they_li
             reopened.append(str(path))
         return real_os_open(path, *args, **kwargs)
 
+    def counting_stat(path, *args, **kwargs):
+        if str(path).startswith("/proc/self/fd/"):
+            reopened.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
     monkeypatch.setattr("builtins.open", counting_open)
     monkeypatch.setattr(os, "open", counting_os_open)
+    monkeypatch.setattr(os, "stat", counting_stat)
     config = make_config(tmp_path)
     jobs = {"quiet.job": (0, "", ""), "chatty.job": (3, "hello there", "oops"),
             "flood.job": ((1 << 20) // 4 + 10, "abc", "")}          # 4 bytes a line: past the MiB kept
