@@ -5,12 +5,14 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
 from dropbox_runner.on_hpc import files
-from helpers import drain, drop, make_config
+from helpers import drain, drop, make_config, write_config
 
 from dropbox_runner import durable, isotime, logsetup, outcome, rendering, safefs, staging
 from dropbox_runner.dropbox import Dropbox, HeldJob
@@ -273,6 +275,28 @@ def test_result_times_read_as_a_zone_aware_datetime_says_them(zone, monkeypatch)
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_jinja2_is_imported_by_the_first_render_not_by_a_cycle_with_nothing_to_take(tmp_path):
+    """Importing jinja2 was a quarter of the CPU of a ``once`` that finds nothing new,
+    which cron runs every minute; a job dropped later is rendered as before."""
+    path = write_config(tmp_path)
+    check = ("import sys\n"
+             "from dropbox_runner.cli import main\n"
+             "assert main(['once', '--config', sys.argv[1]]) == 0\n"
+             "print(sorted(name for name in sys.modules if name.startswith('dropbox_runner.') and 'submitter' in name),"
+             " 'jinja2' in sys.modules)\n")
+
+    def once() -> str:
+        done = subprocess.run([sys.executable, "-c", check, str(path)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert once() == "['dropbox_runner.submitter'] False"
+    config = make_config(tmp_path)
+    drop_ledger_jobs(config, tmp_path / "outputs", 1)
+    assert once() == "['dropbox_runner.submitter'] True"
+    assert not (config.dropbox / "j0.job").exists()        # taken (and maybe already finished)
 
 
 def test_a_template_is_parsed_once_a_version_and_an_edit_applies_to_the_next_job(tmp_path):
