@@ -67,7 +67,7 @@ def _mapping(data: dict[Any, Any], pad: str, lines: list[str], depth: int) -> No
     for key, value in data.items():
         if type(key) is not str:
             raise _Unsure
-        text = _key(key)
+        text = _KEYS.get(key) or _key(key)
         _value(value, f"{pad}{text}:", pad, lines, depth)
 
 
@@ -135,10 +135,19 @@ def _string(text: str) -> str:
     return '"' + _ESCAPE.sub(_escape, text) + '"'
 
 
+# Keys as written, by key: every result repeats the same few dozen (``status``,
+# ``provenance``...), whose checks were a third of writing one.  Only short keys are kept,
+# and only so many, so a job's own odd keys cannot grow it without bound.
+_KEYS: dict[str, str] = {}
+_KEYS_KEPT = 4096
+
+
 def _key(key: str) -> str:
     text = _string(key)
     if len(text) > MAX_KEY:
         raise _Unsure
+    if len(key) <= 64 and len(_KEYS) < _KEYS_KEPT:
+        _KEYS[key] = text
     return text
 
 

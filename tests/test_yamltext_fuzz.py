@@ -154,3 +154,22 @@ def test_an_int_too_long_for_str_goes_to_pyyaml():
     calls = []
     yamltext.emit({"big": 10 ** (limit + 10)}, lambda data: calls.append(data) or "fallback\n")
     assert calls
+
+
+def test_keys_are_checked_once_a_process_and_their_memo_stays_bounded(monkeypatch):
+    """Every result repeats the same few dozen keys, whose checks were a third of writing
+    one: each is checked once.  A job's own keys (thousands, or long) cannot grow the memo
+    past its bound, and every key still reads back as written."""
+    monkeypatch.setattr(yamltext, "_KEYS", {})
+    checked = []
+    real_string = yamltext._string
+    monkeypatch.setattr(yamltext, "_string", lambda text: checked.append(text) or real_string(text))
+    result = {"status": "ok", "job": {"id": "a-1", "provenance": {"host": "vm", "yes": 1, "a: b": 2}}}
+    assert yaml.safe_load(dump_yaml(result)) == result
+    assert len(checked) == 7 + 3
+    checked.clear()
+    dump_yaml(result)
+    assert checked == ["ok", "a-1", "vm"]           # the values only: the seven keys are known
+    many = {f"k{n}": n for n in range(2 * yamltext._KEYS_KEPT)} | {"x" * 65: "long", "yes": "quoted"}
+    assert yaml.safe_load(dump_yaml(many)) == many
+    assert len(yamltext._KEYS) == yamltext._KEYS_KEPT and "x" * 65 not in yamltext._KEYS
