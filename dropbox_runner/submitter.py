@@ -17,6 +17,7 @@ Network failures raise TransportError out of the cycle and leave every job waiti
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -324,7 +325,7 @@ class Submitter:
         are looked up as sets: a slice of a large burst sends thousands (a quarter of
         what is held), and a list's lookup for every held job grew with their product."""
         known = self.history.in_flight()
-        sent_ids, unsent = set(sent), set(report.unsent)
+        sent_ids, unsent = _left_in(self.outbox, sent), set(report.unsent)
         for job_id_, state in answer.states.items():
             job = held.get(job_id_)
             if job is not None and job_id_ not in unsent:
@@ -394,6 +395,18 @@ class Submitter:
         self.finisher.finish(Outcome(job.name, job.description,
                                      error_block(message, job.job_id, job_digest=job.job_digest),
                                      scratch=scratch or [], log_level=logging.WARNING))
+
+
+def _left_in(outbox: Path, sent: list[str]) -> set[str]:
+    """Which sent entries the push left in the outbox, to remove once their jobs are
+    queued: rsync copies them, the local transport moves them away (and a removal that
+    finds nothing still cost a job a ``Path`` and a failed lookup)."""
+    if not sent:
+        return set()
+    try:
+        return set(sent).intersection(os.listdir(outbox))
+    except FileNotFoundError:
+        return set()
 
 
 def _dropbox_counts(listing, report: CycleReport, collected: int) -> dict[str, int]:

@@ -182,6 +182,45 @@ def test_an_entry_is_measured_for_the_cluster_s_room_as_staged_not_walked_again(
     assert {result["job"]["status"] for result in results.values()} == {"ok"}
 
 
+@pytest.mark.parametrize("push", ["moved", "copied"])
+def test_a_sent_entry_is_removed_from_the_outbox_once_queued_only_where_the_push_left_it(tmp_path, monkeypatch,
+                                                                                         push):
+    """The local transport moves a new entry into the workspace, yet every queued job's
+    entry was removed again (a Path and a failed lookup a job); a copying push (rsync)
+    leaves them, and they are removed once queued."""
+    from dropbox_runner import submitter as submitter_module
+    from dropbox_runner.submitter import Submitter
+
+    removed = []
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(submitter_module.shutil, "rmtree",
+                        lambda path, *args, **kwargs: removed.append(os.path.basename(path)) or
+                        real_rmtree(path, *args, **kwargs))
+    config = make_config(tmp_path)
+    names = drop_ledger_jobs(config, tmp_path / "outputs", 3)
+    submitter = Submitter(config, LocalTransport())
+    real_push = submitter.transport.push
+
+    def copy(source, destination):        # the jobs as rsync sends them; the code's deploy as before
+        if push == "moved" or not destination.endswith("/jobs"):
+            return real_push(source, destination)
+        for entry in os.scandir(source):
+            if entry.is_dir():
+                shutil.copytree(entry.path, os.path.join(destination, entry.name), dirs_exist_ok=True)
+
+    monkeypatch.setattr(submitter.transport, "push", copy)
+    try:
+        report = submitter.cycle()
+        sent = sorted(set(report.held_ids) | set(report.collected_ids))
+        assert len(sent) == 3 and report.sent == 3
+        assert sorted(removed) == (sent if push == "copied" else [])
+        assert not any(name in sent for name in os.listdir(config.state_dir / "outbox"))
+        results = drain(config, names, cycle=submitter.cycle)
+    finally:
+        submitter.close()
+    assert {result["job"]["status"] for result in results.values()} == {"ok"}
+
+
 def test_a_transition_is_two_statements(tmp_path):
     """A row of ``jobs`` is inserted or updated in one upsert, not an insert that may do
     nothing followed by an update: a job passes four transitions in a burst."""
