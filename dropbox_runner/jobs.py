@@ -21,7 +21,7 @@ from . import yamltext
 from .entries import UnusableEntry, bounded_message, load_bounded_yaml, read_regular
 from .on_hpc.durations import parse_duration
 from .on_hpc.resources import memory_mb
-from .safefs import Boundaries
+from .safefs import Boundaries, descriptor_path
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -251,7 +251,7 @@ def _resolved_folder(folder: str) -> tuple[str, bool]:
     except OSError:
         return os.path.realpath(folder), False
     try:
-        return os.readlink(f"/proc/self/fd/{fd}"), True
+        return descriptor_path(fd), True
     finally:
         os.close(fd)
 

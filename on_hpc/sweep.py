@@ -22,8 +22,14 @@ SWEEP_NICENESS = 10
 
 
 def trash_entries(store):
+    return [entry.name for entry in _trash_listing(store)]
+
+
+def _trash_listing(store):
+    """The trash's entries, less the sweep's lock; none where it cannot be read."""
     try:
-        return [name for name in os.listdir(store.trash_dir()) if name != LOCK_NAME]
+        with os.scandir(store.trash_dir()) as listing:
+            return [entry for entry in listing if entry.name != LOCK_NAME]
     except OSError:
         return []
 
@@ -39,13 +45,8 @@ def trash_bytes(store):
     """The bytes waiting in the trash (none when it is empty, the usual case); each entry
     walked once by a process.  A file shared between entries counts its share as it was
     when its entry was measured (``tree_bytes``): off by at most a batch file's bytes."""
-    try:
-        with os.scandir(store.trash_dir()) as listing:
-            entries = [entry for entry in listing if entry.name != LOCK_NAME]
-    except OSError:
-        return 0
     measured = {}
-    for entry in entries:
+    for entry in _trash_listing(store):
         key = (entry.path, entry.inode())
         size = _measured.get(key)
         measured[key] = _entry_bytes(entry) if size is None else size
