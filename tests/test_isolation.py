@@ -125,6 +125,26 @@ def test_a_hostile_job_file_gets_a_clear_error_result_at_once(config, kind):
     assert_each_ran_once(config, results)
 
 
+@pytest.mark.parametrize("folder", ["fifo", "file", "loop"])
+def test_an_output_whose_folder_is_no_folder_gets_an_error_result_at_once(config, folder):
+    """The output's folder is resolved by opening it (``jobs._resolved_folder``): a FIFO
+    there must not block the open, and a file or a link loop is no folder."""
+    where = config.dropbox.parent / "outputs" / "odd"
+    if folder == "fifo":
+        os.mkfifo(where)
+    elif folder == "file":
+        where.write_text("")
+    else:
+        os.symlink(where, where)
+    drop(config, "odd.job", {"script": "ledger", "args": {"seconds": 0}, "output_map": {"out": str(where / "o.txt")}})
+    name = bystander(config)
+    results = drain(config, ["odd.job", name])
+    block = results["odd.job"]["job"]
+    assert block["status"] == "error" and "output_map.out" in block["message"], block
+    assert results[name]["job"]["status"] == "ok"
+    assert_each_ran_once(config, results)
+
+
 def test_inputs_that_are_symlink_loops_get_an_error_result(config):
     loop = config.dropbox.parent / "inputs" / "loop"
     os.symlink(loop, loop)
