@@ -42,8 +42,9 @@ HEARTBEAT_SECONDS = 10
 LINGER_READ_SECONDS = 5
 COMING_READ_SECONDS = 1
 # A job that dies by a signal may have been hit by the same signal that is about to stop
-# the runner (scancel signals every process of the allocation at once).  Its end is held
-# back this long so a stop that follows turns it into an interruption, not a failure.
+# the runner (scancel signals every process of the allocation at once); under a batch
+# scheduler so may a job that fails (``_may_be_the_stop``).  Its end is held back this
+# long so a stop that follows turns it into an interruption, not a failure.
 SIGNAL_GRACE_SECONDS = 2.0
 TERMINATE_WAIT_SECONDS = 3.0
 # Ends are recorded together, at most this long after the first of them (while jobs still
@@ -396,11 +397,19 @@ class Runner(object):
             if job.cancelled:
                 self._finish(job, code, end)
                 continue
-            if _looks_signalled(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
+            if self._may_be_the_stop(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
                 continue
-            if _looks_signalled(code) and self.stop_reason:
+            if self._may_be_the_stop(code) and self.stop_reason:
                 continue   # handed back by _shutdown
             self._finish(job, code, end)
+
+    def _may_be_the_stop(self, code):
+        """True for an end the runner's stop may have caused: death by a signal, and under
+        a batch scheduler, which signals the whole allocation at once, any failure, since
+        what a job makes of the signal is its own (``srun`` exits 1 when its step is
+        cancelled; a script that traps TERM exits as it likes).  Such a failure then comes
+        SIGNAL_GRACE_SECONDS late; a local runner's jobs are signalled by it alone."""
+        return _looks_signalled(code) or (code != 0 and self.sched.signals_whole_allocation)
 
     def _finish(self, job, code, end):
         self.ending_jobs[job.job_id] = (job, code, end)     # for _record_pass, should its batch fail
@@ -490,7 +499,7 @@ class Runner(object):
         for job in list(self.jobs.values()):
             _signal_group(job.process.pid, signal.SIGKILL)
             job.process.wait()
-            if job.exit is not None and not _looks_signalled(job.exit[0]):
+            if job.exit is not None and not self._may_be_the_stop(job.exit[0]):
                 self._finish(job, *job.exit)
                 continue
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,

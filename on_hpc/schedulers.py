@@ -62,6 +62,10 @@ class Connector(object):
     # True when runners wait in a queue before they start: a class then gets the queued
     # defaults (protocol.runner_defaults), and pending runners are worth racing.
     queues_runners = False
+    # True when a stop of the allocation (a cancel, the time limit) signals every process
+    # in it at once, the runner and its jobs alike: a job may then end of it, in whatever
+    # way it makes of the signal, before the runner hears of its own stop.
+    signals_whole_allocation = False
 
     def __init__(self, store):
         self.store = store
@@ -140,6 +144,7 @@ class BatchConnector(Connector):
 
     lists_at_submission = True
     queues_runners = True
+    signals_whole_allocation = True
     # File in runners/ for the last good listing; not a .json name other than this one's
     # own, since the head node reads runners/*.json as runner records.
     listing_cache = ""

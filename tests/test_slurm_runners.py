@@ -381,6 +381,32 @@ def test_walltime_reached_mid_job_requeues_it(pipeline, counted, slurm_cluster):
     assert p.ledger_lines() == []                         # no run completed
 
 
+def test_a_job_that_fails_of_its_runner_s_stop_is_requeued_not_failed(pipeline, counted, slurm_cluster):
+    """Slurm signals every process of an allocation at once, and what a job makes of the
+    signal is its own: ``srun`` exits 1 when its step is cancelled, and so does a script
+    that traps TERM.  Reaped before the runner heard of its own stop, such an end was the
+    job's error result ("Remote command failed with return code 1"); it is an interruption."""
+    p = pipeline({"default": {"slots": 1, "launch": "process", "idle_timeout": 3}}, max_attempts=2)
+    path = p.drop("trap_fail", "o", args={"seconds": 600, "ledger": str(p.ledger)})
+    p.run_until(lambda: p.started(path), 60, "the job started")
+    job_id = p.job_id(path)
+    first = p.claim(job_id)
+    os.killpg(first["pgid"], signal.SIGTERM)        # the stop reaches the job first: it exits 1
+    time.sleep(0.2)
+    slurm_cluster.run("scancel", first["sched_id"])
+    p.run_until(lambda: p.started(path, attempt=2), 90, "the job requeued and started again")
+    assert not p.finished(path)
+    [interruption] = read_json(str(p.workspace / "jobs" / job_id / "interruptions.json"))
+    assert interruption["reason"] == f"runner {first['runner']} got SIGTERM"
+    second = p.claim(job_id)
+    slurm_cluster.run("scancel", second["sched_id"])
+    p.run_all([path], timeout=60)
+    result = p.result(path)["job"]
+    assert result["status"] == "error"
+    assert result["message"].startswith("interrupted 2 times (last: runner %s got SIGTERM)" % second["runner"])
+    assert p.ledger_lines() == []
+
+
 def test_cancel_while_running_and_while_queued_on_real_slurm(pipeline, counted):
     from dropbox_runner.verbs import request_cancel
     p = pipeline({"default": {"slots": 1, "max_runners": 1, "idle_timeout": 3}})
