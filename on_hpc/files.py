@@ -209,12 +209,24 @@ def tree_bytes(folder, follow_links=False, shared=False):
     size under each, as a copy would cost (a job's output, which could link one big file
     many times)."""
     size = 0
-    measure = os.stat if follow_links else os.lstat
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                info = measure(os.path.join(root, name))
-            except OSError:
-                continue
-            size += info.st_size // max(info.st_nlink, 1) if shared else info.st_size
+    pending = [folder]
+    while pending:
+        try:
+            listing = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with listing:
+            # From the listing: a folder is known by its entry's type, and a file's size
+            # costs one stat (os.walk looked at each folder again, and joined each name,
+            # a third of what the head node spent measuring the trash).
+            for entry in listing:
+                try:
+                    if entry.is_dir():          # a link to a folder: neither counted nor entered
+                        if not entry.is_symlink():
+                            pending.append(entry.path)
+                        continue
+                    info = entry.stat(follow_symlinks=follow_links)
+                except OSError:
+                    continue
+                size += info.st_size // max(info.st_nlink, 1) if shared else info.st_size
     return size

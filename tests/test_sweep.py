@@ -155,3 +155,34 @@ def test_the_trash_is_measured_once_an_entry_by_a_process_and_what_is_gone_is_fo
     assert sweep.trash_bytes(store) == tree_bytes(trash, shared=True) == 3700
     assert sorted(walked) == ["s.a", "s.b", "s.c"]          # only the new entry was walked
     assert sorted(os.path.basename(path) for path, _ in sweep._measured) == ["loose", "s.b", "s.c"]
+
+
+def test_a_tree_is_measured_from_its_listing_links_to_folders_neither_counted_nor_entered(tmp_path, monkeypatch):
+    """``tree_bytes`` measures the trash and every outbox entry sent: it went through
+    os.walk, which looked at each folder again (``islink``) and joined each name."""
+    from dropbox_runner.on_hpc.files import tree_bytes
+
+    tree = tmp_path / "tree"
+    (tree / "output" / "deeper").mkdir(parents=True)
+    (tree / "job.sh").write_bytes(b"s" * 100)
+    (tree / "output" / "deeper" / "out").write_bytes(b"o" * 1000)
+    (tree / "batch").write_bytes(b"b" * 300)
+    os.link(tree / "batch", tree / "output" / "batch-again")     # two names: a share each when shared
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"x" * 50000)
+    (tree / "to-a-folder").symlink_to(outside)
+    (tree / "to-a-file").symlink_to(outside / "big")
+    (tree / "dangling").symlink_to(tmp_path / "nowhere")
+    looked = []
+    for name in ("lstat", "stat"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *args, real=real, name=name, **kwargs: looked.append(name)
+                            or real(*args, **kwargs))
+    link_size = len(str(outside / "big"))
+    dangling_size = len(str(tmp_path / "nowhere"))
+    assert tree_bytes(str(tree)) == 100 + 1000 + 300 + 300 + link_size + dangling_size
+    assert tree_bytes(str(tree), shared=True) == 100 + 1000 + 150 + 150 + link_size + dangling_size
+    assert tree_bytes(str(tree), follow_links=True) == 100 + 1000 + 300 + 300 + 50000    # a dangling link: 0
+    assert tree_bytes(str(tmp_path / "absent")) == 0
+    assert looked == []          # every entry known from its listing: no second look at a path
