@@ -196,7 +196,7 @@ def test_a_sent_entry_is_removed_from_the_outbox_once_queued_only_where_the_push
     removed = []
     real_rmtree = shutil.rmtree
 
-    def rmtree(path, *args, **kwargs):    # only the outbox's: Python 3.12's tempfile removes its folders by it too
+    def rmtree(path, *args, **kwargs):    # only the outbox's: tempfile's own removals go through it on some Pythons
         if os.path.dirname(str(path)) == outbox:
             removed.append(os.path.basename(path))
         return real_rmtree(path, *args, **kwargs)
