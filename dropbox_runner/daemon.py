@@ -1,8 +1,8 @@
 """``dropbox-runner watch``: the cycle, run when something happens instead of once a minute.
 
 Three things wake the daemon: a job file appearing in the dropbox (a watchdog observer,
-inotify or polling), a job finishing on the cluster (one long-running ``on_hpc wait``
-command kept open while jobs run), and a periodic tick.  Each wakes the same cycle as
+inotify or polling), a job finishing on the cluster (one long-running ``wait`` at a time,
+asked of an ``on_hpc serve`` kept open while jobs are held), and a periodic tick.  Each wakes the same cycle as
 ``once``; bursts of events are folded into one cycle.  The daemon holds the dropbox's
 lock for its whole life, so a cron ``once`` beside it does nothing.
 """
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 0.05        # a burst of events is over when none came for this long
 MAX_DEBOUNCE_SECONDS = 1.0  # ...or after this long, so a steady stream still gets cycles
-WAIT_SECONDS = 30           # the bounded wait of one ``on_hpc wait`` command
+WAIT_SECONDS = 30           # the bounded wait of one ``wait`` request
 MAX_BACKOFF_SECONDS = 300
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "fuse.sshfs", "9p", "lustre", "gpfs",
                        "beegfs", "glusterfs", "ceph", "fuse.glusterfs"}
@@ -125,8 +125,8 @@ class DropHandler(FileSystemEventHandler):
 
 
 class FinishWaiter(threading.Thread):
-    """Keeps one ``on_hpc wait`` open while this submitter has jobs on the cluster, and
-    wakes the loop when one is done.  It has its own connection, so a cycle never waits
+    """Keeps one ``wait`` going while this submitter has jobs on the cluster, and wakes
+    the loop when one is done.  It has its own connection, so a cycle never waits
     for it.
 
     Once one is done it lets more finish, until as long as the last cycle took (at most
@@ -146,9 +146,14 @@ class FinishWaiter(threading.Thread):
         self.config = config
         self.wake = wake
         self.transport = open_transport(config)
-        self.cluster = ClusterSide(config, self.transport)
+        # Its own kept-open ``on_hpc serve`` while jobs are held: each wait was a fresh
+        # command, an interpreter's start on the head node (some 40 ms of CPU, one to three
+        # a burst, half of what ``watch`` spent a job more than ``once``).  It ends when
+        # nothing is held, and when the waiter stops.
+        self.cluster = ClusterSide(config, self.transport, keep_open=True)
         self.lock = threading.Condition()
         self.held: list[str] = []
+        self.nothing_held = True    # as the last cycle left it: the kept-open process may end
         self.ignore: list[str] = []
         self.gather = 0.0
         self.cycle_running = False
@@ -168,6 +173,7 @@ class FinishWaiter(threading.Thread):
                 # collects what is done: a wait then is a command's start (some 50 ms of
                 # CPU on the head node) for nothing, once per slice of the burst.
                 self.held = [] if report.more_new else report.held_ids
+                self.nothing_held = not report.held_ids
                 self.ignore = report.collected_ids
                 self.gather = min(report.seconds, MAX_GATHER_SECONDS)
             self.cycle_running = False
@@ -198,18 +204,31 @@ class FinishWaiter(threading.Thread):
         self.transport.close()
 
     def run(self) -> None:
+        try:
+            self._wait_for_ends()
+        finally:
+            self.cluster.close()
+
+    def _wait_for_ends(self) -> None:
         backoff = 1.0
+        kept_open = False
         while True:
             with self.lock:
-                while not self.held and not self.stopped:
+                while not self.held and not self.stopped and not (kept_open and self.nothing_held):
                     self.lock.wait()
                 if self.stopped:
                     return
+                idle = not self.held
                 ignore, held = list(self.ignore), set(self.held)
                 # the cluster gathers: it answers when every held job is done, or when
                 # one is and the gathering time after the last cycle is over
                 gather = max(0.0, self.cycle_ended + self.gather - time.monotonic())
+            if idle:
+                self.cluster.close()        # nothing held: no process left waiting on the cluster
+                kept_open = False
+                continue
             try:
+                kept_open = True
                 done = self.cluster.wait(ignore, WAIT_SECONDS, every=sorted(held), gather=gather)
                 backoff = 1.0
             except TransportError as error:

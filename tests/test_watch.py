@@ -360,6 +360,9 @@ class DoneAtOnce:
         self.calls += 1
         return ["a-job"]
 
+    def close(self):
+        pass
+
 
 def waiter_on(config_factory, cluster):
     """A FinishWaiter (not started) whose cluster side is ``cluster``, and the Wake it sets."""
@@ -458,6 +461,46 @@ def test_no_wait_is_opened_while_a_burst_is_still_being_taken(config_factory):
         waiter.stop()
 
 
+def test_the_waiter_asks_one_kept_open_process_and_ends_it_once_nothing_is_held(config_factory, monkeypatch):
+    """Each wait was a fresh ``on_hpc wait`` command: an interpreter's start on the head
+    node, one to three a burst, half of what ``watch`` spent a job more than ``once``."""
+    from dropbox_runner.on_hpc.jobstore import JobStore
+
+    from dropbox_runner.cluster import ClusterSide
+    from dropbox_runner.daemon import FinishWaiter, Wake
+    from dropbox_runner.report import CycleReport
+    from dropbox_runner.transport.local import LocalTransport
+
+    config = config_factory()
+    store = JobStore(str(config.workspace))
+    store.ensure_layout()
+    job = f"{config.submitter_id}.j1"
+    open(os.path.join(store.done_dir(), job), "w").close()
+    ClusterSide(config, LocalTransport()).deploy()       # installed, as after the first cycle
+    commands, sessions = [], []
+    real_run, real_open = LocalTransport.run, LocalTransport.open_session
+    monkeypatch.setattr(LocalTransport, "run", lambda self, command, stdin=b"": commands.append(command)
+                        or real_run(self, command, stdin))
+    monkeypatch.setattr(LocalTransport, "open_session", lambda self, command: sessions.append(real_open(self, command))
+                        or sessions[-1])
+    wake = Wake()
+    waiter = FinishWaiter(config, wake)
+    waiter.start()
+    try:
+        for _ in range(3):          # three cycles, each leaving the job held: three waits
+            wake.event.clear()
+            waiter.update(CycleReport(held_ids=[job], seconds=0.05))
+            assert wake.event.wait(20)
+        assert len(sessions) == 1 and sessions[0].alive()
+        assert not [command for command in commands if "on_hpc wait" in command]
+        waiter.update(CycleReport(held_ids=[], seconds=0.05))     # nothing held: the process ends
+        wait_until(lambda: not sessions[0].alive(), 10, what="the kept-open process ended")
+    finally:
+        waiter.stop()
+        waiter.join(10)
+    assert len(sessions) == 1
+
+
 class DoneOneByOne:
     """A cluster side where one of two held jobs is done at once and the other a moment
     later: ``wait`` for every held job returns then."""
@@ -470,6 +513,9 @@ class DoneOneByOne:
         self.gathering.append((sorted(every or []), gather))
         time.sleep(0.1)
         return ["a-job", "another"]
+
+    def close(self):
+        pass
 
 
 def test_gathering_ends_when_the_last_held_job_is_done_not_after_the_whole_time(config_factory):
