@@ -2,9 +2,9 @@
 
 Three things wake the daemon: a job file appearing in the dropbox (a watchdog observer,
 inotify or polling), a job finishing on the cluster (one long-running ``wait`` at a time,
-asked of an ``on_hpc serve`` kept open while jobs are held), and a periodic tick.  Each wakes the same cycle as
-``once``; bursts of events are folded into one cycle.  The daemon holds the dropbox's
-lock for its whole life, so a cron ``once`` beside it does nothing.
+asked of an ``on_hpc serve`` kept open while jobs are held), and a periodic tick.  Each
+wakes the same cycle as ``once``; bursts of events are folded into one cycle.  The daemon
+holds the dropbox's lock for its whole life, so a cron ``once`` beside it does nothing.
 """
 from __future__ import annotations
 
@@ -170,8 +170,8 @@ class FinishWaiter(threading.Thread):
         with self.lock:
             if report is not None:
                 # A burst still being taken runs its next cycle at once, and that cycle
-                # collects what is done: a wait then is a command's start (some 50 ms of
-                # CPU on the head node) for nothing, once per slice of the burst.
+                # collects what is done: a wait then is a round trip (and was a command's
+                # start, some 50 ms of the head node's CPU) for nothing, once a slice.
                 self.held = [] if report.more_new else report.held_ids
                 self.nothing_held = not report.held_ids
                 self.ignore = report.collected_ids
