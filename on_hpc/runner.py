@@ -393,6 +393,9 @@ class Runner(object):
                 if code is None:
                     continue
                 job.exit = (code, now)
+                # Its process is gone, so its place is free now, though its end may still
+                # be held (SIGNAL_GRACE_SECONDS): a failure held there kept the next job waiting.
+                self.ledger.release(job.request, job.placement)
             code, end = job.exit
             if job.cancelled:
                 self._finish(job, code, end)
@@ -413,8 +416,7 @@ class Runner(object):
 
     def _finish(self, job, code, end):
         self.ending_jobs[job.job_id] = (job, code, end)     # for _record_pass, should its batch fail
-        if self.jobs.pop(job.job_id, None) is not None:
-            self.ledger.release(job.request, job.placement)
+        self.jobs.pop(job.job_id, None)        # its place was freed when it was reaped
         record = self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job)
         job_dir = self.store.job_dir(job.job_id)
         if job.disk_full is None:     # as it was when the job ended, not when recorded
@@ -505,7 +507,8 @@ class Runner(object):
             outcome = self.store.release(self.runner_id, job.job_id, self.stop_reason,
                                          self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)
             del self.jobs[job.job_id]
-            self.ledger.release(job.request, job.placement)
+            if job.exit is None:            # else freed when it was reaped
+                self.ledger.release(job.request, job.placement)
             log("released %s: %s" % (job.job_id, outcome))
 
     def _linger(self, now):

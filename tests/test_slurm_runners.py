@@ -407,6 +407,20 @@ def test_a_job_that_fails_of_its_runner_s_stop_is_requeued_not_failed(pipeline, 
     assert p.ledger_lines() == []
 
 
+def test_a_failure_held_for_the_runner_s_stop_does_not_hold_its_place(pipeline, counted):
+    """Under Slurm a failure is held 2 s in case the runner's stop caused it; its place
+    stayed taken meanwhile, so a bystander waiting for it started 2 s late."""
+    p = pipeline({"default": {"slots": 1, "max_runners": 1, "launch": "process", "idle_timeout": 5}})
+    failing = p.drop("fail_after", "f", args={"seconds": 3})
+    p.run_until(lambda: p.started(failing), 60, "the failing job started")
+    bystander = p.drop_ledger("b", 0)
+    p.run_all([failing, bystander], timeout=60)
+    failed, ok = p.result(failing)["job"], p.result(bystander)["job"]
+    assert failed["status"] == "error" and ok["status"] == "ok"
+    waited = p.claim(ok["id"])["start"] - p.claim(failed["id"])["start"]
+    assert waited < 4.5, f"the bystander started {waited:.1f} s after the 3 s job that failed"
+
+
 def test_cancel_while_running_and_while_queued_on_real_slurm(pipeline, counted):
     from dropbox_runner.verbs import request_cancel
     p = pipeline({"default": {"slots": 1, "max_runners": 1, "idle_timeout": 3}})
