@@ -57,9 +57,8 @@ def parse_dump(text: str) -> list[Process]:
 def classify(processes: list[Process], bench_pid: int) -> dict[int, str]:
     """Each process's kind, by its parent (as it was when the process exited): a runner
     outlives the head node that started it, so it is known by its children, the jobs."""
-    by_pid = {process.pid: process for process in processes}
-    runner_pids = {process.ppid for process in processes if process.comm == "bash"
-                   and by_pid.get(process.ppid, Process("", 0, 0, 0)).comm.startswith("python")}
+    pythons = {process.pid for process in processes if process.comm.startswith("python")}
+    runner_pids = {process.ppid for process in processes if process.comm == "bash" and process.ppid in pythons}
     kinds: dict[int, str] = {}
     for process in processes:
         if process.pid in runner_pids:

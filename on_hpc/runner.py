@@ -400,10 +400,8 @@ class Runner(object):
             if job.cancelled:
                 self._finish(job, code, end)
                 continue
-            if self._may_be_the_stop(code) and now - end < SIGNAL_GRACE_SECONDS and not self.stop_reason:
-                continue
-            if self._may_be_the_stop(code) and self.stop_reason:
-                continue   # handed back by _shutdown
+            if self._may_be_the_stop(code) and (self.stop_reason or now - end < SIGNAL_GRACE_SECONDS):
+                continue   # held for a stop that may follow; once it comes, handed back by _shutdown
             self._finish(job, code, end)
 
     def _may_be_the_stop(self, code):
