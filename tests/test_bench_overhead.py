@@ -1,6 +1,9 @@
 """bench/overhead.py: contestants take turns over rounds, and each row is their medians."""
 import json
+import os
+import time
 
+import pytest
 from helpers import load_bench
 
 overhead = load_bench("overhead")
@@ -33,3 +36,20 @@ def test_contestants_take_turns_and_each_row_is_the_median_of_its_rounds(monkeyp
     assert rows["dropbox-runner watch"]["wall_s"] == 4.5 and rows["dropbox-runner watch"]["ok"] == 9
     table = overhead.table([overhead.median_of([overhead.Run("floor (xargs -P)", 10, w) for w in (1.0, 3.0, 2.0)])])
     assert "| 2.00 s (1.00-3.00) | 1.0x |" in table
+
+
+def test_the_wall_ends_at_the_last_result_renamed_in_not_when_a_watcher_noticed(tmp_path):
+    """The issue's measure is drop to the last ``.job.finished``: its rename's ctime, not
+    the exit of the ``once`` that wrote it nor the next poll of the loop that waits."""
+    dropbox = tmp_path / "dropbox"
+    dropbox.mkdir()
+    dropped_at = time.time()
+    for name in ("a.job.finished", "b.job.finished"):
+        (tmp_path / name).write_text("result")
+        os.rename(tmp_path / name, dropbox / name)
+        time.sleep(0.05)
+    last = (dropbox / "b.job.finished").stat().st_ctime
+    (dropbox / "c.job.submitted").write_text("held")     # later, and no result
+    time.sleep(0.05)
+    assert overhead.last_result_after(dropbox, dropped_at) == pytest.approx(last - dropped_at)
+    assert 0.04 <= overhead.last_result_after(dropbox, dropped_at) < time.time() - dropped_at - 0.04
