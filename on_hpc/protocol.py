@@ -143,7 +143,7 @@ class Message(object):
     Not a ``dataclass``: every on_hpc command is a fresh interpreter (each cycle, each wait,
     each runner and sweep), and ``dataclasses`` with the ``inspect``, ``ast`` and
     ``typing`` it imports was a quarter of such a command's start (8.5 of 36 ms, measured
-    as in the README, "Per-job overhead, fourteenth round")."""
+    as in bench/OVERHEAD.md, "fourteenth round")."""
 
     FIELDS = ()     # the field names in order, filled in for each direct subclass
 
