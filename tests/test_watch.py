@@ -242,6 +242,38 @@ def test_the_loops_own_call_for_a_bursts_next_slice_waits_for_no_quiet_time():
     assert time.monotonic() - started < QUIET_SECONDS / 2 and not wake.event.is_set()
 
 
+def test_the_quiet_time_ends_quiet_seconds_after_the_last_event_not_a_nap_later():
+    """A burst renamed in at once is a few ms of events; the loop that napped a whole
+    quiet time at each look started its first cycle up to two quiet times after them."""
+    import threading
+    import time
+
+    from dropbox_runner.daemon import QUIET_SECONDS, Wake
+
+    wake = Wake()
+    wake.set()
+    later = threading.Timer(QUIET_SECONDS * 0.2, wake.set)      # the burst's last event
+    later.start()
+    wake.debounce()
+    later.join()
+    after_last = time.monotonic() - wake.last
+    assert QUIET_SECONDS <= after_last < QUIET_SECONDS * 1.5 and not wake.event.is_set()
+
+
+def test_a_steady_stream_of_events_still_gets_a_cycle_within_the_longest_debounce(monkeypatch):
+    import time
+
+    from dropbox_runner import daemon
+
+    monkeypatch.setattr(daemon, "MAX_DEBOUNCE_SECONDS", 0.2)
+    wake = daemon.Wake()
+    wake.last = time.monotonic() + 3600      # as if events kept coming
+    wake.event.set()
+    started = time.monotonic()
+    wake.debounce()
+    assert 0.2 <= time.monotonic() - started < 0.4 and not wake.event.is_set()
+
+
 def test_a_cycle_with_an_intake_slice_takes_that_many_oldest_first_and_says_more_wait(config_factory):
     from dropbox_runner.submitter import Submitter
     from dropbox_runner.transport.local import LocalTransport
