@@ -252,15 +252,16 @@ def test_the_quiet_time_ends_quiet_seconds_after_the_last_event_not_a_nap_later(
 
     wake = Wake()
     wake.set()
-    later = threading.Timer(QUIET_SECONDS * 0.2, wake.set)      # the burst's last event
+    later = threading.Timer(QUIET_SECONDS * 0.1, wake.set)      # the burst's last event
     later.start()
     wake.debounce()
     later.join()
-    after_last = time.monotonic() - wake.last
-    assert QUIET_SECONDS <= after_last < QUIET_SECONDS * 1.5 and not wake.event.is_set()
+    after_last = time.monotonic() - wake.last       # napping whole quiet times: 1.9 of them
+    assert QUIET_SECONDS <= after_last < QUIET_SECONDS * 1.6 and not wake.event.is_set()
 
 
 def test_a_steady_stream_of_events_still_gets_a_cycle_within_the_longest_debounce(monkeypatch):
+    """The quiet time never comes while tools keep dropping jobs: the cycle runs anyway."""
     import time
 
     from dropbox_runner import daemon
