@@ -82,8 +82,8 @@ class Wake:
     def debounce(self) -> None:
         """Let a burst of events finish before the cycle runs: until none came for
         QUIET_SECONDS, and not a moment longer.  Napping a whole quiet time at each look
-        started a burst renamed in at once (a few ms of events) up to twice that late:
-        some 45 ms before every burst's first cycle."""
+        kept a burst renamed in at once (a few ms of events) waiting up to twice that: its
+        first job started some 30 ms later."""
         ends = time.monotonic() + MAX_DEBOUNCE_SECONDS
         while True:
             now = time.monotonic()
