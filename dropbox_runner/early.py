@@ -18,6 +18,11 @@ The policy is asked as for one job of the class, all that is sure before the res
 burst is read (it may be of other classes); the cycle's own call, which sees what was
 really staged, sizes the rest.  A failure here costs only the head start: one log line, and
 the cycle goes on.
+
+With any scheduler, the first job a cycle takes also starts the cluster side's kept-open
+process (``ClusterSide.start_ahead``) when none runs, so that its Python start overlaps the
+staging instead of following it: 30-40 ms sooner to the first job here.  Not before: a
+cycle whose new jobs are all rejected or served from the cache starts nothing there.
 """
 from __future__ import annotations
 
@@ -42,21 +47,26 @@ class EarlyStart:
         self.config = config
         self.cluster = cluster
         self.done = True           # asked, or nothing to ask, in this cycle
+        self.ahead = False         # the kept-open process is yet to be started in this cycle
         self.busy: set[str] = set()    # classes with jobs in flight: their runners are the cycle's call's
         self.coming = 0
         self.submitted: list[dict] = []
 
     def begin(self, held: dict[str, HeldSummary], new_jobs: int) -> bool:
         """A new cycle: ``held`` its jobs in flight, ``new_jobs`` the ``.job`` files it found;
-        False when this cycle has nothing to ask early (intake need not tell it anything)."""
+        False when this cycle has nothing to start early (intake need not tell it anything)."""
         self.busy = {job.job_class for job in held.values()}
         self.coming = new_jobs
+        self.ahead = bool(new_jobs)
         self.done = self.config.scheduler == "local" or not new_jobs
         self.submitted = []
-        return not self.done
+        return self.ahead
 
     def __call__(self, job: PreparedJob) -> None:
         """Intake is about to take ``job``; never raises (the job's intake must not fail for it)."""
+        if self.ahead:
+            self.ahead = False
+            self.cluster.start_ahead()
         if self.done or job.job_class in self.busy or job.job_class not in self.config.classes:
             return
         self.done = True

@@ -77,6 +77,9 @@ class CountingTransport:
         self.runs += 1
         return self.inner.open_session(command)
 
+    def connected(self) -> bool:
+        return self.inner.connected()
+
     def push(self, local_dir: Path, remote_dir: str) -> None:
         self.pushes += 1
         self.inner.push(local_dir, remote_dir)

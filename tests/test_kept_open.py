@@ -13,7 +13,7 @@ from dropbox_runner import on_hpc
 from dropbox_runner.cluster import STAMP_FILE, ClusterSide
 from dropbox_runner.config import load_config
 from dropbox_runner.slices import FIRST_SLICE
-from dropbox_runner.submitter import run_burst
+from dropbox_runner.submitter import run_burst, run_once
 from dropbox_runner.transport import RemoteCommandFailed
 from dropbox_runner.transport.local import LocalTransport
 
@@ -40,6 +40,35 @@ def test_a_burst_of_several_cycles_is_answered_by_one_head_node_process(deployed
     assert len(transport.sessions) == 1
     assert transport.sessions[0].process.returncode == 0           # ended with the burst, cleanly
     assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
+
+
+def test_a_cycle_starts_the_process_as_it_takes_its_first_job_not_after_staging_them_all(deployed):
+    """The process's Python start overlaps the cycle's staging instead of following it
+    (``EarlyStart``, ``ClusterSide.start_ahead``): the first job on the cluster sooner."""
+    config = deployed
+    names = [drop(config, f"j{n:03d}.job", ledger_job(config, n)).name for n in range(5)]
+
+    class CountingHeldJobs(CountingTransport):
+        held_at_start: list[int] = []
+
+        def open_session(self, command):
+            self.held_at_start.append(len(list(Path(config.dropbox).glob("*.job.submitted"))))
+            return super().open_session(command)
+
+    transport = CountingHeldJobs()
+    assert run_once(config, transport).sent == len(names)
+    assert transport.held_at_start == [0]
+    assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
+
+
+def test_a_cycle_whose_new_jobs_are_all_refused_starts_nothing_on_the_cluster(config):
+    """Started at the first job taken, never on the sight of a new file: a job's fault
+    costs the cluster nothing (a job served from the cache neither, ``test_cache_and_verbs``)."""
+    (Path(config.dropbox) / "broken.job").write_text("output_map: [unclosed\n")
+    drop(config, "unknown.job", {"script": "no_such_template", "output_map": {}})
+    transport = CountingTransport()
+    report = run_once(config, transport)
+    assert report.rejected == 2 and transport.commands == 0
 
 
 def test_a_process_killed_between_two_cycles_of_a_burst_costs_no_job_anything(deployed):

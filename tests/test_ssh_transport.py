@@ -106,6 +106,16 @@ def test_a_session_answers_line_by_line_on_one_channel_and_tells_how_it_ended(tm
     assert (ended.returncode, ended.stderr) == (3, b"gone\n")
 
 
+def test_the_transport_says_whether_its_command_connection_is_up(tmp_path, sshd, transports):
+    """What decides whether a submitter starts its kept-open process ahead of the call."""
+    transport = _transport(transports, tmp_path, sshd)
+    assert not transport.connected()
+    transport.run("true")
+    assert transport.connected()
+    transport.close()
+    assert not transport.connected()
+
+
 # -- transfers -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("transfer, logins_expected", [("rsync", 2), ("sftp", 1)])
 def test_push_and_pull_roundtrip(tmp_path, sshd, scratch, transports, transfer, logins_expected):

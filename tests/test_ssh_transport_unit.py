@@ -7,6 +7,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from dropbox_runner.cluster import ClusterSide
 from dropbox_runner.config import ConfigError, build_config, load_config
 from dropbox_runner.transport import TransportError
 from dropbox_runner.transport.hostkeys import (
@@ -249,6 +250,16 @@ def test_a_transport_does_nothing_until_used(tmp_path):
     transport = SshTransport(config)
     transport.close()
     assert transport.target == "hpc:1"
+
+
+def test_the_kept_open_process_is_started_ahead_only_over_a_connection_already_up(tmp_path, monkeypatch):
+    """A cluster that cannot be reached must not hold up the intake by its connect
+    timeout: the cycle's call connects, and reports the failure, as it did before."""
+    config = build_config(_ssh_config(tmp_path, port=1, connect_timeout=1), tmp_path / "c.yaml")
+    transport = SshTransport(config)
+    monkeypatch.setattr(transport, "open_session", lambda command: pytest.fail("started before connecting"))
+    assert not transport.connected()
+    ClusterSide(config, transport, keep_open=True).start_ahead()
 
 
 def test_passphrase_env_must_be_set(tmp_path, monkeypatch):

@@ -70,6 +70,10 @@ class Transport(Protocol):
     def open_session(self, command: str) -> Session:
         """Start a shell command line that answers line by line (``on_hpc serve``)."""
 
+    def connected(self) -> bool:
+        """Whether a command could start now without first making a connection: always
+        for the local transport, and for SSH while its command connection is up."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -23,6 +23,9 @@ class LocalTransport:
     def open_session(self, command: str) -> LocalSession:
         return LocalSession(command)
 
+    def connected(self) -> bool:
+        return True
+
     def push(self, local_dir: Path, remote_dir: str) -> None:
         """Like rsync: ``local_dir``'s content ends up in ``remote_dir``.  A folder not there
         yet is moved, not copied: a job's outbox entry (the submitter's own files, its

@@ -225,6 +225,9 @@ class SshTransport:
     def open_session(self, command: str) -> SshSession:
         return SshSession(self._exec(command), self.target)
 
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.is_connected
+
     def _exec(self, command: str) -> paramiko.Channel:
         """A new channel of the command connection, running ``command``."""
         client = self._client()
