@@ -62,7 +62,8 @@ class Intake:
         self.boundary = boundary
         self.closed: set[str] = set()    # known complete: seen closed or renamed in (watch), or stable
         self.outbox = config.state_dir / "outbox"
-        self.on_take: Callable[[PreparedJob], None] | None = None   # told of each job before it is taken
+        # Told of each job before it is taken, until it answers False (the early start, ``early.py``).
+        self.on_take: Callable[[PreparedJob], bool] | None = None
         self.metas: BatchFile | None = None     # the job.json of every job this cycle takes
         self.keep_whole = 0                     # how many of this cycle's holds to return whole
 
@@ -120,13 +121,17 @@ class Intake:
                 job = prepare(self.config, name, read_job(self.dropbox.path(name))[0], boundaries=self.boundaries)
             except (JobInvalid, TemplateProblem, OSError):
                 return
-            self.on_take(job)
+            self._tell(job)
             told.append(name)
 
         for name in names[:PEEK_AT_MOST] if self.on_take is not None else []:
             self.boundary.contain(name, "reading it before it settled", lambda name=name: peek(name), None)
             if told:
                 return
+
+    def _tell(self, job: PreparedJob) -> None:
+        if not self.on_take(job):
+            self.on_take = None     # nothing left to start early: no job is read ahead for it
 
     def _wait_to_settle(self, names: list[str]) -> None:
         """Until every name has settled (or was seen closed), at most ``settle_seconds``.
@@ -186,7 +191,7 @@ class Intake:
             log.debug("%s: an identical job is running; waiting for its result", name)
             return
         if self.on_take is not None:
-            self.on_take(job)      # the submitter's early start: the runner is asked for before staging
+            self._tell(job)        # the submitter's early start: the runner is asked for before staging
         try:
             hold, size = self._take(name, raw, job, digest, provenance)
         except JobInvalid as problem:

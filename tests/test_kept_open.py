@@ -4,16 +4,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from helpers import CountingTransport, drain, drop, stop_local_runners, wait_until, write_config
 
-from dropbox_runner import on_hpc
+from dropbox_runner import intake, on_hpc
 from dropbox_runner.cluster import STAMP_FILE, ClusterSide
 from dropbox_runner.config import load_config
-from dropbox_runner.slices import FIRST_SLICE
-from dropbox_runner.submitter import run_burst, run_once
+from dropbox_runner.slices import FIRST_SLICE, IntakeSlices
+from dropbox_runner.submitter import Submitter, run_burst, run_once
 from dropbox_runner.transport import RemoteCommandFailed
 from dropbox_runner.transport.local import LocalTransport
 
@@ -49,7 +50,9 @@ def test_a_cycle_starts_the_process_as_it_takes_its_first_job_not_after_staging_
     names = [drop(config, f"j{n:03d}.job", ledger_job(config, n)).name for n in range(5)]
 
     class CountingHeldJobs(CountingTransport):
-        held_at_start: list[int] = []
+        def __init__(self):
+            super().__init__()
+            self.held_at_start: list[int] = []
 
         def open_session(self, command):
             self.held_at_start.append(len(list(Path(config.dropbox).glob("*.job.submitted"))))
@@ -69,6 +72,27 @@ def test_a_cycle_whose_new_jobs_are_all_refused_starts_nothing_on_the_cluster(co
     transport = CountingTransport()
     report = run_once(config, transport)
     assert report.rejected == 2 and transport.commands == 0
+
+
+def test_a_settling_job_is_not_read_ahead_once_the_early_start_has_nothing_left_to_start(config_factory,
+                                                                                         monkeypatch):
+    """A job file still being written is read before it settles only to start something
+    early; on a local scheduler the first job taken already started all there is."""
+    config = config_factory(settle_seconds=30)
+    taken = drop(config, "taken.job", ledger_job(config, 1))
+    os.utime(taken, (time.time() - 60, time.time() - 60))         # settled: unchanged for a minute
+    drop(config, "settling.job", ledger_job(config, 2))            # written in place just now
+    reads = []
+    read_job = intake.read_job
+    monkeypatch.setattr(intake, "read_job", lambda path: reads.append(Path(path).name) or read_job(path))
+    submitter = Submitter(config, CountingTransport())
+    submitter.slices = IntakeSlices()
+    try:
+        report = submitter.cycle()
+    finally:
+        submitter.close()
+    assert (report.taken, report.more_new) == (1, True)
+    assert reads == ["taken.job"]
 
 
 def test_a_process_killed_between_two_cycles_of_a_burst_costs_no_job_anything(deployed):
