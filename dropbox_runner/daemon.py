@@ -9,6 +9,8 @@ holds the dropbox's lock for its whole life, so a cron ``once`` beside it does n
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import threading
 import time
@@ -63,21 +65,53 @@ def signals_kept_for_the_main_thread() -> Iterator[None]:
 
 
 class Wake:
-    """Why the main loop should run a cycle now; set from any thread."""
+    """Why the main loop should run a cycle now; set from any thread, and woken by any
+    signal once ``catch_signals`` is called."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.last = 0.0
+        # Kept open as long as the process runs: the threads that wake it may outlive the loop.
+        self._read, self._write = os.pipe()
+        for fd in (self._read, self._write):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
 
     def set(self) -> None:
         self.last = time.monotonic()
-        self.event.set()
+        self._wake()
 
     def again(self) -> None:
         """A call for a cycle that is no file event (the loop's own, for a burst's next
         slice; the finish waiter's, for jobs done): there is no burst of events to let
         finish (50 ms lost a slice, and after every gathering, when it counted as one)."""
+        self._wake()
+
+    def _wake(self) -> None:
         self.event.set()
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:
+            pass        # the pipe is full of wakes the loop has yet to read
+
+    def catch_signals(self) -> int:
+        """Have every signal's arrival write to the pipe ``wait`` watches (the previous
+        wakeup descriptor is returned, to put back).  A signal whose C handler ran just
+        before the loop's wait began, or in another thread, set Python's flag but woke
+        nothing: the main thread slept on to the next tick, an hour by default, and a
+        SIGTERM went unanswered (seen once in the test suite)."""
+        return signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+
+    def wait(self, timeout: float) -> None:
+        """Until a wake, a signal (once caught) or ``timeout``; the handler of a signal
+        that came runs as this returns, in the main thread."""
+        if not self.event.is_set():
+            select.select([self._read], [], [], timeout)
+        try:
+            while os.read(self._read, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def debounce(self) -> None:
         """Let a burst of events finish before the cycle runs: until none came for
@@ -270,7 +304,11 @@ class Daemon:
             signal.signal(signal.SIGTERM, self._on_stop)
             signal.signal(signal.SIGINT, self._on_stop)
             signal.signal(signal.SIGHUP, self._on_reload)
-            self._serve()
+            previous = self.wake.catch_signals()
+            try:
+                self._serve()
+            finally:
+                signal.set_wakeup_fd(previous)
         return 0
 
     def _serve(self) -> None:
@@ -279,7 +317,7 @@ class Daemon:
         next_tick = time.monotonic()
         try:
             while not self.stopping:
-                self.wake.event.wait(max(0.0, next_tick - time.monotonic()))
+                self.wake.wait(max(0.0, next_tick - time.monotonic()))
                 if self.stopping:
                     break
                 self.wake.debounce()

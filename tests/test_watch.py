@@ -397,6 +397,37 @@ class DoneAtOnce:
         pass
 
 
+def test_a_signal_handled_in_another_thread_still_wakes_the_loop_at_once():
+    """A signal's C handler may run where the main thread's wait does not notice it: in
+    another thread, or just before the wait began (a SIGTERM once went unanswered until the
+    next tick, an hour, in the test suite).  The loop's wait also watches the descriptor
+    that handler writes to, so the Python handler runs at once."""
+    import threading
+    import time
+
+    from dropbox_runner.daemon import Wake
+
+    wake = Wake()
+    handled = []
+    previous_handler = signal.signal(signal.SIGUSR1, lambda signum, frame: handled.append(time.monotonic()))
+    previous_fd = wake.catch_signals()
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait, args=(10,))     # takes the signal the main thread blocks
+    helper.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        started = time.monotonic()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        wake.wait(5)
+        assert handled and handled[0] - started < 1
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        release.set()
+        helper.join()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGUSR1, previous_handler)
+
+
 def waiter_on(config_factory, cluster):
     """A FinishWaiter (not started) whose cluster side is ``cluster``, and the Wake it sets."""
     from dropbox_runner.daemon import FinishWaiter, Wake
