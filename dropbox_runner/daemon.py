@@ -74,8 +74,7 @@ class Wake:
         # Kept open as long as the process runs: the threads that wake it may outlive the loop.
         self._read, self._write = os.pipe()
         for fd in (self._read, self._write):
-            os.set_blocking(fd, False)
-            os.set_inheritable(fd, False)
+            os.set_blocking(fd, False)      # set_wakeup_fd wants it so; a full pipe is awake anyway
 
     def set(self) -> None:
         self.last = time.monotonic()
