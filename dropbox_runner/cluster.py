@@ -122,8 +122,6 @@ class ClusterSide:
         up the intake, and any failure is the call's to report, as it was."""
         if not self.keep_open or not self.transport.connected():
             return
-        if self._session is not None and self._session.alive():
-            return
         try:
             self._open_session()
         except (TransportError, OSError) as error:
