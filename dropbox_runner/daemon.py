@@ -106,11 +106,6 @@ class Wake:
         that came runs as this returns, in the main thread."""
         if not self.event.is_set():
             select.select([self._read], [], [], timeout)
-        try:
-            while os.read(self._read, 512):
-                pass
-        except BlockingIOError:
-            pass
 
     def debounce(self) -> None:
         """Let a burst of events finish before the cycle runs: until none came for
@@ -125,6 +120,11 @@ class Wake:
                 break
             time.sleep(quiet_at - now)
         self.event.clear()
+        try:        # with the event: a wake the cycle about to run answers must not wake the loop again
+            while os.read(self._read, 512):
+                pass
+        except BlockingIOError:
+            pass
 
 
 # Only what DropHandler acts on.  inotify is then asked for nothing else: the cycle's own

@@ -428,6 +428,26 @@ def test_a_signal_handled_in_another_thread_still_wakes_the_loop_at_once():
         signal.signal(signal.SIGUSR1, previous_handler)
 
 
+def test_events_folded_into_a_cycle_do_not_wake_the_loop_again_after_it():
+    """Events that came during the quiet time are the cycle's: the loop's next wait sleeps
+    until something new, not at once for another cycle (a round trip with jobs held)."""
+    import threading
+    import time
+
+    from dropbox_runner.daemon import QUIET_SECONDS, Wake
+
+    wake = Wake()
+    wake.set()
+    wake.wait(5)
+    later = threading.Timer(QUIET_SECONDS * 0.1, wake.set)      # the burst's later events
+    later.start()
+    wake.debounce()
+    later.join()
+    started = time.monotonic()
+    wake.wait(0.3)
+    assert time.monotonic() - started >= 0.25
+
+
 def waiter_on(config_factory, cluster):
     """A FinishWaiter (not started) whose cluster side is ``cluster``, and the Wake it sets."""
     from dropbox_runner.daemon import FinishWaiter, Wake
