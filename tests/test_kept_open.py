@@ -64,6 +64,28 @@ def test_a_cycle_starts_the_process_as_it_takes_its_first_job_not_after_staging_
     assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
 
 
+def test_a_process_that_cannot_be_started_ahead_costs_the_burst_nothing(deployed):
+    """A failed start ahead (here: no process to be had, once) is one debug line; the
+    cycle's own call starts the process, and every job, a bystander's too, is sent and ends ok."""
+    config = deployed
+
+    class FailsOnce(CountingTransport):
+        failed = False
+
+        def open_session(self, command):
+            if not self.failed:
+                self.failed = True
+                raise OSError("Resource temporarily unavailable")
+            return super().open_session(command)
+
+    names = [drop(config, f"j{n:03d}.job", ledger_job(config, n)).name for n in range(3)]
+    names.append(drop(config, "bystander.job", ledger_job(config, "bystander")).name)
+    transport = FailsOnce()
+    report = run_once(config, transport)
+    assert transport.failed and report.sent == len(names) and not report.environment_errors
+    assert all(block["job"]["status"] == "ok" for block in drain(config, names).values())
+
+
 def test_a_cycle_whose_new_jobs_are_all_refused_starts_nothing_on_the_cluster(config):
     """Started at the first job taken, never on the sight of a new file: a job's fault
     costs the cluster nothing (a job served from the cache neither, ``test_cache_and_verbs``)."""
