@@ -34,8 +34,15 @@ clock runs from that drop to the last ``.job.finished`` (HyperQueue: from its ``
 Every contestant runs ``--rounds`` times (3 by default), the contestants taking turns
 within each round, and each figure is the median of its rounds, the wall's spread beside
 it.  One round each was not enough to compare contestants this close: the machine's speed
-drifts from one minute to the next, and a Slurm runner starts at one of slurmctld's
-once-a-second scheduling passes, which moves a single run by up to a second either way.
+drifts from one minute to the next, and a Slurm job starts at one of slurmctld's
+once-a-second scheduling passes, at the same fraction of every second, so where in the
+second a contestant asks for its allocation moves its run by up to a second.  So within a
+round every contestant's clock starts at the same fraction of a second of the wall clock
+(its drop; HyperQueue's ``sbatch``), and the rounds' fractions are spread evenly over the
+second from a random first one: the contestants of a round meet the same scheduling pass,
+and over the rounds they meet it as jobs arriving at any moment would.  Without that the
+fraction was not random either: each run began as the last one's runner left, itself in
+step with the passes.
 
     python bench/overhead.py --jobs 1000 --start-cluster --hq          # as root
     python bench/overhead.py --jobs 200 --backends local --modes once  # a first look
@@ -48,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -150,6 +158,12 @@ def prepare_jobs(root: Path, jobs: int) -> list[Path]:
     return pending
 
 
+def at_phase(phase: float) -> None:
+    """Sleep until the wall clock is ``phase`` (0-1) into a second: where the contestants
+    of a round start their clocks (see the module's docstring)."""
+    time.sleep((phase - time.time()) % 1.0)
+
+
 def drop(pending: list[Path], dropbox: Path) -> float:
     started = time.monotonic()
     for path in pending:
@@ -195,10 +209,12 @@ def cpu_of(rusage) -> tuple[float, float]:
     return rusage.ru_utime + rusage.ru_stime, rusage.ru_utime
 
 
-def once_loop(root: Path, config: Path, jobs: int, period: float,
-              wrap: list[str]) -> tuple[float, tuple[float, float], int]:
+def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str],
+              phase: float | None) -> tuple[float, tuple[float, float], int]:
     dropbox = root / "dropbox"
     pending = prepare_jobs(root, jobs)
+    if phase is not None:
+        at_phase(phase)
     dropped_at = time.time()
     started = drop(pending, dropbox)
     cpu, user, cycles = 0.0, 0.0, 0
@@ -220,7 +236,8 @@ def once_loop(root: Path, config: Path, jobs: int, period: float,
             time.sleep(period)
 
 
-def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str]) -> tuple[float, tuple[float, float], None]:
+def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str],
+                 phase: float | None) -> tuple[float, tuple[float, float], None]:
     dropbox = root / "dropbox"
     pending = prepare_jobs(root, jobs)
     log_path = root / "submitter.log"
@@ -235,6 +252,8 @@ def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str]) -> tuple[
             time.sleep(POLL_SECONDS)
         if wrap:        # under strace: the daemon is strace's child
             target = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
+        if phase is not None:
+            at_phase(phase)
         dropped_at = time.time()
         started = drop(pending, dropbox)
         with open(log_path, "rb") as log:
@@ -275,14 +294,14 @@ def stop(pid: int, target: int):
 
 
 def dropbox_runner(root: Path, scheduler: str, mode: str, jobs: int, slots: int, period: float,
-                   strace_out: Path | None = None, launch: str = "step") -> Run:
+                   strace_out: Path | None = None, launch: str = "step", phase: float | None = None) -> Run:
     config = write_config(root, scheduler, slots, launch)
     subprocess.run(submitter_argv("deploy", config), check=True, stdout=subprocess.DEVNULL)     # installed
     wrap = ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o"] if strace_out else []
     if mode == "once":
-        wall, cpu, cycles = once_loop(root, config, jobs, period, wrap and wrap + [str(strace_out)])
+        wall, cpu, cycles = once_loop(root, config, jobs, period, wrap and wrap + [str(strace_out)], phase)
     else:
-        wall, cpu, cycles = watch_daemon(root, config, jobs, wrap and wrap + [f"{strace_out}.watch"])
+        wall, cpu, cycles = watch_daemon(root, config, jobs, wrap and wrap + [f"{strace_out}.watch"], phase)
     wait_for_runners(root)
     label = (f"dropbox-runner {mode}, {scheduler} runners" + (" (jobs as processes)" if scheduler == "slurm"
                                                                 and launch == "process" else "")
@@ -343,7 +362,7 @@ cluster.stop()
 """
 
 
-def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
+def hyperqueue(root: Path, jobs: int, slots: int, phase: float) -> Run:
     from hyperqueue import Client, Job
 
     server_dir, stop, out, scripts = root / "hq-server", root / "hq-stop", root / "hq-out", root / "hq-scripts"
@@ -352,6 +371,7 @@ def hyperqueue(root: Path, jobs: int, slots: int) -> Run:
     (root / "hq_server.py").write_text(HQ_SERVER)
     for n in range(jobs):
         (scripts / f"j{n}.sh").write_text(SCRIPT.format(out=out / f"o{n}"))
+    at_phase(phase)
     started = time.monotonic()
     sbatch = subprocess.run(["sbatch", "--parsable", "-c", str(slots), "-o", str(root / "hq.log"), *QUEUE_WAIT_ARGS,
                              "--wrap",
@@ -446,13 +466,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     started = time.monotonic()
     create_us = [file_create_us()]
+    first_phase = round(random.random(), 3)
+    phases = [round((first_phase + number / options.rounds) % 1.0, 3) for number in range(options.rounds)]
     try:
         chosen = contestants(options)
         for jobs in sizes:
             rounds: list[list[Run]] = [[] for _ in chosen]
-            for _ in range(options.rounds):
+            for phase in phases:
                 for done, contestant in zip(rounds, chosen):
-                    done.append(within(contestant, jobs))
+                    done.append(within(contestant, jobs, phase))
                     print(table(done[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
             runs += [median_of(done) for done in rounds]
         if options.fsync_jobs and "local" in options.backends and shutil.which("strace"):
@@ -469,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(slurm.root, ignore_errors=True)
     result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "machine": f"{os.cpu_count()} cores", "seconds": round(time.monotonic() - started),
+              "start_phases": phases,
               "file_create_us": create_us,
               "runs": [dict(asdict(run), cpu_ms_per_job=run.cpu_ms_per_job) for run in runs]}
     print(json.dumps(result, indent=1) if options.json else
@@ -477,14 +500,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def contestants(options: argparse.Namespace) -> list[Callable[[Path, int], Run]]:
-    """Each contestant as ``run(root, N jobs)``, in the order they take turns."""
-    chosen = [lambda root, jobs: floor(root, jobs, options.slots)]
+    """Each contestant as ``run(root, N jobs, start phase)``, in the order they take turns;
+    the floor has no queue, and starts its clock at once."""
+    chosen = [lambda root, jobs, phase: floor(root, jobs, options.slots)]
     if options.hq:
-        chosen.append(lambda root, jobs: hyperqueue(root, jobs, options.slots))
+        chosen.append(lambda root, jobs, phase: hyperqueue(root, jobs, options.slots, phase))
     for backend in options.backends:
         for mode in options.modes:
-            chosen.append(lambda root, jobs, backend=backend, mode=mode: dropbox_runner(
-                root, backend, mode, jobs, options.slots, options.period, None, options.launch))
+            chosen.append(lambda root, jobs, phase, backend=backend, mode=mode: dropbox_runner(
+                root, backend, mode, jobs, options.slots, options.period, None, options.launch, phase))
     return chosen
 
 

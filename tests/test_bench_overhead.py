@@ -13,14 +13,15 @@ def test_contestants_take_turns_and_each_row_is_the_median_of_its_rounds(monkeyp
     """One run each moved with the machine's drift and Slurm's scheduling tick more than
     the contestants differed; taking turns spreads the drift over all of them."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    order, walls = [], iter([1.0, 3.0, 4.0, 2.0, 9.0, 5.0, 3.0, 1.0, 4.5])
+    order, phases, walls = [], [], iter([1.0, 3.0, 4.0, 2.0, 9.0, 5.0, 3.0, 1.0, 4.5])
 
     def floor(root, jobs, slots):
         order.append("floor")
         return overhead.Run("floor (xargs -P)", jobs, next(walls), ok=jobs)
 
-    def dropbox_runner(root, scheduler, mode, jobs, slots, period, strace_out=None, launch="step"):
+    def dropbox_runner(root, scheduler, mode, jobs, slots, period, strace_out=None, launch="step", phase=None):
         order.append(mode)
+        phases.append(phase)
         return overhead.Run(f"dropbox-runner {mode}, {scheduler} runners", jobs, next(walls), 1.0 * jobs / 1000,
                             0.5, 100.0, jobs - (mode == "watch"), 2 if mode == "once" else None)
 
@@ -34,6 +35,8 @@ def test_contestants_take_turns_and_each_row_is_the_median_of_its_rounds(monkeyp
     assert rows["floor (xargs -P)"]["wall_s"] == 2.0 and rows["floor (xargs -P)"]["notes"]["walls"] == [1.0, 2.0, 3.0]
     assert rows["dropbox-runner once"]["wall_s"] == 3.0 and rows["dropbox-runner once"]["cycles"] == 2
     assert rows["dropbox-runner watch"]["wall_s"] == 4.5 and rows["dropbox-runner watch"]["ok"] == 9
+    assert phases[0::2] == phases[1::2] == result["start_phases"]      # once and watch: the same in a round
+    assert sorted(round((phase - phases[0]) % 1, 3) for phase in phases[0::2]) == [0, 0.333, 0.667]
     table = overhead.table([overhead.median_of([overhead.Run("floor (xargs -P)", 10, w) for w in (1.0, 3.0, 2.0)])])
     assert "| 2.00 s (1.00-3.00) | 1.0x |" in table
 
@@ -53,3 +56,11 @@ def test_the_wall_ends_at_the_last_result_renamed_in_not_when_a_watcher_noticed(
     time.sleep(0.05)
     assert overhead.last_result_after(dropbox, dropped_at) == pytest.approx(last - dropped_at)
     assert 0.04 <= overhead.last_result_after(dropbox, dropped_at) < time.time() - dropped_at - 0.04
+
+
+def test_a_clock_starts_at_the_fraction_of_a_second_its_round_chose():
+    """A Slurm job starts at the controller's pass, at one fraction of every second: the
+    contestants of a round must ask at the same fraction, or that alone decides between them."""
+    for phase in (0.1, 0.6):
+        overhead.at_phase(phase)
+        assert (time.time() - phase) % 1 < 0.02
