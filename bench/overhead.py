@@ -210,7 +210,7 @@ def cpu_of(rusage) -> tuple[float, float]:
 
 
 def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str],
-              phase: float | None) -> tuple[float, tuple[float, float], int]:
+              phase: float | None = None) -> tuple[float, tuple[float, float], int]:
     dropbox = root / "dropbox"
     pending = prepare_jobs(root, jobs)
     if phase is not None:
@@ -237,7 +237,7 @@ def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str
 
 
 def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str],
-                 phase: float | None) -> tuple[float, tuple[float, float], None]:
+                 phase: float | None = None) -> tuple[float, tuple[float, float], None]:
     dropbox = root / "dropbox"
     pending = prepare_jobs(root, jobs)
     log_path = root / "submitter.log"
