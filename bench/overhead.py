@@ -24,7 +24,9 @@ clock runs from that drop to the last ``.job.finished`` (HyperQueue: from its ``
 - submitter CPU per job: the submitter processes and the children they waited for (the
   ``on_hpc`` commands), as ``wait4`` reports them; not the runners nor the jobs; in
   brackets its user part (file creation is system time, and its cost here moves 30-fold
-  with the folder and with how much was removed there just before);
+  with the folder and with how much was removed there just before).  For ``watch``, from
+  the drop on: the daemon's own start (some 120 ms here, its imports and first scan) is
+  paid once for every burst it serves, where each ``once`` pays its own;
 - dispatch rate: jobs started per second while slots were free, from the first to the last
   start time the jobs wrote (trivial jobs leave slots free almost all the time);
 - fsyncs per job (``--fsync-jobs``, local backend): a separate, smaller run of each mode
@@ -76,6 +78,7 @@ TEMPLATE = "# dropbox-runner: class=default\n" + SCRIPT.format(out="<<workspace>
 POLL_SECONDS = 0.05
 QUEUE_WAIT_ARGS: list[str] = []     # sbatch arguments that make every allocation wait (--queue-wait)
 TIMEOUT_SECONDS = 1800
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")     # the unit of /proc/PID/stat's times
 
 
 @dataclass
@@ -209,6 +212,14 @@ def cpu_of(rusage) -> tuple[float, float]:
     return rusage.ru_utime + rusage.ru_stime, rusage.ru_utime
 
 
+def cpu_until_now(pid: int) -> tuple[float, float]:
+    """``cpu_of`` a live process so far: what ``wait4`` would report of it and the
+    children it has waited for, were it to end now (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user, system, children_user, children_system = (int(ticks) / CLOCK_TICKS for ticks in fields[11:15])
+    return user + system + children_user + children_system, user + children_user
+
+
 def once_loop(root: Path, config: Path, jobs: int, period: float, wrap: list[str],
               phase: float | None = None) -> tuple[float, tuple[float, float], int]:
     dropbox = root / "dropbox"
@@ -254,6 +265,7 @@ def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str],
             target = int(Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0])
         if phase is not None:
             at_phase(phase)
+        before = cpu_until_now(process.pid)
         dropped_at = time.time()
         started = drop(pending, dropbox)
         with open(log_path, "rb") as log:
@@ -272,7 +284,7 @@ def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str],
     finally:
         rusage = stop(process.pid, target)
     process.returncode = 0
-    return wall, cpu_of(rusage), None
+    return wall, (cpu_of(rusage)[0] - before[0], cpu_of(rusage)[1] - before[1]), None
 
 
 def stop(pid: int, target: int):

@@ -1,6 +1,8 @@
 """bench/overhead.py: contestants take turns over rounds, and each row is their medians."""
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -64,3 +66,18 @@ def test_a_clock_starts_at_the_fraction_of_a_second_its_round_chose():
     for phase in (0.1, 0.6):
         overhead.at_phase(phase)
         assert (time.time() - phase) % 1 < 0.02
+
+
+def test_the_watch_daemons_cpu_is_counted_from_the_drop_as_wait4_would_count_it():
+    """The daemon started before the jobs came: what it spent by then is taken off its
+    total, and the two must be the same measure, or the difference is off by the start."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass\nprint(flush=True)\ntime.sleep(60)"],
+                             stdout=subprocess.PIPE)
+    child.stdout.readline()
+    so_far = overhead.cpu_until_now(child.pid)
+    child.kill()
+    _, _, rusage = os.wait4(child.pid, 0)
+    total = overhead.cpu_of(rusage)
+    assert 0.25 <= so_far[0] <= total[0] + 0.02 and so_far[1] <= so_far[0]
+    assert total[0] - so_far[0] < 0.05
