@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def contestants(options: argparse.Namespace) -> list[Callable[[Path, int], Run]]:
+def contestants(options: argparse.Namespace) -> list[Callable[[Path, int, float], Run]]:
     """Each contestant as ``run(root, N jobs, start phase)``, in the order they take turns;
     the floor has no queue, and starts its clock at once."""
     chosen = [lambda root, jobs, phase: floor(root, jobs, options.slots)]

@@ -63,9 +63,9 @@ def test_the_wall_ends_at_the_last_result_renamed_in_not_when_a_watcher_noticed(
 def test_a_clock_starts_at_the_fraction_of_a_second_its_round_chose():
     """A Slurm job starts at the controller's pass, at one fraction of every second: the
     contestants of a round must ask at the same fraction, or that alone decides between them."""
-    for phase in (0.1, 0.6):
+    for phase in (0.1, 0.45, 0.8):      # by chance, all three within 0.1 s: one time in a thousand
         overhead.at_phase(phase)
-        assert (time.time() - phase) % 1 < 0.02
+        assert (time.time() - phase) % 1 < 0.1
 
 
 def test_the_watch_daemons_cpu_is_counted_from_the_drop_as_wait4_would_count_it():
