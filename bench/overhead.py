@@ -284,7 +284,8 @@ def watch_daemon(root: Path, config: Path, jobs: int, wrap: list[str],
     finally:
         rusage = stop(process.pid, target)
     process.returncode = 0
-    return wall, (cpu_of(rusage)[0] - before[0], cpu_of(rusage)[1] - before[1]), None
+    total, user = cpu_of(rusage)
+    return wall, (total - before[0], user - before[1]), None
 
 
 def stop(pid: int, target: int):
