@@ -9,6 +9,12 @@ nothing that lists runner records (``runners/*.json``) mistakes them for one.
 
 A job can write into the workspace, so what is read back is checked: anything that is not
 what the head node writes counts as nothing remembered.
+
+Both files are rewritten by every cycle and written whole or not at all, without an fsync:
+losing the last of them to a power cut costs a guess (the queue wait, the linger), and
+the per-cycle cap and max_runners still bound the submissions.  Synced, they cost two
+journal commits a cycle (a round trip to the server each on NFS) while the submitter
+waited for the cycle's answer.
 """
 import os
 import time
@@ -48,12 +54,12 @@ def load(store, job_class, now):
 
 def save(store, job_class, state):
     os.makedirs(folder(store), mode=0o700, exist_ok=True)
-    write_json(state_path(store, job_class), state)
+    write_json(state_path(store, job_class), state, durable=False)
 
 
 def write_linger(store, job_class, seconds, now):
     os.makedirs(folder(store), mode=0o700, exist_ok=True)
-    write_json(linger_path(store, job_class), {"seconds": seconds, "at": now})
+    write_json(linger_path(store, job_class), {"seconds": seconds, "at": now}, durable=False)
 
 
 def read_linger(store, job_class, fallback, now=None):
