@@ -28,6 +28,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from . import rendering
 from .boundaries import startup_warnings
 from .cluster import ClusterSide
 from .config import Config, load_config
@@ -359,6 +360,7 @@ class Daemon:
         submitter = Submitter(config, open_transport(config))
         submitter.intake.closed = self.closed
         submitter.slices = IntakeSlices()
+        rendering.prepare()
         for warning in startup_warnings(config):
             log.warning("%s", warning)
         log.info("watching %s (%s), tick %ss", config.dropbox, type(observer).__name__, config.tick)

@@ -684,3 +684,24 @@ def test_the_cluster_side_wait_gathers_after_the_first_job_for_the_time_it_is_gi
     started = time.monotonic()
     assert headnode.wait(request) == {"done": ["sub.a"]}
     assert 0.3 <= time.monotonic() - started < 1.5
+
+
+def test_the_daemon_makes_the_template_environment_before_it_watches(tmp_path):
+    """Its first burst's first job does not wait for jinja2's import; ``once`` stays lazy,
+    so a cron call that finds nothing new never pays it."""
+    from dropbox_runner import rendering
+    from dropbox_runner.daemon import Daemon
+
+    rendering._environment.cache_clear()
+    daemon = Daemon(write_config(tmp_path))
+    parts = daemon._start()
+    try:
+        assert rendering._environment.cache_info().currsize == 1
+    finally:
+        daemon._stop(*parts)
+    rendering._environment.cache_clear()
+    from dropbox_runner.submitter import run_once
+    from dropbox_runner.transport.local import LocalTransport
+
+    run_once(load_config(write_config(tmp_path / "cron")), LocalTransport())
+    assert rendering._environment.cache_info().currsize == 0
