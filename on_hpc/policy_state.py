@@ -10,11 +10,11 @@ nothing that lists runner records (``runners/*.json``) mistakes them for one.
 A job can write into the workspace, so what is read back is checked: anything that is not
 what the head node writes counts as nothing remembered.
 
-Both files are rewritten by every cycle and written whole or not at all, without an fsync:
-losing the last of them to a power cut costs a guess (the queue wait, the linger), and
-the per-cycle cap and max_runners still bound the submissions.  Synced, they cost two
-journal commits a cycle (a round trip to the server each on NFS) while the submitter
-waited for the cycle's answer.
+Both files are rewritten by every cycle, under a temporary name and renamed (a head node
+killed half-way leaves them whole), without an fsync: after a power cut either may be as
+an earlier cycle left it, or empty, which counts as nothing remembered, and the per-cycle
+cap and max_runners still bound the submissions.  Synced, they cost two journal commits a
+cycle (a round trip to the server each on NFS) while the submitter waited for the answer.
 """
 import os
 import time

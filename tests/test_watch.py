@@ -691,6 +691,8 @@ def test_the_daemon_makes_the_template_environment_before_it_watches(tmp_path):
     so a cron call that finds nothing new never pays it."""
     from dropbox_runner import rendering
     from dropbox_runner.daemon import Daemon
+    from dropbox_runner.submitter import run_once
+    from dropbox_runner.transport.local import LocalTransport
 
     rendering._environment.cache_clear()
     daemon = Daemon(write_config(tmp_path))
@@ -700,8 +702,5 @@ def test_the_daemon_makes_the_template_environment_before_it_watches(tmp_path):
     finally:
         daemon._stop(*parts)
     rendering._environment.cache_clear()
-    from dropbox_runner.submitter import run_once
-    from dropbox_runner.transport.local import LocalTransport
-
     run_once(load_config(write_config(tmp_path / "cron")), LocalTransport())
     assert rendering._environment.cache_info().currsize == 0
