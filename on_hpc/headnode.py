@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from . import coming, doorbell, policy, policy_state, sweep
+from . import afterwards, coming, doorbell, policy, policy_state, sweep
 from .batchfile import load_record
 from .files import free_bytes, listdir, read_json, remove_tree, write_json
 from .jobstore import JobStore
@@ -80,6 +80,7 @@ def cycle(request, sched=None):
     coming.arrived(store, request.classes)     # what an early call announced is queued (or is not coming)
 
     answer = CycleAnswer()
+    answer.errors.extend(afterwards.failures())
     # Submitters sharing a workspace take turns here, so two of them never both decide
     # that a class needs a runner.
     with workspace_lock(store):
@@ -125,9 +126,8 @@ def cycle(request, sched=None):
             record = read_finished_record(store, job_id, answer.errors)
             if record is not None:
                 answer.finished.append({"id": job_id, "record": record})
-    if request.remove_collected:
-        answer.removed = remove_collected(store, states, request.submitter, in_flight)
-    sweep.start(store)
+    answer.removed = collected_jobs(states, request.submitter, in_flight) if request.remove_collected else []
+    leaving = sweep.measure_leaving(store, answer.removed)
     answer.states = {job_id: states.get(job_id, JobState.ABSENT) for job_id in in_flight}
     answer.claimed_by = {job_id: claimed_by[job_id] for job_id in in_flight
                          if answer.states[job_id] == JobState.RUNNING and job_id in claimed_by}
@@ -137,7 +137,9 @@ def cycle(request, sched=None):
     # job is never refused as too big for room that is being freed (measured first, so a
     # sweep in between can only make it look roomier, and a push then meets a full disk:
     # the jobs wait a cycle).
-    answer.workspace_free_bytes = sweep.trash_bytes(store) + free_bytes(store.root)
+    answer.workspace_free_bytes = (sweep.trash_bytes(store) + sum(size for _, size in leaving.values())
+                                   + free_bytes(store.root))
+    afterwards.later(lambda: remove_collected(store, leaving))
     return answer.to_json()
 
 
@@ -184,16 +186,21 @@ def start_errors(store):
     return errors
 
 
-def remove_collected(store, states, submitter, in_flight):
+def collected_jobs(states, submitter, in_flight):
     """Done jobs of this submitter that it no longer holds have been collected."""
     prefix = submitter + "."
     held = set(in_flight)
-    removed = []
-    for job_id, state in sorted(states.items()):
-        if state == JobState.DONE and job_id.startswith(prefix) and job_id not in held:
-            store.remove(job_id)
-            removed.append(job_id)
-    return removed
+    return [job_id for job_id, state in sorted(states.items())
+            if state == JobState.DONE and job_id.startswith(prefix) and job_id not in held]
+
+
+def remove_collected(store, leaving):
+    """Move the collected jobs' folders to the trash (measured as they left, ``leaving``:
+    not walked again there) and start the sweep; after the answer, in ``serve``
+    (``afterwards``)."""
+    for job_id, (inode, size) in leaving.items():
+        sweep.moved(store.remove(job_id), inode, size)
+    sweep.start(store)
 
 
 def status(request, sched=None):

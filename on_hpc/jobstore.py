@@ -150,21 +150,25 @@ class JobStore(object):
 
     def remove(self, job_id):
         """Forget a collected job: its marker first, so it never looks half-removed; its
-        folder goes to the trash in one rename, for a sweep off the cycle (``sweep.py``)."""
+        folder goes to the trash in one rename, for a sweep off the cycle (``sweep.py``).
+        Returns the folder's path in the trash; None when it went another way, or was gone."""
         try:
             os.unlink(os.path.join(self.done_dir(), job_id))
         except FileNotFoundError:
             pass
         if not os.path.lexists(self.job_dir(job_id)):
-            return
+            return None
         if self.trash_dir() not in self._made:
             os.makedirs(self.trash_dir(), mode=0o700, exist_ok=True)
             self._made.add(self.trash_dir())
+        # a name of its own: an earlier folder of the same id may still be in the trash
+        trashed = os.path.join(self.trash_dir(), "%s.%d" % (job_id, time.time_ns()))
         try:
-            # a name of its own: an earlier folder of the same id may still be in the trash
-            os.rename(self.job_dir(job_id), os.path.join(self.trash_dir(), "%s.%d" % (job_id, time.time_ns())))
+            os.rename(self.job_dir(job_id), trashed)
         except OSError:
             remove_tree(self.job_dir(job_id))
+            return None
+        return trashed
 
     # -- the runner's side ------------------------------------------------------------
     def ready_jobs(self, job_class, ordered=True):

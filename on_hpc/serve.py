@@ -12,6 +12,9 @@ failure ends the process, as it ended the one-shot command: the traceback goes t
 stderr, the submitter reports it and starts a fresh process for its next call, so no
 state outlives a failure.  End of input ends it cleanly.
 
+What a request leaves until its answer is sent (``afterwards``: a cycle's moving of
+collected jobs to the trash) runs once the answer is written, before the next request.
+
 Between requests it reaps its children that have ended (the embedded scheduler's
 runners, started by cycles): a one-shot command left that to init by exiting.
 
@@ -24,6 +27,7 @@ import json
 import os
 import sys
 
+from . import afterwards
 from .protocol import DEPLOY_NEEDED, STAMP_FILE
 
 
@@ -33,17 +37,19 @@ def serve(dispatch, requests=None, answers=None):
         answers = os.fdopen(os.dup(1), "w")
         os.dup2(2, 1)
     requests = requests if requests is not None else sys.stdin
-    for line in requests:
-        if not line.strip():
-            continue
-        if not os.path.exists(STAMP_FILE):
-            return DEPLOY_NEEDED
-        message = json.loads(line)
-        answer = dispatch(message["verb"], message["request"])
-        answers.write(json.dumps(answer))
-        answers.write("\n")
-        answers.flush()
-        reap_children()
+    with afterwards.until_answered():
+        for line in requests:
+            if not line.strip():
+                continue
+            if not os.path.exists(STAMP_FILE):
+                return DEPLOY_NEEDED
+            message = json.loads(line)
+            answer = dispatch(message["verb"], message["request"])
+            answers.write(json.dumps(answer))
+            answers.write("\n")
+            answers.flush()
+            afterwards.run_deferred()
+            reap_children()
     return 0
 
 

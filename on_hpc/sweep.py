@@ -13,6 +13,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 
 from .files import remove_file, remove_tree, tree_bytes
@@ -55,13 +56,41 @@ def trash_bytes(store):
     return sum(measured.values())
 
 
+def measure_leaving(store, job_ids):
+    """The folders of collected jobs about to be moved to the trash, as the trash counts
+    them: {job id: (inode, bytes)} (inode None where there is no folder).  The cycle's
+    answer counts these bytes as free before they are moved (``afterwards``), and once
+    moved (``moved``) they are not walked again."""
+    leaving = {}
+    for job_id in job_ids:
+        path = store.job_dir(job_id)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            leaving[job_id] = (None, 0)
+            continue
+        leaving[job_id] = (info.st_ino, tree_bytes(path, shared=True) if stat.S_ISDIR(info.st_mode)
+                           else _share(info))
+    return leaving
+
+
+def moved(path, inode, size):
+    """A folder ``measure_leaving`` measured is now at ``path`` in the trash (None: it is
+    not there); a rename keeps the inode."""
+    if path is not None and inode is not None:
+        _measured[(path, inode)] = size
+
+
 def _entry_bytes(entry):
     if entry.is_dir(follow_symlinks=False):
         return tree_bytes(entry.path, shared=True)
     try:
-        info = entry.stat(follow_symlinks=False)
+        return _share(entry.stat(follow_symlinks=False))
     except OSError:
         return 0
+
+
+def _share(info):
     return info.st_size // max(info.st_nlink, 1)
 
 

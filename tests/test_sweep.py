@@ -186,3 +186,75 @@ def test_a_tree_is_measured_from_its_listing_links_to_folders_neither_counted_no
     assert tree_bytes(str(tree), follow_links=True) == 100 + 1000 + 300 + 300 + 50000    # a dangling link: 0
     assert tree_bytes(str(tmp_path / "absent")) == 0
     assert looked == []          # every entry known from its listing: no second look at a path
+
+
+def serve_cycles(store, count, monkeypatch, tmp_path):
+    """``count`` cycle requests answered by a serve loop; each answer as read, with whether
+    the collected job ``s.a``'s folder was still in place when it was written."""
+    from dropbox_runner.on_hpc import headnode
+    from dropbox_runner.on_hpc.__main__ import dispatch
+    from dropbox_runner.on_hpc.protocol import STAMP_FILE
+    from dropbox_runner.on_hpc.serve import serve
+
+    monkeypatch.setattr(headnode, "connector", lambda name, store: FakeConnector())
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / STAMP_FILE).write_text("stamp\n")
+    monkeypatch.chdir(deploy)
+    line = json.dumps({"verb": "cycle", "request": {"root": store.root, "scheduler": "fake", "submitter": "s",
+                                                    "in_flight": [], "classes": {}, "pythonpath": "/x"}}) + "\n"
+    seen = []
+
+    class Answers:
+        def write(self, text):
+            if text.strip():
+                seen.append((json.loads(text), os.path.lexists(store.job_dir("s.a"))))
+
+        def flush(self):
+            pass
+
+    assert serve(dispatch, requests=[line] * count, answers=Answers()) == 0
+    return seen
+
+
+def test_a_serve_loop_answers_before_it_moves_the_collected_folders_and_counts_their_room(tmp_path, monkeypatch):
+    """The submitter waits for a cycle's answer, not for the folders it collected to move
+    to the trash (up to 15 ms a cycle here): the serve process moves them once the answer
+    is written, before it reads the next request.  The answer already counts their room as
+    free, and the trash does not walk them again."""
+    from dropbox_runner.on_hpc.files import free_bytes, tree_bytes
+
+    store = collected(tmp_path / "ws", ["s.a"])
+    with open(Path(store.job_dir("s.a"), "output", "big"), "wb") as handle:
+        handle.write(b"x" * (4 << 20))
+    monkeypatch.setattr(sweep, "start", lambda store: False)        # the trash stays to be counted
+    walked = []
+    monkeypatch.setattr(sweep, "tree_bytes", lambda path, **options: walked.append(path)
+                        or tree_bytes(path, **options))
+    (first, in_place), (second, still) = serve_cycles(store, 2, monkeypatch, tmp_path)
+    assert first["removed"] == ["s.a"] and in_place          # answered before the move
+    assert not still and second["removed"] == []              # moved before the next request
+    assert len(sweep.trash_entries(store)) == 1
+    for answer in (first, second):
+        assert answer["workspace_free_bytes"] >= free_bytes(store.root) + (4 << 20) - (1 << 20)
+    assert walked == [store.job_dir("s.a")]                     # measured once, as it left
+
+
+def test_a_move_that_fails_after_the_answer_is_told_in_the_next_and_done_again(tmp_path, monkeypatch):
+    from dropbox_runner.on_hpc.jobstore import JobStore
+
+    store = collected(tmp_path / "ws", ["s.a"])
+    real_remove, failures = JobStore.remove, ["Input/output error"]
+
+    def remove(self, job_id):
+        if failures:
+            raise OSError(5, failures.pop())
+        return real_remove(self, job_id)
+
+    monkeypatch.setattr(JobStore, "remove", remove)
+    monkeypatch.setattr(sweep, "start", lambda store: False)
+    (first, _), (second, in_place), (third, still) = serve_cycles(store, 3, monkeypatch, tmp_path)
+    assert first["removed"] == ["s.a"] and not first["errors"]
+    assert in_place and second["removed"] == ["s.a"]          # still done: removed again
+    assert any("after the last answer" in error and "Input/output error" in error for error in second["errors"])
+    assert not still and third["removed"] == [] and not third["errors"]
