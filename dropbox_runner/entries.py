@@ -107,16 +107,24 @@ def _within_bounds(text: str) -> bool:
 
 def _check_events(text: str) -> None:
     depth = events = 0
-    for event in yaml.parse(text, Loader=_LOADER):
-        events += 1
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise UnusableEntry(f"the YAML nests deeper than {MAX_DEPTH} levels")
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
-        if events > MAX_EVENTS:
-            raise UnusableEntry(f"the YAML has more than {MAX_EVENTS} parts")
+    too_deep = UnusableEntry(f"the YAML nests deeper than {MAX_DEPTH} levels")
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):
+            events += 1
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise too_deep
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            if events > MAX_EVENTS:
+                raise UnusableEntry(f"the YAML has more than {MAX_EVENTS} parts")
+    except yaml.YAMLError as error:
+        # The scanner reads ahead of the events, and PyYAML 6.0.4 (with its libyaml) stops
+        # at its own nesting limit first: the same refusal, said as ours.
+        if "nesting depth" in str(error):
+            raise too_deep from None
+        raise
 
 
 def load_bounded_document(text: str) -> Any:
