@@ -137,9 +137,11 @@ def cycle(request, sched=None):
     # job is never refused as too big for room that is being freed (measured first, so a
     # sweep in between can only make it look roomier, and a push then meets a full disk:
     # the jobs wait a cycle).
-    answer.workspace_free_bytes = (sweep.trash_bytes(store) + sum(size for _, size in leaving.values())
-                                   + free_bytes(store.root))
-    afterwards.later(lambda: remove_collected(store, leaving))
+    trash, free = sweep.trash_bytes(store) + sum(size for _, size in leaving.values()), free_bytes(store.root)
+    answer.workspace_free_bytes = None if free is None else trash + free
+    jobs_active = bool(answer.counts.get(JobState.QUEUED) or answer.counts.get(JobState.RUNNING))
+    room_short = free is None or trash > free       # the trash holds more than is free beside it
+    afterwards.later(lambda: remove_collected(store, leaving, jobs_active, room_short))
     return answer.to_json()
 
 
@@ -194,13 +196,13 @@ def collected_jobs(states, submitter, in_flight):
             if state == JobState.DONE and job_id.startswith(prefix) and job_id not in held]
 
 
-def remove_collected(store, leaving):
+def remove_collected(store, leaving, jobs_active, room_short):
     """Move the collected jobs' folders to the trash (measured as they left, ``leaving``:
-    not walked again there) and start the sweep; after the answer, in ``serve``
-    (``afterwards``)."""
+    not walked again there) and start the sweep, or put it off while jobs run
+    (``sweep.start_when_quiet``); after the answer, in ``serve`` (``afterwards``)."""
     for job_id, (inode, size) in leaving.items():
         sweep.moved(store.remove(job_id), inode, size)
-    sweep.start(store)
+    sweep.start_when_quiet(store, jobs_active, room_short)
 
 
 def status(request, sched=None):

@@ -8,6 +8,14 @@ one detached ``sweep`` that empties the trash and exits.  A sweep killed half-wa
 redone by the next one a later cycle starts; two never run at once (a lock), and a
 cycle whose trash is empty starts none.  The sweep yields the CPU (``SWEEP_NICENESS``):
 removing what was collected can wait for the jobs and the cycles that share the machine.
+
+It waits for them altogether where it can (``start_when_quiet``): the serve process that
+answers a burst's cycles starts no sweep while jobs of the workspace are queued or
+running, but when none is left, when the trash holds more than is free beside it, when
+``SWEEP_AT_LATEST_SECONDS`` have passed since it first put one off, or when its input
+ends.  Four sweeps during a 1000-job burst on the local scheduler (each a Python start,
+and unlinks that every ``syncfs`` of the submitter and the runner then waited for) cost
+some 0.1 s of its 2.4 s on ext4 here.  The trash still counts as free in every answer.
 """
 import errno
 import fcntl
@@ -15,11 +23,16 @@ import json
 import os
 import stat
 import sys
+import time
 
+from . import afterwards
 from .files import remove_file, remove_tree, tree_bytes
 
 LOCK_NAME = ".sweep.lock"
 SWEEP_NICENESS = 10
+SWEEP_AT_LATEST_SECONDS = 60    # the longest a serve process puts off a sweep while jobs run
+
+_put_off_since = {}     # store root -> when this process first put off its sweep
 
 
 def trash_entries(store):
@@ -112,6 +125,20 @@ def start(store):
         sys.stderr.write("cannot start the sweep of collected jobs: %s\n" % error)
         return False
     return True
+
+
+def start_when_quiet(store, jobs_active, room_short):
+    """Start the sweep now unless jobs are queued or running (``jobs_active``) and the
+    room the trash holds is not short (``room_short``); a sweep put off starts at the
+    latest when the serve loop ends (at once in a one-shot command) or when a later call
+    finds it put off ``SWEEP_AT_LATEST_SECONDS`` ago."""
+    if jobs_active and not room_short:
+        since = _put_off_since.setdefault(store.root, time.monotonic())
+        if time.monotonic() - since < SWEEP_AT_LATEST_SECONDS:
+            afterwards.at_end(store.root, lambda: start(store))
+            return
+    _put_off_since.pop(store.root, None)
+    start(store)
 
 
 def sweep(request):
