@@ -72,13 +72,18 @@ class Wake:
     def __init__(self) -> None:
         self.event = threading.Event()
         self.last = 0.0
+        self.burst_begun = False    # a job file heard whole after a quiet time: see ``debounce``
         # Kept open as long as the process runs: the threads that wake it may outlive the loop.
         self._read, self._write = os.pipe()
         for fd in (self._read, self._write):
             os.set_blocking(fd, False)      # set_wakeup_fd wants it so; a full pipe is awake anyway
 
-    def set(self) -> None:
-        self.last = time.monotonic()
+    def set(self, job_arrived: bool = False) -> None:
+        """A file event; ``job_arrived``: a job file renamed in, or closed after writing."""
+        now = time.monotonic()
+        if job_arrived and now - self.last >= QUIET_SECONDS:
+            self.burst_begun = True
+        self.last = now
         self._wake()
 
     def again(self) -> None:
@@ -112,9 +117,17 @@ class Wake:
         """Let a burst of events finish before the cycle runs: until none came for
         QUIET_SECONDS, and not a moment longer.  Napping a whole quiet time at each look
         kept a burst renamed in at once (a few ms of events) waiting up to twice that: its
-        first job started some 30 ms later."""
+        first job started some 30 ms later.
+
+        A job heard whole after a quiet time begins a burst, and its cycle does not wait:
+        that cycle takes one slice (``slices.py``), however much of the burst has arrived,
+        so the quiet time only held back its runner's request and its first job (1000 jobs
+        renamed in: the first started 0.10-0.13 s after the drop instead of 0.17-0.20 s).
+        A lone job gains the same.  The burst's later cycles wait for quiet as before, as
+        does a job written in place: its closing comes just after its making."""
+        at_once, self.burst_begun = self.burst_begun, False
         ends = time.monotonic() + MAX_DEBOUNCE_SECONDS
-        while True:
+        while not at_once:
             now = time.monotonic()
             quiet_at = min(self.last + QUIET_SECONDS, ends)
             if now >= quiet_at:
@@ -160,9 +173,10 @@ class DropHandler(FileSystemEventHandler):
     def heard(self, name: str, complete: bool) -> None:
         """A name made, closed or renamed in (``complete``: closed or renamed in)."""
         if name.endswith((".job", ".job.cancel")) and not name.startswith("."):
-            if complete and name.endswith(".job"):
+            job_arrived = complete and name.endswith(".job")
+            if job_arrived:
                 self.closed.add(name)
-            self.wake.set()
+            self.wake.set(job_arrived)
 
 
 class FinishWaiter(threading.Thread):

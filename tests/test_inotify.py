@@ -38,6 +38,19 @@ def stopped(watcher):
     assert not watcher.is_alive()
 
 
+def test_only_a_job_file_heard_whole_can_begin_a_burst():
+    """A job renamed in, or closed after writing, may run its cycle at once (``Wake``);
+    a file only made, a cancellation and a hidden file may not."""
+    wake = daemon.Wake()
+    handler = daemon.DropHandler(wake)
+    for name, complete in (("made.job", False), ("x.job.cancel", True), (".hidden.job", True)):
+        handler.heard(name, complete)
+        assert not wake.burst_begun, name
+        wake.last = 0.0                     # as after a quiet time
+    handler.heard("whole.job", True)
+    assert wake.burst_begun and "whole.job" in handler.closed
+
+
 def test_the_daemon_hears_of_new_and_renamed_jobs_but_not_of_reads_and_removals(tmp_path):
     """The cycle's own reads and removals in the dropbox reach no thread of the daemon."""
     config = make_config(tmp_path)

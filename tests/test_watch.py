@@ -260,6 +260,72 @@ def test_the_quiet_time_ends_quiet_seconds_after_the_last_event_not_a_nap_later(
     assert QUIET_SECONDS <= after_last < QUIET_SECONDS * 1.6 and not wake.event.is_set()
 
 
+def test_a_job_heard_whole_after_a_quiet_time_runs_its_cycle_at_once():
+    """That cycle takes one slice however much of the burst has come: waiting for quiet
+    only held back its runner's request (a 1000-job burst's first job started 60 ms later,
+    a lone job was queued 60 ms after its drop instead of 15)."""
+    import time
+
+    from dropbox_runner.daemon import QUIET_SECONDS, Wake
+
+    wake = Wake()
+    wake.set(job_arrived=True)
+    started = time.monotonic()
+    wake.debounce()
+    assert time.monotonic() - started < QUIET_SECONDS / 2 and not wake.event.is_set()
+
+
+def test_a_bursts_later_events_and_a_job_only_made_still_wait_for_quiet():
+    """Only the first job of a burst goes at once: the next cycles take what the quiet
+    time gathers, and a job written in place is heard made, then whole a moment later."""
+    import time
+
+    from dropbox_runner.daemon import QUIET_SECONDS, Wake
+
+    wake = Wake()
+    wake.set(job_arrived=True)
+    wake.debounce()                         # the burst's first cycle
+    wake.set(job_arrived=True)              # more of the same burst
+    started = time.monotonic()
+    wake.debounce()
+    assert time.monotonic() - started >= QUIET_SECONDS
+    time.sleep(QUIET_SECONDS)
+    wake.set()                              # a job file made, still being written
+    wake.set(job_arrived=True)              # ...and closed
+    started = time.monotonic()
+    wake.debounce()
+    assert time.monotonic() - started >= QUIET_SECONDS
+
+
+def test_the_daemon_takes_a_lone_job_without_waiting_for_quiet(tmp_path, monkeypatch):
+    """End to end, with a quiet time long enough to see: the daemon idle, a job renamed
+    in gets its result (an error: no such template) well within it."""
+    import threading
+    import time
+
+    from dropbox_runner import daemon as daemon_module
+    from dropbox_runner.daemon import Daemon
+
+    monkeypatch.setattr(daemon_module, "QUIET_SECONDS", 3.0)
+    monkeypatch.setattr(daemon_module, "MAX_DEBOUNCE_SECONDS", 5.0)
+    daemon = Daemon(write_config(tmp_path, tick="1h"))
+    loop = threading.Thread(target=daemon._serve)
+    loop.start()
+    try:
+        time.sleep(0.5)                     # the start's own cycle, then quiet
+        written = tmp_path / "lone.job.part"
+        written.write_text("script: no_such_template\n")
+        started = time.monotonic()
+        os.rename(written, tmp_path / "dropbox" / "lone.job")
+        wait_until(lambda: (tmp_path / "dropbox" / "lone.job.finished").exists(), 20, what="the result")
+        assert time.monotonic() - started < 2.0
+    finally:
+        daemon.stopping = True
+        daemon.wake.again()
+        loop.join(30)
+    assert not loop.is_alive()
+
+
 def test_a_steady_stream_of_events_still_gets_a_cycle_within_the_longest_debounce(monkeypatch):
     """The quiet time never comes while tools keep dropping jobs: the cycle runs anyway."""
     import time
