@@ -57,9 +57,9 @@ FULL_BYTES = 64 * 1024
 
 
 class RunningJob(object):
-    def __init__(self, job_id, process, start, request, placement, attempt, free_at_start=0):
+    def __init__(self, job_id, process, start, request, placement, attempt, free_at_start=None):
         self.job_id = job_id
-        self.free_at_start = free_at_start    # bytes free on its disk when it started
+        self.free_at_start = free_at_start    # bytes free on its disk just before it started (None: unknown)
         self.disk_full = None                 # why its disk was full when it ended ("" if it was not)
         self.process = process
         self.start = start
@@ -128,6 +128,7 @@ class Runner(object):
         self.ending = []          # (job id, record) ended, recorded together (_record_due); None: one by one
         self.ending_jobs = {}     # job id -> (job, code, end) of those
         self.ending_since = None  # when the first of them ended
+        self.disk_seen_full = None    # (when, why): the last time a failed job's disk was full
         self.recorder = Recorder(self.store, self.runner_id, wake_write)
         self.unfit_seen = set()
         self.next_cancel_look = 0.0
@@ -295,6 +296,7 @@ class Runner(object):
             if placement.gpus:
                 env[b"CUDA_VISIBLE_DEVICES"] = ",".join(placement.gpus).encode()
             argv = _script_argv(os.path.join(job_dir, "job.sh"))
+        free_at_start = free_bytes(job_dir)
         start = time.time()
         try:
             with _created(os.path.join(job_dir, "stdout")) as out, _created(os.path.join(job_dir, "stderr")) as err:
@@ -306,8 +308,7 @@ class Runner(object):
             self.ledger.release(request, placement)
             self.store.finish(self.runner_id, job_id, self._record(job_id, attempt, start, 127, None))
             return
-        job = self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt,
-                                             free_bytes(job_dir) or 0)
+        job = self.jobs[job_id] = RunningJob(job_id, process, start, request, placement, attempt, free_at_start)
         job.claim = {"job": job_id, "runner": self.runner_id, "sched_id": self.sched_id, "host": self.host,
                      "attempt": attempt, "start": start, "pgid": process.pid, "node": placement.node,
                      "gpus": placement.gpus, "request": dict(request._asdict()), "step": self.steps}
@@ -418,12 +419,13 @@ class Runner(object):
         record = self._record(job.job_id, job.attempt, job.start, code, end, job.cancelled, job)
         job_dir = self.store.job_dir(job.job_id)
         if job.disk_full is None:     # as it was when the job ended, not when recorded
-            job.disk_full = (disk_full(job_dir) if code != 0 and not job.cancelled else None) or ""
+            job.disk_full = (self._full_while_running(job, job_dir) if code != 0 and not job.cancelled
+                             else None) or ""
         full = job.disk_full
         try:
-            if full and job_bytes(job_dir) < job.free_at_start // 2:
-                # Someone else filled the disk: not this job's fault.  It runs again,
-                # counted, so a disk that stays full ends it after max_attempts.
+            if full and _filled_by_others(job, job_dir):
+                # Not this job's fault.  It runs again, counted, so a disk that stays full
+                # ends it after max_attempts.
                 outcome = self.store.release(self.runner_id, job.job_id, "the cluster's disk filled up (%s), "
                                              "not by this job" % full,
                                              self.spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS), attempt=job.attempt)
@@ -442,6 +444,17 @@ class Runner(object):
             return
         self.unrecorded.pop(job.job_id, None)
         log("finished %s rc=%s%s" % (job.job_id, code, " (%s)" % record.error if full else ""))
+
+    def _full_while_running(self, job, job_dir):
+        """Why the failed job's disk was full while it ran, or None.  Full now, or seen full
+        since it started: a job that failed beside one filling the disk may be seen to end
+        only after that one's output was removed, when the disk has room again."""
+        why = disk_full(job_dir)
+        if why:
+            self.disk_seen_full = (time.time(), why)
+        elif self.disk_seen_full is not None and self.disk_seen_full[0] >= job.start:
+            why = self.disk_seen_full[1]
+        return why
 
     def _record_end(self, job_id, record):
         """finished.json; when even that small file does not fit, the job's own output is
@@ -644,6 +657,15 @@ def disk_full(path):
     """Why the disk holding ``path`` counts as full (free space under FULL_BYTES), or None."""
     free = free_bytes(path)
     return "No space left on device (%d bytes free)" % free if free is not None and free < FULL_BYTES else None
+
+
+def _filled_by_others(job, job_dir):
+    """Whether a job that failed on a full disk found it full already, or wrote less than
+    half of what was free when it started: then others filled it.  Under load a job may
+    start only after its neighbour filled the disk, and it could not write at all."""
+    if job.free_at_start is None:
+        return False
+    return job.free_at_start < FULL_BYTES or job_bytes(job_dir) < job.free_at_start // 2
 
 
 def job_bytes(job_dir):
