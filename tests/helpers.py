@@ -116,8 +116,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
 
 def stop_local_runners(config: Config) -> None:
     """Kill what a test's local runners left running (they normally leave when idle)."""
-    runners = Path(config.workspace) / "runners"
-    for alive in runners.glob("*.alive.json"):
+    stop_runners_in(Path(config.workspace))
+
+
+def stop_runners_in(workspace: Path) -> None:
+    for alive in (workspace / "runners").glob("*.alive.json"):
         try:
             pid = yaml.safe_load(alive.read_text())["pid"]
             os.kill(pid, signal.SIGKILL)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.sweep import trash_entries
-from helpers import drain, drop, wait_until
+from helpers import drain, drop, stop_runners_in, wait_until
 
 from dropbox_runner.dropbox import Dropbox
 from dropbox_runner.submitter import Submitter, run_once
@@ -25,6 +25,7 @@ def small_cluster(tmp_path):
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
     yield mount
+    stop_runners_in(mount / "workspace")     # before config_factory's teardown would: they hold the mount
     if subprocess.run(["umount", str(mount)], check=False).returncode:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
