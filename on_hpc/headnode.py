@@ -290,7 +290,8 @@ def requeue_lost_claims(store, sched, runners, request):
             continue
         if silent:
             sched.cancel([info.sched_id])
-        reason = "runner %s %s" % (runner_id, "stopped answering" if info else "is gone")
+        state = "stopped answering" if info else "is gone (%s)" % _traces(store, runner_id)
+        reason = "runner %s %s" % (runner_id, state)
         journal = store.runner_claims(runner_id)     # read before forget_runner removes it
         for job_id in store.claimed_jobs(runner_id):
             claim = store.claim_of(job_id, runner_id, journal)
@@ -300,6 +301,20 @@ def requeue_lost_claims(store, sched, runners, request):
         if info is None:
             store.forget_runner(runner_id)
     return requeued
+
+
+def _traces(store, runner_id):
+    """What is left of a runner taken for gone, for its jobs' requeue reason: no heartbeat
+    file when it left or never started, an old one when it died, a fresh one when it runs
+    but the scheduler does not list it; the operator's first question, answered at once."""
+    now, traces = time.time(), []
+    for what, suffix in (("record", ".json"), ("heartbeat", ".alive.json")):
+        try:
+            age = now - os.stat(os.path.join(store.runners_dir(), runner_id + suffix)).st_mtime
+            traces.append("%s %.0f s old" % (what, max(0.0, age)))
+        except OSError:
+            traces.append("no %s" % what)
+    return ", ".join(traces)
 
 
 def with_recent_submissions(store, runners, listing_ok, listed_at_once=False, forget=True):

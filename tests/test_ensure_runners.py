@@ -239,6 +239,21 @@ def _claimed_by_vanished_runner(store, sched, job_id, attempt=1):
     return runner
 
 
+def test_a_requeue_says_what_was_left_of_the_runner_taken_for_gone(store):
+    """A heartbeat file written a minute ago and no record: the runner died without a word
+    (a fresh one would say it runs unlisted), and the reason says so to whoever reads it."""
+    sched = FakeScheduler(store)
+    job = stage(store, "sub.j")
+    cycle(store, sched, [job])
+    sched.listing = {}
+    runner = _claimed_by_vanished_runner(store, sched, job)
+    alive = os.path.join(store.runners_dir(), runner + ".alive.json")
+    write_json(alive, {"pid": 1})
+    os.utime(alive, (time.time() - 61, time.time() - 61))
+    answer = cycle(store, sched, [job])
+    assert answer["requeued"][0]["reason"] == "runner %s is gone (no record, heartbeat 61 s old)" % runner
+
+
 def test_work_of_a_vanished_runner_is_requeued_then_failed_after_max_attempts(store):
     sched = FakeScheduler(store)
     job = stage(store, "sub.j")
@@ -246,7 +261,8 @@ def test_work_of_a_vanished_runner_is_requeued_then_failed_after_max_attempts(st
     sched.listing = {}
     runner = _claimed_by_vanished_runner(store, sched, job, attempt=1)
     answer = cycle(store, sched, [job], max_attempts=2)
-    assert answer["requeued"] == [{"id": job, "outcome": "requeued", "reason": "runner %s is gone" % runner}]
+    assert answer["requeued"] == [{"id": job, "outcome": "requeued",
+                                   "reason": "runner %s is gone (no record, no heartbeat)" % runner}]
     assert answer["states"] == {job: JobState.QUEUED}
     assert len(read_json(os.path.join(store.job_dir(job), "interruptions.json"))) == 1
     assert not os.path.exists(store.claimed_dir(runner))
