@@ -307,13 +307,10 @@ def _traces(store, runner_id):
     """What is left of a runner taken for gone, for its jobs' requeue reason: no heartbeat
     file when it left or never started, an old one when it died, a fresh one when it runs
     but the scheduler does not list it; the operator's first question, answered at once."""
-    now, traces = time.time(), []
+    traces = []
     for what, suffix in (("record", ".json"), ("heartbeat", ".alive.json")):
-        try:
-            age = now - os.stat(os.path.join(store.runners_dir(), runner_id + suffix)).st_mtime
-            traces.append("%s %.0f s old" % (what, max(0.0, age)))
-        except OSError:
-            traces.append("no %s" % what)
+        age = _age(os.path.join(store.runners_dir(), runner_id + suffix), missing=None)
+        traces.append("no %s" % what if age is None else "%s %.0f s old" % (what, max(0.0, age)))
     return ", ".join(traces)
 
 
@@ -533,9 +530,10 @@ def _pending(runner_id, record):
     return RunnerInfo(runner_id, record.get("sched_id", ""), RunnerState.PENDING, record.get("time_limit"))
 
 
-def _age(path):
+def _age(path, missing=0.0):
+    """Seconds since ``path`` was last written; ``missing`` when it does not exist."""
     try:
         return time.time() - os.stat(path).st_mtime
     except FileNotFoundError:
-        return 0.0
+        return missing
 

@@ -35,14 +35,17 @@ def free_bytes(path):
     return info.f_bavail * info.f_frsize
 
 
+def job_of(config, script, out, **keys):
+    return {"script": script, "cache": False,
+            "output_map": {"out": str(config.dropbox.parent / "outputs" / out)}, **keys}
+
+
 def output_job(config, kib, name):
-    return {"script": "big_output", "args": {"kib": kib}, "cache": False,
-            "output_map": {"out": str(config.dropbox.parent / "outputs" / f"{name}.bin")}}
+    return job_of(config, "big_output", f"{name}.bin", args={"kib": kib})
 
 
 def ledger_job(config, number):
-    return {"script": "ledger", "args": {"seconds": 0}, "cache": False,
-            "output_map": {"out": str(config.dropbox.parent / "outputs" / f"l{number}.txt")}}
+    return job_of(config, "ledger", f"l{number}.txt", args={"seconds": 0})
 
 
 def test_a_job_whose_output_fills_the_cluster_disk_fails_and_frees_it(config_factory, small_cluster):
@@ -80,11 +83,6 @@ def test_a_bystander_beside_a_job_that_fills_the_disk_is_recorded_in_the_same_cy
     bystander = results["bystander.job"]["job"]
     assert bystander["status"] == "ok", bystander
     assert first_seen["bystander.job"] <= first_seen["hog.job"] or bystander["attempts"] == 2, first_seen
-
-
-def job_of(config, script, out, **keys):
-    return {"script": script, "cache": False,
-            "output_map": {"out": str(config.dropbox.parent / "outputs" / out)}, **keys}
 
 
 def test_a_job_that_failed_on_a_disk_another_filled_runs_again_though_its_end_is_seen_later(
