@@ -84,6 +84,7 @@ def cycle(request, sched=None):
     # Submitters sharing a workspace take turns here, so two of them never both decide
     # that a class needs a runner.
     with workspace_lock(store):
+        claimants = store.runners_with_claims()     # before the listing: see requeue_lost_claims
         try:
             runners = sched.list_runners()
         except SchedulerUnavailable as error:
@@ -94,7 +95,7 @@ def cycle(request, sched=None):
         answer.errors.extend(sched.problems)
 
         if answer.scheduler_ok:
-            answer.requeued = requeue_lost_claims(store, sched, runners, request)
+            answer.requeued = requeue_lost_claims(store, sched, runners, request, claimants)
             runners = with_recent_submissions(store, runners, listing_ok=True,
                                               listed_at_once=sched.lists_at_submission)
             for job_class, settings in sorted(request.classes.items()):
@@ -276,11 +277,18 @@ def wait(request):
         time.sleep(GATHER_INTERVAL_SECONDS if every and (done or gathered is None) else WAIT_INTERVAL_SECONDS)
 
 
-def requeue_lost_claims(store, sched, runners, request):
-    """Jobs claimed by a runner that is gone (or silent too long) go back to ready."""
+def requeue_lost_claims(store, sched, runners, request, claimants):
+    """Jobs claimed by a runner that is gone (or silent too long) go back to ready.
+
+    Only the ``claimants``, runners that held claims before ``runners`` was listed, can be
+    taken for gone: a runner lists itself once started (a local one by its heartbeat
+    file), so one that started and claimed its first job while the listing was being
+    taken was in neither.  Its jobs were requeued while it ran them, and its heartbeat
+    file removed with its records, so every later cycle took it for gone again (a fuzzer
+    run saw its bystanders run twice, requeued twice from one live runner)."""
     stale_after = request.heartbeat_timeout
     requeued = []
-    for runner_id in store.runners_with_claims():
+    for runner_id in claimants:
         info = runners.get(runner_id)
         if runner_id == HEADNODE_RUNNER:
             info = None                      # a cycle died half-way through refusing

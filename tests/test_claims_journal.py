@@ -257,8 +257,9 @@ def test_a_sigkilled_runners_job_is_killed_from_its_journal_before_the_journal_g
     runner.wait()
     sched = connector("local", store)
     try:
+        claimants = store.runners_with_claims()
         requeued = requeue_lost_claims(store, sched, sched.list_runners(),
-                                       SimpleNamespace(heartbeat_timeout=300, max_attempts=3))
+                                       SimpleNamespace(heartbeat_timeout=300, max_attempts=3), claimants)
         assert [entry["outcome"] for entry in requeued] == ["requeued"]
         wait_until(lambda: not _alive(claim["pgid"]) and not _alive(child), 10, what="the orphaned run to be killed")
         assert [entry["attempt"] for entry in read_json(os.path.join(store.job_dir(job), "interruptions.json"))] == [1]

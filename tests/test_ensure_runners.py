@@ -2,6 +2,7 @@
 silent scheduler changes (nothing), and how lost work is requeued."""
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -9,6 +10,7 @@ from dropbox_runner.on_hpc import headnode
 from dropbox_runner.on_hpc.files import read_json, write_json
 from dropbox_runner.on_hpc.jobstore import JobStore
 from dropbox_runner.on_hpc.protocol import FinishedRecord, JobState, Release, RunnerState
+from dropbox_runner.on_hpc.sched_local import LocalConnector
 from dropbox_runner.on_hpc.schedulers import Connector, RunnerInfo, SchedulerUnavailable, SubmitFailed
 
 
@@ -252,6 +254,40 @@ def test_a_requeue_says_what_was_left_of_the_runner_taken_for_gone(store):
     os.utime(alive, (time.time() - 61, time.time() - 61))
     answer = cycle(store, sched, [job])
     assert answer["requeued"][0]["reason"] == "runner %s is gone (no record, heartbeat 61 s old)" % runner
+
+
+class LocalRunnerStartingWhileListed(LocalConnector):
+    """The embedded scheduler, with a runner that starts, writes its heartbeat file and
+    claims a job just after the listing looked for heartbeat files: the race that took a
+    live runner for gone."""
+
+    def __init__(self, store, runner_id, job_id):
+        super().__init__(store)
+        self.runner_id, self.job_id, self.process = runner_id, job_id, None
+
+    def list_runners(self):
+        found = super().list_runners()
+        if self.process is None:
+            self.process = subprocess.Popen(["sh", "-c", "sleep 60", self.runner_id])   # its id in its cmdline
+            write_json(os.path.join(self.store.runners_dir(), self.runner_id + ".alive.json"),
+                       {"pid": self.process.pid})
+            assert self.store.claim("default", self.job_id, self.runner_id)
+        return found
+
+
+def test_a_runner_that_claims_while_the_runners_are_listed_is_not_taken_for_gone(store):
+    job = stage(store, "sub.j")
+    runner = "default-20250101T000000-000001"
+    sched = LocalRunnerStartingWhileListed(store, runner, job)
+    try:
+        first = cycle(store, sched, [job], classes={"default": {"slots": 4, "max_runners": 0}})
+        second = cycle(store, sched, [job], classes={"default": {"slots": 4, "max_runners": 0}})
+    finally:
+        sched.process.kill()
+        sched.process.wait()
+    assert first["requeued"] == [] and second["requeued"] == []
+    assert store.claimed_jobs(runner) == [job]
+    assert os.path.exists(os.path.join(store.runners_dir(), runner + ".alive.json"))
 
 
 def test_work_of_a_vanished_runner_is_requeued_then_failed_after_max_attempts(store):
