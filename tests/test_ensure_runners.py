@@ -279,9 +279,10 @@ def test_a_runner_that_claims_while_the_runners_are_listed_is_not_taken_for_gone
     job = stage(store, "sub.j")
     runner = "default-20250101T000000-000001"
     sched = LocalRunnerStartingWhileListed(store, runner, job)
+    no_new_runner = {"default": {"slots": 4, "max_runners": 0}}
     try:
-        first = cycle(store, sched, [job], classes={"default": {"slots": 4, "max_runners": 0}})
-        second = cycle(store, sched, [job], classes={"default": {"slots": 4, "max_runners": 0}})
+        first = cycle(store, sched, [job], classes=no_new_runner)
+        second = cycle(store, sched, [job], classes=no_new_runner)
     finally:
         sched.process.kill()
         sched.process.wait()
